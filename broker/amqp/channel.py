@@ -1,0 +1,693 @@
+"""One AMQP channel: method dispatch, publish assembly, consumers, unacked tracking, QoS,
+publisher confirms and transactions.
+
+The channel is the model's `DeliverySink`: queues ask it whether a consumer has room
+(`can_deliver`) and hand it messages (`deliver`), which it frames straight onto the connection's
+write buffer. Publish, Ack and Deliver use the hand-written codecs in `frames`; everything else
+goes through pamqp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands
+
+from broker.amqp import frames
+from broker.core.consumer import Consumer
+from broker.core.errors import (
+    ACCESS_REFUSED,
+    CHANNEL_ERROR,
+    COMMAND_INVALID,
+    FRAME_ERROR,
+    NOT_ALLOWED,
+    NOT_FOUND,
+    NOT_IMPLEMENTED,
+    PRECONDITION_FAILED,
+    SYNTAX_ERROR,
+    UNEXPECTED_FRAME,
+    AMQPError,
+    ChannelException,
+    ConnectionException,
+)
+from broker.core.exchange import Exchange
+from broker.core.message import Message, QueuedMessage
+from broker.core.queue import Queue
+from broker.core.vhost import server_generated_name
+
+if TYPE_CHECKING:
+    from broker.amqp.connection import AMQPConnection
+
+# What the channel expects next on the wire.
+EXPECT_METHOD, EXPECT_HEADER, EXPECT_BODY = range(3)
+BASIC_CLASS = 60
+USER_ID_FLAG = 0x10  # user-id's bit in the low byte of the property flags
+
+# An unacked delivery: the queue it came from, its entry there, and the consumer (None for get).
+Unacked = tuple[Queue, QueuedMessage, Consumer | None]
+
+
+class Transaction:
+    """Work a tx channel holds until Tx.Commit: publishes to route, settlements to apply."""
+
+    __slots__ = ("publishes", "settlements")
+
+    def __init__(self) -> None:
+        self.publishes: list[tuple[Exchange, Message, bool]] = []
+        # (delivery tag, unacked entry, requeue?) for ack (None), nack/reject
+        self.settlements: list[tuple[int, Unacked, bool | None]] = []
+
+
+class Channel:
+    def __init__(self, connection: AMQPConnection, number: int) -> None:
+        self.connection = connection
+        self.number = number
+        self.vhost = connection.vhost
+        self.expect = EXPECT_METHOD
+        self._publish: tuple[str, str, bytes, bool] | None = None
+        self._header = b""
+        self._body_parts: list[bytes] = []
+        self._body_remaining = 0
+        self.consumers: dict[str, Consumer] = {}
+        self.unacked: dict[int, Unacked] = {}
+        self._delivery_tag = 0
+        self.prefetch_count = 0  # for consumers created from now on (qos global=false)
+        self.global_prefetch = 0  # shared by all consumers of the channel (qos global=true)
+        self.consumer_unacked = 0
+        self.confirm_mode = False
+        self._publish_seq = 0
+        self._confirmed_upto = 0
+        self._confirm_pending: list[tuple[int, bool]] = []
+        self.tx: Transaction | None = None
+        self.last_queue = ""
+
+    # ------------------------------------------------------------------ frame entry points
+    def handle_method(self, payload: bytes) -> None:
+        index = int.from_bytes(payload[:4], "big")
+        if self.expect != EXPECT_METHOD:
+            raise ConnectionException(
+                UNEXPECTED_FRAME,
+                f"expected content {'header' if self.expect == EXPECT_HEADER else 'body'}"
+                f" for class {BASIC_CLASS} on channel {self.number},"
+                f" got {frames.method_name(index)} instead",
+            )
+        try:
+            if index == frames.BASIC_PUBLISH:
+                self._on_publish_frame(payload)
+            elif index == frames.BASIC_ACK:
+                self._ack(*frames.decode_ack(payload))
+            else:
+                self._dispatch_method(index, payload)
+        except frames.MalformedFrame as error:
+            self._fail(ConnectionException(SYNTAX_ERROR, str(error)), index)
+        except AMQPError as error:
+            self._fail(error, index)
+
+    def _dispatch_method(self, index: int, payload: bytes) -> None:
+        try:
+            method = frames.decode_method(payload)
+        except KeyError:
+            raise ConnectionException(
+                NOT_IMPLEMENTED, f"unknown method {index >> 16}.{index & 0xFFFF}"
+            ) from None
+        handler = _HANDLERS.get(type(method))
+        if handler is None:
+            raise ConnectionException(
+                COMMAND_INVALID if index >> 16 != 10 else CHANNEL_ERROR,
+                f"{method.name} is not a method a client may send on channel {self.number}",
+            )
+        handler(self, method)
+
+    def _fail(self, error: AMQPError, index: int) -> None:
+        error.class_id, error.method_id = index >> 16, index & 0xFFFF
+        if error.closes_connection:
+            raise error
+        self.close_with_error(error)
+
+    def handle_header(self, payload: bytes) -> None:
+        if self.expect != EXPECT_HEADER:
+            raise ConnectionException(
+                UNEXPECTED_FRAME,
+                f"content header on channel {self.number} without a preceding basic.publish",
+            )
+        if len(payload) < 14:
+            raise ConnectionException(FRAME_ERROR, "content header shorter than 14 bytes")
+        class_id = int.from_bytes(payload[:2], "big")
+        if class_id != BASIC_CLASS:
+            raise ConnectionException(
+                FRAME_ERROR, f"content header for class {class_id}, expected {BASIC_CLASS}"
+            )
+        size = frames.body_size(payload)
+        limit = self.connection.config.limits.max_message_size
+        if size > limit:
+            self.expect = EXPECT_METHOD
+            self._fail(
+                ChannelException(
+                    PRECONDITION_FAILED,
+                    f"message size {size} is larger than configured max size {limit}",
+                ),
+                frames.BASIC_PUBLISH,
+            )
+            return
+        self._header = payload
+        if size == 0:
+            self._complete_publish(b"")
+        else:
+            self._body_remaining = size
+            self._body_parts = []
+            self.expect = EXPECT_BODY
+
+    def handle_body(self, payload: bytes) -> None:
+        if self.expect != EXPECT_BODY:
+            raise ConnectionException(
+                UNEXPECTED_FRAME,
+                f"content body on channel {self.number} without a preceding content header",
+            )
+        remaining = self._body_remaining - len(payload)
+        if remaining < 0:
+            raise ConnectionException(
+                FRAME_ERROR,
+                f"content body on channel {self.number} is {-remaining} bytes longer"
+                " than the body size its content header declared",
+            )
+        self._body_remaining = remaining
+        if remaining:
+            self._body_parts.append(payload)
+            return
+        if self._body_parts:
+            self._body_parts.append(payload)
+            body = b"".join(self._body_parts)
+            self._body_parts = []
+        else:
+            body = payload
+        self._complete_publish(body)
+
+    # ------------------------------------------------------------------ publish
+    def _on_publish_frame(self, payload: bytes) -> None:
+        exchange, routing_key, route_bytes, mandatory, immediate = frames.decode_publish(payload)
+        if immediate:
+            raise ConnectionException(NOT_IMPLEMENTED, "immediate=true")
+        self._publish = (exchange, routing_key, route_bytes, mandatory)
+        self.expect = EXPECT_HEADER
+
+    def _complete_publish(self, body: bytes) -> None:
+        self.expect = EXPECT_METHOD
+        publish = self._publish
+        assert publish is not None
+        exchange_name, routing_key, route_bytes, mandatory = publish
+        self._publish = None
+        try:
+            exchange = self.vhost.exchanges.get(exchange_name)
+            if exchange is None:
+                raise ChannelException(
+                    NOT_FOUND, f"no exchange '{exchange_name}' in vhost '{self.vhost.name}'"
+                )
+            if exchange.internal:
+                raise ChannelException(
+                    ACCESS_REFUSED,
+                    f"cannot publish to internal exchange '{exchange_name}'"
+                    f" in vhost '{self.vhost.name}'",
+                )
+            message = Message(exchange_name, routing_key, route_bytes, self._header, body)
+            if message.header[13] & USER_ID_FLAG:
+                self._check_user_id(message)
+            if self.confirm_mode:
+                self._publish_seq += 1
+            if self.tx is not None:
+                self.tx.publishes.append((exchange, message, mandatory))
+                return
+            self._route(exchange, message, mandatory)
+            if self.confirm_mode:
+                self._confirm(self._publish_seq, True)
+        except AMQPError as error:
+            self._fail(error, frames.BASIC_PUBLISH)
+
+    def _check_user_id(self, message: Message) -> None:
+        """RabbitMQ refuses a user-id property that names someone other than the publisher."""
+        claimed = message.properties.get("user_id")
+        if claimed != self.connection.user:
+            raise ChannelException(
+                PRECONDITION_FAILED,
+                f"user_id property set to '{claimed}' but authenticated user was"
+                f" '{self.connection.user}'",
+            )
+
+    def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> None:
+        queues = self.vhost.route(exchange, message)
+        if queues:
+            for queue in queues:
+                queue.publish(message)
+        elif mandatory:
+            self.connection.send_parts(
+                frames.content_frames(
+                    self.number,
+                    frames.return_payload(312, "NO_ROUTE", message.route_bytes),
+                    message.header,
+                    message.body,
+                    self.connection.frame_max,
+                )
+            )
+
+    # ------------------------------------------------------------------ publisher confirms
+    def _confirm(self, seq: int, ack: bool) -> None:
+        self._confirm_pending.append((seq, ack))
+        self.connection.want_confirm_flush(self)
+
+    def flush_confirms(self) -> None:
+        """Send pending confirms: one Basic.Ack(multiple) per run of acks, a Nack for each nack."""
+        pending = sorted(self._confirm_pending)
+        self._confirm_pending = []
+        out = []
+        run_end = 0
+        for seq, ack in pending:
+            if ack:
+                run_end = seq
+                continue
+            if run_end:
+                out.append(self._ack_upto(run_end))
+                run_end = 0
+            out.append(frames.confirm_frame(self.number, seq, False, ack=False))
+            self._confirmed_upto = seq
+        if run_end:
+            out.append(self._ack_upto(run_end))
+        self.connection.send_parts(out)
+
+    def _ack_upto(self, upto: int) -> bytes:
+        multiple = upto > self._confirmed_upto + 1
+        self._confirmed_upto = upto
+        return frames.confirm_frame(self.number, upto, multiple)
+
+    # ------------------------------------------------------------------ delivery (DeliverySink)
+    def can_deliver(self, consumer: Consumer) -> bool:
+        if self.connection.write_paused:
+            return False
+        if consumer.no_ack:
+            return True
+        if consumer.prefetch and consumer.unacked >= consumer.prefetch:
+            return False
+        return not (self.global_prefetch and self.consumer_unacked >= self.global_prefetch)
+
+    def deliver(self, consumer: Consumer, queue: Queue, entry: QueuedMessage) -> None:
+        self._delivery_tag += 1
+        tag = self._delivery_tag
+        if not consumer.no_ack:
+            self.unacked[tag] = (queue, entry, consumer)
+            consumer.unacked += 1
+            self.consumer_unacked += 1
+        message = entry.message
+        self.connection.send_parts(
+            frames.content_frames(
+                self.number,
+                frames.deliver_payload(
+                    consumer.wire_tag, tag, entry.redelivered, message.route_bytes
+                ),
+                message.header,
+                message.body,
+                self.connection.frame_max,
+            )
+        )
+
+    def consumer_cancelled(self, consumer: Consumer) -> None:
+        if self.consumers.pop(consumer.tag, None) is None:
+            return
+        capabilities = self.connection.client_properties.get("capabilities") or {}
+        if capabilities.get("consumer_cancel_notify"):
+            self._send(commands.Basic.Cancel(consumer_tag=consumer.tag, nowait=True))
+
+    def resume_delivery(self) -> None:
+        for queue in {consumer.queue for consumer in self.consumers.values()}:
+            queue.dispatch()
+
+    # ------------------------------------------------------------------ settlement
+    def _take_unacked(self, tag: int, multiple: bool) -> list[tuple[int, Unacked]]:
+        unacked = self.unacked
+        if multiple:
+            if tag == 0:
+                taken = list(unacked.items())
+            else:
+                taken = []
+                for key in unacked:
+                    if key > tag:
+                        break
+                    taken.append((key, unacked[key]))
+                if not taken:
+                    raise ChannelException(PRECONDITION_FAILED, f"unknown delivery tag {tag}")
+            for key, _ in taken:
+                del unacked[key]
+            return taken
+        entry = unacked.pop(tag, None)
+        if entry is None:
+            raise ChannelException(PRECONDITION_FAILED, f"unknown delivery tag {tag}")
+        return [(tag, entry)]
+
+    def _ack(self, tag: int, multiple: bool) -> None:
+        taken = self._take_unacked(tag, multiple)
+        if self.tx is not None:
+            self.tx.settlements += [(key, entry, None) for key, entry in taken]
+            return
+        self._settle([entry for _, entry in taken], requeue=None)
+
+    def _reject(self, tag: int, multiple: bool, requeue: bool) -> None:
+        taken = self._take_unacked(tag, multiple)
+        if self.tx is not None:
+            self.tx.settlements += [(key, entry, requeue) for key, entry in taken]
+            return
+        self._settle([entry for _, entry in taken], requeue=requeue)
+
+    def _settle(self, entries: Iterable[Unacked], requeue: bool | None) -> None:
+        """Release credit for settled deliveries; requeue if asked, then refill consumers."""
+        touched: dict[Queue, list[QueuedMessage]] = {}
+        for queue, entry, consumer in entries:
+            if consumer is not None:
+                consumer.unacked -= 1
+                self.consumer_unacked -= 1
+            touched.setdefault(queue, []).append(entry)
+        for queue, queue_entries in touched.items():
+            if queue.deleted:
+                continue
+            if requeue:
+                queue.requeue(queue_entries)
+            else:
+                queue.dispatch()
+        if self.global_prefetch:
+            self.resume_delivery()
+
+    # ------------------------------------------------------------------ lifetime
+    def close_with_error(self, error: AMQPError) -> None:
+        self.release()
+        self.connection.channel_closed_by_broker(self, error)
+
+    def release(self) -> None:
+        """Drop consumers, then requeue everything unacked (what RabbitMQ does on close)."""
+        consumers = list(self.consumers.values())
+        self.consumers.clear()
+        for consumer in consumers:
+            consumer.queue.remove_consumer(consumer)
+            self.vhost.maybe_auto_delete(consumer.queue)
+        held = list(self.unacked.values())
+        if self.tx is not None:
+            held += [entry for _, entry, _ in self.tx.settlements]
+            self.tx = None
+        self.unacked.clear()
+        self._settle(held, requeue=True)
+        self._confirm_pending = []
+
+    def _send(self, method: Any) -> None:
+        self.connection.send(frames.method_frame(self.number, method))
+
+    def _queue_name(self, name: str) -> str:
+        """An empty queue name means the queue last declared on this channel."""
+        if name:
+            return name
+        if not self.last_queue:
+            raise ChannelException(NOT_FOUND, "no previously declared queue")
+        return self.last_queue
+
+    # ------------------------------------------------------------------ channel class
+    def _on_channel_open(self, method: commands.Channel.Open) -> None:
+        raise ConnectionException(
+            CHANNEL_ERROR, f"second 'channel.open' seen on channel {self.number}"
+        )
+
+    def _on_channel_close(self, method: commands.Channel.Close) -> None:
+        self.release()
+        self.connection.channel_closed_by_client(self)
+
+    def _on_channel_close_ok(self, method: commands.Channel.CloseOk) -> None:
+        """Only meaningful for a channel we closed; the connection handles that case."""
+
+    def _on_flow(self, method: commands.Channel.Flow) -> None:
+        if not method.active:
+            raise ChannelException(NOT_IMPLEMENTED, "active=false")
+        self._send(commands.Channel.FlowOk(active=True))
+
+    def _on_flow_ok(self, method: commands.Channel.FlowOk) -> None:
+        """The answer to a broker-initiated flow; Warren never sends one, so nothing to do."""
+
+    # ------------------------------------------------------------------ exchange class
+    def _on_exchange_declare(self, method: commands.Exchange.Declare) -> None:
+        self.vhost.declare_exchange(
+            method.exchange,
+            method.exchange_type,
+            passive=method.passive,
+            durable=method.durable,
+            auto_delete=method.auto_delete,
+            internal=method.internal,
+            arguments=method.arguments,
+        )
+        if not method.nowait:
+            self._send(commands.Exchange.DeclareOk())
+
+    def _on_exchange_delete(self, method: commands.Exchange.Delete) -> None:
+        self.vhost.delete_exchange(method.exchange, if_unused=method.if_unused)
+        if not method.nowait:
+            self._send(commands.Exchange.DeleteOk())
+
+    def _on_exchange_bind(self, method: commands.Exchange.Bind) -> None:
+        self.vhost.bind(
+            method.source, method.destination, method.routing_key, method.arguments, True
+        )
+        if not method.nowait:
+            self._send(commands.Exchange.BindOk())
+
+    def _on_exchange_unbind(self, method: commands.Exchange.Unbind) -> None:
+        self.vhost.unbind(
+            method.source, method.destination, method.routing_key, method.arguments, True
+        )
+        if not method.nowait:
+            self._send(commands.Exchange.UnbindOk())
+
+    # ------------------------------------------------------------------ queue class
+    def _on_queue_declare(self, method: commands.Queue.Declare) -> None:
+        name = method.queue
+        if method.passive and not name:
+            name = self._queue_name(name)
+        queue = self.vhost.declare_queue(
+            name,
+            self.connection,
+            passive=method.passive,
+            durable=method.durable,
+            exclusive=method.exclusive,
+            auto_delete=method.auto_delete,
+            arguments=method.arguments,
+        )
+        if queue.exclusive_owner is self.connection:
+            self.connection.exclusive_queues[queue.name] = queue
+        self.last_queue = queue.name
+        if not method.nowait:
+            self.connection.send(
+                frames.frame(
+                    frames.FRAME_METHOD,
+                    self.number,
+                    frames.declare_ok_payload(
+                        queue.name, queue.message_count, len(queue.consumers)
+                    ),
+                )
+            )
+
+    def _on_queue_bind(self, method: commands.Queue.Bind) -> None:
+        queue = self._queue_name(method.queue)
+        routing_key = method.routing_key or ("" if method.queue else queue)
+        self.vhost.bind(
+            method.exchange, queue, routing_key, method.arguments, False, self.connection
+        )
+        if not method.nowait:
+            self._send(commands.Queue.BindOk())
+
+    def _on_queue_unbind(self, method: commands.Queue.Unbind) -> None:
+        queue = self._queue_name(method.queue)
+        routing_key = method.routing_key or ("" if method.queue else queue)
+        self.vhost.unbind(
+            method.exchange, queue, routing_key, method.arguments, False, self.connection
+        )
+        self._send(commands.Queue.UnbindOk())
+
+    def _on_queue_purge(self, method: commands.Queue.Purge) -> None:
+        count = self.vhost.purge_queue(self._queue_name(method.queue), self.connection)
+        if not method.nowait:
+            self._send(commands.Queue.PurgeOk(message_count=count))
+
+    def _on_queue_delete(self, method: commands.Queue.Delete) -> None:
+        name = self._queue_name(method.queue)
+        count = self.vhost.delete_queue(
+            name, self.connection, if_unused=method.if_unused, if_empty=method.if_empty
+        )
+        self.connection.exclusive_queues.pop(name, None)
+        if not method.nowait:
+            self._send(commands.Queue.DeleteOk(message_count=count))
+
+    # ------------------------------------------------------------------ basic class
+    def _on_qos(self, method: commands.Basic.Qos) -> None:
+        if method.prefetch_size:
+            raise ConnectionException(NOT_IMPLEMENTED, f"prefetch_size!=0 ({method.prefetch_size})")
+        if method.global_:
+            self.global_prefetch = method.prefetch_count
+        else:
+            self.prefetch_count = method.prefetch_count
+        self._send(commands.Basic.QosOk())
+        self.resume_delivery()
+
+    def _on_consume(self, method: commands.Basic.Consume) -> None:
+        queue = self.vhost.get_queue(self._queue_name(method.queue), self.connection)
+        tag = method.consumer_tag or server_generated_name("amq.ctag-")
+        if tag in self.consumers:
+            raise ConnectionException(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
+        if queue.exclusive_consumer is not None or (method.exclusive and queue.consumers):
+            raise ChannelException(
+                ACCESS_REFUSED,
+                f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use",
+            )
+        consumer = Consumer(
+            tag,
+            queue,
+            self,
+            no_ack=method.no_ack,
+            exclusive=method.exclusive,
+            prefetch=self.prefetch_count,
+            arguments=method.arguments,
+        )
+        consumer.wire_tag = frames.short_string(tag)
+        self.consumers[tag] = consumer
+        if not method.nowait:
+            self._send(commands.Basic.ConsumeOk(consumer_tag=tag))
+        queue.add_consumer(consumer)
+
+    def _on_cancel(self, method: commands.Basic.Cancel) -> None:
+        consumer = self.consumers.pop(method.consumer_tag, None)
+        if not method.nowait:
+            self._send(commands.Basic.CancelOk(consumer_tag=method.consumer_tag))
+        if consumer is not None:
+            consumer.queue.remove_consumer(consumer)
+            self.vhost.maybe_auto_delete(consumer.queue)
+
+    def _on_get(self, method: commands.Basic.Get) -> None:
+        queue = self.vhost.get_queue(self._queue_name(method.queue), self.connection)
+        entry = queue.get()
+        if entry is None:
+            self._send(commands.Basic.GetEmpty())
+            return
+        self._delivery_tag += 1
+        tag = self._delivery_tag
+        if not method.no_ack:
+            self.unacked[tag] = (queue, entry, None)
+        message = entry.message
+        self.connection.send_parts(
+            frames.content_frames(
+                self.number,
+                frames.get_ok_payload(
+                    tag, entry.redelivered, message.route_bytes, queue.message_count
+                ),
+                message.header,
+                message.body,
+                self.connection.frame_max,
+            )
+        )
+
+    def _on_nack(self, method: commands.Basic.Nack) -> None:
+        self._reject(method.delivery_tag, method.multiple, method.requeue)
+
+    def _on_reject(self, method: commands.Basic.Reject) -> None:
+        self._reject(method.delivery_tag, False, method.requeue)
+
+    def _on_recover(self, method: commands.Basic.Recover) -> None:
+        self._recover(method.requeue)
+        self._send(commands.Basic.RecoverOk())
+
+    def _on_recover_async(self, method: commands.Basic.RecoverAsync) -> None:
+        self._recover(method.requeue)
+
+    def _recover(self, requeue: bool) -> None:
+        if not requeue:
+            raise ConnectionException(NOT_IMPLEMENTED, "requeue=false")
+        held = list(self.unacked.values())
+        self.unacked.clear()
+        self._settle(held, requeue=True)
+
+    # ------------------------------------------------------------------ confirm and tx
+    def _on_confirm_select(self, method: commands.Confirm.Select) -> None:
+        if self.tx is not None:
+            raise ChannelException(PRECONDITION_FAILED, "cannot switch from tx to confirm mode")
+        self.confirm_mode = True
+        if not method.nowait:
+            self._send(commands.Confirm.SelectOk())
+
+    def _on_tx_select(self, method: commands.Tx.Select) -> None:
+        if self.confirm_mode:
+            raise ChannelException(PRECONDITION_FAILED, "cannot switch from confirm to tx mode")
+        if self.tx is None:
+            self.tx = Transaction()
+        self._send(commands.Tx.SelectOk())
+
+    def _require_tx(self) -> Transaction:
+        if self.tx is None:
+            raise ChannelException(PRECONDITION_FAILED, "channel is not transactional")
+        return self.tx
+
+    def _on_tx_commit(self, method: commands.Tx.Commit) -> None:
+        tx = self._require_tx()
+        self.tx = Transaction()
+        for exchange, message, mandatory in tx.publishes:
+            if self.vhost.exchanges.get(exchange.name) is exchange:
+                self._route(exchange, message, mandatory)
+        for requeue in (None, True, False):
+            entries = [entry for _, entry, wanted in tx.settlements if wanted is requeue]
+            if entries:
+                self._settle(entries, requeue=requeue)
+        self._send(commands.Tx.CommitOk())
+
+    def _on_tx_rollback(self, method: commands.Tx.Rollback) -> None:
+        tx = self._require_tx()
+        self.tx = Transaction()
+        if tx.settlements:
+            restored = dict(self.unacked)
+            restored.update((tag, entry) for tag, entry, _ in tx.settlements)
+            self.unacked = dict(sorted(restored.items()))
+        self._send(commands.Tx.RollbackOk())
+
+
+def _server_only(channel: Channel, method: Any) -> None:
+    raise ConnectionException(
+        COMMAND_INVALID, f"{method.name} is sent by the broker, not by clients"
+    )
+
+
+_HANDLERS: dict[type, Any] = {
+    commands.Channel.Open: Channel._on_channel_open,
+    commands.Channel.Close: Channel._on_channel_close,
+    commands.Channel.CloseOk: Channel._on_channel_close_ok,
+    commands.Channel.Flow: Channel._on_flow,
+    commands.Channel.FlowOk: Channel._on_flow_ok,
+    commands.Exchange.Declare: Channel._on_exchange_declare,
+    commands.Exchange.Delete: Channel._on_exchange_delete,
+    commands.Exchange.Bind: Channel._on_exchange_bind,
+    commands.Exchange.Unbind: Channel._on_exchange_unbind,
+    commands.Queue.Declare: Channel._on_queue_declare,
+    commands.Queue.Bind: Channel._on_queue_bind,
+    commands.Queue.Unbind: Channel._on_queue_unbind,
+    commands.Queue.Purge: Channel._on_queue_purge,
+    commands.Queue.Delete: Channel._on_queue_delete,
+    commands.Basic.Qos: Channel._on_qos,
+    commands.Basic.Consume: Channel._on_consume,
+    commands.Basic.Cancel: Channel._on_cancel,
+    commands.Basic.Get: Channel._on_get,
+    commands.Basic.Nack: Channel._on_nack,
+    commands.Basic.Reject: Channel._on_reject,
+    commands.Basic.Recover: Channel._on_recover,
+    commands.Basic.RecoverAsync: Channel._on_recover_async,
+    commands.Confirm.Select: Channel._on_confirm_select,
+    commands.Tx.Select: Channel._on_tx_select,
+    commands.Tx.Commit: Channel._on_tx_commit,
+    commands.Tx.Rollback: Channel._on_tx_rollback,
+}
+for _method in (
+    commands.Basic.Deliver,
+    commands.Basic.GetOk,
+    commands.Basic.GetEmpty,
+    commands.Basic.Return,
+    commands.Basic.ConsumeOk,
+    commands.Basic.CancelOk,
+    commands.Basic.QosOk,
+    commands.Basic.RecoverOk,
+):
+    _HANDLERS[_method] = _server_only

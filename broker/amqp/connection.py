@@ -1,0 +1,544 @@
+"""One client connection: handshake, tuning, heartbeats, frame dispatch and close codes.
+
+`data_received` cuts frames out of a single bytearray and hands them to channels; outgoing frames
+are collected during one loop iteration and written with one syscall. Errors raised anywhere below
+carry their AMQP reply code: channel exceptions close that channel, connection exceptions close
+the connection, and nothing a client sends can take the broker down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands
+
+from broker import __version__
+from broker.amqp import frames
+from broker.amqp.channel import Channel
+from broker.core.errors import (
+    ACCESS_REFUSED,
+    CHANNEL_ERROR,
+    COMMAND_INVALID,
+    FRAME_ERROR,
+    INTERNAL_ERROR,
+    NOT_ALLOWED,
+    NOT_IMPLEMENTED,
+    SYNTAX_ERROR,
+    UNEXPECTED_FRAME,
+    AMQPError,
+    ConnectionException,
+)
+from broker.core.queue import Queue
+
+if TYPE_CHECKING:
+    from broker.server import Broker
+
+log = logging.getLogger("warren.connection")
+
+# Handshake states, in order.
+AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(7)
+
+MIN_FRAME_MAX = 4096  # the spec's minimum; frames up to this size are fine before tuning
+CLOSE_OK_TIMEOUT = 3.0
+
+CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "consumer_priorities": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+    "direct_reply_to": False,
+}
+
+
+class AMQPConnection(asyncio.Protocol):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.config = broker.config
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.state = AWAIT_HEADER
+        self.buffer = bytearray()
+        self.channels: dict[int, Channel] = {}
+        self.closing_channels: set[int] = set()
+        limits = self.config.limits
+        self.frame_max = limits.frame_max
+        self.channel_max = limits.channel_max
+        self.heartbeat = 0
+        self.user = ""
+        self.vhost: Any = None
+        self.client_properties: dict[str, Any] = {}
+        self.exclusive_queues: dict[str, Queue] = {}
+        self.write_paused = False
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._confirm_channels: set[Channel] = set()
+        self._received = False
+        self._sent = False
+        self._missed_heartbeats = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.broker.connections.add(self)
+        self._timer = self.loop.call_later(
+            self.config.limits.handshake_timeout, self._handshake_timed_out
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state == OPEN or self.state == CLOSING:
+            log.info("connection closed peer=%s user=%s", self.peer, self.user)
+        self.state = CLOSED
+        self._release_everything()
+        self.broker.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for channel in list(self.channels.values()):
+            channel.resume_delivery()
+
+    def data_received(self, data: bytes) -> None:
+        self._received = True
+        if self.state == CLOSED:
+            return
+        buffer = self.buffer
+        buffer += data
+        if self.state == AWAIT_HEADER and not self._read_protocol_header():
+            return
+        try:
+            self._read_frames()
+        except ConnectionException as error:
+            self.close_with_error(error)
+        except Exception:  # a bug must cost one connection, never the broker
+            log.exception("internal error on connection peer=%s", self.peer)
+            self.close_with_error(ConnectionException(INTERNAL_ERROR, "internal error"))
+
+    # ------------------------------------------------------------------ reading
+    def _read_protocol_header(self) -> bool:
+        buffer = self.buffer
+        if len(buffer) < 8:
+            if not frames.PROTOCOL_HEADER.startswith(bytes(buffer[:4])[: len(buffer)]):
+                self._refuse_protocol()
+            return False
+        if bytes(buffer[:8]) != frames.PROTOCOL_HEADER:
+            self._refuse_protocol()
+            return False
+        del buffer[:8]
+        self.state = AWAIT_START_OK
+        self._send_method(0, self._start_method())
+        return True
+
+    def _refuse_protocol(self) -> None:
+        """Answer an unsupported protocol header with ours, then hang up (spec 4.2.2)."""
+        assert self.transport is not None
+        self.state = CLOSED
+        self.transport.write(frames.PROTOCOL_HEADER)
+        self.transport.close()
+
+    def _read_frames(self) -> None:
+        buffer = self.buffer
+        view = memoryview(buffer)
+        unpack = frames.FRAME_PREFIX.unpack_from
+        position = 0
+        available = len(buffer)
+        limit = self.frame_max if self.state == OPEN else max(self.frame_max, MIN_FRAME_MAX)
+        try:
+            while available - position >= 7 and self.state != CLOSED:
+                frame_type, channel, size = unpack(view, position)
+                if size + frames.FRAME_OVERHEAD > limit:
+                    raise ConnectionException(
+                        FRAME_ERROR,
+                        f"frame of {size + frames.FRAME_OVERHEAD} bytes on channel {channel}"
+                        f" exceeds the negotiated frame_max of {limit}",
+                    )
+                end = position + 7 + size
+                if end >= available:
+                    break
+                if buffer[end] != frames.FRAME_END:
+                    raise ConnectionException(
+                        FRAME_ERROR,
+                        f"frame on channel {channel} does not end with 0xCE"
+                        f" (found {buffer[end]:#04x})",
+                    )
+                payload = bytes(view[position + 7 : end])
+                position = end + 1
+                self._dispatch(frame_type, channel, payload)
+        finally:
+            view.release()
+            if position:
+                del buffer[:position]
+
+    def _dispatch(self, frame_type: int, number: int, payload: bytes) -> None:
+        if self.state == CLOSING:
+            self._dispatch_while_closing(frame_type, number, payload)
+            return
+        if frame_type == frames.FRAME_METHOD:
+            if number == 0:
+                self._connection_method(payload)
+                return
+            channel = self.channels.get(number)
+            if channel is None:
+                self._method_on_closed_channel(number, payload)
+                return
+            channel.handle_method(payload)
+        elif frame_type == frames.FRAME_HEADER or frame_type == frames.FRAME_BODY:
+            channel = self.channels.get(number)
+            if channel is None:
+                if number in self.closing_channels:
+                    return
+                raise ConnectionException(
+                    CHANNEL_ERROR if number else UNEXPECTED_FRAME,
+                    f"content frame on channel {number}, which is not open",
+                )
+            if frame_type == frames.FRAME_HEADER:
+                channel.handle_header(payload)
+            else:
+                channel.handle_body(payload)
+        elif frame_type == frames.FRAME_HEARTBEAT:
+            if number != 0:
+                raise ConnectionException(
+                    FRAME_ERROR, f"heartbeat frame on channel {number}; heartbeats use channel 0"
+                )
+        else:
+            raise ConnectionException(FRAME_ERROR, f"unknown frame type {frame_type}")
+
+    def _dispatch_while_closing(self, frame_type: int, number: int, payload: bytes) -> None:
+        """After we sent Connection.Close only Close and Close-Ok matter (spec 2.2.4)."""
+        if frame_type != frames.FRAME_METHOD or number != 0 or len(payload) < 4:
+            return
+        index = int.from_bytes(payload[:4], "big")
+        if index == commands.Connection.CloseOk.index:
+            self._hang_up()
+        elif index == commands.Connection.Close.index:
+            self._send_method(0, commands.Connection.CloseOk())
+            self._hang_up()
+
+    def _method_on_closed_channel(self, number: int, payload: bytes) -> None:
+        index = int.from_bytes(payload[:4], "big")
+        if number in self.closing_channels:
+            # We closed this channel; drop everything until the client's close-ok.
+            if index == commands.Channel.CloseOk.index:
+                self.closing_channels.discard(number)
+            elif index == commands.Channel.Close.index:
+                self.closing_channels.discard(number)
+                self._send_method(number, commands.Channel.CloseOk())
+            return
+        if index != commands.Channel.Open.index:
+            raise ConnectionException(
+                CHANNEL_ERROR,
+                f"expected 'channel.open' on channel {number}, got {frames.method_name(index)}",
+            )
+        if self.state != OPEN:
+            raise ConnectionException(
+                COMMAND_INVALID, "channel.open before the connection was opened"
+            )
+        if number > self.channel_max:
+            raise ConnectionException(
+                NOT_ALLOWED,
+                f"channel number {number} is above the negotiated channel_max {self.channel_max}",
+            )
+        self.channels[number] = Channel(self, number)
+        self._send_method(number, commands.Channel.OpenOk())
+
+    # ------------------------------------------------------------------ connection class
+    def _connection_method(self, payload: bytes) -> None:
+        index = int.from_bytes(payload[:4], "big")
+        try:
+            method = frames.decode_method(payload)
+        except KeyError:
+            raise ConnectionException(
+                NOT_IMPLEMENTED, f"unknown method {index >> 16}.{index & 0xFFFF} on channel 0"
+            ) from None
+        except frames.MalformedFrame as error:
+            raise ConnectionException(SYNTAX_ERROR, str(error)) from None
+        handler = self._CONNECTION_HANDLERS.get(type(method))
+        if handler is None:
+            raise ConnectionException(
+                COMMAND_INVALID if index >> 16 == 10 else CHANNEL_ERROR,
+                f"unexpected method {method.name} on channel 0",
+            )
+        try:
+            handler(self, method)
+        except AMQPError as error:
+            error.class_id, error.method_id = index >> 16, index & 0xFFFF
+            raise
+
+    def _expect_state(self, state: int, method: Any) -> None:
+        if self.state != state:
+            raise ConnectionException(
+                COMMAND_INVALID, f"{method.name} is not expected now in the connection handshake"
+            )
+
+    def _start_method(self) -> commands.Connection.Start:
+        properties = {
+            "product": "Warren",
+            "version": __version__,
+            "platform": "Python",
+            "copyright": "Warren contributors",
+            "information": "AMQP 0-9-1 broker compatible with RabbitMQ clients",
+            "capabilities": dict(CAPABILITIES),
+            "cluster_name": self.config.cluster_name,
+        }
+        return commands.Connection.Start(
+            version_major=0,
+            version_minor=9,
+            server_properties=properties,
+            mechanisms="PLAIN AMQPLAIN",
+            locales="en_US",
+        )
+
+    def _on_start_ok(self, method: commands.Connection.StartOk) -> None:
+        self._expect_state(AWAIT_START_OK, method)
+        self.client_properties = dict(method.client_properties or {})
+        mechanism = method.mechanism or ""
+        credentials = self.broker.auth.parse_response(mechanism, method.response)
+        if credentials is None:
+            raise ConnectionException(
+                ACCESS_REFUSED,
+                f"unsupported authentication mechanism '{mechanism}'; use PLAIN or AMQPLAIN",
+            )
+        username, password = credentials
+        refusal = self.broker.auth.authenticate(username, password, self._peer_host(), mechanism)
+        if refusal:
+            log.warning("authentication failed peer=%s user=%s: %s", self.peer, username, refusal)
+            raise ConnectionException(ACCESS_REFUSED, refusal)
+        self.user = username
+        self.state = AWAIT_TUNE_OK
+        limits = self.config.limits
+        self._send_method(
+            0,
+            commands.Connection.Tune(
+                channel_max=limits.channel_max,
+                frame_max=limits.frame_max,
+                heartbeat=limits.heartbeat,
+            ),
+        )
+
+    def _peer_host(self) -> str:
+        return self.peer.rsplit(":", 1)[0]
+
+    def _on_tune_ok(self, method: commands.Connection.TuneOk) -> None:
+        self._expect_state(AWAIT_TUNE_OK, method)
+        limits = self.config.limits
+        frame_max = method.frame_max or limits.frame_max
+        if frame_max < MIN_FRAME_MAX or frame_max > limits.frame_max:
+            raise ConnectionException(
+                NOT_ALLOWED,
+                f"frame_max={frame_max} outside the allowed range"
+                f" {MIN_FRAME_MAX}..{limits.frame_max}",
+            )
+        channel_max = method.channel_max or limits.channel_max
+        if channel_max > limits.channel_max:
+            raise ConnectionException(
+                NOT_ALLOWED,
+                f"channel_max={channel_max} above the broker's maximum {limits.channel_max}",
+            )
+        self.frame_max = frame_max
+        self.channel_max = channel_max
+        self.heartbeat = method.heartbeat
+        self.state = AWAIT_OPEN
+
+    def _on_open(self, method: commands.Connection.Open) -> None:
+        self._expect_state(AWAIT_OPEN, method)
+        vhost_name = method.virtual_host or "/"
+        vhost = self.broker.vhosts.get(vhost_name)
+        if vhost is None:
+            raise ConnectionException(NOT_ALLOWED, f"vhost '{vhost_name}' not found")
+        if not self.broker.auth.may_use_vhost(self.user, vhost_name):
+            raise ConnectionException(
+                NOT_ALLOWED, f"access to vhost '{vhost_name}' refused for user '{self.user}'"
+            )
+        self.vhost = vhost
+        self.state = OPEN
+        self._send_method(0, commands.Connection.OpenOk())
+        self._cancel_timer()
+        if self.heartbeat:
+            self._timer = self.loop.call_later(self.heartbeat, self._heartbeat_tick)
+        log.info("connection opened peer=%s user=%s vhost=%s", self.peer, self.user, vhost_name)
+
+    def _on_close(self, method: commands.Connection.Close) -> None:
+        self._send_method(0, commands.Connection.CloseOk())
+        self._release_everything()
+        self._hang_up()
+
+    def _on_close_ok(self, method: commands.Connection.CloseOk) -> None:
+        self._hang_up()
+
+    def _on_update_secret(self, method: commands.Connection.UpdateSecret) -> None:
+        self._expect_state(OPEN, method)
+        # Warren's users authenticate with passwords, which a new secret cannot refresh.
+        self._send_method(0, commands.Connection.UpdateSecretOk())
+
+    def _on_blocked_notice(self, method: Any) -> None:
+        """Connection.Blocked/Unblocked go from broker to client only."""
+        raise ConnectionException(COMMAND_INVALID, f"{method.name} is sent by the broker only")
+
+    _CONNECTION_HANDLERS: dict[type, Any] = {
+        commands.Connection.StartOk: _on_start_ok,
+        commands.Connection.TuneOk: _on_tune_ok,
+        commands.Connection.Open: _on_open,
+        commands.Connection.Close: _on_close,
+        commands.Connection.CloseOk: _on_close_ok,
+        commands.Connection.UpdateSecret: _on_update_secret,
+        commands.Connection.Blocked: _on_blocked_notice,
+        commands.Connection.Unblocked: _on_blocked_notice,
+    }
+
+    # ------------------------------------------------------------------ writing
+    def send(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def send_parts(self, parts: list[bytes]) -> None:
+        self._out += parts
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _send_method(self, channel: int, method: Any) -> None:
+        self.send(frames.method_frame(channel, method))
+
+    def want_confirm_flush(self, channel: Channel) -> None:
+        """Publisher confirms are coalesced into one Basic.Ack(multiple) per loop iteration."""
+        self._confirm_channels.add(channel)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._confirm_channels:
+            pending = self._confirm_channels
+            self._confirm_channels = set()
+            for channel in pending:
+                channel.flush_confirms()
+        if not self._out or self.transport is None or self.transport.is_closing():
+            self._out.clear()
+            return
+        out = self._out
+        self._out = []
+        self.transport.write(b"".join(out))
+        self._sent = True
+
+    # ------------------------------------------------------------------ closing
+    def close_with_error(self, error: AMQPError) -> None:
+        """Close the connection with a reply code; wait briefly for the client's close-ok."""
+        if self.state in (CLOSING, CLOSED):
+            return
+        if self.state < OPEN and error.code != ACCESS_REFUSED:
+            log.warning("handshake failed peer=%s: %s", self.peer, error.reply_text)
+        else:
+            log.warning("connection error peer=%s user=%s: %s", self.peer, self.user, error)
+        self._release_everything()
+        self.state = CLOSING
+        self._send_method(
+            0,
+            commands.Connection.Close(
+                reply_code=error.code,
+                reply_text=error.reply_text,
+                class_id=error.class_id,
+                method_id=error.method_id,
+            ),
+        )
+        self._cancel_timer()
+        self._timer = self.loop.call_later(CLOSE_OK_TIMEOUT, self._hang_up)
+
+    def force_close(self, code: int, text: str) -> None:
+        """Broker-initiated close (shutdown: 320 CONNECTION_FORCED)."""
+        self.close_with_error(ConnectionException(code, text))
+
+    def _hang_up(self) -> None:
+        self._cancel_timer()
+        self._flush()
+        self.state = CLOSED
+        if self.transport is not None:
+            self.transport.close()
+
+    def _release_everything(self) -> None:
+        """Requeue unacked messages, drop consumers and exclusive queues (idempotent)."""
+        channels = list(self.channels.values())
+        self.channels.clear()
+        for channel in channels:
+            channel.release()
+        queues = list(self.exclusive_queues.values())
+        self.exclusive_queues.clear()
+        for queue in queues:
+            if self.vhost is not None:
+                self.vhost.remove_queue(queue)
+        self._cancel_timer()
+
+    def channel_closed_by_broker(self, channel: Channel, error: AMQPError) -> None:
+        self.channels.pop(channel.number, None)
+        self.closing_channels.add(channel.number)
+        log.warning(
+            "channel error peer=%s user=%s channel=%d: %s",
+            self.peer,
+            self.user,
+            channel.number,
+            error.reply_text,
+        )
+        self._send_method(
+            channel.number,
+            commands.Channel.Close(
+                reply_code=error.code,
+                reply_text=error.reply_text,
+                class_id=error.class_id,
+                method_id=error.method_id,
+            ),
+        )
+
+    def channel_closed_by_client(self, channel: Channel) -> None:
+        self.channels.pop(channel.number, None)
+        self._send_method(channel.number, commands.Channel.CloseOk())
+
+    # ------------------------------------------------------------------ timers
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self.state < OPEN and self.transport is not None:
+            log.warning("handshake timeout peer=%s", self.peer)
+            self.state = CLOSED
+            self.transport.abort()
+
+    def _heartbeat_tick(self) -> None:
+        """Every interval: send a heartbeat if we were silent, drop a peer silent for two."""
+        if self.state != OPEN or self.transport is None:
+            return
+        if self._received:
+            self._received = False
+            self._missed_heartbeats = 0
+        else:
+            self._missed_heartbeats += 1
+            if self._missed_heartbeats >= 2:
+                log.warning(
+                    "missed heartbeats from client, timeout: %ds peer=%s", self.heartbeat, self.peer
+                )
+                self.state = CLOSED
+                self.transport.abort()
+                return
+        if not self._sent:
+            self.transport.write(frames.HEARTBEAT_FRAME)
+        self._sent = False
+        self._timer = self.loop.call_later(self.heartbeat, self._heartbeat_tick)

@@ -1,0 +1,168 @@
+"""AMQP 0-9-1 framing: constants, hand-written codecs for the hot methods, frame builders.
+
+pamqp handles the long tail of methods; the methods on every message's path (Basic.Publish in,
+Basic.Deliver / GetOk / Return out, Basic.Ack in and out) are encoded and decoded here with
+precompiled structs, because pamqp's generic attribute walk costs several times more per call.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from pamqp import commands, frame as pamqp_frame
+from pamqp.base import Frame as PamqpMethod
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+FRAME_METHOD = 1
+FRAME_HEADER = 2
+FRAME_BODY = 3
+FRAME_HEARTBEAT = 8
+FRAME_END = 0xCE
+FRAME_END_BYTE = b"\xce"
+FRAME_OVERHEAD = 8  # 7-byte frame header + frame-end octet
+
+FRAME_PREFIX = struct.Struct(">BHI")
+CLASS_METHOD = struct.Struct(">HH")
+HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+
+BASIC_PUBLISH = 0x003C0028  # (60, 40)
+BASIC_ACK = 0x003C0050  # (60, 80)
+
+_DELIVER_PREFIX = b"\x00\x3c\x00\x3c"
+_GET_OK_PREFIX = b"\x00\x3c\x00\x47"
+_RETURN_PREFIX = b"\x00\x3c\x00\x32"
+_ACK_PREFIX = b"\x00\x3c\x00\x50"
+_NACK_PREFIX = b"\x00\x3c\x00\x78"
+_TAG_AND_FLAG = struct.Struct(">QB")
+_LONG = struct.Struct(">I")
+_SHORT = struct.Struct(">H")
+_TWO_LONGS = struct.Struct(">II")
+_BODY_SIZE = struct.Struct(">Q")
+
+
+class MalformedFrame(ValueError):
+    """A method payload that cannot be decoded (truncated or with bad values)."""
+
+
+def short_string(value: str) -> bytes:
+    data = value.encode("utf-8")
+    if len(data) > 255:
+        raise ValueError(f"short string longer than 255 bytes: {value[:40]!r}...")
+    return bytes((len(data),)) + data
+
+
+def decode_publish(payload: bytes) -> tuple[str, str, bytes, bool, bool]:
+    """Basic.Publish -> (exchange, routing_key, raw route bytes, mandatory, immediate)."""
+    try:
+        exchange_len = payload[6]
+        routing_start = 7 + exchange_len
+        routing_len = payload[routing_start]
+        end = routing_start + 1 + routing_len
+        flags = payload[end]
+    except IndexError as error:
+        raise MalformedFrame("truncated basic.publish") from error
+    route_bytes = payload[6:end]
+    exchange = payload[7:routing_start].decode("utf-8", "replace")
+    routing_key = payload[routing_start + 1 : end].decode("utf-8", "replace")
+    return exchange, routing_key, route_bytes, bool(flags & 1), bool(flags & 2)
+
+
+def decode_ack(payload: bytes) -> tuple[int, bool]:
+    """Basic.Ack -> (delivery_tag, multiple)."""
+    try:
+        tag, flags = _TAG_AND_FLAG.unpack_from(payload, 4)
+    except struct.error as error:
+        raise MalformedFrame("truncated basic.ack") from error
+    return tag, bool(flags & 1)
+
+
+def decode_method(payload: bytes) -> PamqpMethod:
+    """Any other method, through pamqp. Raises KeyError for an unknown class/method id."""
+    index = int.from_bytes(payload[:4], "big")
+    method = commands.INDEX_MAPPING[index]()
+    try:
+        method.unmarshal(payload[4:])
+    except (struct.error, ValueError, IndexError, TypeError, UnicodeDecodeError) as error:
+        raise MalformedFrame(f"cannot decode {method.name}: {error}") from error
+    return method
+
+
+def body_size(header_payload: bytes) -> int:
+    return _BODY_SIZE.unpack_from(header_payload, 4)[0]
+
+
+def frame(frame_type: int, channel: int, payload: bytes) -> bytes:
+    return FRAME_PREFIX.pack(frame_type, channel, len(payload)) + payload + FRAME_END_BYTE
+
+
+def method_frame(channel: int, method: PamqpMethod) -> bytes:
+    """Encode a pamqp method for the long tail (declare-ok, close, ...)."""
+    return pamqp_frame.marshal(method, channel)
+
+
+def content_frames(
+    channel: int, method_payload: bytes, header: bytes, body: bytes, frame_max: int
+) -> list[bytes]:
+    """Method + content header + body frames, the body split to respect frame_max."""
+    parts = [
+        FRAME_PREFIX.pack(FRAME_METHOD, channel, len(method_payload)),
+        method_payload,
+        FRAME_END_BYTE,
+        FRAME_PREFIX.pack(FRAME_HEADER, channel, len(header)),
+        header,
+        FRAME_END_BYTE,
+    ]
+    size = len(body)
+    if size:
+        chunk = frame_max - FRAME_OVERHEAD
+        if size <= chunk:
+            parts += (FRAME_PREFIX.pack(FRAME_BODY, channel, size), body, FRAME_END_BYTE)
+        else:
+            view = memoryview(body)
+            for start in range(0, size, chunk):
+                piece = view[start : start + chunk]
+                parts += (FRAME_PREFIX.pack(FRAME_BODY, channel, len(piece)), piece, FRAME_END_BYTE)
+    return parts
+
+
+def deliver_payload(
+    consumer_tag: bytes, delivery_tag: int, redelivered: bool, route: bytes
+) -> bytes:
+    """Basic.Deliver; `consumer_tag` is already a short string, `route` the publish's raw bytes."""
+    return b"".join(
+        (_DELIVER_PREFIX, consumer_tag, _TAG_AND_FLAG.pack(delivery_tag, redelivered), route)
+    )
+
+
+def get_ok_payload(delivery_tag: int, redelivered: bool, route: bytes, message_count: int) -> bytes:
+    return b"".join(
+        (
+            _GET_OK_PREFIX,
+            _TAG_AND_FLAG.pack(delivery_tag, redelivered),
+            route,
+            _LONG.pack(message_count),
+        )
+    )
+
+
+def declare_ok_payload(queue: str, message_count: int, consumer_count: int) -> bytes:
+    """Queue.DeclareOk by hand: pamqp refuses queue names RabbitMQ accepts."""
+    return (
+        b"\x00\x32\x00\x0b" + short_string(queue) + _TWO_LONGS.pack(message_count, consumer_count)
+    )
+
+
+def return_payload(reply_code: int, reply_text: str, route: bytes) -> bytes:
+    return b"".join((_RETURN_PREFIX, _SHORT.pack(reply_code), short_string(reply_text), route))
+
+
+def confirm_frame(channel: int, delivery_tag: int, multiple: bool, ack: bool = True) -> bytes:
+    """Basic.Ack / Basic.Nack from the broker for publisher confirms."""
+    prefix = _ACK_PREFIX if ack else _NACK_PREFIX
+    return frame(FRAME_METHOD, channel, prefix + _TAG_AND_FLAG.pack(delivery_tag, multiple))
+
+
+def method_name(index: int) -> str:
+    cls: Any = commands.INDEX_MAPPING.get(index)
+    return cls.name if cls is not None else f"method {index >> 16}.{index & 0xFFFF}"

@@ -1,0 +1,73 @@
+"""AMQP errors raised by the model and the wire layer.
+
+Each error carries the reply code the peer must see. A `ChannelException` closes only the channel
+it happened on; a `ConnectionException` closes the whole connection (the spec's names). The text
+follows RabbitMQ's style, "NOT_FOUND - no queue 'q' in vhost '/'", so that client logs read the
+same on either broker.
+"""
+
+from __future__ import annotations
+
+REPLY_NAMES = {
+    200: "OK",
+    311: "CONTENT_TOO_LARGE",
+    312: "NO_ROUTE",
+    313: "NO_CONSUMERS",
+    320: "CONNECTION_FORCED",
+    402: "INVALID_PATH",
+    403: "ACCESS_REFUSED",
+    404: "NOT_FOUND",
+    405: "RESOURCE_LOCKED",
+    406: "PRECONDITION_FAILED",
+    501: "FRAME_ERROR",
+    502: "SYNTAX_ERROR",
+    503: "COMMAND_INVALID",
+    504: "CHANNEL_ERROR",
+    505: "UNEXPECTED_FRAME",
+    506: "RESOURCE_ERROR",
+    530: "NOT_ALLOWED",
+    540: "NOT_IMPLEMENTED",
+    541: "INTERNAL_ERROR",
+}
+
+ACCESS_REFUSED = 403
+NOT_FOUND = 404
+RESOURCE_LOCKED = 405
+PRECONDITION_FAILED = 406
+FRAME_ERROR = 501
+SYNTAX_ERROR = 502
+COMMAND_INVALID = 503
+CHANNEL_ERROR = 504
+UNEXPECTED_FRAME = 505
+RESOURCE_ERROR = 506
+NOT_ALLOWED = 530
+NOT_IMPLEMENTED = 540
+INTERNAL_ERROR = 541
+
+
+class AMQPError(Exception):
+    """An error with an AMQP reply code; `reply_text` is what goes on the wire."""
+
+    closes_connection = False
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{REPLY_NAMES.get(code, str(code))} - {text}")
+        self.code = code
+        self.reply_text = str(self)[:255]
+        self.class_id = 0
+        self.method_id = 0
+
+
+class ChannelException(AMQPError):
+    """A soft error: the broker closes the channel and the connection carries on."""
+
+
+class ConnectionException(AMQPError):
+    """A hard error: the broker closes the connection."""
+
+    closes_connection = True
+
+
+def describe(kind: str, name: str, vhost: str) -> str:
+    """RabbitMQ's way of naming a resource in reply texts: "queue 'q' in vhost '/'"."""
+    return f"{kind} '{name}' in vhost '{vhost}'"

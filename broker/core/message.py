@@ -1,0 +1,56 @@
+"""A published message as the broker holds it.
+
+The content header is kept as the raw payload the publisher sent, and the exchange/routing-key pair
+as the raw short strings from Basic.Publish, so delivery writes them back without re-encoding. One
+`Message` is shared by every queue it is routed to; per-queue state lives in `QueuedMessage`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.core.properties import decode_properties
+
+
+class Message:
+    __slots__ = ("_properties", "body", "exchange", "header", "route_bytes", "routing_key")
+
+    def __init__(
+        self, exchange: str, routing_key: str, route_bytes: bytes, header: bytes, body: bytes
+    ) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        # shortstr(exchange) + shortstr(routing_key): the bytes Deliver/GetOk/Return carry.
+        self.route_bytes = route_bytes
+        self.header = header
+        self.body = body
+        self._properties: dict[str, Any] | None = None
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """Decoded basic properties; computed on first use only."""
+        if self._properties is None:
+            self._properties = decode_properties(self.header)
+        return self._properties
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return self.properties.get("headers") or {}
+
+    @property
+    def persistent(self) -> bool:
+        # delivery-mode is the 4th property: a cheap flag test avoids decoding the others.
+        if not self.header[12] & 0x10:
+            return False
+        return self.properties.get("delivery_mode") == 2
+
+
+class QueuedMessage:
+    """A message's place in one queue: its order there and whether it was delivered before."""
+
+    __slots__ = ("message", "redelivered", "seq")
+
+    def __init__(self, message: Message, seq: int) -> None:
+        self.message = message
+        self.seq = seq
+        self.redelivered = False

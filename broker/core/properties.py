@@ -1,0 +1,77 @@
+"""Lazy decoding of an AMQP content header's property list.
+
+The broker keeps the header bytes the publisher sent and writes them back out unchanged; it only
+needs a few fields (delivery-mode, priority, expiration, headers). Decoding walks the property
+flags once and stops at the last field asked for, so a plain publish pays nothing.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from pamqp import decode
+
+# Property order and wire types as the spec lists them (bit 15 first).
+PROPERTY_TYPES = (
+    ("content_type", "shortstr"),
+    ("content_encoding", "shortstr"),
+    ("headers", "table"),
+    ("delivery_mode", "octet"),
+    ("priority", "octet"),
+    ("correlation_id", "shortstr"),
+    ("reply_to", "shortstr"),
+    ("expiration", "shortstr"),
+    ("message_id", "shortstr"),
+    ("timestamp", "timestamp"),
+    ("type", "shortstr"),
+    ("user_id", "shortstr"),
+    ("app_id", "shortstr"),
+    ("cluster_id", "shortstr"),
+)
+_LONG_LONG = struct.Struct(">Q")
+
+
+class PropertyError(ValueError):
+    """The property list is malformed (truncated or with a bad field table)."""
+
+
+def decode_properties(header: bytes) -> dict[str, Any]:
+    """Decode every property present in a content header payload (class, weight, size, flags...)."""
+    if len(header) < 14:
+        raise PropertyError("content header shorter than 14 bytes")
+    flags = int.from_bytes(header[12:14], "big")
+    offset = 14
+    while flags & 1:  # continuation flag words: Basic has none, so skip any present
+        flags_more = header[offset : offset + 2]
+        if len(flags_more) < 2:
+            raise PropertyError("truncated property flags")
+        offset += 2
+        flags = int.from_bytes(flags_more, "big") | (flags & 0xFFFE)
+    values: dict[str, Any] = {}
+    data = memoryview(header)
+    try:
+        for bit, (name, kind) in zip(range(15, 1, -1), PROPERTY_TYPES, strict=True):
+            if not flags & (1 << bit):
+                continue
+            if kind == "shortstr":
+                length = data[offset]
+                values[name] = bytes(data[offset + 1 : offset + 1 + length]).decode(
+                    "utf-8", "replace"
+                )
+                offset += 1 + length
+                if offset > len(data):
+                    raise PropertyError(f"truncated property {name}")
+            elif kind == "octet":
+                values[name] = data[offset]
+                offset += 1
+            elif kind == "timestamp":
+                values[name] = _LONG_LONG.unpack_from(data, offset)[0]
+                offset += 8
+            else:
+                used, table = decode.field_table(bytes(data[offset:]))
+                values[name] = table
+                offset += used
+    except (IndexError, struct.error, ValueError, TypeError) as error:
+        raise PropertyError(f"malformed content header properties: {error}") from error
+    return values

@@ -1,0 +1,129 @@
+"""A queue: ready messages in order, its consumers, and the round robin between them.
+
+Ready messages sit in a deque ordered by their sequence number in this queue. A message that is
+requeued goes back to its original place, as RabbitMQ's classic queues do, and is marked
+redelivered. Unacked messages are tracked by the channel that holds them, not here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from broker.core.consumer import Consumer
+from broker.core.message import Message, QueuedMessage
+
+
+class Queue:
+    def __init__(
+        self,
+        name: str,
+        vhost_name: str,
+        durable: bool = False,
+        exclusive_owner: object | None = None,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.vhost_name = vhost_name
+        self.durable = durable
+        self.exclusive_owner = exclusive_owner
+        self.auto_delete = auto_delete
+        self.arguments = arguments or {}
+        self.queue_type = str(self.arguments.get("x-queue-type") or "classic")
+        self.ready: deque[QueuedMessage] = deque()
+        self.consumers: list[Consumer] = []
+        self.had_consumer = False
+        self.deleted = False
+        self._next_seq = 0
+        self._round_robin = 0
+        self._dispatching = False
+        # Bindings that lead here, kept so deleting the queue removes them without a scan.
+        self.incoming: dict[tuple, Any] = {}
+
+    @property
+    def exclusive(self) -> bool:
+        return self.exclusive_owner is not None
+
+    @property
+    def message_count(self) -> int:
+        return len(self.ready)
+
+    @property
+    def exclusive_consumer(self) -> Consumer | None:
+        for consumer in self.consumers:
+            if consumer.exclusive:
+                return consumer
+        return None
+
+    def publish(self, message: Message) -> None:
+        """Append a message and hand it to a consumer if one has room."""
+        self._next_seq += 1
+        self.ready.append(QueuedMessage(message, self._next_seq))
+        if self.consumers:
+            self.dispatch()
+
+    def get(self) -> QueuedMessage | None:
+        """Take the head message for Basic.Get."""
+        return self.ready.popleft() if self.ready else None
+
+    def requeue(self, entries: Iterable[QueuedMessage]) -> None:
+        """Put unacked messages back at their original positions, flagged redelivered."""
+        returned = sorted(entries, key=lambda e: e.seq)
+        if not returned:
+            return
+        for entry in returned:
+            entry.redelivered = True
+        ready = self.ready
+        if not ready or returned[-1].seq < ready[0].seq:
+            ready.extendleft(reversed(returned))
+        else:
+            self.ready = deque(sorted([*ready, *returned], key=lambda e: e.seq))
+        if self.consumers:
+            self.dispatch()
+
+    def purge(self) -> int:
+        count = len(self.ready)
+        self.ready.clear()
+        return count
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        self.consumers.append(consumer)
+        self.had_consumer = True
+        self.dispatch()
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        try:
+            self.consumers.remove(consumer)
+        except ValueError:
+            return
+
+    @property
+    def unused_auto_delete(self) -> bool:
+        """An auto-delete queue goes once it had a consumer and the last one left."""
+        return self.auto_delete and self.had_consumer and not self.consumers and not self.deleted
+
+    def dispatch(self) -> None:
+        """Deliver ready messages round robin to consumers that have room, until none has."""
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            ready = self.ready
+            consumers = self.consumers
+            while ready and consumers:
+                count = len(consumers)
+                start = self._round_robin % count
+                for offset in range(count):
+                    index = (start + offset) % count
+                    consumer = consumers[index]
+                    if consumer.sink.can_deliver(consumer):
+                        break
+                else:
+                    return
+                self._round_robin = index + 1
+                consumer.sink.deliver(consumer, self, ready.popleft())
+                ready = self.ready  # requeue may have replaced the deque
+        finally:
+            self._dispatching = False

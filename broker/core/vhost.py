@@ -1,0 +1,473 @@
+"""A virtual host: exchanges, queues and bindings, and the rules for declaring and deleting them.
+
+Every rule a client can trip over lives here, with RabbitMQ's reply codes and texts: reserved
+`amq.` names, equivalence checks on redeclare, exclusive ownership, if-unused/if-empty deletes,
+auto-delete cascades. Owners of exclusive queues are opaque objects (the AMQP connection).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable, Collection
+from typing import Any
+
+from broker.core.errors import (
+    ACCESS_REFUSED,
+    NOT_FOUND,
+    PRECONDITION_FAILED,
+    RESOURCE_LOCKED,
+    ChannelException,
+    describe,
+)
+from broker.core.exchange import (
+    EXCHANGE_TYPES,
+    Binding,
+    DefaultExchange,
+    Exchange,
+    HeadersExchange,
+    validate_headers_binding,
+)
+from broker.core.message import Message
+from broker.core.queue import Queue
+
+STANDARD_EXCHANGES = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+QUEUE_TYPES = ("classic", "quorum", "stream")
+# Queue arguments RabbitMQ compares when a queue is declared again.
+EQUIVALENT_QUEUE_ARGS = (
+    "x-queue-type",
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-overflow",
+    "x-queue-mode",
+    "x-single-active-consumer",
+)
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _arg_text(value: Any, typed: bool) -> str:
+    """How RabbitMQ prints an argument in an equivalence failure (rabbit_misc:val/1)."""
+    if value is None:
+        return "none"
+    if typed:
+        return f"the value '{_value_text(value)}' of type '{_field_type(value)}'"
+    return f"'{_value_text(value)}'"
+
+
+def _field_type(value: Any) -> str:
+    """The AMQP field type name a client most likely used (pamqp does not keep it)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "signedint" if -(2**31) <= value < 2**31 else "long"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    return "longstr"
+
+
+def inequivalent(field: str, where: str, received: Any, current: Any) -> ChannelException:
+    """RabbitMQ's 406 for a redeclare that differs: types are shown only when one side is unset."""
+    typed = received is None or current is None
+    return ChannelException(
+        PRECONDITION_FAILED,
+        f"inequivalent arg '{field}' for {where}: received {_arg_text(received, typed)}"
+        f" but current is {_arg_text(current, typed)}",
+    )
+
+
+def server_generated_name(prefix: str) -> str:
+    """RabbitMQ-style random names: 'amq.gen-' + 22 url-safe base64 characters."""
+    return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class VirtualHost:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queues: dict[str, Queue] = {}
+        self.default_exchange = DefaultExchange(self.queues)
+        self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
+        for exchange_name, kind in STANDARD_EXCHANGES:
+            self.exchanges[exchange_name] = EXCHANGE_TYPES[kind](exchange_name, durable=True)
+        # Called with a queue when it is deleted, so channels can cancel its consumers.
+        self.on_queue_deleted: list[Callable[[Queue], None]] = []
+
+    # ----------------------------------------------------------------------------- lookups
+    def _describe(self, kind: str, name: str) -> str:
+        return describe(kind, name, self.name)
+
+    def get_exchange(self, name: str) -> Exchange:
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise ChannelException(NOT_FOUND, f"no {self._describe('exchange', name)}")
+        return exchange
+
+    def get_queue(self, name: str, owner: object | None = None) -> Queue:
+        """The queue, refusing access to an exclusive queue of another connection."""
+        queue = self.queues.get(name)
+        if queue is None:
+            raise ChannelException(NOT_FOUND, f"no {self._describe('queue', name)}")
+        self.check_exclusive(queue, owner)
+        return queue
+
+    def check_exclusive(self, queue: Queue, owner: object | None) -> None:
+        if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
+            raise self._locked(queue)
+
+    def _locked(self, queue: Queue) -> ChannelException:
+        return ChannelException(
+            RESOURCE_LOCKED,
+            f"cannot obtain exclusive access to locked {self._describe('queue', queue.name)}."
+            " It could be originally declared on another connection or the exclusive"
+            " property value does not match that of the original declaration.",
+        )
+
+    def _check_reserved(self, kind: str, name: str) -> None:
+        if name.startswith("amq."):
+            raise ChannelException(
+                ACCESS_REFUSED, f"{kind} name '{name}' contains reserved prefix 'amq.*'"
+            )
+
+    def _check_not_default(self, name: str) -> None:
+        if name == "":
+            raise ChannelException(
+                ACCESS_REFUSED, "operation not permitted on the default exchange"
+            )
+
+    # ----------------------------------------------------------------------------- exchanges
+    def declare_exchange(
+        self,
+        name: str,
+        kind: str,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> Exchange:
+        self._check_not_default(name)
+        if passive:
+            return self.get_exchange(name)
+        arguments = arguments or {}
+        existing = self.exchanges.get(name)
+        if existing is None:
+            self._check_reserved("exchange", name)
+        cls = EXCHANGE_TYPES.get(kind)
+        if cls is None:
+            # RabbitMQ 3.10 closes the connection with 503 here; newer releases close only the
+            # channel with 406, which is kinder to the other channels: Warren does that.
+            raise ChannelException(
+                PRECONDITION_FAILED, f"invalid exchange type '{kind}' for exchange '{name}'"
+            )
+        if existing is not None:
+            self._check_exchange_equivalent(
+                existing, kind, durable, auto_delete, internal, arguments
+            )
+            return existing
+        ae = arguments.get("alternate-exchange")
+        if ae is not None and not isinstance(ae, str):
+            raise ChannelException(
+                PRECONDITION_FAILED,
+                f"invalid arg 'alternate-exchange' for {self._describe('exchange', name)}",
+            )
+        exchange = cls(name, durable, auto_delete, internal, arguments)
+        self.exchanges[name] = exchange
+        return exchange
+
+    def _check_exchange_equivalent(
+        self,
+        existing: Exchange,
+        kind: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        where = self._describe("exchange", existing.name)
+        checks = (
+            ("type", kind, existing.type_name),
+            ("durable", durable, existing.durable),
+            ("auto_delete", auto_delete, existing.auto_delete),
+            ("internal", internal, existing.internal),
+            (
+                "alternate-exchange",
+                arguments.get("alternate-exchange"),
+                existing.arguments.get("alternate-exchange"),
+            ),
+        )
+        for field, received, current in checks:
+            if received != current:
+                raise inequivalent(field, where, received, current)
+
+    def delete_exchange(self, name: str, if_unused: bool = False) -> None:
+        self._check_not_default(name)
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return  # RabbitMQ treats deleting a missing exchange as done
+        if name.startswith("amq."):
+            raise ChannelException(
+                ACCESS_REFUSED,
+                f"deletion of system {self._describe('exchange', name)} not allowed",
+            )
+        if if_unused and exchange.bindings:
+            raise ChannelException(
+                PRECONDITION_FAILED, f"{self._describe('exchange', name)} in use"
+            )
+        self._remove_exchange(exchange)
+
+    def _remove_exchange(self, exchange: Exchange) -> None:
+        del self.exchanges[exchange.name]
+        for binding in list(exchange.bindings.values()):
+            self._drop_binding(binding, cascade=False)
+        for binding in list(exchange.incoming.values()):
+            self._drop_binding(binding)
+
+    # ----------------------------------------------------------------------------- queues
+    def declare_queue(
+        self,
+        name: str,
+        owner: object | None,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> Queue:
+        if passive:
+            if name == "":
+                raise ChannelException(NOT_FOUND, f"no {self._describe('queue', name)}")
+            return self.get_queue(name, owner)
+        arguments = arguments or {}
+        if name == "":
+            name = server_generated_name("amq.gen-")
+        else:
+            self._check_reserved("queue", name)
+        existing = self.queues.get(name)
+        if existing is not None:
+            # A declare must match exclusivity too; RabbitMQ answers a mismatch with 405.
+            if exclusive != existing.exclusive:
+                raise self._locked(existing)
+            self.check_exclusive(existing, owner)
+            self._check_queue_equivalent(existing, durable, auto_delete, arguments)
+            return existing
+        self._validate_queue_arguments(name, durable, exclusive, auto_delete, arguments)
+        queue = Queue(
+            name,
+            self.name,
+            durable=durable,
+            exclusive_owner=owner if exclusive else None,
+            auto_delete=auto_delete,
+            arguments=arguments,
+        )
+        self.queues[name] = queue
+        return queue
+
+    def _validate_queue_arguments(
+        self, name: str, durable: bool, exclusive: bool, auto_delete: bool, args: dict[str, Any]
+    ) -> None:
+        where = self._describe("queue", name)
+        queue_type = args.get("x-queue-type")
+        if queue_type is None:
+            return
+        if isinstance(queue_type, bytes):
+            queue_type = queue_type.decode(errors="replace")
+        if queue_type not in QUEUE_TYPES:
+            raise ChannelException(
+                PRECONDITION_FAILED,
+                f"invalid arg 'x-queue-type' for {where}: unsupported queue type '{queue_type}'",
+            )
+        if queue_type == "stream":
+            raise ChannelException(
+                PRECONDITION_FAILED,
+                f"invalid arg 'x-queue-type' for {where}: stream queues are not supported by"
+                " Warren yet; declare a classic or quorum queue",
+            )
+        if queue_type == "quorum":
+            for bad, prop in ((not durable, "non-durable"), (exclusive, "exclusive-owner")):
+                if bad:
+                    raise ChannelException(
+                        PRECONDITION_FAILED, f"invalid property '{prop}' for {where}"
+                    )
+            if auto_delete:
+                raise ChannelException(
+                    PRECONDITION_FAILED, f"invalid property 'auto-delete' for {where}"
+                )
+
+    def _check_queue_equivalent(
+        self,
+        existing: Queue,
+        durable: bool,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        where = self._describe("queue", existing.name)
+        checks = [
+            ("durable", durable, existing.durable),
+            ("auto_delete", auto_delete, existing.auto_delete),
+        ]
+        checks += [
+            (key, arguments.get(key), existing.arguments.get(key)) for key in EQUIVALENT_QUEUE_ARGS
+        ]
+        for field, received, current in checks:
+            if received != current:
+                raise inequivalent(field, where, received, current)
+
+    def delete_queue(
+        self, name: str, owner: object | None, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete a queue; returns the number of ready messages it held."""
+        queue = self.queues.get(name)
+        if queue is None:
+            return 0  # RabbitMQ answers delete-ok for a queue that does not exist
+        self.check_exclusive(queue, owner)
+        where = self._describe("queue", name)
+        if if_unused and queue.consumers:
+            raise ChannelException(PRECONDITION_FAILED, f"{where} in use")
+        if if_empty and queue.ready:
+            raise ChannelException(PRECONDITION_FAILED, f"{where} not empty")
+        return self.remove_queue(queue)
+
+    def remove_queue(self, queue: Queue) -> int:
+        """Unconditionally remove a queue: its bindings, consumers and ready messages."""
+        if queue.deleted:
+            return 0
+        queue.deleted = True
+        self.queues.pop(queue.name, None)
+        for binding in list(queue.incoming.values()):
+            self._drop_binding(binding)
+        count = queue.purge()
+        for listener in self.on_queue_deleted:
+            listener(queue)
+        for consumer in list(queue.consumers):
+            consumer.sink.consumer_cancelled(consumer)
+        queue.consumers.clear()
+        return count
+
+    def purge_queue(self, name: str, owner: object | None) -> int:
+        return self.get_queue(name, owner).purge()
+
+    def maybe_auto_delete(self, queue: Queue) -> None:
+        if queue.unused_auto_delete:
+            self.remove_queue(queue)
+
+    # ----------------------------------------------------------------------------- bindings
+    def _binding_ends(
+        self, source_name: str, destination_name: str, to_exchange: bool, owner: object | None
+    ) -> tuple[Exchange, Queue | Exchange]:
+        self._check_not_default(source_name)
+        if to_exchange:
+            self._check_not_default(destination_name)
+            destination: Queue | Exchange = self.get_exchange(destination_name)
+        else:
+            destination = self.get_queue(destination_name, owner)
+        return self.get_exchange(source_name), destination
+
+    def bind(
+        self,
+        source_name: str,
+        destination_name: str,
+        routing_key: str,
+        arguments: dict[str, Any] | None,
+        to_exchange: bool = False,
+        owner: object | None = None,
+    ) -> None:
+        arguments = arguments or {}
+        source, destination = self._binding_ends(source_name, destination_name, to_exchange, owner)
+        if isinstance(source, HeadersExchange):
+            problem = validate_headers_binding(arguments)
+            if problem:
+                raise ChannelException(PRECONDITION_FAILED, problem)
+        binding = Binding(source, destination, routing_key, arguments)
+        if source.add_binding(binding):
+            destination.incoming[(id(source), *binding.key)] = binding
+
+    def unbind(
+        self,
+        source_name: str,
+        destination_name: str,
+        routing_key: str,
+        arguments: dict[str, Any] | None,
+        to_exchange: bool = False,
+        owner: object | None = None,
+    ) -> None:
+        self._check_not_default(source_name)
+        if to_exchange:
+            self._check_not_default(destination_name)
+        source = self.exchanges.get(source_name)
+        destination = (self.exchanges if to_exchange else self.queues).get(destination_name)
+        if source is None or destination is None:
+            return  # RabbitMQ answers unbind-ok when there is nothing to unbind
+        probe = Binding(source, destination, routing_key, arguments or {})
+        binding = source.bindings.get(probe.key)
+        if binding is None:
+            return
+        if isinstance(destination, Queue):
+            self.check_exclusive(destination, owner)
+        self._drop_binding(binding)
+
+    def _drop_binding(self, binding: Binding, cascade: bool = True) -> None:
+        source = binding.source
+        source.remove_binding(binding.key)
+        binding.destination.incoming.pop((id(source), *binding.key), None)
+        if (
+            cascade
+            and source.auto_delete
+            and not source.bindings
+            and self.exchanges.get(source.name) is source
+        ):
+            self._remove_exchange(source)
+
+    # ----------------------------------------------------------------------------- routing
+    def route(self, exchange: Exchange, message: Message) -> Collection[Queue]:
+        """The queues a message published to `exchange` lands in, each once."""
+        destinations = exchange.route(message)
+        if not destinations and exchange.alternate_exchange:
+            alternate = self.exchanges.get(exchange.alternate_exchange)
+            if alternate is not None:
+                return self._route_through({exchange.name}, alternate, message)
+        if not exchange.exchange_destinations:
+            return destinations
+        return self._route_through(set(), exchange, message)
+
+    def _route_through(
+        self, visited: set[str], exchange: Exchange, message: Message
+    ) -> Collection[Queue]:
+        queues: dict[Queue, None] = {}
+        pending = [exchange]
+        while pending:
+            current = pending.pop()
+            if current.name in visited:
+                continue
+            visited.add(current.name)
+            found = current.route(message)
+            if not found and current.alternate_exchange:
+                alternate = self.exchanges.get(current.alternate_exchange)
+                if alternate is not None:
+                    pending.append(alternate)
+            for destination in found:
+                if isinstance(destination, Exchange):
+                    pending.append(destination)
+                else:
+                    queues[destination] = None
+        return queues

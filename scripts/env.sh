@@ -1,0 +1,23 @@
+# Sourced by scripts/run, scripts/test and scripts/bench: make sure .venv exists and holds the
+# project with its test dependencies. Reinstalls only when pyproject.toml changed.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+ensure_venv() {
+  local stamp="$VENV/.installed" want
+  want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+  if [ -x "$PY" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return
+  fi
+  echo "[setup] installing Warren and its test dependencies into .venv" >&2
+  [ -x "$PY" ] || python3 -m venv "$VENV"
+  local log="$VENV/install.log"
+  if ! { "$PY" -m pip install -q --upgrade pip && "$PY" -m pip install -q -e "$ROOT[test]"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "[setup] pip install failed; the log is above ($log)" >&2
+    return 1
+  fi
+  echo "$want" >"$stamp"
+}

@@ -1,0 +1,72 @@
+"""Fixtures for every suite.
+
+The compat tests run against whatever `WARREN_TEST_TARGET` names: unset or `warren` starts a Warren
+broker process on a free port for the session; an `amqp://` URL points them at another broker
+(CI runs them against Debian's rabbitmq-server too).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pika
+import pytest
+
+from tests.support import BrokerProcess, unique
+
+TARGET = os.environ.get("WARREN_TEST_TARGET", "warren")
+
+
+@pytest.fixture(scope="session")
+def warren_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """One Warren process shared by the session's tests."""
+    broker = BrokerProcess(tmp_path_factory.mktemp("warren"))
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def amqp_url(request: pytest.FixtureRequest) -> str:
+    """The AMQP URL of the broker under test."""
+    if TARGET == "warren":
+        return request.getfixturevalue("warren_broker").url
+    return TARGET
+
+
+@pytest.fixture(scope="session")
+def target_is_warren() -> bool:
+    return TARGET == "warren"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if TARGET == "warren":
+        return
+    skip = pytest.mark.skip(reason="Warren-specific behaviour; target is another broker")
+    for item in items:
+        if "warren_only" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def params(amqp_url: str) -> pika.URLParameters:
+    return pika.URLParameters(amqp_url)
+
+
+@pytest.fixture
+def connection(params: pika.URLParameters) -> Iterator[pika.BlockingConnection]:
+    conn = pika.BlockingConnection(params)
+    yield conn
+    if conn.is_open:
+        conn.close()
+
+
+@pytest.fixture
+def channel(connection: pika.BlockingConnection):
+    return connection.channel()
+
+
+@pytest.fixture
+def name() -> str:
+    """A fresh name for a queue or exchange."""
+    return unique()

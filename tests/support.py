@@ -1,0 +1,88 @@
+"""Helpers shared by the test suites: free ports, a Warren broker process, unique names."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    """Block until something accepts on 127.0.0.1:port, failing early if `proc` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class BrokerProcess:
+    """A Warren broker started as a real subprocess on a free loopback port."""
+
+    def __init__(self, data_dir: Path, config: Path | None = None, *extra: str) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        args = [sys.executable, "-m", "broker", "--port", str(self.port)]
+        args += ["--data-dir", str(data_dir), "--metrics-port", "0"]
+        if config is not None:
+            args += ["--config", str(config)]
+        args += list(extra)
+        self.log_path = data_dir / "broker.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            args, cwd=PROJECT_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env
+        )
+        wait_for_port(self.port, proc=self.proc)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Terminate gracefully (SIGTERM); kill if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running_broker(data_dir: Path, *extra: str) -> Iterator[BrokerProcess]:
+    broker = BrokerProcess(data_dir, None, *extra)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def unique(prefix: str = "t") -> str:
+    """A name no other test (or earlier run against a shared RabbitMQ) uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import struct
 from dataclasses import dataclass
 
 from pamqp import decode
@@ -36,9 +37,12 @@ def check_password(password: str, password_hash: str) -> bool:
 
 def is_loopback(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback  # a dual-stack socket's view of 127.0.0.1
+    return address.is_loopback
 
 
 @dataclass(frozen=True)
@@ -54,25 +58,28 @@ class Authenticator:
         self.users = {user.name: user for user in users}
 
     @staticmethod
-    def parse_response(mechanism: str, response: str | bytes) -> tuple[str, str] | None:
-        """(username, password) from a PLAIN or AMQPLAIN response; None for other mechanisms."""
-        raw = response.encode("utf-8") if isinstance(response, str) else bytes(response)
+    def parse_response(mechanism: str, response: str | bytes | None) -> tuple[str, str] | None:
+        """(username, password) from a PLAIN or AMQPLAIN response; None for other mechanisms.
+
+        Raises ValueError for a response that does not parse (RabbitMQ's 502 syntax error)."""
+        raw = response.encode("utf-8") if isinstance(response, str) else bytes(response or b"")
         if mechanism == "PLAIN":
             parts = raw.split(b"\x00")
             if len(parts) != 3:
-                return ("", "")
+                raise ValueError("PLAIN response is not authzid NUL user NUL password")
             return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
         if mechanism == "AMQPLAIN":
             try:
                 _, table = decode.field_table(len(raw).to_bytes(4, "big") + raw)
-            except (ValueError, IndexError, TypeError):
-                return ("", "")
-            login, password = table.get("LOGIN", ""), table.get("PASSWORD", "")
-            as_text = [
-                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-                for v in (login, password)
-            ]
-            return as_text[0], as_text[1]
+            except (ValueError, IndexError, TypeError, struct.error) as error:
+                raise ValueError("AMQPLAIN response is not a field table") from error
+            values = [table.get("LOGIN"), table.get("PASSWORD")]
+            if not all(isinstance(v, str | bytes) for v in values):
+                raise ValueError("AMQPLAIN LOGIN and PASSWORD must be strings")
+            login, password = (
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values
+            )
+            return login, password
         return None
 
     def authenticate(

@@ -99,7 +99,8 @@ def _mapping(value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{path}: must be a mapping, got {type(value).__name__}")
+        where = path or "the top level"
+        raise ConfigError(f"{where}: must be a mapping, got {type(value).__name__}")
     for key in value:
         if key not in allowed:
             where = f"{path}.{key}" if path else str(key)
@@ -128,9 +129,12 @@ def _parse_users(raw: Any) -> tuple[UserConfig, ...]:
     users = []
     for index, item in enumerate(raw):
         path = f"users[{index}]"
+        if isinstance(item, dict) and "password" in item:
+            raise ConfigError(
+                f"{path}.password: plain-text passwords are not accepted;"
+                " put the output of `warren hash-password` in password_hash"
+            )
         data = _mapping(item, path, ("name", "password_hash", "vhosts", "loopback_only"))
-        if "password" in (item or {}):
-            raise ConfigError(f"{path}.password: plain-text passwords are not accepted")
         name = _string(data.get("name"), f"{path}.name")
         password_hash = _string(data.get("password_hash"), f"{path}.password_hash")
         if len(password_hash) != 48:

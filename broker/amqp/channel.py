@@ -25,7 +25,6 @@ from broker.core.errors import (
     NOT_FOUND,
     NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
-    SYNTAX_ERROR,
     UNEXPECTED_FRAME,
     AMQPError,
     ChannelException,
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
 # What the channel expects next on the wire.
 EXPECT_METHOD, EXPECT_HEADER, EXPECT_BODY = range(3)
 BASIC_CLASS = 60
+EXPECTED_METHOD_FRAME = "expected method frame, got non method frame instead"
 USER_ID_FLAG = 0x10  # user-id's bit in the low byte of the property flags
 
 # An unacked delivery: the queue it came from, its entry there, and the consumer (None for get).
@@ -65,7 +65,7 @@ class Channel:
         self.number = number
         self.vhost = connection.vhost
         self.expect = EXPECT_METHOD
-        self._publish: tuple[str, str, bytes, bool] | None = None
+        self._publish: tuple[str, str, bytes, bool, bool] | None = None
         self._header = b""
         self._body_parts: list[bytes] = []
         self._body_remaining = 0
@@ -86,12 +86,13 @@ class Channel:
     def handle_method(self, payload: bytes) -> None:
         index = int.from_bytes(payload[:4], "big")
         if self.expect != EXPECT_METHOD:
-            raise ConnectionException(
-                UNEXPECTED_FRAME,
-                f"expected content {'header' if self.expect == EXPECT_HEADER else 'body'}"
-                f" for class {BASIC_CLASS} on channel {self.number},"
-                f" got {frames.method_name(index)} instead",
+            text = (
+                f"expected content header for class {BASIC_CLASS},"
+                " got non content header frame instead"
+                if self.expect == EXPECT_HEADER
+                else "expected content body, got non content body frame instead"
             )
+            self._fail(ConnectionException(UNEXPECTED_FRAME, text), frames.BASIC_PUBLISH)
         try:
             if index == frames.BASIC_PUBLISH:
                 self._on_publish_frame(payload)
@@ -100,7 +101,7 @@ class Channel:
             else:
                 self._dispatch_method(index, payload)
         except frames.MalformedFrame as error:
-            self._fail(ConnectionException(SYNTAX_ERROR, str(error)), index)
+            self._fail(ConnectionException(FRAME_ERROR, str(error)), index)
         except AMQPError as error:
             self._fail(error, index)
 
@@ -113,30 +114,31 @@ class Channel:
             ) from None
         handler = _HANDLERS.get(type(method))
         if handler is None:
-            raise ConnectionException(
-                COMMAND_INVALID if index >> 16 != 10 else CHANNEL_ERROR,
-                f"{method.name} is not a method a client may send on channel {self.number}",
-            )
+            raise ConnectionException(COMMAND_INVALID, "unimplemented method")
         handler(self, method)
 
     def _fail(self, error: AMQPError, index: int) -> None:
-        error.class_id, error.method_id = index >> 16, index & 0xFFFF
+        error.blame(index)
         if error.closes_connection:
             raise error
         self.close_with_error(error)
 
     def handle_header(self, payload: bytes) -> None:
         if self.expect != EXPECT_HEADER:
-            raise ConnectionException(
-                UNEXPECTED_FRAME,
-                f"content header on channel {self.number} without a preceding basic.publish",
-            )
+            raise ConnectionException(UNEXPECTED_FRAME, EXPECTED_METHOD_FRAME)
         if len(payload) < 14:
-            raise ConnectionException(FRAME_ERROR, "content header shorter than 14 bytes")
+            raise ConnectionException(
+                FRAME_ERROR, f"cannot decode content header {frames.erlang_binary(payload)}"
+            )
         class_id = int.from_bytes(payload[:2], "big")
         if class_id != BASIC_CLASS:
-            raise ConnectionException(
-                FRAME_ERROR, f"content header for class {class_id}, expected {BASIC_CLASS}"
+            self._fail(
+                ConnectionException(
+                    UNEXPECTED_FRAME,
+                    f"expected content header for class {BASIC_CLASS},"
+                    f" got one for class {class_id} instead",
+                ),
+                frames.BASIC_PUBLISH,
             )
         size = frames.body_size(payload)
         limit = self.connection.config.limits.max_message_size
@@ -160,10 +162,7 @@ class Channel:
 
     def handle_body(self, payload: bytes) -> None:
         if self.expect != EXPECT_BODY:
-            raise ConnectionException(
-                UNEXPECTED_FRAME,
-                f"content body on channel {self.number} without a preceding content header",
-            )
+            raise ConnectionException(UNEXPECTED_FRAME, EXPECTED_METHOD_FRAME)
         remaining = self._body_remaining - len(payload)
         if remaining < 0:
             raise ConnectionException(
@@ -185,19 +184,18 @@ class Channel:
 
     # ------------------------------------------------------------------ publish
     def _on_publish_frame(self, payload: bytes) -> None:
-        exchange, routing_key, route_bytes, mandatory, immediate = frames.decode_publish(payload)
-        if immediate:
-            raise ConnectionException(NOT_IMPLEMENTED, "immediate=true")
-        self._publish = (exchange, routing_key, route_bytes, mandatory)
+        self._publish = frames.decode_publish(payload)
         self.expect = EXPECT_HEADER
 
     def _complete_publish(self, body: bytes) -> None:
         self.expect = EXPECT_METHOD
         publish = self._publish
         assert publish is not None
-        exchange_name, routing_key, route_bytes, mandatory = publish
+        exchange_name, routing_key, route_bytes, mandatory, immediate = publish
         self._publish = None
         try:
+            if immediate:  # RabbitMQ refuses it once the content is complete
+                raise ConnectionException(NOT_IMPLEMENTED, "immediate=true")
             exchange = self.vhost.exchanges.get(exchange_name)
             if exchange is None:
                 raise ChannelException(
@@ -406,20 +404,15 @@ class Channel:
 
     # ------------------------------------------------------------------ channel class
     def _on_channel_open(self, method: commands.Channel.Open) -> None:
-        raise ConnectionException(
-            CHANNEL_ERROR, f"second 'channel.open' seen on channel {self.number}"
-        )
+        raise ConnectionException(CHANNEL_ERROR, "second 'channel.open' seen")
 
     def _on_channel_close(self, method: commands.Channel.Close) -> None:
         self.release()
         self.connection.channel_closed_by_client(self)
 
-    def _on_channel_close_ok(self, method: commands.Channel.CloseOk) -> None:
-        """Only meaningful for a channel we closed; the connection handles that case."""
-
     def _on_flow(self, method: commands.Channel.Flow) -> None:
         if not method.active:
-            raise ChannelException(NOT_IMPLEMENTED, "active=false")
+            raise ConnectionException(NOT_IMPLEMENTED, "active=false")
         self._send(commands.Channel.FlowOk(active=True))
 
     def _on_flow_ok(self, method: commands.Channel.FlowOk) -> None:
@@ -533,6 +526,13 @@ class Channel:
         tag = method.consumer_tag or server_generated_name("amq.ctag-")
         if tag in self.consumers:
             raise ConnectionException(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
+        priority = (method.arguments or {}).get("x-priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ChannelException(
+                PRECONDITION_FAILED,
+                f"invalid arg 'x-priority' for queue '{queue.name}' in vhost"
+                f" '{self.vhost.name}': {{unacceptable_type,{type(priority).__name__}}}",
+            )
         if queue.exclusive_consumer is not None or (method.exclusive and queue.consumers):
             raise ChannelException(
                 ACCESS_REFUSED,
@@ -655,7 +655,6 @@ def _server_only(channel: Channel, method: Any) -> None:
 _HANDLERS: dict[type, Any] = {
     commands.Channel.Open: Channel._on_channel_open,
     commands.Channel.Close: Channel._on_channel_close,
-    commands.Channel.CloseOk: Channel._on_channel_close_ok,
     commands.Channel.Flow: Channel._on_flow,
     commands.Channel.FlowOk: Channel._on_flow_ok,
     commands.Exchange.Declare: Channel._on_exchange_declare,

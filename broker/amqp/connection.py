@@ -44,6 +44,15 @@ AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED =
 MIN_FRAME_MAX = 4096  # the spec's minimum; frames up to this size are fine before tuning
 CLOSE_OK_TIMEOUT = 3.0
 
+# Client-initiated handshake methods: once the connection runs, RabbitMQ answers them with 504.
+HANDSHAKE_METHODS = (
+    commands.Connection.StartOk,
+    commands.Connection.SecureOk,
+    commands.Connection.TuneOk,
+    commands.Connection.Open,
+    commands.Connection.CloseOk,
+)
+
 CAPABILITIES = {
     "publisher_confirms": True,
     "exchange_exchange_bindings": True,
@@ -157,26 +166,27 @@ class AMQPConnection(asyncio.Protocol):
         unpack = frames.FRAME_PREFIX.unpack_from
         position = 0
         available = len(buffer)
+        # RabbitMQ tolerates a payload of up to frame_max (the 8 framing octets are slack).
         limit = self.frame_max if self.state == OPEN else max(self.frame_max, MIN_FRAME_MAX)
         try:
             while available - position >= 7 and self.state != CLOSED:
                 frame_type, channel, size = unpack(view, position)
-                if size + frames.FRAME_OVERHEAD > limit:
+                if size > limit:
                     raise ConnectionException(
                         FRAME_ERROR,
-                        f"frame of {size + frames.FRAME_OVERHEAD} bytes on channel {channel}"
-                        f" exceeds the negotiated frame_max of {limit}",
+                        f"type {frame_type}, all octets = <<>>:"
+                        f" {{frame_too_large,{size},{limit - frames.FRAME_OVERHEAD}}}",
                     )
                 end = position + 7 + size
                 if end >= available:
                     break
+                payload = bytes(view[position + 7 : end])
                 if buffer[end] != frames.FRAME_END:
                     raise ConnectionException(
                         FRAME_ERROR,
-                        f"frame on channel {channel} does not end with 0xCE"
-                        f" (found {buffer[end]:#04x})",
+                        f"type {frame_type}, all octets = {frames.erlang_binary(payload)}:"
+                        f" {{invalid_frame_end_marker,{buffer[end]}}}",
                     )
-                payload = bytes(view[position + 7 : end])
                 position = end + 1
                 self._dispatch(frame_type, channel, payload)
         finally:
@@ -189,6 +199,8 @@ class AMQPConnection(asyncio.Protocol):
             self._dispatch_while_closing(frame_type, number, payload)
             return
         if frame_type == frames.FRAME_METHOD:
+            if len(payload) < 4:
+                raise _frame_error(frame_type, payload, "unknown_frame")
             if number == 0:
                 self._connection_method(payload)
                 return
@@ -198,25 +210,26 @@ class AMQPConnection(asyncio.Protocol):
                 return
             channel.handle_method(payload)
         elif frame_type == frames.FRAME_HEADER or frame_type == frames.FRAME_BODY:
+            if number == 0:
+                raise _unexpected_frame(frame_type, payload)
             channel = self.channels.get(number)
             if channel is None:
                 if number in self.closing_channels:
                     return
                 raise ConnectionException(
-                    CHANNEL_ERROR if number else UNEXPECTED_FRAME,
-                    f"content frame on channel {number}, which is not open",
+                    UNEXPECTED_FRAME, "expected method frame, got non method frame instead"
                 )
             if frame_type == frames.FRAME_HEADER:
                 channel.handle_header(payload)
             else:
                 channel.handle_body(payload)
         elif frame_type == frames.FRAME_HEARTBEAT:
+            if payload:
+                raise _frame_error(frame_type, payload, "unknown_frame")
             if number != 0:
-                raise ConnectionException(
-                    FRAME_ERROR, f"heartbeat frame on channel {number}; heartbeats use channel 0"
-                )
+                raise _unexpected_frame(frame_type, payload)
         else:
-            raise ConnectionException(FRAME_ERROR, f"unknown frame type {frame_type}")
+            raise _frame_error(frame_type, payload, "unknown_frame")
 
     def _dispatch_while_closing(self, frame_type: int, number: int, payload: bytes) -> None:
         """After we sent Connection.Close only Close and Close-Ok matter (spec 2.2.4)."""
@@ -231,30 +244,42 @@ class AMQPConnection(asyncio.Protocol):
 
     def _method_on_closed_channel(self, number: int, payload: bytes) -> None:
         index = int.from_bytes(payload[:4], "big")
-        if number in self.closing_channels:
-            # We closed this channel; drop everything until the client's close-ok.
-            if index == commands.Channel.CloseOk.index:
-                self.closing_channels.discard(number)
-            elif index == commands.Channel.Close.index:
-                self.closing_channels.discard(number)
-                self._send_method(number, commands.Channel.CloseOk())
-            return
-        if index != commands.Channel.Open.index:
-            raise ConnectionException(
-                CHANNEL_ERROR,
-                f"expected 'channel.open' on channel {number}, got {frames.method_name(index)}",
-            )
+        try:
+            if number in self.closing_channels:
+                self._method_on_closing_channel(number, index)
+            elif index != commands.Channel.Open.index:
+                raise ConnectionException(CHANNEL_ERROR, "expected 'channel.open'")
+            else:
+                self._open_channel(number)
+        except AMQPError as error:
+            error.blame(index)
+            raise
+
+    def _method_on_closing_channel(self, number: int, index: int) -> None:
+        """We closed this channel: drop everything until the client's close-ok."""
+        if index == commands.Channel.CloseOk.index:
+            self.closing_channels.discard(number)
+        elif index == commands.Channel.Close.index:
+            self._send_method(number, commands.Channel.CloseOk())  # crossing closes
+        elif index == commands.Channel.Open.index:
+            raise ConnectionException(CHANNEL_ERROR, "second 'channel.open' seen")
+
+    def _open_channel(self, number: int) -> None:
         if self.state != OPEN:
             raise ConnectionException(
                 COMMAND_INVALID, "channel.open before the connection was opened"
             )
-        if number > self.channel_max:
+        # RabbitMQ enforces channel_max as a count of open channels, not as a channel number.
+        opened = len(self.channels) + len(self.closing_channels)
+        if opened >= self.channel_max:
             raise ConnectionException(
                 NOT_ALLOWED,
-                f"channel number {number} is above the negotiated channel_max {self.channel_max}",
+                f"number of channels opened ({opened}) has reached"
+                f" the negotiated channel_max ({self.channel_max})",
+                blame_method=False,
             )
         self.channels[number] = Channel(self, number)
-        self._send_method(number, commands.Channel.OpenOk())
+        self.send(frames.frame(frames.FRAME_METHOD, number, frames.CHANNEL_OPEN_OK))
 
     # ------------------------------------------------------------------ connection class
     def _connection_method(self, payload: bytes) -> None:
@@ -266,23 +291,28 @@ class AMQPConnection(asyncio.Protocol):
                 NOT_IMPLEMENTED, f"unknown method {index >> 16}.{index & 0xFFFF} on channel 0"
             ) from None
         except frames.MalformedFrame as error:
-            raise ConnectionException(SYNTAX_ERROR, str(error)) from None
-        handler = self._CONNECTION_HANDLERS.get(type(method))
-        if handler is None:
-            raise ConnectionException(
-                COMMAND_INVALID if index >> 16 == 10 else CHANNEL_ERROR,
-                f"unexpected method {method.name} on channel 0",
-            )
+            exception = ConnectionException(FRAME_ERROR, str(error))
+            exception.blame(index)
+            raise exception from None
         try:
+            handler = self._CONNECTION_HANDLERS.get(type(method))
+            if handler is None or (self.state == OPEN and type(method) in HANDSHAKE_METHODS):
+                raise ConnectionException(
+                    CHANNEL_ERROR, f"unexpected method in connection state {self._state_name}"
+                )
             handler(self, method)
         except AMQPError as error:
-            error.class_id, error.method_id = index >> 16, index & 0xFFFF
+            error.blame(index)
             raise
+
+    @property
+    def _state_name(self) -> str:
+        return {OPEN: "running", CLOSING: "closing"}.get(self.state, "handshake")
 
     def _expect_state(self, state: int, method: Any) -> None:
         if self.state != state:
             raise ConnectionException(
-                COMMAND_INVALID, f"{method.name} is not expected now in the connection handshake"
+                COMMAND_INVALID, f"{method.name} is not expected in the connection handshake now"
             )
 
     def _start_method(self) -> commands.Connection.Start:
@@ -307,17 +337,23 @@ class AMQPConnection(asyncio.Protocol):
         self._expect_state(AWAIT_START_OK, method)
         self.client_properties = dict(method.client_properties or {})
         mechanism = method.mechanism or ""
-        credentials = self.broker.auth.parse_response(mechanism, method.response)
+        try:
+            credentials = self.broker.auth.parse_response(mechanism, method.response)
+        except ValueError:
+            response = method.response
+            raw = response.encode() if isinstance(response, str) else bytes(response or b"")
+            raise ConnectionException(
+                SYNTAX_ERROR, f"response {frames.erlang_binary(raw)} invalid"
+            ) from None
         if credentials is None:
             raise ConnectionException(
-                ACCESS_REFUSED,
-                f"unsupported authentication mechanism '{mechanism}'; use PLAIN or AMQPLAIN",
+                COMMAND_INVALID, f"unknown authentication mechanism '{mechanism}'"
             )
         username, password = credentials
         refusal = self.broker.auth.authenticate(username, password, self._peer_host(), mechanism)
         if refusal:
             log.warning("authentication failed peer=%s user=%s: %s", self.peer, username, refusal)
-            raise ConnectionException(ACCESS_REFUSED, refusal)
+            raise ConnectionException(ACCESS_REFUSED, refusal, blame_method=False)
         self.user = username
         self.state = AWAIT_TUNE_OK
         limits = self.config.limits
@@ -336,18 +372,24 @@ class AMQPConnection(asyncio.Protocol):
     def _on_tune_ok(self, method: commands.Connection.TuneOk) -> None:
         self._expect_state(AWAIT_TUNE_OK, method)
         limits = self.config.limits
-        frame_max = method.frame_max or limits.frame_max
-        if frame_max < MIN_FRAME_MAX or frame_max > limits.frame_max:
+        frame_max, channel_max = method.frame_max, method.channel_max
+        # 0 means "no limit", which is above any limit the broker has.
+        for name, value, highest in (
+            ("channel_max", channel_max, limits.channel_max),
+            ("frame_max", frame_max, limits.frame_max),
+        ):
+            if value == 0 or value > highest:
+                shown = f"{value} (no limit)" if value == 0 else str(value)
+                raise ConnectionException(
+                    NOT_ALLOWED,
+                    f"negotiated {name} = {shown} is higher than the maximum allowed value"
+                    f" ({highest})",
+                )
+        if frame_max < MIN_FRAME_MAX:
             raise ConnectionException(
                 NOT_ALLOWED,
-                f"frame_max={frame_max} outside the allowed range"
-                f" {MIN_FRAME_MAX}..{limits.frame_max}",
-            )
-        channel_max = method.channel_max or limits.channel_max
-        if channel_max > limits.channel_max:
-            raise ConnectionException(
-                NOT_ALLOWED,
-                f"channel_max={channel_max} above the broker's maximum {limits.channel_max}",
+                f"negotiated frame_max = {frame_max} is lower than the minimum allowed value"
+                f" ({MIN_FRAME_MAX})",
             )
         self.frame_max = frame_max
         self.channel_max = channel_max
@@ -359,7 +401,7 @@ class AMQPConnection(asyncio.Protocol):
         vhost_name = method.virtual_host or "/"
         vhost = self.broker.vhosts.get(vhost_name)
         if vhost is None:
-            raise ConnectionException(NOT_ALLOWED, f"vhost '{vhost_name}' not found")
+            raise ConnectionException(NOT_ALLOWED, f"vhost {vhost_name} not found")
         if not self.broker.auth.may_use_vhost(self.user, vhost_name):
             raise ConnectionException(
                 NOT_ALLOWED, f"access to vhost '{vhost_name}' refused for user '{self.user}'"
@@ -369,7 +411,7 @@ class AMQPConnection(asyncio.Protocol):
         self._send_method(0, commands.Connection.OpenOk())
         self._cancel_timer()
         if self.heartbeat:
-            self._timer = self.loop.call_later(self.heartbeat, self._heartbeat_tick)
+            self._timer = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
         log.info("connection opened peer=%s user=%s vhost=%s", self.peer, self.user, vhost_name)
 
     def _on_close(self, method: commands.Connection.Close) -> None:
@@ -523,7 +565,8 @@ class AMQPConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _heartbeat_tick(self) -> None:
-        """Every interval: send a heartbeat if we were silent, drop a peer silent for two."""
+        """Every half interval: send a heartbeat if we were silent, drop a peer silent for two
+        whole intervals (RabbitMQ's timing)."""
         if self.state != OPEN or self.transport is None:
             return
         if self._received:
@@ -531,7 +574,7 @@ class AMQPConnection(asyncio.Protocol):
             self._missed_heartbeats = 0
         else:
             self._missed_heartbeats += 1
-            if self._missed_heartbeats >= 2:
+            if self._missed_heartbeats >= 4:
                 log.warning(
                     "missed heartbeats from client, timeout: %ds peer=%s", self.heartbeat, self.peer
                 )
@@ -541,4 +584,16 @@ class AMQPConnection(asyncio.Protocol):
         if not self._sent:
             self.transport.write(frames.HEARTBEAT_FRAME)
         self._sent = False
-        self._timer = self.loop.call_later(self.heartbeat, self._heartbeat_tick)
+        self._timer = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
+
+
+def _frame_error(frame_type: int, payload: bytes, reason: str) -> ConnectionException:
+    return ConnectionException(
+        FRAME_ERROR, f"type {frame_type}, all octets = {frames.erlang_binary(payload)}: {reason}"
+    )
+
+
+def _unexpected_frame(frame_type: int, payload: bytes) -> ConnectionException:
+    return ConnectionException(
+        UNEXPECTED_FRAME, f"type {frame_type}, all octets = {frames.erlang_binary(payload)}"
+    )

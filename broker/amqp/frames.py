@@ -45,6 +45,16 @@ class MalformedFrame(ValueError):
     """A method payload that cannot be decoded (truncated or with bad values)."""
 
 
+CHANNEL_OPEN_OK = b"\x00\x14\x00\x0b\x00\x00\x00\x00"  # with an empty channel-id, as RabbitMQ
+
+
+def erlang_binary(data: bytes) -> str:
+    """Bytes the way RabbitMQ's reply texts print them: <<"abc">> or <<0,60,0,10>>."""
+    if data and all(32 <= byte < 127 for byte in data):
+        return '<<"' + data.decode("ascii").replace("\\", "\\\\").replace('"', '\\"') + '">>'
+    return "<<" + ",".join(str(byte) for byte in data) + ">>"
+
+
 def short_string(value: str) -> bytes:
     data = value.encode("utf-8")
     if len(data) > 255:
@@ -61,7 +71,7 @@ def decode_publish(payload: bytes) -> tuple[str, str, bytes, bool, bool]:
         end = routing_start + 1 + routing_len
         flags = payload[end]
     except IndexError as error:
-        raise MalformedFrame("truncated basic.publish") from error
+        raise MalformedFrame(f"cannot decode {erlang_binary(payload[4:])}") from error
     route_bytes = payload[6:end]
     exchange = payload[7:routing_start].decode("utf-8", "replace")
     routing_key = payload[routing_start + 1 : end].decode("utf-8", "replace")
@@ -73,7 +83,7 @@ def decode_ack(payload: bytes) -> tuple[int, bool]:
     try:
         tag, flags = _TAG_AND_FLAG.unpack_from(payload, 4)
     except struct.error as error:
-        raise MalformedFrame("truncated basic.ack") from error
+        raise MalformedFrame(f"cannot decode {erlang_binary(payload[4:])}") from error
     return tag, bool(flags & 1)
 
 
@@ -84,7 +94,7 @@ def decode_method(payload: bytes) -> PamqpMethod:
     try:
         method.unmarshal(payload[4:])
     except (struct.error, ValueError, IndexError, TypeError, UnicodeDecodeError) as error:
-        raise MalformedFrame(f"cannot decode {method.name}: {error}") from error
+        raise MalformedFrame(f"cannot decode {erlang_binary(payload[4:])}") from error
     return method
 
 

@@ -31,6 +31,7 @@ class Consumer:
         "exclusive",
         "no_ack",
         "prefetch",
+        "priority",
         "queue",
         "sink",
         "tag",
@@ -56,4 +57,6 @@ class Consumer:
         self.prefetch = prefetch  # per-consumer limit (basic.qos global=false); 0 = unlimited
         self.unacked = 0
         self.arguments = arguments or {}
+        priority = self.arguments.get("x-priority", 0)
+        self.priority = priority if isinstance(priority, int) else 0
         self.wire_tag = b""  # the sink's cached wire encoding of the tag

@@ -50,12 +50,19 @@ class AMQPError(Exception):
 
     closes_connection = False
 
-    def __init__(self, code: int, text: str) -> None:
+    def __init__(self, code: int, text: str, blame_method: bool = True) -> None:
         super().__init__(f"{REPLY_NAMES.get(code, str(code))} - {text}")
         self.code = code
         self.reply_text = str(self)[:255]
         self.class_id = 0
         self.method_id = 0
+        # Whether the Close names the method that failed; RabbitMQ names none for some errors.
+        self.blame_method = blame_method
+
+    def blame(self, index: int) -> None:
+        """Name the method (class id << 16 | method id) that caused the error, once."""
+        if self.blame_method and not self.class_id:
+            self.class_id, self.method_id = index >> 16, index & 0xFFFF
 
 
 class ChannelException(AMQPError):

@@ -217,7 +217,22 @@ class TopicExchange(Exchange):
         self._cache.clear()
 
 
+def _type_class(value: Any) -> str:
+    """RabbitMQ compares header values only within a type class (rabbit_misc:type_class)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str | bytes | bytearray):
+        return "binary"
+    return type(value).__name__
+
+
 def _values_equal(expected: Any, actual: Any) -> bool:
+    if _type_class(expected) != _type_class(actual):
+        return False
     if isinstance(expected, bytes | bytearray) or isinstance(actual, bytes | bytearray):
         as_bytes = [v.encode() if isinstance(v, str) else bytes(v) for v in (expected, actual)]
         return as_bytes[0] == as_bytes[1]
@@ -288,5 +303,8 @@ def validate_headers_binding(arguments: dict[str, Any]) -> str | None:
     if isinstance(mode, bytes):
         mode = mode.decode(errors="replace")
     if mode not in ("all", "any", "all-with-x", "any-with-x"):
-        return f"Invalid x-match field value {mode!r}; expected all, any, all-with-x, or any-with-x"
+        return (
+            f'Invalid x-match field value <<"{mode}">>;'
+            " expected all, any, all-with-x, or any-with-x"
+        )
     return None

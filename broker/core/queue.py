@@ -37,7 +37,7 @@ class Queue:
         self.had_consumer = False
         self.deleted = False
         self._next_seq = 0
-        self._round_robin = 0
+        self._round_robin: dict[int, int] = {}  # consumer priority -> next turn in that group
         self._dispatching = False
         # Bindings that lead here, kept so deleting the queue removes them without a scan.
         self.incoming: dict[tuple, Any] = {}
@@ -89,7 +89,12 @@ class Queue:
         return count
 
     def add_consumer(self, consumer: Consumer) -> None:
-        self.consumers.append(consumer)
+        """Consumers stay sorted by priority, highest first; equal ones in arrival order."""
+        consumers = self.consumers
+        position = len(consumers)
+        while position and consumers[position - 1].priority < consumer.priority:
+            position -= 1
+        consumers.insert(position, consumer)
         self.had_consumer = True
         self.dispatch()
 
@@ -104,26 +109,37 @@ class Queue:
         """An auto-delete queue goes once it had a consumer and the last one left."""
         return self.auto_delete and self.had_consumer and not self.consumers and not self.deleted
 
+    def _pick_consumer(self) -> Consumer | None:
+        """The next consumer with room: highest priority first, round robin among equals."""
+        consumers = self.consumers
+        count = len(consumers)
+        first = 0
+        while first < count:
+            priority = consumers[first].priority
+            end = first + 1
+            while end < count and consumers[end].priority == priority:
+                end += 1
+            size = end - first
+            start = self._round_robin.get(priority, 0)
+            for offset in range(size):
+                turn = (start + offset) % size
+                consumer = consumers[first + turn]
+                if consumer.sink.can_deliver(consumer):
+                    self._round_robin[priority] = turn + 1
+                    return consumer
+            first = end
+        return None
+
     def dispatch(self) -> None:
-        """Deliver ready messages round robin to consumers that have room, until none has."""
+        """Deliver ready messages to consumers that have room, until none has."""
         if self._dispatching:
             return
         self._dispatching = True
         try:
-            ready = self.ready
-            consumers = self.consumers
-            while ready and consumers:
-                count = len(consumers)
-                start = self._round_robin % count
-                for offset in range(count):
-                    index = (start + offset) % count
-                    consumer = consumers[index]
-                    if consumer.sink.can_deliver(consumer):
-                        break
-                else:
+            while self.ready and self.consumers:
+                consumer = self._pick_consumer()
+                if consumer is None:
                     return
-                self._round_robin = index + 1
-                consumer.sink.deliver(consumer, self, ready.popleft())
-                ready = self.ready  # requeue may have replaced the deque
+                consumer.sink.deliver(consumer, self, self.ready.popleft())
         finally:
             self._dispatching = False

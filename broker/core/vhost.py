@@ -222,14 +222,14 @@ class VirtualHost:
 
     def delete_exchange(self, name: str, if_unused: bool = False) -> None:
         self._check_not_default(name)
-        exchange = self.exchanges.get(name)
-        if exchange is None:
-            return  # RabbitMQ treats deleting a missing exchange as done
         if name.startswith("amq."):
             raise ChannelException(
                 ACCESS_REFUSED,
                 f"deletion of system {self._describe('exchange', name)} not allowed",
             )
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return  # RabbitMQ treats deleting a missing exchange as done
         if if_unused and exchange.bindings:
             raise ChannelException(
                 PRECONDITION_FAILED, f"{self._describe('exchange', name)} in use"
@@ -292,10 +292,17 @@ class VirtualHost:
             return
         if isinstance(queue_type, bytes):
             queue_type = queue_type.decode(errors="replace")
+        if not isinstance(queue_type, str):
+            raise ChannelException(
+                PRECONDITION_FAILED,
+                f"invalid arg 'x-queue-type' for {where}:"
+                f" {{unacceptable_type,{_field_type(queue_type)}}}",
+            )
         if queue_type not in QUEUE_TYPES:
             raise ChannelException(
                 PRECONDITION_FAILED,
-                f"invalid arg 'x-queue-type' for {where}: unsupported queue type '{queue_type}'",
+                f"invalid arg 'x-queue-type' for {where}:"
+                f" \"unsupported queue type '{queue_type}'\"",
             )
         if queue_type == "stream":
             raise ChannelException(
@@ -304,15 +311,16 @@ class VirtualHost:
                 " Warren yet; declare a classic or quorum queue",
             )
         if queue_type == "quorum":
-            for bad, prop in ((not durable, "non-durable"), (exclusive, "exclusive-owner")):
+            # RabbitMQ reports the first of these that applies, in this order.
+            for bad, prop in (
+                (auto_delete, "auto-delete"),
+                (exclusive, "exclusive-owner"),
+                (not durable, "non-durable"),
+            ):
                 if bad:
                     raise ChannelException(
                         PRECONDITION_FAILED, f"invalid property '{prop}' for {where}"
                     )
-            if auto_delete:
-                raise ChannelException(
-                    PRECONDITION_FAILED, f"invalid property 'auto-delete' for {where}"
-                )
 
     def _check_queue_equivalent(
         self,

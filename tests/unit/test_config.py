@@ -1,0 +1,241 @@
+"""Config loading: the shipped file works, and every bad file is a ConfigError naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from broker.auth import check_password
+from broker.config import (
+    DEFAULT_CONFIG_PATH,
+    BrokerConfig,
+    ConfigError,
+    Limits,
+    Listener,
+    load_config,
+)
+
+GOOD_HASH = "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR"  # 'test12'
+MINIMAL = f"""
+users:
+  - name: app
+    password_hash: "{GOOD_HASH}"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "broker.yaml"
+    path.write_text(text)
+    return path
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    """Load text as a config file, expect ConfigError, return its message."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    return message
+
+
+# ------------------------------------------------------------------------------------ good files
+
+
+def test_shipped_config_loads() -> None:
+    """config/broker.yaml loads to the documented defaults, with a working guest hash."""
+    config = load_config(DEFAULT_CONFIG_PATH)
+    assert config.listener == Listener("127.0.0.1", 5672)
+    assert config.vhosts == ("/",)
+    assert config.limits == Limits(2047, 131072, 60, 10.0, 134217728)
+    assert config.metrics_port == 15692
+    assert config.log_level == "info"
+    assert config.cluster_name == "warren"
+    assert config.data_dir.is_absolute()
+    assert config.data_dir.name == "data"
+    (guest,) = config.users
+    assert (guest.name, guest.vhosts, guest.loopback_only) == ("guest", ("/",), True)
+    assert check_password("guest", guest.password_hash)
+
+
+def test_default_path_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a path, WARREN_CONFIG names the file, else the shipped one is used."""
+    monkeypatch.delenv("WARREN_CONFIG", raising=False)
+    assert load_config().users[0].name == "guest"
+    monkeypatch.setenv("WARREN_CONFIG", str(_write(tmp_path, MINIMAL)))
+    assert load_config().users[0].name == "app"
+
+
+def test_minimal_config_defaults(tmp_path: Path) -> None:
+    """Only users is required; everything else takes the dataclass defaults."""
+    config = load_config(_write(tmp_path, MINIMAL))
+    assert config.listener == Listener()
+    assert config.limits == Limits()
+    assert config.vhosts == ("/",)
+    (user,) = config.users
+    assert (user.vhosts, user.loopback_only) == (("/",), False)
+
+
+def test_absolute_data_dir_kept(tmp_path: Path) -> None:
+    """An absolute data_dir is used as given."""
+    config = load_config(_write(tmp_path, MINIMAL + f"data_dir: {tmp_path / 'state'}\n"))
+    assert config.data_dir == tmp_path / "state"
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    """The parsed config cannot be changed in place."""
+    config = load_config(_write(tmp_path, MINIMAL))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.metrics_port = 1  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------------ bad files
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("limits:\n  frame_max: big\n", "limits.frame_max: must be an integer between 4096"),
+        ("limits:\n  frame_max: 1000\n", "limits.frame_max: must be an integer"),
+        ("limits:\n  frame_max: true\n", "limits.frame_max: must be an integer"),
+        ("limits:\n  channel_max: 0\n", "limits.channel_max: must be an integer"),
+        ("limits:\n  handshake_timeout: 0\n", "limits.handshake_timeout: must be a number"),
+        ("limits:\n  heartbeat: -1\n", "limits.heartbeat:"),
+        ("limits:\n  max_message_size: 0\n", "limits.max_message_size:"),
+        ("limits:\n  frame_mx: 4096\n", "limits.frame_mx: unknown key"),
+        ("limits: 5\n", "limits: must be a mapping"),
+        ("listener:\n  port: 70000\n", "listener.port: must be an integer between 0 and 65535"),
+        ("listener:\n  host: ''\n", "listener.host: must be a non-empty string"),
+        ("listener:\n  hots: x\n", "listener.hots: unknown key"),
+        ("listner:\n  port: 1\n", "listner: unknown key; expected one of listener, users"),
+        ("metrics_port: -1\n", "metrics_port: must be an integer"),
+        ("log_level: loud\n", "log_level: must be one of debug, info, warning, error"),
+        ("vhosts: []\n", "vhosts: must be a non-empty list"),
+        ("vhosts: /\n", "vhosts: must be a non-empty list"),
+        ("cluster_name: ''\n", "cluster_name: must be a non-empty string"),
+    ],
+)
+def test_bad_values_name_key_path(tmp_path: Path, extra: str, expected: str) -> None:
+    """Each bad value is reported with its dotted key path and what is expected."""
+    assert expected in _error(tmp_path, MINIMAL + extra)
+
+
+@pytest.mark.parametrize(
+    ("users", "expected"),
+    [
+        ("users: []\n", "users: must be a non-empty list of users"),
+        ("users: app\n", "users: must be a non-empty list of users"),
+        ("users:\n  - name: app\n", "users[0].password_hash: must be a non-empty string"),
+        (
+            "users:\n  - name: app\n    password_hash: abc\n",
+            "users[0].password_hash: not a Warren/RabbitMQ SHA-256 hash",
+        ),
+        (
+            f"users:\n  - name: a\n    password_hash: '{GOOD_HASH}'\n"
+            "  - name: b\n    password_hash: short\n",
+            "users[1].password_hash:",
+        ),
+        (f"users:\n  - password_hash: '{GOOD_HASH}'\n", "users[0].name: must be a non-empty"),
+        (
+            f"users:\n  - name: a\n    password_hash: '{GOOD_HASH}'\n    vhosts: /\n",
+            "users[0].vhosts: must be a list",
+        ),
+        (
+            f"users:\n  - name: a\n    password_hash: '{GOOD_HASH}'\n    loopback_only: 1\n",
+            "users[0].loopback_only: must be true or false",
+        ),
+        (
+            f"users:\n  - name: a\n    password_hash: '{GOOD_HASH}'\n    role: admin\n",
+            "users[0].role: unknown key",
+        ),
+        ("users:\n  - just-a-name\n", "users[0]: must be a mapping"),
+    ],
+)
+def test_bad_users_name_key_path(tmp_path: Path, users: str, expected: str) -> None:
+    """User entries are validated one by one, with their index in the path."""
+    assert expected in _error(tmp_path, users)
+
+
+def test_missing_users(tmp_path: Path) -> None:
+    """A file without users (or an empty file) is refused: users is required."""
+    assert "users: must be a non-empty list" in _error(tmp_path, "log_level: info\n")
+    assert "users: must be a non-empty list" in _error(tmp_path, "")
+
+
+def test_plain_password_refused(tmp_path: Path) -> None:
+    """A plain-text password key is refused, naming users[0].password."""
+    text = "users:\n  - name: app\n    password: guest\n"
+    assert "users[0].password:" in _error(tmp_path, text)
+
+
+def test_plain_password_refused_with_explanation(tmp_path: Path) -> None:
+    """The refusal says plain-text passwords are not accepted (the intended message)."""
+    text = f"users:\n  - name: app\n    password_hash: '{GOOD_HASH}'\n    password: guest\n"
+    assert "plain-text passwords are not accepted" in _error(tmp_path, text)
+
+
+def test_user_vhost_must_exist(tmp_path: Path) -> None:
+    """A user given a vhost that is not declared is refused, naming user and vhost."""
+    text = (
+        "vhosts: ['/', prod]\n"
+        f"users:\n  - name: app\n    password_hash: '{GOOD_HASH}'\n    vhosts: ['/', staging]\n"
+    )
+    message = _error(tmp_path, text)
+    assert "users:" in message
+    assert "'app'" in message
+    assert "'staging'" in message
+    ok = text.replace("staging", "prod")
+    assert load_config(_write(tmp_path, ok)).users[0].vhosts == ("/", "prod")
+    star = text.replace("['/', staging]", "['*']")
+    assert load_config(_write(tmp_path, star)).users[0].vhosts == ("*",)
+
+
+@pytest.mark.parametrize("text", ["users: [unclosed\n", "a: b: c\n", "key: 'open\n", "\t- x\n"])
+def test_not_yaml(tmp_path: Path, text: str) -> None:
+    """Unparseable YAML is a ConfigError saying so."""
+    assert "not valid YAML" in _error(tmp_path, text)
+
+
+def test_top_level_not_mapping(tmp_path: Path) -> None:
+    """A YAML list at the top level is refused as not a mapping."""
+    assert "must be a mapping" in _error(tmp_path, "- a\n- b\n")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """A file that cannot be read is a ConfigError naming it."""
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(path)
+
+
+# ------------------------------------------------------------------------------------ overrides
+
+
+def test_with_overrides() -> None:
+    """Overrides replace port, host, data_dir, metrics_port; None leaves a value alone."""
+    base = BrokerConfig()
+    changed = base.with_overrides(port=5673, host="0.0.0.0", data_dir="/tmp/w", metrics_port=0)
+    assert changed.listener == Listener("0.0.0.0", 5673)
+    assert changed.data_dir == Path("/tmp/w")
+    assert changed.metrics_port == 0
+    assert base.listener == Listener()
+    assert base.metrics_port == 15692
+    same = base.with_overrides(port=None, host=None, data_dir=None, metrics_port=None)
+    assert same == base
+    assert base.with_overrides(port=6000).listener == Listener("127.0.0.1", 6000)
+
+
+@pytest.mark.parametrize(
+    ("changes", "flag"),
+    [
+        ({"port": 70000}, "--port"),
+        ({"port": "x"}, "--port"),
+        ({"metrics_port": -1}, "--metrics-port"),
+    ],
+)
+def test_with_overrides_validates(changes: dict[str, object], flag: str) -> None:
+    """Bad override values are ConfigErrors naming the command-line flag."""
+    with pytest.raises(ConfigError, match=f"^{flag}: must be an integer"):
+        BrokerConfig().with_overrides(**changes)

@@ -44,13 +44,28 @@ class Limits:
     max_message_size: int = 128 * 1024 * 1024
 
 
+SYNC_POLICIES = ("always", "periodic")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The write-ahead log. `sync: always` fsyncs before every confirm (group commit);
+    `periodic` confirms after the write and fsyncs every `sync_interval` seconds, so a machine
+    crash (not a broker crash) can lose the confirmed messages of the last interval."""
+
+    segment_size: int = 64 * 1024 * 1024
+    sync: str = "always"
+    sync_interval: float = 0.2
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     listener: Listener = field(default_factory=Listener)
     users: tuple[UserConfig, ...] = ()
     vhosts: tuple[str, ...] = ("/",)
     limits: Limits = field(default_factory=Limits)
-    data_dir: Path = Path("data")
+    store: StoreConfig = field(default_factory=StoreConfig)
+    data_dir: Path | None = Path("data")  # None: nothing is written, nothing survives a restart
     metrics_port: int = 15692
     log_level: str = "info"
     cluster_name: str = "warren"
@@ -181,11 +196,29 @@ def _parse_limits(raw: Any) -> Limits:
     )
 
 
+def _parse_store(raw: Any) -> StoreConfig:
+    data = _mapping(raw, "store", ("segment_size", "sync", "sync_interval"))
+    d = StoreConfig()
+    sync = data.get("sync", d.sync)
+    if sync not in SYNC_POLICIES:
+        raise ConfigError(f"store.sync: must be one of {', '.join(SYNC_POLICIES)}, got {sync!r}")
+    return StoreConfig(
+        segment_size=_integer(
+            data.get("segment_size", d.segment_size), "store.segment_size", 1 << 16, 1 << 34
+        ),
+        sync=sync,
+        sync_interval=_number(
+            data.get("sync_interval", d.sync_interval), "store.sync_interval", 0.001, 60
+        ),
+    )
+
+
 TOP_LEVEL_KEYS = (
     "listener",
     "users",
     "vhosts",
     "limits",
+    "store",
     "data_dir",
     "metrics_port",
     "log_level",
@@ -201,7 +234,10 @@ def parse_config(raw: Any, base_dir: Path) -> BrokerConfig:
     log_level = str(data.get("log_level", "info")).lower()
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
-    data_dir = Path(_string(str(data.get("data_dir", "data")), "data_dir"))
+    raw_dir = data.get("data_dir", "data")
+    data_dir = None if raw_dir is None else Path(_string(str(raw_dir), "data_dir"))
+    if data_dir is not None and not data_dir.is_absolute():
+        data_dir = base_dir / data_dir
     users = _parse_users(data.get("users"))
     for user in users:
         for vhost in user.vhosts:
@@ -214,7 +250,8 @@ def parse_config(raw: Any, base_dir: Path) -> BrokerConfig:
         users=users,
         vhosts=tuple(vhosts),
         limits=_parse_limits(data.get("limits")),
-        data_dir=data_dir if data_dir.is_absolute() else base_dir / data_dir,
+        store=_parse_store(data.get("store")),
+        data_dir=data_dir,
         metrics_port=_port(data.get("metrics_port", 15692), "metrics_port"),
         log_level=log_level,
         cluster_name=_string(data.get("cluster_name", "warren"), "cluster_name"),

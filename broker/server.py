@@ -14,7 +14,12 @@ from types import TracebackType
 from broker.amqp.connection import AMQPConnection
 from broker.auth import Authenticator, User
 from broker.config import BrokerConfig
+from broker.core.persistence import MessageStore
+from broker.core.queue import MEMORY_STORE
 from broker.core.vhost import VirtualHost
+from broker.store.durable import DurableStore, durable_definitions
+from broker.store.recovery import recover, restore
+from broker.store.wal import WriteAheadLog
 
 log = logging.getLogger("warren.server")
 
@@ -24,7 +29,18 @@ SHUTDOWN_GRACE = 5.0
 class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
-        self.vhosts = {name: VirtualHost(name) for name in config.vhosts}
+        self.wal: WriteAheadLog | None = None
+        self.store: MessageStore = MEMORY_STORE
+        if config.data_dir is not None:
+            settings = config.store
+            self.wal = WriteAheadLog(
+                config.data_dir / "wal",
+                segment_size=settings.segment_size,
+                sync_policy=settings.sync,
+                sync_interval=settings.sync_interval,
+            )
+            self.store = DurableStore(self.wal, lambda: durable_definitions(self.vhosts.values()))
+        self.vhosts = {name: VirtualHost(name, self.store) for name in config.vhosts}
         self.auth = Authenticator(
             [User(u.name, u.password_hash, u.vhosts, u.loopback_only) for u in config.users]
         )
@@ -45,6 +61,8 @@ class Broker:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.wal is not None:
+            await self._recover()
         listener = self.config.listener
         self._server = await loop.create_server(
             lambda: AMQPConnection(self),
@@ -55,8 +73,18 @@ class Broker:
         )
         log.info("listening host=%s port=%d", listener.host, self.port)
 
+    async def _recover(self) -> None:
+        """Replay the log (off the loop: it is long, blocking work), then rebuild the model."""
+        assert self.wal is not None and isinstance(self.store, DurableStore)
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        state = await asyncio.get_running_loop().run_in_executor(None, recover, self.wal)
+        queues, messages = restore(state, self.vhosts, self.store)
+        log.info("recovered %d durable queues holding %d messages", queues, messages)
+        await self.wal.start()
+        self.store.recovered()
+
     async def stop(self) -> None:
-        """Stop accepting, close clients with 320 CONNECTION_FORCED, wait for them to go."""
+        """Stop accepting, close clients with 320 CONNECTION_FORCED, flush the log."""
         if self._server is None:
             return
         self._server.close()
@@ -70,6 +98,8 @@ class Broker:
                 connection.transport.abort()
         await self._server.wait_closed()
         self._server = None
+        if self.wal is not None:
+            await self.wal.close()
         self._stopped.set()
         log.info("stopped")
 

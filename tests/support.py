@@ -37,8 +37,10 @@ def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | Non
 class BrokerProcess:
     """A Warren broker started as a real subprocess on a free loopback port."""
 
-    def __init__(self, data_dir: Path, config: Path | None = None, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self, data_dir: Path, config: Path | None = None, *extra: str, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.data_dir = data_dir
         args = [sys.executable, "-m", "broker", "--port", str(self.port)]
         args += ["--data-dir", str(data_dir), "--metrics-port", "0"]
@@ -61,6 +63,12 @@ class BrokerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL: the crash the write-ahead log must survive."""
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
     def stop(self, timeout: float = 10.0) -> int:
         """Terminate gracefully (SIGTERM); kill if it does not exit in time."""
         if self.proc.poll() is None:
@@ -70,7 +78,8 @@ class BrokerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return self.proc.returncode
 
 

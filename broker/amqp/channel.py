@@ -21,6 +21,7 @@ from broker.core.errors import (
     CHANNEL_ERROR,
     COMMAND_INVALID,
     FRAME_ERROR,
+    INTERNAL_ERROR,
     NOT_ALLOWED,
     NOT_FOUND,
     NOT_IMPLEMENTED,
@@ -79,6 +80,7 @@ class Channel:
         self._publish_seq = 0
         self._confirmed_upto = 0
         self._confirm_pending: list[tuple[int, bool]] = []
+        self._awaiting_sync = 0  # confirms waiting for the log's fsync
         self.tx: Transaction | None = None
         self.last_queue = ""
 
@@ -215,9 +217,9 @@ class Channel:
             if self.tx is not None:
                 self.tx.publishes.append((exchange, message, mandatory))
                 return
-            self._route(exchange, message, mandatory)
+            logged = self._route(exchange, message, mandatory)
             if self.confirm_mode:
-                self._confirm(self._publish_seq, True)
+                self._confirm_when_safe(self._publish_seq, logged)
         except AMQPError as error:
             self._fail(error, frames.BASIC_PUBLISH)
 
@@ -231,50 +233,65 @@ class Channel:
                 f" '{self.connection.user}'",
             )
 
-    def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> None:
-        queues = self.vhost.route(exchange, message)
-        if queues:
-            for queue in queues:
-                queue.publish(message)
-        elif mandatory:
+    def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> bool:
+        """Route and enqueue; returns True when the message was logged (confirm after sync)."""
+        queues, logged = self.vhost.publish(exchange, message)
+        if not queues and mandatory:
             self.connection.send_parts(
                 frames.content_frames(
                     self.number,
                     frames.return_payload(312, "NO_ROUTE", message.route_bytes),
                     message.header,
-                    message.body,
+                    message.body or b"",
                     self.connection.frame_max,
                 )
             )
+        return logged
 
     # ------------------------------------------------------------------ publisher confirms
+    def _confirm_when_safe(self, seq: int, logged: bool) -> None:
+        """A logged message is confirmed only once the log is synced; others at once."""
+        if not logged:
+            self._confirm(seq, True)
+            return
+        self._awaiting_sync += 1
+
+        def synced(error: BaseException | None) -> None:
+            self._awaiting_sync -= 1
+            if self.is_open:
+                self._confirm(seq, error is None)
+
+        self.vhost.store.sync(synced)
+
+    @property
+    def is_open(self) -> bool:
+        return self.connection.channels.get(self.number) is self
+
     def _confirm(self, seq: int, ack: bool) -> None:
         self._confirm_pending.append((seq, ack))
         self.connection.want_confirm_flush(self)
 
     def flush_confirms(self) -> None:
-        """Send pending confirms: one Basic.Ack(multiple) per run of acks, a Nack for each nack."""
+        """Send pending confirms, batching acks into one Basic.Ack(multiple) when it is safe.
+
+        While some logged message still waits for its fsync, a multiple ack would also confirm
+        it, so each confirm goes out on its own; once none waits, one ack covers them all.
+        """
         pending = sorted(self._confirm_pending)
         self._confirm_pending = []
-        out = []
-        run_end = 0
-        for seq, ack in pending:
-            if ack:
-                run_end = seq
-                continue
-            if run_end:
-                out.append(self._ack_upto(run_end))
-                run_end = 0
-            out.append(frames.confirm_frame(self.number, seq, False, ack=False))
-            self._confirmed_upto = seq
-        if run_end:
-            out.append(self._ack_upto(run_end))
-        self.connection.send_parts(out)
-
-    def _ack_upto(self, upto: int) -> bytes:
-        multiple = upto > self._confirmed_upto + 1
-        self._confirmed_upto = upto
-        return frames.confirm_frame(self.number, upto, multiple)
+        number = self.number
+        if self._awaiting_sync:
+            frames_out = [frames.confirm_frame(number, seq, False, ack) for seq, ack in pending]
+        else:
+            frames_out = [
+                frames.confirm_frame(number, seq, False, False) for seq, ack in pending if not ack
+            ]
+            acked = [seq for seq, ack in pending if ack]
+            if acked:
+                top = acked[-1]
+                frames_out.append(frames.confirm_frame(number, top, top > self._confirmed_upto + 1))
+            self._confirmed_upto = max(self._confirmed_upto, pending[-1][0])
+        self.connection.send_parts(frames_out)
 
     # ------------------------------------------------------------------ delivery (DeliverySink)
     def can_deliver(self, consumer: Consumer) -> bool:
@@ -301,7 +318,7 @@ class Channel:
                     consumer.wire_tag, tag, entry.redelivered, message.route_bytes
                 ),
                 message.header,
-                message.body,
+                message.body if message.body is not None else queue.store.read_body(message),
                 self.connection.frame_max,
             )
         )
@@ -367,7 +384,7 @@ class Channel:
             if requeue:
                 queue.requeue(queue_entries)
             else:
-                queue.dispatch()
+                queue.settle(queue_entries)
         if self.global_prefetch:
             self.resume_delivery()
 
@@ -563,7 +580,7 @@ class Channel:
 
     def _on_get(self, method: commands.Basic.Get) -> None:
         queue = self.vhost.get_queue(self._queue_name(method.queue), self.connection)
-        entry = queue.get()
+        entry = queue.get(ack_required=not method.no_ack)
         if entry is None:
             self._send(commands.Basic.GetEmpty())
             return
@@ -579,7 +596,7 @@ class Channel:
                     tag, entry.redelivered, message.route_bytes, queue.message_count
                 ),
                 message.header,
-                message.body,
+                message.body if message.body is not None else queue.store.read_body(message),
                 self.connection.frame_max,
             )
         )
@@ -627,14 +644,29 @@ class Channel:
     def _on_tx_commit(self, method: commands.Tx.Commit) -> None:
         tx = self._require_tx()
         self.tx = Transaction()
+        logged = False
         for exchange, message, mandatory in tx.publishes:
             if self.vhost.exchanges.get(exchange.name) is exchange:
-                self._route(exchange, message, mandatory)
+                logged = self._route(exchange, message, mandatory) or logged
         for requeue in (None, True, False):
             entries = [entry for _, entry, wanted in tx.settlements if wanted is requeue]
             if entries:
                 self._settle(entries, requeue=requeue)
-        self._send(commands.Tx.CommitOk())
+        if not logged:
+            self._send(commands.Tx.CommitOk())
+            return
+
+        def synced(error: BaseException | None) -> None:
+            if not self.is_open:
+                return
+            if error is None:
+                self._send(commands.Tx.CommitOk())
+            else:  # the commit's messages are not on disk: say so rather than pretend
+                self.close_with_error(
+                    ChannelException(INTERNAL_ERROR, f"commit could not be written: {error}")
+                )
+
+        self.vhost.store.sync(synced)
 
     def _on_tx_rollback(self, method: commands.Tx.Rollback) -> None:
         tx = self._require_tx()

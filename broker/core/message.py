@@ -9,22 +9,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.core.properties import decode_properties
+from broker.core.properties import decode_properties, delivery_mode
 
 
 class Message:
-    __slots__ = ("_properties", "body", "exchange", "header", "route_bytes", "routing_key")
+    __slots__ = (
+        "_properties",
+        "body",
+        "exchange",
+        "header",
+        "location",
+        "msg_id",
+        "refs",
+        "route_bytes",
+        "routing_key",
+    )
 
     def __init__(
-        self, exchange: str, routing_key: str, route_bytes: bytes, header: bytes, body: bytes
+        self,
+        exchange: str,
+        routing_key: str,
+        route_bytes: bytes,
+        header: bytes,
+        body: bytes | None,
     ) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
         # shortstr(exchange) + shortstr(routing_key): the bytes Deliver/GetOk/Return carry.
         self.route_bytes = route_bytes
         self.header = header
+        # None when the body lives only in the log (recovered messages); see MessageStore.read_body.
         self.body = body
         self._properties: dict[str, Any] | None = None
+        # Set by the store when the message is logged: its id, where its record is, and how many
+        # surviving queues still hold it (the record can go once that reaches zero).
+        self.msg_id = 0
+        self.location: tuple[int, int] = (0, 0)
+        self.refs = 0
 
     @property
     def properties(self) -> dict[str, Any]:
@@ -39,10 +60,7 @@ class Message:
 
     @property
     def persistent(self) -> bool:
-        # delivery-mode is the 4th property: a cheap flag test avoids decoding the others.
-        if not self.header[12] & 0x10:
-            return False
-        return self.properties.get("delivery_mode") == 2
+        return delivery_mode(self.header) == 2
 
 
 class QueuedMessage:

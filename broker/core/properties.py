@@ -75,3 +75,24 @@ def decode_properties(header: bytes) -> dict[str, Any]:
     except (IndexError, struct.error, ValueError, TypeError) as error:
         raise PropertyError(f"malformed content header properties: {error}") from error
     return values
+
+
+def delivery_mode(header: bytes) -> int:
+    """The delivery-mode property without decoding the rest (it decides what gets logged).
+
+    Only content-type, content-encoding and headers come before it; their lengths are skipped.
+    """
+    flags = header[12]
+    if not flags & 0x10:
+        return 0
+    offset = 14
+    try:
+        if flags & 0x80:
+            offset += 1 + header[offset]
+        if flags & 0x40:
+            offset += 1 + header[offset]
+        if flags & 0x20:
+            offset += 4 + int.from_bytes(header[offset : offset + 4], "big")
+        return header[offset]
+    except IndexError:
+        return 0

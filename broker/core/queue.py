@@ -2,7 +2,8 @@
 
 Ready messages sit in a deque ordered by their sequence number in this queue. A message that is
 requeued goes back to its original place, as RabbitMQ's classic queues do, and is marked
-redelivered. Unacked messages are tracked by the channel that holds them, not here.
+redelivered. The channel holding an unacked message tracks its delivery tag; the queue only keeps
+the set of entries out with consumers, so deleting it can settle them in the store.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 
 from broker.core.consumer import Consumer
 from broker.core.message import Message, QueuedMessage
+from broker.core.persistence import MemoryStore, MessageStore
+
+MEMORY_STORE = MemoryStore()
 
 
 class Queue:
@@ -24,6 +28,7 @@ class Queue:
         exclusive_owner: object | None = None,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
+        store: MessageStore = MEMORY_STORE,
     ) -> None:
         self.name = name
         self.vhost_name = vhost_name
@@ -32,7 +37,13 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
         self.queue_type = str(self.arguments.get("x-queue-type") or "classic")
+        # Durable, non-exclusive, non-auto-delete queues survive a restart (as in RabbitMQ);
+        # only they log persistent messages. The store assigns store_id when it logs the queue.
+        self.survives_restart = durable and exclusive_owner is None and not auto_delete
+        self.store = store
+        self.store_id = 0
         self.ready: deque[QueuedMessage] = deque()
+        self.outstanding: set[QueuedMessage] = set()  # delivered, waiting for ack/reject
         self.consumers: list[Consumer] = []
         self.had_consumer = False
         self.deleted = False
@@ -64,15 +75,45 @@ class Queue:
         if self.consumers:
             self.dispatch()
 
-    def get(self) -> QueuedMessage | None:
+    def restore(self, entry: QueuedMessage) -> None:
+        """Append a message recovered from the log, keeping its redelivered flag."""
+        self._next_seq += 1
+        entry.seq = self._next_seq
+        self.ready.append(entry)
+
+    def get(self, ack_required: bool) -> QueuedMessage | None:
         """Take the head message for Basic.Get."""
-        return self.ready.popleft() if self.ready else None
+        if not self.ready:
+            return None
+        entry = self.ready.popleft()
+        self._hand_out(entry, ack_required)
+        return entry
+
+    def _hand_out(self, entry: QueuedMessage, ack_required: bool) -> None:
+        """A message left the ready list: either it awaits an ack or it is settled now."""
+        if ack_required:
+            self.outstanding.add(entry)
+            if entry.message.msg_id and self.store_id and not entry.redelivered:
+                self.store.delivered(self, entry)
+        elif entry.message.msg_id and self.store_id:
+            self.store.settled(self, (entry,))
+
+    def settle(self, entries: list[QueuedMessage]) -> None:
+        """Acked (or rejected without requeue): the messages leave this queue for good."""
+        self.outstanding.difference_update(entries)
+        if self.store_id:
+            logged = [entry for entry in entries if entry.message.msg_id]
+            if logged:
+                self.store.settled(self, logged)
+        if self.consumers:
+            self.dispatch()
 
     def requeue(self, entries: Iterable[QueuedMessage]) -> None:
         """Put unacked messages back at their original positions, flagged redelivered."""
         returned = sorted(entries, key=lambda e: e.seq)
         if not returned:
             return
+        self.outstanding.difference_update(returned)
         for entry in returned:
             entry.redelivered = True
         ready = self.ready
@@ -84,7 +125,12 @@ class Queue:
             self.dispatch()
 
     def purge(self) -> int:
+        """Drop the ready messages (not the unacked ones), as Queue.Purge does."""
         count = len(self.ready)
+        if self.store_id:
+            logged = [entry for entry in self.ready if entry.message.msg_id]
+            if logged:
+                self.store.settled(self, logged)
         self.ready.clear()
         return count
 
@@ -140,6 +186,8 @@ class Queue:
                 consumer = self._pick_consumer()
                 if consumer is None:
                     return
-                consumer.sink.deliver(consumer, self, self.ready.popleft())
+                entry = self.ready.popleft()
+                self._hand_out(entry, not consumer.no_ack)
+                consumer.sink.deliver(consumer, self, entry)
         finally:
             self._dispatching = False

@@ -29,7 +29,8 @@ from broker.core.exchange import (
     validate_headers_binding,
 )
 from broker.core.message import Message
-from broker.core.queue import Queue
+from broker.core.persistence import MessageStore
+from broker.core.queue import MEMORY_STORE, Queue
 
 STANDARD_EXCHANGES = (
     ("amq.direct", "direct"),
@@ -38,6 +39,7 @@ STANDARD_EXCHANGES = (
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
 )
+BUILTIN_EXCHANGES = frozenset(["", *(name for name, _ in STANDARD_EXCHANGES)])
 QUEUE_TYPES = ("classic", "quorum", "stream")
 # Queue arguments RabbitMQ compares when a queue is declared again.
 EQUIVALENT_QUEUE_ARGS = (
@@ -103,8 +105,9 @@ def server_generated_name(prefix: str) -> str:
 
 
 class VirtualHost:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, store: MessageStore = MEMORY_STORE) -> None:
         self.name = name
+        self.store = store
         self.queues: dict[str, Queue] = {}
         self.default_exchange = DefaultExchange(self.queues)
         self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
@@ -193,6 +196,8 @@ class VirtualHost:
             )
         exchange = cls(name, durable, auto_delete, internal, arguments)
         self.exchanges[name] = exchange
+        if durable:
+            self.store.exchange_declared(self.name, exchange)
         return exchange
 
     def _check_exchange_equivalent(
@@ -238,6 +243,8 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
+        if exchange.durable:
+            self.store.exchange_deleted(self.name, exchange)
         for binding in list(exchange.bindings.values()):
             self._drop_binding(binding, cascade=False)
         for binding in list(exchange.incoming.values()):
@@ -279,8 +286,11 @@ class VirtualHost:
             exclusive_owner=owner if exclusive else None,
             auto_delete=auto_delete,
             arguments=arguments,
+            store=self.store,
         )
         self.queues[name] = queue
+        if queue.survives_restart:
+            self.store.queue_declared(queue)
         return queue
 
     def _validate_queue_arguments(
@@ -364,7 +374,11 @@ class VirtualHost:
         self.queues.pop(queue.name, None)
         for binding in list(queue.incoming.values()):
             self._drop_binding(binding)
-        count = queue.purge()
+        count = len(queue.ready)
+        if queue.store_id:
+            self.store.queue_deleted(queue, [*queue.ready, *queue.outstanding])
+        queue.ready.clear()
+        queue.outstanding.clear()
         for listener in self.on_queue_deleted:
             listener(queue)
         for consumer in list(queue.consumers):
@@ -409,6 +423,7 @@ class VirtualHost:
         binding = Binding(source, destination, routing_key, arguments)
         if source.add_binding(binding):
             destination.incoming[(id(source), *binding.key)] = binding
+            self.store.binding_changed(self.name, binding, True)
 
     def unbind(
         self,
@@ -438,6 +453,7 @@ class VirtualHost:
         source = binding.source
         source.remove_binding(binding.key)
         binding.destination.incoming.pop((id(source), *binding.key), None)
+        self.store.binding_changed(self.name, binding, False)
         if (
             cascade
             and source.auto_delete
@@ -447,6 +463,19 @@ class VirtualHost:
             self._remove_exchange(source)
 
     # ----------------------------------------------------------------------------- routing
+    def publish(self, exchange: Exchange, message: Message) -> tuple[Collection[Queue], bool]:
+        """Route and enqueue a message; True when it was logged and a confirm must await sync."""
+        queues = self.route(exchange, message)
+        logged = False
+        if queues and message.persistent:
+            surviving = [queue for queue in queues if queue.store_id]
+            if surviving:
+                self.store.persist(message, surviving)
+                logged = True
+        for queue in queues:
+            queue.publish(message)
+        return queues, logged
+
     def route(self, exchange: Exchange, message: Message) -> Collection[Queue]:
         """The queues a message published to `exchange` lands in, each once."""
         destinations = exchange.route(message)

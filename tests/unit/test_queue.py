@@ -26,7 +26,7 @@ def _publish(queue: Queue, *names: str) -> None:
 def _take(queue: Queue, count: int) -> list[QueuedMessage]:
     taken = []
     for _ in range(count):
-        entry = queue.get()
+        entry = queue.get(ack_required=True)
         assert entry is not None
         taken.append(entry)
     return taken
@@ -40,8 +40,8 @@ def test_publish_then_get_is_fifo() -> None:
     queue = _queue()
     _publish(queue, "m1", "m2", "m3")
     assert queue.message_count == 3
-    assert [queue.get().message.body for _ in range(3)] == [b"m1", b"m2", b"m3"]  # type: ignore[union-attr]
-    assert queue.get() is None
+    assert [queue.get(ack_required=True).message.body for _ in range(3)] == [b"m1", b"m2", b"m3"]  # type: ignore[union-attr]
+    assert queue.get(ack_required=True) is None
     assert queue.message_count == 0
 
 
@@ -49,7 +49,7 @@ def test_new_messages_are_not_redelivered() -> None:
     """A message that was never delivered carries redelivered=False."""
     queue = _queue()
     _publish(queue, "m1")
-    entry = queue.get()
+    entry = queue.get(ack_required=True)
     assert entry is not None
     assert entry.redelivered is False
 
@@ -132,7 +132,7 @@ def test_requeue_random_interleavings_keep_publish_order() -> None:
                 published += 1
                 _publish(queue, f"m{published}")
             elif action < 0.7:
-                entry = queue.get()
+                entry = queue.get(ack_required=True)
                 if entry is not None:
                     held.append(entry)
             elif held:
@@ -278,7 +278,7 @@ def test_purge_returns_count_and_empties() -> None:
     """purge drops every ready message and says how many; unacked (taken) ones are untouched."""
     queue = _queue()
     _publish(queue, "m1", "m2", "m3", "m4")
-    taken = queue.get()
+    taken = queue.get(ack_required=True)
     assert queue.purge() == 3
     assert queue.message_count == 0
     assert queue.purge() == 0

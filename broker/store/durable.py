@@ -1,0 +1,244 @@
+"""The durable message store: the model's persistence hooks, written to the write-ahead log.
+
+Every durable change becomes a record. Persistent messages routed to queues that survive restarts
+are logged once with the ids of those queues; acks, rejects and purges become batched SETTLE
+records. Each message counts how many queues still hold it, each segment how many live messages
+it holds; when the oldest segments hold none they are deleted. Every segment starts with a
+snapshot of the durable metadata, so deleting old segments never loses a declaration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from broker.core.exchange import Binding, Exchange
+from broker.core.message import Message, QueuedMessage
+from broker.core.persistence import SyncCallback
+from broker.core.vhost import BUILTIN_EXCHANGES, VirtualHost
+from broker.store import records
+from broker.store.wal import WriteAheadLog
+
+if TYPE_CHECKING:
+    from broker.core.queue import Queue
+
+log = logging.getLogger("warren.store")
+
+
+def exchange_table(vhost: str, exchange: Exchange) -> dict[str, Any]:
+    return {
+        "vhost": vhost,
+        "name": exchange.name,
+        "type": exchange.type_name,
+        "auto_delete": exchange.auto_delete,
+        "internal": exchange.internal,
+        "arguments": exchange.arguments,
+    }
+
+
+def queue_table(queue: Queue) -> dict[str, Any]:
+    return {
+        "vhost": queue.vhost_name,
+        "name": queue.name,
+        "id": queue.store_id,
+        "arguments": queue.arguments,
+    }
+
+
+def binding_table(vhost: str, binding: Binding) -> dict[str, Any]:
+    destination = binding.destination
+    return {
+        "vhost": vhost,
+        "source": binding.source.name,
+        "destination": destination.name,
+        "to_exchange": isinstance(destination, Exchange),
+        "routing_key": binding.routing_key,
+        "arguments": binding.arguments,
+    }
+
+
+def durable_definitions(vhosts: Iterable[VirtualHost]) -> dict[str, list[dict[str, Any]]]:
+    """Everything that survives a restart, as a snapshot record holds it."""
+    exchanges, queues, bindings = [], [], []
+    for vhost in vhosts:
+        for name, exchange in vhost.exchanges.items():
+            if exchange.durable and name not in BUILTIN_EXCHANGES:
+                exchanges.append(exchange_table(vhost.name, exchange))
+            bindings += [
+                binding_table(vhost.name, binding)
+                for binding in exchange.bindings.values()
+                if binding_is_durable(binding)
+            ]
+        queues += [queue_table(queue) for queue in vhost.queues.values() if queue.store_id]
+    return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+
+
+def binding_is_durable(binding: Binding) -> bool:
+    """RabbitMQ keeps a binding across restarts when both of its ends survive."""
+    destination = binding.destination
+    if not binding.source.durable or binding.source.name == "":
+        return False
+    if isinstance(destination, Exchange):
+        return destination.durable
+    return bool(destination.survives_restart)
+
+
+class DurableStore:
+    """Implements `broker.core.persistence.MessageStore` on a `WriteAheadLog`."""
+
+    def __init__(self, wal: WriteAheadLog, metadata: Callable[[], dict[str, Any]]) -> None:
+        self.wal = wal
+        self._metadata = metadata  # the durable definitions now, for segment snapshots
+        self.next_msg_id = 1
+        self.next_queue_id = 1
+        self.live: dict[int, int] = {}  # segment id -> logged messages some queue still holds
+        self.replaying = False
+        self._settles: dict[int, list[int]] = {}
+        self._deliveries: dict[int, list[int]] = {}
+        self._ids_scheduled = False
+        self._gc_scheduled = False
+        wal.on_segment_roll = self._on_segment_roll
+
+    # ------------------------------------------------------------------ metadata
+    def _append_table(self, record_type: int, values: dict[str, Any]) -> None:
+        if not self.replaying:
+            self.wal.append(record_type, records.encode_table(values))
+
+    def exchange_declared(self, vhost: str, exchange: Exchange) -> None:
+        self._append_table(records.EXCHANGE_DECLARE, exchange_table(vhost, exchange))
+
+    def exchange_deleted(self, vhost: str, exchange: Exchange) -> None:
+        self._append_table(records.EXCHANGE_DELETE, {"vhost": vhost, "name": exchange.name})
+
+    def queue_declared(self, queue: Queue) -> None:
+        if self.replaying:
+            return
+        queue.store_id = self.next_queue_id
+        self.next_queue_id += 1
+        self._append_table(records.QUEUE_DECLARE, queue_table(queue))
+
+    def queue_deleted(self, queue: Queue, held: Iterable[QueuedMessage]) -> None:
+        self._write_ids()  # settles logged before the delete stay in order
+        self._append_table(records.QUEUE_DELETE, {"vhost": queue.vhost_name, "id": queue.store_id})
+        self._release(entry.message for entry in held if entry.message.msg_id)
+
+    def binding_changed(self, vhost: str, binding: Binding, added: bool) -> None:
+        if binding_is_durable(binding):
+            kind = records.BIND if added else records.UNBIND
+            self._append_table(kind, binding_table(vhost, binding))
+
+    def _on_segment_roll(self, segment_id: int) -> None:
+        """A new segment starts with the whole durable metadata, so older ones can go."""
+        self.write_snapshot()
+        self.live.setdefault(segment_id, 0)
+        self._schedule_gc()
+
+    def write_snapshot(self) -> None:
+        """Log every durable definition; older segments' metadata records become redundant.
+
+        Called at each segment roll and once after recovery (the log then starts a segment of
+        its own without a roll)."""
+        snapshot = dict(self._metadata())
+        snapshot["next_queue_id"] = self.next_queue_id
+        snapshot["next_msg_id"] = self.next_msg_id
+        self.wal.append(records.SNAPSHOT, records.encode_table(snapshot))
+
+    # ------------------------------------------------------------------ messages
+    def persist(self, message: Message, queues: list[Queue]) -> None:
+        msg_id = self.next_msg_id
+        self.next_msg_id += 1
+        message.msg_id = msg_id
+        message.refs = len(queues)
+        body = message.body if message.body is not None else b""
+        payload = records.encode_message(
+            msg_id, [queue.store_id for queue in queues], message.route_bytes, message.header, body
+        )
+        location = self.wal.append(records.MESSAGE, payload)
+        message.location = location
+        self.live[location[0]] = self.live.get(location[0], 0) + 1
+
+    def delivered(self, queue: Queue, entry: QueuedMessage) -> None:
+        pending = self._deliveries.get(queue.store_id)
+        if pending is None:
+            self._deliveries[queue.store_id] = pending = []
+        pending.append(entry.message.msg_id)
+        self._schedule_ids()
+
+    def settled(self, queue: Queue, entries: Iterable[QueuedMessage]) -> None:
+        pending = self._settles.get(queue.store_id)
+        if pending is None:
+            self._settles[queue.store_id] = pending = []
+        messages = [entry.message for entry in entries]
+        pending.extend(message.msg_id for message in messages)
+        self._release(messages)
+        self._schedule_ids()
+
+    def _release(self, messages: Iterable[Message]) -> None:
+        """One queue less holds each message; a segment with no live message may go."""
+        live = self.live
+        for message in messages:
+            message.refs -= 1
+            if message.refs == 0:
+                segment = message.location[0]
+                live[segment] -= 1
+                if live[segment] == 0:
+                    self._schedule_gc()
+
+    def _schedule_ids(self) -> None:
+        if not self._ids_scheduled:
+            self._ids_scheduled = True
+            asyncio.get_running_loop().call_soon(self._write_ids)
+
+    def _write_ids(self) -> None:
+        """Settles and deliveries of one loop iteration go out as one record per queue."""
+        self._ids_scheduled = False
+        for kind, pending in (
+            (records.SETTLE, self._settles),
+            (records.DELIVERED, self._deliveries),
+        ):
+            if pending:
+                for queue_id, msg_ids in pending.items():
+                    self.wal.append(kind, records.encode_ids(queue_id, msg_ids))
+                pending.clear()
+
+    def sync(self, callback: SyncCallback) -> None:
+        self._write_ids()
+        self.wal.sync(callback)
+
+    def read_body(self, message: Message) -> bytes:
+        _, payload = self.wal.read(*message.location)
+        view = memoryview(payload)
+        body_offset = records.decode_message(view)[4]
+        return bytes(view[body_offset:])
+
+    # ------------------------------------------------------------------ garbage collection
+    def recovered(self) -> None:
+        """Recovery is done: start the new segment with a snapshot, then drop dead segments."""
+        self.write_snapshot()
+        self._schedule_gc()
+
+    def _schedule_gc(self) -> None:
+        if self._gc_scheduled or self.replaying:
+            return
+        self._gc_scheduled = True
+        # Wait for the sync: only then are the newer segments' snapshots safely on disk.
+        self.wal.sync(self._collect_garbage)
+
+    def _collect_garbage(self, error: BaseException | None) -> None:
+        """Delete the oldest segments while they hold no live message."""
+        self._gc_scheduled = False
+        if error is not None:
+            return
+        active = self.wal.active_segment
+        for segment in self.wal.segment_ids():
+            if segment == active or self.live.get(segment, 0) > 0:
+                break
+            try:
+                self.wal.delete_segment(segment)
+            except (OSError, ValueError) as failure:  # ValueError: records still being written
+                log.error("cannot delete log segment %d: %s", segment, failure)
+                break
+            self.live.pop(segment, None)
+            log.debug("deleted settled log segment %d", segment)

@@ -1,0 +1,702 @@
+"""The write-ahead log: segmented, append-only files, a CRC per record, and group commit.
+
+Everything durable goes through here, and a publisher confirm is only as good as this file's
+promise: a sync() callback reports success only after the bytes are written and (policy "always")
+fsynced. The log knows nothing about what records mean; it stores (type, payload) pairs.
+
+Record framing (13-byte header, big-endian, then the payload)::
+
+    length u32 | length ^ 0xFFFFFFFF u32 | crc32 u32 | type u8 | payload (length bytes)
+
+The CRC is zlib's CRC-32 of the type byte followed by the payload. The length is stored twice (the
+second copy inverted) so that a damaged length is recognised as damage, instead of passing for a
+record that merely runs past the end of the file and being truncated as a torn tail together with
+the valid records behind it.
+
+Segments are files named ``<id>.wal`` (ids grow by one, zero-padded to ten digits). A record never
+spans segments: append() rolls to a new segment when the record would push the active one past
+segment_size, and a record bigger than segment_size gets a segment of its own. Each WriteAheadLog
+appends to a segment of its own, one past the highest id on disk, so replayed segments are never
+written again and a truncated tail is never appended to.
+
+Ordering that recovery relies on: a new segment file is created only after the previous one is
+fsynced. So after a crash only the newest segment can end in a torn record; a bad record in any
+other segment is corruption.
+
+Recovery drops a bad record at the end of the newest segment only when the bytes dropped provably
+hold no valid record: the header or the body runs past the end of the file, the CRC fails and only
+zero bytes follow the record, or everything from the record on is zero bytes (file space a crash
+left unwritten). Anything else raises CorruptLogError: valid records are never skipped silently.
+
+Group commit: append() only frames the record into an in-memory buffer. One flusher task swaps
+the buffer out, writes and fsyncs it in a dedicated worker thread, then runs the callbacks of every
+sync() that was waiting for that batch. Whatever is appended meanwhile goes into the next batch, so
+all publishers share each fsync. A write or fsync error fails the log for good: an fsync error may
+already have dropped the dirty pages, so retrying could report data safe that is not.
+
+Policy "periodic" trades safety for speed: each batch is written at once and its callbacks run
+after the write, but fsync runs at most every sync_interval seconds. A crash of the machine (not
+just the process) can lose what was confirmed during the last interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import re
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, NoReturn
+
+logger = logging.getLogger("warren.wal")
+
+_HEADER = struct.Struct(">IIIB")
+HEADER_SIZE = _HEADER.size
+_MASK = 0xFFFFFFFF
+MAX_PAYLOAD = _MASK
+# crc32(bytes([type]) + payload) == crc32(payload, _TYPE_SEED[type]): one C call per record.
+_TYPE_SEED = tuple(zlib.crc32(bytes([record_type])) for record_type in range(256))
+_SEGMENT_NAME = re.compile(r"^(\d+)\.wal$")
+_PROGRESS_STEP = 16 * 1024 * 1024
+# Most records (a message, an ack) fit one pread of this size.
+_READ_AHEAD = 4096
+SYNC_POLICIES = ("always", "periodic")
+
+SyncCallback = Callable[[BaseException | None], None]
+RecordCallback = Callable[[int, int, int, memoryview], None]
+ProgressCallback = Callable[[int, int], None]
+
+
+class CorruptLogError(Exception):
+    """A record that is damaged, not merely torn off by a crash: recovery stops there."""
+
+    def __init__(self, segment: int, offset: int, reason: str, path: Path | None = None) -> None:
+        self.segment = segment
+        self.offset = offset
+        self.reason = reason
+        self.path = path
+        where = f"segment {segment} ({path})" if path is not None else f"segment {segment}"
+        super().__init__(
+            f"corrupt write-ahead log record in {where} at offset {offset}: {reason}. "
+            "Nothing was skipped or truncated. Copy the data directory aside, then restore it "
+            f"from a backup, or truncate the segment file to {offset} bytes to start without the "
+            "records from that offset on."
+        )
+
+
+class WalError(OSError):
+    """The log failed earlier (see WriteAheadLog.failed) and accepts no more records."""
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    """What replay() found: for the startup log line and the recovery-time metric."""
+
+    segments: int
+    records: int
+    bytes: int
+    truncated_segment: int | None
+    truncated_bytes: int
+    seconds: float
+
+
+@dataclass(slots=True)
+class WalStats:
+    """Counters for metrics. Written only by the flusher's worker thread, read anywhere."""
+
+    fsyncs: int = 0
+    writes: int = 0
+    bytes_written: int = 0
+    last_fsync_seconds: float = 0.0
+
+
+class _Chunk(NamedTuple):
+    """Framed records not yet written: they belong at `start` in segment `segment_id`."""
+
+    segment_id: int
+    start: int
+    data: bytearray
+
+
+class _BadRecord(NamedTuple):
+    offset: int
+    reason: str
+    torn: bool  # the bytes from `offset` on hold no valid record, so a crash explains them
+
+
+class WriteAheadLog:
+    """A segmented log in one directory. Use from one event loop thread: replay(), start(),
+    then append()/sync() freely, read() and delete_segment() as needed, close()."""
+
+    def __init__(
+        self,
+        directory: Path,
+        segment_size: int = 64 * 1024 * 1024,
+        sync_policy: str = "always",
+        sync_interval: float = 0.2,
+    ) -> None:
+        if sync_policy not in SYNC_POLICIES:
+            raise ValueError(f"sync_policy must be one of {SYNC_POLICIES}, not {sync_policy!r}")
+        if segment_size <= 0:
+            raise ValueError(f"segment_size must be positive, not {segment_size}")
+        if sync_interval <= 0:
+            raise ValueError(f"sync_interval must be positive, not {sync_interval}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._segment_size = segment_size
+        self._periodic = sync_policy == "periodic"
+        self._sync_interval = sync_interval
+        # Called with the new segment id right after a roll, before the record that caused it.
+        self.on_segment_roll: Callable[[int], None] | None = None
+        self.stats = WalStats()
+        self._sealed = _existing_segments(self.directory)  # id -> size, every segment but active
+        self._active = max(self._sealed, default=0) + 1
+        self._active_size = 0  # including records still in memory
+        self._pending: list[_Chunk] = []
+        self._inflight: list[_Chunk] = []
+        self._buffer: bytearray | None = None  # the data of the last pending chunk
+        self._waiters: list[SyncCallback] = []
+        self._rolling = False
+        self._wake = asyncio.Event()
+        self._failed: BaseException | None = None
+        self._closing = False
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._writer = _SegmentWriter(self.directory, self.stats)
+        self._read_fds: dict[int, int] = {}
+        self._unsynced = False  # periodic: written since the last fsync
+        self._last_fsync = float("-inf")
+        self._fsync_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------------------ recovery
+
+    def replay(
+        self, on_record: RecordCallback, progress: ProgressCallback | None = None
+    ) -> RecoveryReport:
+        """Feed every valid record on disk to on_record(segment_id, offset, type, payload), in
+        log order, truncating a torn tail of the newest segment; raise CorruptLogError on damage.
+
+        payload is a view into the segment's bytes: copy what you keep, or the whole segment stays
+        in memory. Blocks the calling thread: call it once, before start().
+        """
+        if self._flusher is not None or self._closing:
+            raise RuntimeError("replay() must run before start()")
+        started = time.perf_counter()
+        segment_ids = list(self._sealed)
+        tracker = _Progress(sum(self._sealed.values()), progress)
+        records = replayed_bytes = truncated_bytes = 0
+        truncated_segment = None
+        for segment_id in segment_ids:
+            path = self._segment_path(segment_id)
+            data = path.read_bytes()
+            count, bad = _scan(segment_id, data, on_record, tracker)
+            records += count
+            size = len(data)
+            if bad is not None:
+                if not bad.torn or segment_id != segment_ids[-1]:
+                    raise CorruptLogError(segment_id, bad.offset, bad.reason, path)
+                _truncate_torn_tail(path, bad, size)
+                truncated_segment, truncated_bytes, size = segment_id, size - bad.offset, bad.offset
+            self._sealed[segment_id] = size
+            replayed_bytes += size
+            tracker.segment_done(len(data))
+        tracker.finish()
+        report = RecoveryReport(
+            segments=len(segment_ids),
+            records=records,
+            bytes=replayed_bytes,
+            truncated_segment=truncated_segment,
+            truncated_bytes=truncated_bytes,
+            seconds=time.perf_counter() - started,
+        )
+        logger.info(
+            "write-ahead log %s: replayed %d records (%d bytes) from %d segments in %.2fs",
+            self.directory,
+            report.records,
+            report.bytes,
+            report.segments,
+            report.seconds,
+        )
+        return report
+
+    # ------------------------------------------------------------------------------ hot path
+
+    def append(self, record_type: int, payload: bytes | bytearray | memoryview) -> tuple[int, int]:
+        """Frame a record into the in-memory buffer; return (segment_id, offset) where it will be
+        on disk. No syscalls: durability comes from a later sync(). A memoryview must be of bytes.
+
+        Raises WalError once the log has failed: nothing appended after that could be made safe.
+        """
+        if self._closing or self._failed is not None:
+            self._refuse()
+        if not 0 < record_type < 256:
+            raise ValueError(f"record_type must be 1..255, not {record_type}")
+        size = len(payload)
+        if size > MAX_PAYLOAD:
+            raise ValueError(f"a record payload is at most {MAX_PAYLOAD} bytes, not {size}")
+        active_size = self._active_size
+        if (
+            active_size
+            and active_size + HEADER_SIZE + size > self._segment_size
+            and not self._rolling
+        ):
+            self._roll()
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._new_chunk()
+        offset = self._active_size
+        buffer += _HEADER.pack(
+            size, size ^ _MASK, zlib.crc32(payload, _TYPE_SEED[record_type]), record_type
+        )
+        buffer += payload
+        self._active_size = offset + HEADER_SIZE + size
+        self._wake.set()
+        return self._active, offset
+
+    def sync(self, callback: SyncCallback) -> None:
+        """Call callback(None) on the loop once everything appended so far is written (and, policy
+        "always", fsynced), or callback(error) if that failed. Callbacks run in call order."""
+        if self._closing:
+            raise RuntimeError("the write-ahead log is closed")
+        if self._failed is not None:
+            assert self._loop is not None  # failure only happens once the flusher runs
+            self._loop.call_soon(self._fire, [callback], self._failed)
+            return
+        self._waiters.append(callback)
+        self._wake.set()
+
+    def _refuse(self) -> NoReturn:
+        if self._closing:
+            raise RuntimeError("the write-ahead log is closed")
+        failure = self._failed
+        code = failure.errno if isinstance(failure, OSError) and failure.errno else errno.EIO
+        raise WalError(code, f"the write-ahead log failed earlier ({failure}); refusing records")
+
+    def _roll(self) -> None:
+        """Seal the active segment and start the next; let the owner write a snapshot first."""
+        self._sealed[self._active] = self._active_size
+        self._active += 1
+        self._active_size = 0
+        self._buffer = None
+        if self.on_segment_roll is not None:
+            # Records appended from the callback land in the new segment however big they are.
+            self._rolling = True
+            try:
+                self.on_segment_roll(self._active)
+            finally:
+                self._rolling = False
+
+    def _new_chunk(self) -> bytearray:
+        chunk = _Chunk(self._active, self._active_size, bytearray())
+        self._pending.append(chunk)
+        self._buffer = chunk.data
+        return chunk.data
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the flusher on the running loop."""
+        if self._flusher is not None or self._closing:
+            raise RuntimeError("the write-ahead log was already started")
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warren-wal")
+        self._flusher = self._loop.create_task(self._run(), name="warren-wal-flusher")
+
+    async def close(self) -> None:
+        """Write and fsync everything pending, run the last callbacks, stop, close the files.
+
+        An I/O error on the way is reported through the callbacks, the log and `failed`.
+        """
+        if self._closing:
+            return
+        if self._flusher is None:
+            await self.start()
+        assert self._flusher is not None and self._executor is not None
+        self._closing = True
+        self._wake.set()
+        await self._flusher
+        self._executor.shutdown(wait=False)
+        for fd in self._read_fds.values():
+            os.close(fd)
+        self._read_fds.clear()
+        self._closed = True
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The write or fsync error that stopped the log, if one did."""
+        return self._failed
+
+    # ------------------------------------------------------------------------------ flusher
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            final = self._closing
+            await self._flush(final)
+            if final:
+                return
+
+    async def _flush(self, final: bool) -> None:
+        """One group commit: write (and fsync) what is pending, then release its waiters."""
+        waiters, self._waiters = self._waiters, []
+        if final and self._fsync_timer is not None:
+            self._fsync_timer.cancel()
+            self._fsync_timer = None
+        if self._failed is not None:
+            self._fire(waiters, self._failed)
+            if final:
+                await self._in_worker(self._writer.close, False)
+            return
+        chunks, self._pending, self._buffer = self._pending, [], None
+        if chunks or final:
+            self._inflight = chunks
+            try:
+                await self._in_worker(self._write_batch, chunks, not self._periodic, final)
+            except Exception as exc:
+                self._pending[:0] = chunks  # unwritten records stay readable from memory
+                self._fail(exc, waiters)
+                if final:
+                    await self._in_worker(self._writer.close, False)
+                return
+            finally:
+                self._inflight = []
+            self._unsynced = self._periodic and not final
+        self._fire(waiters, None)
+        if self._unsynced:
+            await self._periodic_fsync()
+
+    def _write_batch(self, chunks: list[_Chunk], fsync: bool, final: bool) -> None:
+        """Worker thread: the only place records reach the files."""
+        self._writer.write(chunks)
+        if final:
+            self._writer.close(True)
+        elif fsync:
+            self._writer.sync()
+
+    async def _periodic_fsync(self) -> None:
+        """Policy "periodic": fsync if the interval has passed, else make sure a timer will."""
+        assert self._loop is not None
+        wait = self._last_fsync + self._sync_interval - self._loop.time()
+        if wait > 0:
+            if self._fsync_timer is None:
+                self._fsync_timer = self._loop.call_later(wait, self._fsync_due)
+            return
+        self._unsynced = False
+        self._last_fsync = self._loop.time()
+        try:
+            await self._in_worker(self._writer.sync)
+        except Exception as exc:
+            self._fail(exc, [])
+
+    def _fsync_due(self) -> None:
+        self._fsync_timer = None
+        self._wake.set()
+
+    async def _in_worker(self, function: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        await self._loop.run_in_executor(self._executor, function, *args)
+
+    def _fail(self, exc: BaseException, waiters: list[SyncCallback]) -> None:
+        """Stop confirming for good and fail everyone waiting."""
+        waiters = [*waiters, *self._waiters]
+        self._waiters = []
+        if self._failed is None:
+            self._failed = exc
+            logger.error(
+                "write-ahead log in %s could not write or fsync: %s. Nothing written from now on "
+                "will be confirmed (%d waiting syncs fail with this error). Free disk space or fix "
+                "the device, then restart the broker; recovery keeps every confirmed record.",
+                self.directory,
+                exc,
+                len(waiters),
+                exc_info=exc if not isinstance(exc, OSError) else None,
+            )
+        self._fire(waiters, exc)
+
+    @staticmethod
+    def _fire(callbacks: Iterable[SyncCallback], error: BaseException | None) -> None:
+        for callback in callbacks:
+            try:
+                callback(error)
+            except Exception:
+                logger.exception("write-ahead log sync callback %r raised", callback)
+
+    # ------------------------------------------------------------------------------ reading
+
+    def read(self, segment_id: int, offset: int) -> tuple[int, bytes]:
+        """(record_type, payload) of the record at (segment_id, offset), checked against its CRC.
+
+        Records not yet written come from memory; others cost one pread (two if large).
+        """
+        if self._closed:
+            raise RuntimeError("the write-ahead log is closed")
+        for chunk in (*self._pending, *self._inflight):
+            position = offset - chunk.start
+            if chunk.segment_id == segment_id and 0 <= position < len(chunk.data):
+                return _decode(segment_id, offset, chunk.data, position)
+        fd = self._read_fd(segment_id)
+        data = os.pread(fd, _READ_AHEAD, offset)
+        if len(data) >= HEADER_SIZE:
+            length, check = _HEADER.unpack_from(data)[:2]
+            missing = HEADER_SIZE + length - len(data)
+            if check == length ^ _MASK and missing > 0:  # never trust a damaged length
+                data += os.pread(fd, missing, offset + len(data))
+        return _decode(segment_id, offset, data, 0)
+
+    def _read_fd(self, segment_id: int) -> int:
+        fd = self._read_fds.get(segment_id)
+        if fd is None:
+            fd = os.open(self._segment_path(segment_id), os.O_RDONLY | os.O_CLOEXEC)
+            self._read_fds[segment_id] = fd
+        return fd
+
+    # ------------------------------------------------------------------------------ segments
+
+    def segment_ids(self) -> list[int]:
+        """Every segment, oldest first; the last is the active one (its file may not exist yet)."""
+        return [*self._sealed, self._active]
+
+    @property
+    def active_segment(self) -> int:
+        """The segment appends go to."""
+        return self._active
+
+    def delete_segment(self, segment_id: int) -> None:
+        """Remove a segment whose records are all settled. Blocks: unlink + directory fsync."""
+        if self._closed:
+            raise RuntimeError("the write-ahead log is closed")
+        if segment_id == self._active:
+            raise ValueError(f"segment {segment_id} is the active segment and cannot be deleted")
+        if any(chunk.segment_id == segment_id for chunk in (*self._pending, *self._inflight)):
+            raise ValueError(f"segment {segment_id} still has records waiting to be written")
+        if segment_id not in self._sealed:
+            raise ValueError(f"there is no segment {segment_id} in {self.directory}")
+        fd = self._read_fds.pop(segment_id, None)
+        if fd is not None:
+            os.close(fd)
+        self._segment_path(segment_id).unlink()
+        _fsync_directory(self.directory)
+        del self._sealed[segment_id]
+
+    def disk_usage(self) -> int:
+        """Bytes in all segments, counting records still in memory; no syscalls."""
+        return sum(self._sealed.values()) + self._active_size
+
+    def _segment_path(self, segment_id: int) -> Path:
+        return _segment_path(self.directory, segment_id)
+
+
+class _SegmentWriter:
+    """The worker thread's side: the one open write descriptor, always of the newest segment.
+
+    Only the log's single worker thread calls it, so it needs no locks.
+    """
+
+    def __init__(self, directory: Path, stats: WalStats) -> None:
+        self._directory = directory
+        self._stats = stats
+        self._segment: int | None = None
+        self._fd: int | None = None
+        self._dirty = False  # written since the last fsync
+        self._directory_dirty = False  # a segment file was created since the last directory fsync
+
+    def write(self, chunks: list[_Chunk]) -> None:
+        for chunk in chunks:
+            if chunk.segment_id != self._segment:
+                self._create(chunk.segment_id)
+            assert self._fd is not None
+            _pwrite_all(self._fd, chunk.data, chunk.start)
+            self._dirty = True
+            self._stats.bytes_written += len(chunk.data)
+        if chunks:
+            self._stats.writes += 1
+
+    def sync(self) -> None:
+        """fsync the segment written last and, if a segment was created, the directory."""
+        started = time.perf_counter()
+        synced = False
+        if self._dirty and self._fd is not None:
+            os.fsync(self._fd)
+            self._dirty = False
+            self._stats.fsyncs += 1
+            synced = True
+        if self._directory_dirty:
+            _fsync_directory(self._directory)
+            self._directory_dirty = False
+            self._stats.fsyncs += 1
+            synced = True
+        if synced:
+            self._stats.last_fsync_seconds = time.perf_counter() - started
+
+    def close(self, durable: bool) -> None:
+        """Close the write descriptor, after an fsync when `durable`."""
+        if self._fd is None:
+            return
+        try:
+            if durable:
+                self.sync()
+        finally:
+            os.close(self._fd)
+            self._fd = self._segment = None
+
+    def _create(self, segment_id: int) -> None:
+        # The previous segment is made durable before the next file exists, so that after a crash
+        # only the newest segment can end in a torn record.
+        self.close(True)
+        path = _segment_path(self._directory, segment_id)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self._fd = os.open(path, flags, 0o644)
+        self._segment = segment_id
+        self._directory_dirty = True
+
+
+class _Progress:
+    """Calls progress(done, total) about every _PROGRESS_STEP bytes, cheaply per record."""
+
+    def __init__(self, total: int, callback: ProgressCallback | None) -> None:
+        self.total = total
+        self._callback = callback
+        self._base = 0  # bytes in the segments already replayed
+        self._next: float = _PROGRESS_STEP if callback is not None else float("inf")
+
+    def next_offset(self) -> float:
+        """The offset in the current segment at which the next report is due."""
+        return self._next - self._base
+
+    def reached(self, offset: int) -> float:
+        assert self._callback is not None
+        done = self._base + offset
+        self._callback(done, self.total)
+        self._next = done + _PROGRESS_STEP
+        return self.next_offset()
+
+    def segment_done(self, size: int) -> None:
+        self._base += size
+
+    def finish(self) -> None:
+        if self._callback is not None:
+            self._callback(self._base, self.total)
+
+
+def _scan(
+    segment_id: int, data: bytes, on_record: RecordCallback, progress: _Progress
+) -> tuple[int, _BadRecord | None]:
+    """Replay one segment's valid records; return how many, and the first bad record if any."""
+    view = memoryview(data)
+    end = len(data)
+    unpack = _HEADER.unpack_from
+    crc32 = zlib.crc32
+    seeds = _TYPE_SEED
+    report_at = progress.next_offset()
+    position = count = 0
+    while position < end:
+        body = position + HEADER_SIZE
+        if body > end:
+            reason = f"incomplete record header ({end - position} of {HEADER_SIZE} bytes)"
+            return count, _BadRecord(position, reason, torn=True)
+        length, check, crc, record_type = unpack(data, position)
+        if check != length ^ _MASK or record_type == 0:
+            reason = "damaged record header (length check or record type is invalid)"
+            return count, _BadRecord(position, reason, torn=_zero_from(data, position))
+        stop = body + length
+        if stop > end:
+            reason = f"record of {length} bytes runs {stop - end} bytes past the end of the file"
+            return count, _BadRecord(position, reason, torn=True)
+        payload = view[body:stop]
+        actual = crc32(payload, seeds[record_type])
+        if actual != crc:
+            reason = f"CRC mismatch (stored {crc:#010x}, computed {actual:#010x})"
+            return count, _BadRecord(position, reason, torn=_zero_from(data, stop))
+        on_record(segment_id, position, record_type, payload)
+        count += 1
+        position = stop
+        if position >= report_at:
+            report_at = progress.reached(position)
+    return count, None
+
+
+def _decode(
+    segment_id: int, offset: int, data: bytes | bytearray, position: int
+) -> tuple[int, bytes]:
+    """Check and unpack the record at `position` in data, which holds it from `offset` on."""
+    if len(data) - position < HEADER_SIZE:
+        raise CorruptLogError(segment_id, offset, "no complete record header at this position")
+    length, check, crc, record_type = _HEADER.unpack_from(data, position)
+    if check != length ^ _MASK or record_type == 0:
+        raise CorruptLogError(segment_id, offset, "damaged record header")
+    body = position + HEADER_SIZE
+    if body + length > len(data):
+        raise CorruptLogError(segment_id, offset, f"record of {length} bytes is cut short")
+    with memoryview(data) as view:  # released at once: `data` may be a growing buffer
+        payload = bytes(view[body : body + length])
+    actual = zlib.crc32(payload, _TYPE_SEED[record_type])
+    if actual != crc:
+        reason = f"CRC mismatch (stored {crc:#010x}, computed {actual:#010x})"
+        raise CorruptLogError(segment_id, offset, reason)
+    return record_type, payload
+
+
+def _zero_from(data: bytes, position: int) -> bool:
+    """Whether only zero bytes follow `position`: space a crash left unwritten, not records."""
+    return data.count(0, position) == len(data) - position
+
+
+def _truncate_torn_tail(path: Path, bad: _BadRecord, size: int) -> None:
+    logger.warning(
+        "write-ahead log %s ends in a record cut short by a crash at offset %d (%s); truncating "
+        "%d bytes. With sync_policy 'always' that record was never confirmed.",
+        path,
+        bad.offset,
+        bad.reason,
+        size - bad.offset,
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, bad.offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytearray, offset: int) -> None:
+    done = 0
+    with memoryview(data) as view:
+        while done < len(view):
+            written = os.pwrite(fd, view[done:], offset + done)
+            if written <= 0:
+                raise OSError(errno.EIO, "write to a write-ahead log segment made no progress")
+            done += written
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make file creations and deletions in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _segment_path(directory: Path, segment_id: int) -> Path:
+    return directory / f"{segment_id:010d}.wal"
+
+
+def _existing_segments(directory: Path) -> dict[int, int]:
+    """Segment id -> file size of the segments on disk, oldest first."""
+    found = {}
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            match = _SEGMENT_NAME.match(entry.name)
+            if match and entry.is_file():
+                found[int(match.group(1))] = entry.stat().st_size
+    return dict(sorted(found.items()))

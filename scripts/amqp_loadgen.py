@@ -58,6 +58,7 @@ class LoadClient(asyncio.Protocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self.closed = asyncio.Event()
+        self.elapsed = 0.0  # set by benchmark helpers that time this client's work
 
     # ------------------------------------------------------------- protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

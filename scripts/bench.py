@@ -1,11 +1,18 @@
-"""Throughput of Warren next to RabbitMQ, same machine, same load generator, one run.
+"""Warren next to RabbitMQ: same machine, same load generator, one run; prints ratios.
 
-Scenario `transient`: one queue, 256-byte transient messages, one publisher connection, one
-consumer connection with prefetch 1000 and a manual ack per message. Each round runs every broker
-once, alternating; the figure is the median msgs/s per broker and the ratio Warren / RabbitMQ.
-Absolute numbers on a shared 2-core machine are noise; the ratio within one run is the result.
+Scenarios (256-byte messages):
+  transient   one queue, one publisher, one consumer with prefetch 1000 and a manual ack per
+              message; msgs/s from the first publish to the last delivery.
+  persistent  a durable queue, delivery-mode 2, publisher confirms with up to 1000 unconfirmed;
+              confirmed msgs/s (RabbitMQ: a classic queue, its default).
+  recovery    --recovery-messages persistent messages queued, then the broker restarts; seconds
+              until the queue reports them all again (Warren: after kill -9; RabbitMQ: after
+              rabbitmqctl stop_app / start_app, a clean restart, which is its fastest case).
+Each round runs every broker once, alternating; figures are medians per broker and the ratio
+Warren / RabbitMQ. Absolute numbers on a shared 2-core machine are noise; the ratio is the result.
 
-    scripts/bench [--messages 200000] [--rounds 3] [--no-rabbitmq]
+    scripts/bench [--scenario all|transient|persistent|recovery] [--messages 200000]
+                  [--rounds 3] [--recovery-messages 200000] [--no-rabbitmq]
 """
 
 from __future__ import annotations
@@ -20,19 +27,21 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pamqp import commands  # noqa: E402
 
-from scripts.amqp_loadgen import ack_frame, connect, publish_frames  # noqa: E402
+from scripts.amqp_loadgen import LoadClient, ack_frame, connect, publish_frames  # noqa: E402
 from tests.support import BrokerProcess  # noqa: E402
 
 RABBITMQ = ("127.0.0.1", 5672)
 BODY = b"x" * 256
 PREFETCH = 1000
 PUBLISH_BATCH = 200
+CONFIRM_WINDOW = 1000
 
 
 async def transient_round(host: str, port: int, messages: int) -> float:
@@ -77,13 +86,143 @@ async def transient_round(host: str, port: int, messages: int) -> float:
         await consumer.close()
 
 
-def run_round(host: str, port: int, messages: int) -> float:
+async def persistent_round(host: str, port: int, messages: int) -> float:
+    """Publish persistent messages with confirms, at most CONFIRM_WINDOW unconfirmed; msgs/s."""
+    queue = f"bench-durable-{uuid.uuid4().hex[:8]}"
+    publisher = await connect(host, port)
+    try:
+        await publisher.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
+        await publisher.call(
+            1, commands.Queue.Declare(queue=queue, durable=True), commands.Queue.DeclareOk
+        )
+        await publish_confirmed(publisher, queue, messages)
+        return messages / publisher.elapsed
+    finally:
+        with contextlib.suppress(RuntimeError, TimeoutError):
+            await publisher.call(1, commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk)
+        await publisher.close()
+
+
+async def publish_confirmed(publisher: LoadClient, queue: str, messages: int) -> None:
+    """Publish `messages` persistent messages, keeping the confirm window full."""
+    await publisher.call(1, commands.Confirm.Select(), commands.Confirm.SelectOk)
+    unconfirmed: set[int] = set()
+    low = 1
+    room = asyncio.Event()
+    done = asyncio.get_running_loop().create_future()
+
+    def on_confirm(tag: int, multiple: bool, ack: bool) -> None:
+        nonlocal low
+        if not ack:
+            raise RuntimeError(f"broker nacked message {tag}")
+        if multiple:
+            for settled in range(low, tag + 1):
+                unconfirmed.discard(settled)
+            low = max(low, tag + 1)
+        else:
+            unconfirmed.discard(tag)
+        if len(unconfirmed) < CONFIRM_WINDOW:
+            room.set()
+        if not unconfirmed and sent == messages and not done.done():
+            done.set_result(None)
+
+    publisher.on_confirm = on_confirm
+    one = publish_frames(1, "", queue, BODY, persistent=True)
+    sent = 0
+    started = time.perf_counter()
+    while sent < messages:
+        if len(unconfirmed) >= CONFIRM_WINDOW:
+            room.clear()
+            await room.wait()
+        count = min(PUBLISH_BATCH, messages - sent, CONFIRM_WINDOW - len(unconfirmed))
+        publisher.send(one * count)
+        unconfirmed.update(range(sent + 1, sent + count + 1))
+        sent += count
+        await publisher.drain()
+    if unconfirmed:
+        await asyncio.wait_for(done, timeout=max(60, messages / 500))
+    publisher.elapsed = time.perf_counter() - started
+
+
+async def fill_durable_queue(host: str, port: int, queue: str, messages: int) -> None:
+    client = await connect(host, port)
+    try:
+        await client.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
+        await client.call(
+            1, commands.Queue.Declare(queue=queue, durable=True), commands.Queue.DeclareOk
+        )
+        await publish_confirmed(client, queue, messages)
+    finally:
+        await client.close()
+
+
+async def queue_depth(host: str, port: int, queue: str) -> int:
+    client = await connect(host, port)
+    try:
+        await client.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
+        ok = await client.call(
+            1, commands.Queue.Declare(queue=queue, passive=True), commands.Queue.DeclareOk
+        )
+        return ok.message_count
+    finally:
+        await client.close()
+
+
+async def delete_queue(host: str, port: int, queue: str) -> None:
+    client = await connect(host, port)
+    try:
+        await client.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
+        await client.call(1, commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk)
+    finally:
+        await client.close()
+
+
+def wait_for_depth(host: str, port: int, queue: str, expected: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            if run(queue_depth(host, port, queue)) >= expected:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"queue {queue} did not come back with {expected} messages in {timeout}s")
+
+
+def warren_recovery(data_dir: Path, messages: int) -> float:
+    """Seconds from restarting Warren after kill -9 until the queue holds every message."""
+    queue = f"bench-recovery-{uuid.uuid4().hex[:8]}"
+    broker = BrokerProcess(data_dir)
+    run(fill_durable_queue("127.0.0.1", broker.port, queue, messages))
+    broker.kill()
+    started = time.perf_counter()
+    broker = BrokerProcess(data_dir, port=broker.port)
+    try:
+        wait_for_depth("127.0.0.1", broker.port, queue, messages, 600)
+        return time.perf_counter() - started
+    finally:
+        run(delete_queue("127.0.0.1", broker.port, queue))
+        broker.stop()
+
+
+def rabbitmq_recovery(messages: int) -> float:
+    """Seconds from `rabbitmqctl start_app` until the queue holds every message again."""
+    queue = f"bench-recovery-{uuid.uuid4().hex[:8]}"
+    run(fill_durable_queue(*RABBITMQ, queue, messages))
+    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True)
+    started = time.perf_counter()
+    subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True)
+    try:
+        wait_for_depth(*RABBITMQ, queue, messages, 600)
+        return time.perf_counter() - started
+    finally:
+        run(delete_queue(*RABBITMQ, queue))
+
+
+def run(coroutine: Any) -> Any:
     try:
         import uvloop
-
-        return uvloop.run(transient_round(host, port, messages))
     except ImportError:
-        return asyncio.run(transient_round(host, port, messages))
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def rabbitmq_available() -> bool:
@@ -94,43 +233,81 @@ def rabbitmq_available() -> bool:
     return False
 
 
+def report(title: str, unit: str, results: dict[str, list[float]], higher_is_better: bool) -> None:
+    print(f"\n{title}")
+    medians = {name: statistics.median(values) for name, values in results.items() if values}
+    for name, value in medians.items():
+        runs = ", ".join(f"{v:.2f}" for v in results[name])
+        print(f"  {name:9s} median {value:10.2f} {unit}  (runs: {runs})")
+    if len(medians) == 2:
+        ratio = medians["warren"] / medians["rabbitmq"]
+        if not higher_is_better:
+            ratio = 1 / ratio
+        better = "higher" if higher_is_better else "lower"
+        print(f"  ratio warren/rabbitmq = {ratio:.2f}x ({unit}, {better} is better, >1 is Warren)")
+
+
+def throughput(
+    name: str, rounds: int, messages: int, warren_port: int, with_rabbitmq: bool
+) -> None:
+    scenario = {"transient": transient_round, "persistent": persistent_round}[name]
+    results: dict[str, list[float]] = {"warren": [], "rabbitmq": []}
+    run(scenario("127.0.0.1", warren_port, min(messages, 20_000)))  # warm-up
+    for round_number in range(1, rounds + 1):
+        targets = [("warren", ("127.0.0.1", warren_port))]
+        if with_rabbitmq:
+            targets.append(("rabbitmq", RABBITMQ))
+        for target, (host, port) in targets:
+            rate = run(scenario(host, port, messages))
+            results[target].append(rate)
+            print(f"{name} round {round_number} {target:8s} {rate:10.0f} msg/s", flush=True)
+    detail = {
+        "transient": f"prefetch {PREFETCH}, manual acks, transient",
+        "persistent": f"durable queue, delivery-mode 2, confirms (window {CONFIRM_WINDOW})",
+    }[name]
+    report(f"scenario {name}: {messages} x 256 B, 1 queue, {detail}", "msg/s", results, True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument(
+        "--scenario", default="all", choices=["all", "transient", "persistent", "recovery"]
+    )
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--recovery-messages", type=int, default=200_000)
     parser.add_argument("--no-rabbitmq", action="store_true", help="measure Warren only")
     args = parser.parse_args()
-
-    if not args.no_rabbitmq:
+    with_rabbitmq = not args.no_rabbitmq
+    if with_rabbitmq:
         subprocess.run([str(ROOT / "scripts" / "rabbitmq"), "start"], check=True)
         if not rabbitmq_available():
             print("RabbitMQ is not answering on 127.0.0.1:5672", file=sys.stderr)
             return 1
-    results: dict[str, list[float]] = {"warren": [], "rabbitmq": []}
+    wanted = ["transient", "persistent", "recovery"] if args.scenario == "all" else [args.scenario]
     with tempfile.TemporaryDirectory(prefix="warren-bench-") as data_dir:
-        warren = BrokerProcess(Path(data_dir))
-        try:
-            run_round("127.0.0.1", warren.port, min(args.messages, 20_000))  # warm-up
-            for round_number in range(1, args.rounds + 1):
-                targets = [("warren", ("127.0.0.1", warren.port))]
-                if not args.no_rabbitmq:
-                    targets.append(("rabbitmq", RABBITMQ))
-                for name, (host, port) in targets:
-                    rate = run_round(host, port, args.messages)
-                    results[name].append(rate)
-                    print(f"round {round_number} {name:8s} {rate:10.0f} msg/s", flush=True)
-        finally:
-            warren.stop()
-    print()
-    print(f"scenario transient: {args.messages} x 256 B, 1 queue, prefetch {PREFETCH}, manual acks")
-    warren_rate = statistics.median(results["warren"])
-    print(f"  warren    median {warren_rate:10.0f} msg/s")
-    if results["rabbitmq"]:
-        rabbit_rate = statistics.median(results["rabbitmq"])
-        print(f"  rabbitmq  median {rabbit_rate:10.0f} msg/s")
-        print(f"  ratio warren/rabbitmq = {warren_rate / rabbit_rate:.2f}x")
+        for name in wanted:
+            if name == "recovery":
+                results: dict[str, list[float]] = {"warren": [], "rabbitmq": []}
+                results["warren"].append(
+                    warren_recovery(Path(data_dir) / "recovery", args.recovery_messages)
+                )
+                if with_rabbitmq:
+                    results["rabbitmq"].append(rabbitmq_recovery(args.recovery_messages))
+                report(
+                    f"scenario recovery: {args.recovery_messages} queued persistent 256 B messages",
+                    "s",
+                    results,
+                    False,
+                )
+                continue
+            warren = BrokerProcess(Path(data_dir) / name)
+            try:
+                throughput(name, args.rounds, args.messages, warren.port, with_rabbitmq)
+            finally:
+                warren.stop()
     return 0
 
 

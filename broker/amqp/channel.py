@@ -34,7 +34,7 @@ from broker.core.errors import (
 from broker.core.exchange import Exchange
 from broker.core.message import Message, QueuedMessage
 from broker.core.queue import Queue
-from broker.core.vhost import server_generated_name
+from broker.core.vhost import field_type_name, server_generated_name
 
 if TYPE_CHECKING:
     from broker.amqp.connection import AMQPConnection
@@ -108,6 +108,12 @@ class Channel:
             self._fail(error, index)
 
     def _dispatch_method(self, index: int, payload: bytes) -> None:
+        if index == frames.ACCESS_REQUEST:
+            # Access.Request is deprecated; RabbitMQ still grants a dummy ticket, so do we.
+            self.connection.send(
+                frames.frame(frames.FRAME_METHOD, self.number, frames.ACCESS_REQUEST_OK)
+            )
+            return
         try:
             method = frames.decode_method(payload)
         except KeyError:
@@ -432,9 +438,6 @@ class Channel:
             raise ConnectionException(NOT_IMPLEMENTED, "active=false")
         self._send(commands.Channel.FlowOk(active=True))
 
-    def _on_flow_ok(self, method: commands.Channel.FlowOk) -> None:
-        """The answer to a broker-initiated flow; Warren never sends one, so nothing to do."""
-
     # ------------------------------------------------------------------ exchange class
     def _on_exchange_declare(self, method: commands.Exchange.Declare) -> None:
         self.vhost.declare_exchange(
@@ -548,7 +551,7 @@ class Channel:
             raise ChannelException(
                 PRECONDITION_FAILED,
                 f"invalid arg 'x-priority' for queue '{queue.name}' in vhost"
-                f" '{self.vhost.name}': {{unacceptable_type,{type(priority).__name__}}}",
+                f" '{self.vhost.name}': \"expected integer, got {field_type_name(priority)}\"",
             )
         if queue.exclusive_consumer is not None or (method.exclusive and queue.consumers):
             raise ChannelException(
@@ -678,17 +681,10 @@ class Channel:
         self._send(commands.Tx.RollbackOk())
 
 
-def _server_only(channel: Channel, method: Any) -> None:
-    raise ConnectionException(
-        COMMAND_INVALID, f"{method.name} is sent by the broker, not by clients"
-    )
-
-
 _HANDLERS: dict[type, Any] = {
     commands.Channel.Open: Channel._on_channel_open,
     commands.Channel.Close: Channel._on_channel_close,
     commands.Channel.Flow: Channel._on_flow,
-    commands.Channel.FlowOk: Channel._on_flow_ok,
     commands.Exchange.Declare: Channel._on_exchange_declare,
     commands.Exchange.Delete: Channel._on_exchange_delete,
     commands.Exchange.Bind: Channel._on_exchange_bind,
@@ -711,14 +707,3 @@ _HANDLERS: dict[type, Any] = {
     commands.Tx.Commit: Channel._on_tx_commit,
     commands.Tx.Rollback: Channel._on_tx_rollback,
 }
-for _method in (
-    commands.Basic.Deliver,
-    commands.Basic.GetOk,
-    commands.Basic.GetEmpty,
-    commands.Basic.Return,
-    commands.Basic.ConsumeOk,
-    commands.Basic.CancelOk,
-    commands.Basic.QosOk,
-    commands.Basic.RecoverOk,
-):
-    _HANDLERS[_method] = _server_only

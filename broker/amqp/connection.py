@@ -427,10 +427,6 @@ class AMQPConnection(asyncio.Protocol):
         # Warren's users authenticate with passwords, which a new secret cannot refresh.
         self._send_method(0, commands.Connection.UpdateSecretOk())
 
-    def _on_blocked_notice(self, method: Any) -> None:
-        """Connection.Blocked/Unblocked go from broker to client only."""
-        raise ConnectionException(COMMAND_INVALID, f"{method.name} is sent by the broker only")
-
     _CONNECTION_HANDLERS: dict[type, Any] = {
         commands.Connection.StartOk: _on_start_ok,
         commands.Connection.TuneOk: _on_tune_ok,
@@ -438,8 +434,6 @@ class AMQPConnection(asyncio.Protocol):
         commands.Connection.Close: _on_close,
         commands.Connection.CloseOk: _on_close_ok,
         commands.Connection.UpdateSecret: _on_update_secret,
-        commands.Connection.Blocked: _on_blocked_notice,
-        commands.Connection.Unblocked: _on_blocked_notice,
     }
 
     # ------------------------------------------------------------------ writing

@@ -26,6 +26,8 @@ FRAME_PREFIX = struct.Struct(">BHI")
 CLASS_METHOD = struct.Struct(">HH")
 HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
+ACCESS_REQUEST = 0x001E000A  # (30, 10), not in pamqp's tables
+ACCESS_REQUEST_OK = b"\x00\x1e\x00\x0b\x00\x01"  # ticket 1, as RabbitMQ answers
 BASIC_PUBLISH = 0x003C0028  # (60, 40)
 BASIC_ACK = 0x003C0050  # (60, 80)
 

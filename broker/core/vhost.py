@@ -70,11 +70,11 @@ def _arg_text(value: Any, typed: bool) -> str:
     if value is None:
         return "none"
     if typed:
-        return f"the value '{_value_text(value)}' of type '{_field_type(value)}'"
+        return f"the value '{_value_text(value)}' of type '{field_type_name(value)}'"
     return f"'{_value_text(value)}'"
 
 
-def _field_type(value: Any) -> str:
+def field_type_name(value: Any) -> str:
     """The AMQP field type name a client most likely used (pamqp does not keep it)."""
     if isinstance(value, bool):
         return "bool"
@@ -306,7 +306,7 @@ class VirtualHost:
             raise ChannelException(
                 PRECONDITION_FAILED,
                 f"invalid arg 'x-queue-type' for {where}:"
-                f" {{unacceptable_type,{_field_type(queue_type)}}}",
+                f" {{unacceptable_type,{field_type_name(queue_type)}}}",
             )
         if queue_type not in QUEUE_TYPES:
             raise ChannelException(

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from broker.core.errors import INTERNAL_ERROR, ChannelException
 from broker.core.exchange import Binding, Exchange
 from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import SyncCallback
@@ -103,8 +104,18 @@ class DurableStore:
 
     # ------------------------------------------------------------------ metadata
     def _append_table(self, record_type: int, values: dict[str, Any]) -> None:
-        if not self.replaying:
+        """Log a definition change; refuse it (541 on the channel) when the log has failed,
+        since a durable definition that cannot be saved must not look saved."""
+        if self.replaying:
+            return
+        try:
             self.wal.append(record_type, records.encode_table(values))
+        except (OSError, RuntimeError) as error:
+            raise ChannelException(
+                INTERNAL_ERROR,
+                f"the write-ahead log cannot save durable definitions: {error};"
+                " check the data directory's disk",
+            ) from error
 
     def exchange_declared(self, vhost: str, exchange: Exchange) -> None:
         self._append_table(records.EXCHANGE_DECLARE, exchange_table(vhost, exchange))
@@ -155,7 +166,13 @@ class DurableStore:
         payload = records.encode_message(
             msg_id, [queue.store_id for queue in queues], message.route_bytes, message.header, body
         )
-        location = self.wal.append(records.MESSAGE, payload)
+        try:
+            location = self.wal.append(records.MESSAGE, payload)
+        except (OSError, RuntimeError):
+            # The log has failed: keep the message in memory only. The confirm waits on a
+            # sync, which fails, so the publisher gets a nack, never a false ack.
+            message.msg_id = message.refs = 0
+            return
         message.location = location
         self.live[location[0]] = self.live.get(location[0], 0) + 1
 
@@ -198,10 +215,10 @@ class DurableStore:
             (records.SETTLE, self._settles),
             (records.DELIVERED, self._deliveries),
         ):
-            if pending:
+            if pending and self.wal.failed is None:  # after a failure nothing can be made safe
                 for queue_id, msg_ids in pending.items():
                     self.wal.append(kind, records.encode_ids(queue_id, msg_ids))
-                pending.clear()
+            pending.clear()
 
     def sync(self, callback: SyncCallback) -> None:
         self._write_ids()

@@ -25,22 +25,20 @@ from broker.store.wal import RecoveryReport, WriteAheadLog
 log = logging.getLogger("warren.recovery")
 
 
-@dataclass(slots=True)
-class RecoveredMessage:
-    message: Message
-    queue_ids: set[int]
-    delivered: set[int]
-
-
 @dataclass
 class RecoveredState:
     exchanges: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     queues: dict[int, dict[str, Any]] = field(default_factory=dict)  # store id -> definition
     bindings: dict[tuple, dict[str, Any]] = field(default_factory=dict)
-    messages: dict[int, RecoveredMessage] = field(default_factory=dict)
+    # message id -> (message, ids of the queues that still hold it)
+    messages: dict[int, tuple[Message, tuple[int, ...]]] = field(default_factory=dict)
+    delivered: set[tuple[int, int]] = field(default_factory=set)  # (message id, queue id)
     next_queue_id: int = 1
     next_msg_id: int = 1
     report: RecoveryReport | None = None
+    # Messages of one publisher mostly share route and header bytes: keep one copy of each.
+    _routes: dict[bytes, tuple[bytes, str, str]] = field(default_factory=dict)
+    _headers: dict[bytes, bytes] = field(default_factory=dict)
 
     def apply(self, segment: int, offset: int, record_type: int, payload: memoryview) -> None:
         if record_type == records.MESSAGE:
@@ -49,17 +47,16 @@ class RecoveredState:
             queue_id, msg_ids = records.decode_ids(payload)
             messages = self.messages
             for msg_id in msg_ids:
-                recovered = messages.get(msg_id)
-                if recovered is not None:
-                    recovered.queue_ids.discard(queue_id)
-                    if not recovered.queue_ids:
+                held = messages.get(msg_id)
+                if held is not None:
+                    remaining = tuple(q for q in held[1] if q != queue_id)
+                    if remaining:
+                        messages[msg_id] = (held[0], remaining)
+                    else:
                         del messages[msg_id]
         elif record_type == records.DELIVERED:
             queue_id, msg_ids = records.decode_ids(payload)
-            for msg_id in msg_ids:
-                recovered = self.messages.get(msg_id)
-                if recovered is not None:
-                    recovered.delivered.add(queue_id)
+            self.delivered.update((msg_id, queue_id) for msg_id in msg_ids)
         elif record_type in records.METADATA_TYPES:
             self._apply_metadata(record_type, records.decode_table(payload))
         else:
@@ -72,12 +69,16 @@ class RecoveredState:
 
     def _apply_message(self, segment: int, offset: int, payload: memoryview) -> None:
         msg_id, queue_ids, route, header, _ = records.decode_message(payload)
-        exchange, routing_key = records.split_route(route)
-        message = Message(exchange, routing_key, route, header, None)
+        shared = self._routes.get(route)
+        if shared is None:
+            shared = self._routes[route] = (route, *records.split_route(route))
+        header = self._headers.setdefault(header, header)
+        message = Message(shared[1], shared[2], shared[0], header, None)
         message.msg_id = msg_id
         message.location = (segment, offset)
-        self.messages[msg_id] = RecoveredMessage(message, set(queue_ids), set())
-        self.next_msg_id = max(self.next_msg_id, msg_id + 1)
+        self.messages[msg_id] = (message, queue_ids)
+        if msg_id >= self.next_msg_id:
+            self.next_msg_id = msg_id + 1
 
     def _apply_metadata(self, record_type: int, table: dict[str, Any]) -> None:
         if record_type == records.SNAPSHOT:
@@ -222,18 +223,18 @@ def _restore_definitions(state: RecoveredState, vhosts: dict[str, VirtualHost]) 
 def _restore_messages(state: RecoveredState, queues: dict[int, Queue], store: DurableStore) -> int:
     restored = 0
     live = store.live
+    delivered = state.delivered
     for msg_id in sorted(state.messages):
-        recovered = state.messages[msg_id]
-        holders = [queues[queue_id] for queue_id in recovered.queue_ids if queue_id in queues]
+        message, queue_ids = state.messages[msg_id]
+        holders = [queues[queue_id] for queue_id in queue_ids if queue_id in queues]
         if not holders:
             continue
-        message = recovered.message
         message.refs = len(holders)
         segment = message.location[0]
         live[segment] = live.get(segment, 0) + 1
         for queue in holders:
             entry = QueuedMessage(message, 0)
-            entry.redelivered = queue.store_id in recovered.delivered
+            entry.redelivered = (msg_id, queue.store_id) in delivered
             queue.restore(entry)
         restored += 1
     return restored

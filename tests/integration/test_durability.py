@@ -1,0 +1,149 @@
+"""Durability seen from a client: restarts, bounded disk use, and a disk that fails."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+
+import pika
+import pytest
+import yaml
+
+from broker.config import load_config
+from broker.server import Broker
+from tests.support import PROJECT_ROOT, BrokerProcess
+
+PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+
+
+def small_segment_config(tmp_path: Path, segment_size: int) -> Path:
+    config = yaml.safe_load((PROJECT_ROOT / "config" / "broker.yaml").read_text())
+    config["store"]["segment_size"] = segment_size
+    path = tmp_path / "broker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def wal_bytes(data_dir: Path) -> int:
+    return sum(f.stat().st_size for f in (data_dir / "wal").glob("*.wal"))
+
+
+def test_definitions_and_messages_survive_a_clean_restart(tmp_path: Path) -> None:
+    """Durable exchange/queue/binding and persistent messages come back; transient ones do not."""
+    data_dir = tmp_path / "broker"
+    broker = BrokerProcess(data_dir)
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    channel = connection.channel()
+    channel.exchange_declare("payments", "direct", durable=True)
+    channel.exchange_declare("scratch", "fanout")
+    channel.queue_declare("approvals", durable=True)
+    channel.queue_declare("transient-q")
+    channel.queue_bind("approvals", "payments", "approve")
+    channel.confirm_delivery()
+    for number in range(5):
+        channel.basic_publish("payments", "approve", f"p{number}".encode(), PERSISTENT)
+    channel.basic_publish("payments", "approve", b"transient-message")
+    connection.close()
+    broker.stop()
+
+    broker = BrokerProcess(data_dir)
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        channel.exchange_declare("payments", passive=True)
+        bodies = []
+        while True:
+            method, _, body = channel.basic_get("approvals", auto_ack=True)
+            if method is None:
+                break
+            bodies.append(body)
+        assert bodies == [f"p{n}".encode() for n in range(5)]
+        channel.confirm_delivery()
+        channel.basic_publish("payments", "approve", b"still-bound", PERSISTENT)
+        assert channel.basic_get("approvals", auto_ack=True)[2] == b"still-bound"
+        for gone in ("transient-q",):
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+                connection.channel().queue_declare(gone, passive=True)
+            assert closed.value.reply_code == 404
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            connection.channel().exchange_declare("scratch", passive=True)
+        connection.close()
+    finally:
+        broker.stop()
+
+
+def test_log_stays_bounded_under_publish_and_ack(tmp_path: Path) -> None:
+    """40 MB of persistent messages through a durable queue leave a log of a few segments."""
+    segment_size = 1 << 20
+    data_dir = tmp_path / "broker"
+    broker = BrokerProcess(data_dir, small_segment_config(tmp_path, segment_size))
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        publisher = connection.channel()
+        consumer = connection.channel()
+        publisher.queue_declare("steady", durable=True)
+        consumer.basic_qos(prefetch_count=200)
+        body = os.urandom(1000)
+        total = peak = 0
+        rounds = 40
+        for _ in range(rounds):
+            for _ in range(1000):
+                publisher.basic_publish("", "steady", body, PERSISTENT)
+            total += 1000 * len(body)
+            for received, (method, _, _) in enumerate(
+                consumer.consume("steady", inactivity_timeout=5), start=1
+            ):
+                assert method is not None, "messages stopped arriving"
+                if received % 100 == 0 or received == 1000:
+                    consumer.basic_ack(method.delivery_tag, multiple=True)
+                if received == 1000:
+                    break
+            peak = max(peak, wal_bytes(data_dir))
+        consumer.cancel()
+        publisher.confirm_delivery()  # a sync point: every ack before it is logged
+        publisher.basic_publish("", "steady-marker", b"", PERSISTENT)
+        connection.close()
+        final = wal_bytes(data_dir)
+        print(
+            f"{rounds * 1000} messages, {total >> 20} MiB through the queue;"
+            f" log peak {peak >> 20} MiB, final {final >> 20} MiB"
+        )
+        assert final < 4 * segment_size
+        assert peak < total / 4
+    finally:
+        broker.stop()
+
+
+async def test_fsync_failure_nacks_confirms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fails fsync (ENOSPC) gets publishes nacked, never falsely confirmed."""
+    config = load_config().with_overrides(port=0, data_dir=str(tmp_path / "data"))
+    async with Broker(config) as broker:
+        synced = asyncio.get_running_loop().create_future()
+        broker.store.sync(synced.set_result)  # let start-up writes finish on a healthy disk
+        assert await synced is None
+
+        def failing_fsync(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+
+        def publish() -> str:
+            connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+            try:
+                channel = connection.channel()
+                channel.queue_declare("orders", durable=True)
+                channel.confirm_delivery()
+                try:
+                    channel.basic_publish("", "orders", b"order", PERSISTENT)
+                except pika.exceptions.NackError:
+                    return "nacked"
+                return "confirmed"
+            finally:
+                connection.close()
+
+        assert await asyncio.to_thread(publish) == "nacked"
+        assert await asyncio.to_thread(publish) == "nacked"  # the failure sticks

@@ -5,14 +5,17 @@ Scenarios (256-byte messages):
               message; msgs/s from the first publish to the last delivery.
   persistent  a durable queue, delivery-mode 2, publisher confirms with up to 1000 unconfirmed;
               confirmed msgs/s (RabbitMQ: a classic queue, its default).
+  disk        Warren only: --disk-messages persistent messages through a durable queue
+              (publisher with confirms, consumer acking), then the size of the log left behind.
   recovery    --recovery-messages persistent messages queued, then the broker restarts; seconds
               until the queue reports them all again (Warren: after kill -9; RabbitMQ: after
               rabbitmqctl stop_app / start_app, a clean restart, which is its fastest case).
 Each round runs every broker once, alternating; figures are medians per broker and the ratio
 Warren / RabbitMQ. Absolute numbers on a shared 2-core machine are noise; the ratio is the result.
 
-    scripts/bench [--scenario all|transient|persistent|recovery] [--messages 200000]
-                  [--rounds 3] [--recovery-messages 200000] [--no-rabbitmq]
+    scripts/bench [--scenario all|transient|persistent|recovery|disk] [--messages 200000]
+                  [--rounds 3] [--recovery-messages 200000] [--disk-messages 1000000]
+                  [--no-rabbitmq]
 """
 
 from __future__ import annotations
@@ -217,6 +220,59 @@ def rabbitmq_recovery(messages: int) -> float:
         run(delete_queue(*RABBITMQ, queue))
 
 
+async def through_durable_queue(host: str, port: int, queue: str, messages: int) -> None:
+    """Publish with confirms while a consumer acks every message: steady durable traffic."""
+    consumer = await connect(host, port)
+    publisher = await connect(host, port)
+    try:
+        await consumer.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
+        await consumer.call(
+            1, commands.Queue.Declare(queue=queue, durable=True), commands.Queue.DeclareOk
+        )
+        await consumer.call(1, commands.Basic.Qos(prefetch_count=PREFETCH), commands.Basic.QosOk)
+        done = asyncio.get_running_loop().create_future()
+        received = 0
+
+        def on_deliver(channel: int, tag: int) -> None:
+            nonlocal received
+            received += 1
+            consumer.send(ack_frame(channel, tag))
+            if received == messages and not done.done():
+                done.set_result(None)
+
+        consumer.on_deliver = on_deliver
+        await consumer.call(
+            1, commands.Basic.Consume(queue=queue, consumer_tag="disk"), commands.Basic.ConsumeOk
+        )
+        await publisher.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
+        await publish_confirmed(publisher, queue, messages)
+        await asyncio.wait_for(done, timeout=max(60, messages / 1000))
+    finally:
+        await publisher.close()
+        await consumer.close()
+
+
+def disk_use(data_dir: Path, messages: int) -> None:
+    broker = BrokerProcess(data_dir)
+    try:
+        started = time.perf_counter()
+        run(through_durable_queue("127.0.0.1", broker.port, "bench-disk", messages))
+        elapsed = time.perf_counter() - started
+        # One more confirmed publish: a sync after the last ack, so the log has settled.
+        run(fill_durable_queue("127.0.0.1", broker.port, "bench-disk-marker", 1))
+        time.sleep(0.5)  # let the last garbage collection finish
+        log_bytes = sum(f.stat().st_size for f in (data_dir / "wal").glob("*.wal"))
+    finally:
+        broker.stop()
+    payload = messages * len(BODY)
+    print(f"\nscenario disk: {messages} persistent 256 B messages through a durable queue")
+    print(f"  {messages / elapsed:.0f} msg/s published (confirmed) and consumed (acked)")
+    print(
+        f"  log left behind: {log_bytes / 2**20:.1f} MiB for {payload / 2**20:.0f} MiB of"
+        f" message bodies ({100 * log_bytes / payload:.1f}%)"
+    )
+
+
 def run(coroutine: Any) -> Any:
     try:
         import uvloop
@@ -273,11 +329,14 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "--scenario", default="all", choices=["all", "transient", "persistent", "recovery"]
+        "--scenario",
+        default="all",
+        choices=["all", "transient", "persistent", "recovery", "disk"],
     )
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--recovery-messages", type=int, default=200_000)
+    parser.add_argument("--disk-messages", type=int, default=1_000_000)
     parser.add_argument("--no-rabbitmq", action="store_true", help="measure Warren only")
     args = parser.parse_args()
     with_rabbitmq = not args.no_rabbitmq
@@ -286,9 +345,13 @@ def main() -> int:
         if not rabbitmq_available():
             print("RabbitMQ is not answering on 127.0.0.1:5672", file=sys.stderr)
             return 1
-    wanted = ["transient", "persistent", "recovery"] if args.scenario == "all" else [args.scenario]
+    everything = ["transient", "persistent", "recovery", "disk"]
+    wanted = everything if args.scenario == "all" else [args.scenario]
     with tempfile.TemporaryDirectory(prefix="warren-bench-") as data_dir:
         for name in wanted:
+            if name == "disk":
+                disk_use(Path(data_dir) / "disk", args.disk_messages)
+                continue
             if name == "recovery":
                 results: dict[str, list[float]] = {"warren": [], "rabbitmq": []}
                 results["warren"].append(

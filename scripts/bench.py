@@ -47,31 +47,39 @@ PUBLISH_BATCH = 200
 CONFIRM_WINDOW = 1000
 
 
+async def acking_consumer(
+    consumer: LoadClient, queue: str, messages: int, durable: bool
+) -> asyncio.Future[float]:
+    """Declare `queue`, consume with prefetch and a manual ack per message; the future holds
+    the time the last of `messages` arrived."""
+    await consumer.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
+    declare = commands.Queue.Declare(queue=queue, durable=durable, auto_delete=not durable)
+    await consumer.call(1, declare, commands.Queue.DeclareOk)
+    await consumer.call(1, commands.Basic.Qos(prefetch_count=PREFETCH), commands.Basic.QosOk)
+    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    received = 0
+
+    def on_deliver(channel: int, tag: int) -> None:
+        nonlocal received
+        received += 1
+        consumer.send(ack_frame(channel, tag))
+        if received == messages and not done.done():
+            done.set_result(time.perf_counter())
+
+    consumer.on_deliver = on_deliver
+    await consumer.call(
+        1, commands.Basic.Consume(queue=queue, consumer_tag="bench"), commands.Basic.ConsumeOk
+    )
+    return done
+
+
 async def transient_round(host: str, port: int, messages: int) -> float:
     """Publish `messages` and consume them with manual acks; returns messages per second."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     consumer = await connect(host, port)
     publisher = await connect(host, port)
     try:
-        await consumer.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
-        await consumer.call(
-            1, commands.Queue.Declare(queue=queue, auto_delete=True), commands.Queue.DeclareOk
-        )
-        await consumer.call(1, commands.Basic.Qos(prefetch_count=PREFETCH), commands.Basic.QosOk)
-        done = asyncio.get_running_loop().create_future()
-        received = 0
-
-        def on_deliver(channel: int, tag: int) -> None:
-            nonlocal received
-            received += 1
-            consumer.send(ack_frame(channel, tag))
-            if received == messages and not done.done():
-                done.set_result(time.perf_counter())
-
-        consumer.on_deliver = on_deliver
-        await consumer.call(
-            1, commands.Basic.Consume(queue=queue, consumer_tag="bench"), commands.Basic.ConsumeOk
-        )
+        done = await acking_consumer(consumer, queue, messages, durable=False)
         await publisher.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
         one = publish_frames(1, "", queue, BODY, persistent=False)
         started = time.perf_counter()
@@ -159,25 +167,23 @@ async def fill_durable_queue(host: str, port: int, queue: str, messages: int) ->
         await client.close()
 
 
-async def queue_depth(host: str, port: int, queue: str) -> int:
+async def one_call(host: str, port: int, method: Any, reply: type) -> Any:
+    """Connect, open a channel, send one synchronous method and return its reply."""
     client = await connect(host, port)
     try:
         await client.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
-        ok = await client.call(
-            1, commands.Queue.Declare(queue=queue, passive=True), commands.Queue.DeclareOk
-        )
-        return ok.message_count
+        return await client.call(1, method, reply)
     finally:
         await client.close()
+
+
+async def queue_depth(host: str, port: int, queue: str) -> int:
+    passive = commands.Queue.Declare(queue=queue, passive=True)
+    return (await one_call(host, port, passive, commands.Queue.DeclareOk)).message_count
 
 
 async def delete_queue(host: str, port: int, queue: str) -> None:
-    client = await connect(host, port)
-    try:
-        await client.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
-        await client.call(1, commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk)
-    finally:
-        await client.close()
+    await one_call(host, port, commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk)
 
 
 def wait_for_depth(host: str, port: int, queue: str, expected: int, timeout: float) -> None:
@@ -225,25 +231,7 @@ async def through_durable_queue(host: str, port: int, queue: str, messages: int)
     consumer = await connect(host, port)
     publisher = await connect(host, port)
     try:
-        await consumer.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
-        await consumer.call(
-            1, commands.Queue.Declare(queue=queue, durable=True), commands.Queue.DeclareOk
-        )
-        await consumer.call(1, commands.Basic.Qos(prefetch_count=PREFETCH), commands.Basic.QosOk)
-        done = asyncio.get_running_loop().create_future()
-        received = 0
-
-        def on_deliver(channel: int, tag: int) -> None:
-            nonlocal received
-            received += 1
-            consumer.send(ack_frame(channel, tag))
-            if received == messages and not done.done():
-                done.set_result(None)
-
-        consumer.on_deliver = on_deliver
-        await consumer.call(
-            1, commands.Basic.Consume(queue=queue, consumer_tag="disk"), commands.Basic.ConsumeOk
-        )
+        done = await acking_consumer(consumer, queue, messages, durable=True)
         await publisher.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
         await publish_confirmed(publisher, queue, messages)
         await asyncio.wait_for(done, timeout=max(60, messages / 1000))

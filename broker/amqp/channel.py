@@ -32,9 +32,10 @@ from broker.core.errors import (
     ConnectionException,
 )
 from broker.core.exchange import Exchange
+from broker.core.fields import field_type_name
 from broker.core.message import Message, QueuedMessage
 from broker.core.queue import Queue
-from broker.core.vhost import field_type_name, server_generated_name
+from broker.core.vhost import server_generated_name
 
 if TYPE_CHECKING:
     from broker.amqp.connection import AMQPConnection

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+from broker.core.fields import field_type_name
 from broker.core.message import Message
 
 if TYPE_CHECKING:
@@ -217,17 +218,15 @@ class TopicExchange(Exchange):
         self._cache.clear()
 
 
+# RabbitMQ compares header values only within a type class (rabbit_misc:type_class).
+_TYPE_CLASSES = {"signedint": "int", "long": "int", "double": "float", "longstr": "binary"}
+
+
 def _type_class(value: Any) -> str:
-    """RabbitMQ compares header values only within a type class (rabbit_misc:type_class)."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str | bytes | bytearray):
+    if isinstance(value, bytes | bytearray):
         return "binary"
-    return type(value).__name__
+    name = field_type_name(value)
+    return _TYPE_CLASSES.get(name, name)
 
 
 def _values_equal(expected: Any, actual: Any) -> bool:

@@ -14,9 +14,9 @@ from typing import Any
 
 from broker.core.consumer import Consumer
 from broker.core.message import Message, QueuedMessage
-from broker.core.persistence import MemoryStore, MessageStore
+from broker.core.persistence import MessageStore
 
-MEMORY_STORE = MemoryStore()
+MEMORY_STORE = MessageStore()
 
 
 class Queue:

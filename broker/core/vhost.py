@@ -28,6 +28,7 @@ from broker.core.exchange import (
     HeadersExchange,
     validate_headers_binding,
 )
+from broker.core.fields import field_type_name
 from broker.core.message import Message
 from broker.core.persistence import MessageStore
 from broker.core.queue import MEMORY_STORE, Queue
@@ -72,21 +73,6 @@ def _arg_text(value: Any, typed: bool) -> str:
     if typed:
         return f"the value '{_value_text(value)}' of type '{field_type_name(value)}'"
     return f"'{_value_text(value)}'"
-
-
-def field_type_name(value: Any) -> str:
-    """The AMQP field type name a client most likely used (pamqp does not keep it)."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "signedint" if -(2**31) <= value < 2**31 else "long"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list):
-        return "array"
-    return "longstr"
 
 
 def inequivalent(field: str, where: str, received: Any, current: Any) -> ChannelException:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from broker.core.errors import INTERNAL_ERROR, ChannelException
 from broker.core.exchange import Binding, Exchange
 from broker.core.message import Message, QueuedMessage
-from broker.core.persistence import SyncCallback
+from broker.core.persistence import MessageStore, SyncCallback
 from broker.core.vhost import BUILTIN_EXCHANGES, VirtualHost
 from broker.store import records
 from broker.store.wal import WriteAheadLog
@@ -86,8 +86,8 @@ def binding_is_durable(binding: Binding) -> bool:
     return bool(destination.survives_restart)
 
 
-class DurableStore:
-    """Implements `broker.core.persistence.MessageStore` on a `WriteAheadLog`."""
+class DurableStore(MessageStore):
+    """The model's persistence hooks, written to a `WriteAheadLog`."""
 
     def __init__(self, wal: WriteAheadLog, metadata: Callable[[], dict[str, Any]]) -> None:
         self.wal = wal

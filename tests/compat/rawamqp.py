@@ -29,7 +29,9 @@ AnyFrame = frame.FrameTypes
 F = TypeVar("F", bound=Frame)
 
 
+# The spec's reply-code names, as RabbitMQ prefixes its reply texts with them.
 REPLY_NAMES: dict[int, str] = {
+    200: "REPLY_SUCCESS",
     311: "CONTENT_TOO_LARGE",
     312: "NO_ROUTE",
     313: "NO_CONSUMERS",

@@ -68,6 +68,9 @@ class Channel:
         self.vhost = connection.vhost
         self.expect = EXPECT_METHOD
         self._publish: tuple[str, str, bytes, bool, bool] | None = None
+        self._last_publish_frame = b""
+        self._last_publish: tuple[str, str, bytes, bool, bool] | None = None
+        self._last_header = b""
         self._header = b""
         self._body_parts: list[bytes] = []
         self._body_remaining = 0
@@ -161,6 +164,10 @@ class Channel:
                 frames.BASIC_PUBLISH,
             )
             return
+        if payload == self._last_header:
+            payload = self._last_header
+        else:
+            self._last_header = payload
         self._header = payload
         if size == 0:
             self._complete_publish(b"")
@@ -193,7 +200,12 @@ class Channel:
 
     # ------------------------------------------------------------------ publish
     def _on_publish_frame(self, payload: bytes) -> None:
-        self._publish = frames.decode_publish(payload)
+        # A publisher mostly repeats its exchange, routing key and properties: reuse the decoded
+        # strings and byte objects, so a million queued messages share them instead of copying.
+        if payload != self._last_publish_frame:
+            self._last_publish_frame = payload
+            self._last_publish = frames.decode_publish(payload)
+        self._publish = self._last_publish
         self.expect = EXPECT_HEADER
 
     def _complete_publish(self, body: bytes) -> None:

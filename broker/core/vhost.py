@@ -279,6 +279,14 @@ class VirtualHost:
             self.store.queue_declared(queue)
         return queue
 
+    def restore_queue(self, name: str, arguments: dict[str, Any], store_id: int) -> Queue:
+        """Recreate a durable queue from the log: no reserved-name check (a server-named
+        amq.gen- queue may be durable) and nothing logged again."""
+        queue = Queue(name, self.name, durable=True, arguments=arguments, store=self.store)
+        queue.store_id = store_id
+        self.queues[name] = queue
+        return queue
+
     def _validate_queue_arguments(
         self, name: str, durable: bool, exclusive: bool, auto_delete: bool, args: dict[str, Any]
     ) -> None:

@@ -240,17 +240,20 @@ class DurableStore(MessageStore):
         if self._gc_scheduled or self.replaying:
             return
         self._gc_scheduled = True
-        # Wait for the sync: only then are the newer segments' snapshots safely on disk.
-        self.wal.sync(self._collect_garbage)
+        # Only segments older than the active one may go, and only once the active segment's
+        # snapshot is on disk: the sync requested now covers it, not a later segment's.
+        limit = self.wal.active_segment
+        self.wal.sync(lambda error: self._collect_garbage(error, limit))
 
-    def _collect_garbage(self, error: BaseException | None) -> None:
-        """Delete the oldest segments while they hold no live message."""
+    def _collect_garbage(self, error: BaseException | None, limit: int) -> None:
+        """Delete the oldest segments below `limit` while they hold no live message."""
         self._gc_scheduled = False
         if error is not None:
             return
-        active = self.wal.active_segment
+        if self.wal.active_segment != limit:
+            self._schedule_gc()  # rolled meanwhile: the newer snapshot needs its own sync
         for segment in self.wal.segment_ids():
-            if segment == active or self.live.get(segment, 0) > 0:
+            if segment >= limit or self.live.get(segment, 0) > 0:
                 break
             try:
                 self.wal.delete_segment(segment)

@@ -198,11 +198,7 @@ def _restore_definitions(state: RecoveredState, vhosts: dict[str, VirtualHost]) 
     for queue_id, table in state.queues.items():
         vhost = vhost_of(table, "queue")
         if vhost is not None:
-            queue = vhost.declare_queue(
-                table["name"], None, durable=True, arguments=table["arguments"]
-            )
-            queue.store_id = queue_id
-            queues[queue_id] = queue
+            queues[queue_id] = vhost.restore_queue(table["name"], table["arguments"], queue_id)
     for table in state.bindings.values():
         vhost = vhost_of(table, "binding to")
         if vhost is None:

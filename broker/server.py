@@ -16,6 +16,7 @@ from broker.auth import Authenticator, User
 from broker.config import BrokerConfig
 from broker.core.persistence import MessageStore
 from broker.core.queue import MEMORY_STORE
+from broker.core.stats import Counters
 from broker.core.vhost import VirtualHost
 from broker.store.durable import DurableStore, durable_definitions
 from broker.store.recovery import recover, restore
@@ -45,6 +46,7 @@ class Broker:
             [User(u.name, u.password_hash, u.vhosts, u.loopback_only) for u in config.users]
         )
         self.connections: set[AMQPConnection] = set()
+        self.counters = Counters()
         self._server: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
 

@@ -66,6 +66,7 @@ class Channel:
         self.connection = connection
         self.number = number
         self.vhost = connection.vhost
+        self.counters = connection.broker.counters
         self.expect = EXPECT_METHOD
         self._publish: tuple[str, str, bytes, bool, bool] | None = None
         self._last_publish_frame = b""
@@ -231,6 +232,7 @@ class Channel:
             message = Message(exchange_name, routing_key, route_bytes, self._header, body)
             if message.header[13] & USER_ID_FLAG:
                 self._check_user_id(message)
+            self.counters.published += 1
             if self.confirm_mode:
                 self._publish_seq += 1
             if self.tx is not None:
@@ -255,7 +257,13 @@ class Channel:
     def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> bool:
         """Route and enqueue; returns True when the message was logged (confirm after sync)."""
         queues, logged = self.vhost.publish(exchange, message)
-        if not queues and mandatory:
+        counters = self.counters
+        if queues:
+            counters.routed += 1
+        elif not mandatory:
+            counters.unroutable_dropped += 1
+        else:
+            counters.unroutable_returned += 1
             self.connection.send_parts(
                 frames.content_frames(
                     self.number,
@@ -287,6 +295,10 @@ class Channel:
         return self.connection.channels.get(self.number) is self
 
     def _confirm(self, seq: int, ack: bool) -> None:
+        if ack:
+            self.counters.confirmed += 1
+        else:
+            self.counters.nacked += 1
         self._confirm_pending.append((seq, ack))
         self.connection.want_confirm_flush(self)
 
@@ -325,10 +337,16 @@ class Channel:
     def deliver(self, consumer: Consumer, queue: Queue, entry: QueuedMessage) -> None:
         self._delivery_tag += 1
         tag = self._delivery_tag
-        if not consumer.no_ack:
+        counters = self.counters
+        if consumer.no_ack:
+            counters.delivered_no_ack += 1
+        else:
+            counters.delivered += 1
             self.unacked[tag] = (queue, entry, consumer)
             consumer.unacked += 1
             self.consumer_unacked += 1
+        if entry.redelivered:
+            counters.redelivered += 1
         message = entry.message
         self.connection.send_parts(
             frames.content_frames(
@@ -392,11 +410,19 @@ class Channel:
     def _settle(self, entries: Iterable[Unacked], requeue: bool | None) -> None:
         """Release credit for settled deliveries; requeue if asked, then refill consumers."""
         touched: dict[Queue, list[QueuedMessage]] = {}
+        settled = 0
         for queue, entry, consumer in entries:
+            settled += 1
             if consumer is not None:
                 consumer.unacked -= 1
                 self.consumer_unacked -= 1
             touched.setdefault(queue, []).append(entry)
+        if requeue is None:
+            self.counters.acked += settled
+        elif requeue:
+            self.counters.requeued += settled
+        else:
+            self.counters.rejected += settled
         for queue, queue_entries in touched.items():
             if queue.deleted:
                 continue
@@ -414,6 +440,7 @@ class Channel:
 
     def release(self) -> None:
         """Drop consumers, then requeue everything unacked (what RabbitMQ does on close)."""
+        self.counters.channels_closed += 1
         consumers = list(self.consumers.values())
         self.consumers.clear()
         for consumer in consumers:
@@ -598,8 +625,15 @@ class Channel:
         queue = self.vhost.get_queue(self._queue_name(method.queue), self.connection)
         entry = queue.get(ack_required=not method.no_ack)
         if entry is None:
+            self.counters.get_empty += 1
             self._send(commands.Basic.GetEmpty())
             return
+        if method.no_ack:
+            self.counters.get_no_ack += 1
+        else:
+            self.counters.get += 1
+        if entry.redelivered:
+            self.counters.redelivered += 1
         self._delivery_tag += 1
         tag = self._delivery_tag
         if not method.no_ack:

@@ -108,7 +108,8 @@ class AMQPConnection(asyncio.Protocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.state == OPEN or self.state == CLOSING:
+        if self.vhost is not None:  # it was opened, so it counts as closed now
+            self.broker.counters.connections_closed += 1
             log.info("connection closed peer=%s user=%s", self.peer, self.user)
         self.state = CLOSED
         self._release_everything()
@@ -279,6 +280,7 @@ class AMQPConnection(asyncio.Protocol):
                 blame_method=False,
             )
         self.channels[number] = Channel(self, number)
+        self.broker.counters.channels_opened += 1
         self.send(frames.frame(frames.FRAME_METHOD, number, frames.CHANNEL_OPEN_OK))
 
     # ------------------------------------------------------------------ connection class
@@ -408,6 +410,7 @@ class AMQPConnection(asyncio.Protocol):
             )
         self.vhost = vhost
         self.state = OPEN
+        self.broker.counters.connections_opened += 1
         self._send_method(0, commands.Connection.OpenOk())
         self._cancel_timer()
         if self.heartbeat:

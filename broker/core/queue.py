@@ -44,6 +44,10 @@ class Queue:
         self.store_id = 0
         self.ready: deque[QueuedMessage] = deque()
         self.outstanding: set[QueuedMessage] = set()  # delivered, waiting for ack/reject
+        # Totals for metrics, plain integers read at scrape time.
+        self.published_total = 0
+        self.delivered_total = 0
+        self.acked_total = 0
         self.consumers: list[Consumer] = []
         self.had_consumer = False
         self.deleted = False
@@ -70,6 +74,7 @@ class Queue:
 
     def publish(self, message: Message) -> None:
         """Append a message and hand it to a consumer if one has room."""
+        self.published_total += 1
         self._next_seq += 1
         self.ready.append(QueuedMessage(message, self._next_seq))
         if self.consumers:
@@ -91,6 +96,7 @@ class Queue:
 
     def _hand_out(self, entry: QueuedMessage, ack_required: bool) -> None:
         """A message left the ready list: either it awaits an ack or it is settled now."""
+        self.delivered_total += 1
         if ack_required:
             self.outstanding.add(entry)
             if entry.message.msg_id and self.store_id and not entry.redelivered:
@@ -100,6 +106,7 @@ class Queue:
 
     def settle(self, entries: list[QueuedMessage]) -> None:
         """Acked (or rejected without requeue): the messages leave this queue for good."""
+        self.acked_total += len(entries)
         self.outstanding.difference_update(entries)
         if self.store_id:
             logged = [entry for entry in entries if entry.message.msg_id]

@@ -1,4 +1,4 @@
-"""Users, password hashes and SASL response parsing.
+"""Users, password hashes, SASL response parsing and per-vhost permissions.
 
 Password hashes use RabbitMQ's `rabbit_password_hashing_sha256` format: base64 of a 4-byte salt
 followed by SHA-256(salt + password). Hashes made by `rabbitmqctl` work here and the other way
@@ -12,10 +12,15 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pamqp import decode
+
+from broker.config import Permission
+from broker.core.errors import ACCESS_REFUSED, ChannelException
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -49,8 +54,41 @@ def is_loopback(host: str) -> bool:
 class User:
     name: str
     password_hash: str
-    vhosts: tuple[str, ...]  # vhosts the user may open; "*" for all
+    permissions: Mapping[str, Permission]  # vhost -> configure/write/read regexes
     loopback_only: bool = False
+
+
+def _matcher(pattern: str) -> Callable[[str], bool]:
+    """RabbitMQ searches the regex anywhere in the name; '' grants nothing, '.*' everything."""
+    if pattern == ".*":
+        return lambda name: True
+    if pattern == "":
+        return lambda name: False
+    search = re.compile(pattern).search
+    return lambda name: search(name) is not None
+
+
+class VhostAccess:
+    """One user's permissions in one vhost, compiled once at Connection.Open."""
+
+    def __init__(self, user: str, vhost: str, permission: Permission) -> None:
+        self.user = user
+        self.vhost = vhost
+        self._matchers = {
+            "configure": _matcher(permission.configure),
+            "write": _matcher(permission.write),
+            "read": _matcher(permission.read),
+        }
+
+    def check(self, operation: str, kind: str, name: str) -> None:
+        """Raise 403 ACCESS_REFUSED unless `operation` is allowed on the exchange/queue `name`."""
+        resource = name or "amq.default"  # RabbitMQ checks the default exchange by this name
+        if not self._matchers[operation](resource):
+            raise ChannelException(
+                ACCESS_REFUSED,
+                f"access to {kind} '{resource}' in vhost '{self.vhost}'"
+                f" refused for user '{self.user}'",
+            )
 
 
 class Authenticator:
@@ -96,6 +134,9 @@ class Authenticator:
             return f"User '{username}' can only connect via localhost"
         return None
 
-    def may_use_vhost(self, username: str, vhost: str) -> bool:
+    def vhost_access(self, username: str, vhost: str) -> VhostAccess | None:
+        """The user's permissions in `vhost`, or None when the user may not open it."""
         user = self.users.get(username)
-        return user is not None and ("*" in user.vhosts or vhost in user.vhosts)
+        if user is None or vhost not in user.permissions:
+            return None
+        return VhostAccess(username, vhost, user.permissions[vhost])

@@ -2,12 +2,15 @@
 
 Every problem is reported with the key path and what to change ("limits.frame_max: must be an
 integer between 4096 and 1048576, got 'big'"), and the broker refuses to start rather than run
-with a half-understood file.
+with a half-understood file. Environment variables override keys: WARREN_LIMITS__FRAME_MAX=65536
+sets limits.frame_max (the value is read as YAML, so lists and mappings work too).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import yaml
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "broker.yaml"
+ENV_PREFIX = "WARREN_"
 
 
 class ConfigError(ValueError):
@@ -28,20 +32,45 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class TlsListener(Listener):
+    """amqps: the same protocol inside TLS (ssl module); cafile enables client certificates."""
+
+    port: int = 5671
+    certfile: Path = Path()
+    keyfile: Path = Path()
+    cafile: Path | None = None
+    verify_peer: bool = False
+
+
+@dataclass(frozen=True)
+class Permission:
+    """RabbitMQ's per-vhost permissions: regexes over resource names (searched, not anchored;
+    an empty pattern matches nothing)."""
+
+    configure: str = ".*"
+    write: str = ".*"
+    read: str = ".*"
+
+
+@dataclass(frozen=True)
 class UserConfig:
     name: str
     password_hash: str
-    vhosts: tuple[str, ...] = ("/",)
+    permissions: Mapping[str, Permission] = field(default_factory=dict)  # vhost -> permission
     loopback_only: bool = False
 
 
 @dataclass(frozen=True)
 class Limits:
+    max_connections: int = 0  # 0: unlimited
     channel_max: int = 2047
     frame_max: int = 131072
     heartbeat: int = 60
     handshake_timeout: float = 10.0
     max_message_size: int = 128 * 1024 * 1024
+    # Above this memory use, publishing connections are blocked (connection.blocked). A value
+    # up to 1 is a fraction of the machine's (or container's) memory, above 1 a number of bytes.
+    memory_high_watermark: float = 0.4
 
 
 SYNC_POLICIES = ("always", "periodic")
@@ -61,17 +90,19 @@ class StoreConfig:
 @dataclass(frozen=True)
 class BrokerConfig:
     listener: Listener = field(default_factory=Listener)
+    tls_listener: TlsListener | None = None
     users: tuple[UserConfig, ...] = ()
     vhosts: tuple[str, ...] = ("/",)
     limits: Limits = field(default_factory=Limits)
     store: StoreConfig = field(default_factory=StoreConfig)
     data_dir: Path | None = Path("data")  # None: nothing is written, nothing survives a restart
-    metrics_port: int = 15692
+    metrics_port: int = 15692  # 0 disables the Prometheus endpoint
+    admin_port: int = 15672  # loopback-only HTTP API for `warren ctl`; 0 disables it
     log_level: str = "info"
     cluster_name: str = "warren"
 
     def with_overrides(self, **changes: Any) -> BrokerConfig:
-        """Command-line overrides (port, data dir, metrics port); None leaves a value alone."""
+        """Command-line overrides (host, port, data dir, metrics port); None leaves a value."""
         listener = self.listener
         if changes.get("port") is not None:
             listener = replace(listener, port=_port(changes["port"], "--port"))
@@ -82,12 +113,15 @@ class BrokerConfig:
             result = replace(result, data_dir=Path(changes["data_dir"]))
         if changes.get("metrics_port") is not None:
             result = replace(result, metrics_port=_port(changes["metrics_port"], "--metrics-port"))
+        if changes.get("admin_port") is not None:
+            result = replace(result, admin_port=_port(changes["admin_port"], "--admin-port"))
         return result
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+# --------------------------------------------------------------------------- value checks
 def _port(value: Any, path: str) -> int:
     return _integer(value, path, 0, 65535)
 
@@ -110,14 +144,15 @@ def _string(value: Any, path: str) -> str:
     return value
 
 
-def _mapping(value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+def _mapping(value: Any, path: str, allowed: tuple[str, ...] | None) -> dict[str, Any]:
+    """A mapping whose keys are all in `allowed` (any keys when None)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         where = path or "the top level"
         raise ConfigError(f"{where}: must be a mapping, got {type(value).__name__}")
     for key in value:
-        if key not in allowed:
+        if allowed is not None and key not in allowed:
             where = f"{path}.{key}" if path else str(key)
             raise ConfigError(f"{where}: unknown key; expected one of {', '.join(allowed)}")
     return value
@@ -129,16 +164,76 @@ def _bool(value: Any, path: str) -> bool:
     return value
 
 
-def _parse_listener(raw: Any) -> Listener:
-    data = _mapping(raw, "listener", ("host", "port"))
-    defaults = Listener()
-    return Listener(
-        host=_string(data.get("host", defaults.host), "listener.host"),
-        port=_port(data.get("port", defaults.port), "listener.port"),
+def _readable_file(value: Any, path: str, base_dir: Path) -> Path:
+    file = Path(_string(value, path))
+    file = file if file.is_absolute() else base_dir / file
+    if not file.is_file() or not os.access(file, os.R_OK):
+        raise ConfigError(f"{path}: {file} is not a readable file")
+    return file
+
+
+def _regex(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: must be a regular expression string, got {value!r}")
+    try:
+        re.compile(value)
+    except re.error as error:
+        raise ConfigError(f"{path}: not a valid regular expression: {error}") from error
+    return value
+
+
+# --------------------------------------------------------------------------- sections
+def _parse_listeners(raw: Any, base_dir: Path) -> tuple[Listener, TlsListener | None]:
+    data = _mapping(raw, "listeners", ("amqp", "amqps"))
+    plain = _mapping(data.get("amqp"), "listeners.amqp", ("host", "port"))
+    listener = Listener(
+        host=_string(plain.get("host", Listener.host), "listeners.amqp.host"),
+        port=_port(plain.get("port", Listener.port), "listeners.amqp.port"),
+    )
+    if data.get("amqps") is None:
+        return listener, None
+    path = "listeners.amqps"
+    tls = _mapping(
+        data["amqps"], path, ("host", "port", "certfile", "keyfile", "cafile", "verify_peer")
+    )
+    for required in ("certfile", "keyfile"):
+        if required not in tls:
+            raise ConfigError(f"{path}.{required}: required for a TLS listener (a PEM file)")
+    cafile = tls.get("cafile")
+    verify_peer = _bool(tls.get("verify_peer", False), f"{path}.verify_peer")
+    if verify_peer and cafile is None:
+        raise ConfigError(f"{path}.cafile: verify_peer needs the CA that signs client certificates")
+    return listener, TlsListener(
+        host=_string(tls.get("host", listener.host), f"{path}.host"),
+        port=_port(tls.get("port", TlsListener.port), f"{path}.port"),
+        certfile=_readable_file(tls["certfile"], f"{path}.certfile", base_dir),
+        keyfile=_readable_file(tls["keyfile"], f"{path}.keyfile", base_dir),
+        cafile=None if cafile is None else _readable_file(cafile, f"{path}.cafile", base_dir),
+        verify_peer=verify_peer,
     )
 
 
-def _parse_users(raw: Any) -> tuple[UserConfig, ...]:
+def _parse_permissions(raw: Any, path: str, vhosts: tuple[str, ...]) -> dict[str, Permission]:
+    """Omitted: full access to every vhost. Given: only the vhosts listed, as RabbitMQ grants."""
+    if raw is None:
+        return {vhost: Permission() for vhost in vhosts}
+    data = _mapping(raw, path, None)
+    permissions = {}
+    for vhost, entry in data.items():
+        where = f"{path}.{vhost}"
+        if vhost not in vhosts:
+            raise ConfigError(f"{where}: vhost '{vhost}' is not in vhosts")
+        values = _mapping(entry, where, ("configure", "write", "read"))
+        permissions[vhost] = Permission(
+            **{
+                kind: _regex(values.get(kind, ".*"), f"{where}.{kind}")
+                for kind in ("configure", "write", "read")
+            }
+        )
+    return permissions
+
+
+def _parse_users(raw: Any, vhosts: tuple[str, ...]) -> tuple[UserConfig, ...]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError("users: must be a non-empty list of users")
     users = []
@@ -149,7 +244,7 @@ def _parse_users(raw: Any) -> tuple[UserConfig, ...]:
                 f"{path}.password: plain-text passwords are not accepted;"
                 " put the output of `warren hash-password` in password_hash"
             )
-        data = _mapping(item, path, ("name", "password_hash", "vhosts", "loopback_only"))
+        data = _mapping(item, path, ("name", "password_hash", "permissions", "loopback_only"))
         name = _string(data.get("name"), f"{path}.name")
         password_hash = _string(data.get("password_hash"), f"{path}.password_hash")
         if len(password_hash) != 48:
@@ -157,14 +252,13 @@ def _parse_users(raw: Any) -> tuple[UserConfig, ...]:
                 f"{path}.password_hash: not a Warren/RabbitMQ SHA-256 hash;"
                 " make one with `warren hash-password`"
             )
-        vhosts = data.get("vhosts", ["/"])
-        if not isinstance(vhosts, list) or not all(isinstance(v, str) for v in vhosts):
-            raise ConfigError(f"{path}.vhosts: must be a list of vhost names (or ['*'])")
         users.append(
             UserConfig(
                 name=name,
                 password_hash=password_hash,
-                vhosts=tuple(vhosts),
+                permissions=_parse_permissions(
+                    data.get("permissions"), f"{path}.permissions", vhosts
+                ),
                 loopback_only=_bool(data.get("loopback_only", False), f"{path}.loopback_only"),
             )
         )
@@ -172,26 +266,24 @@ def _parse_users(raw: Any) -> tuple[UserConfig, ...]:
 
 
 def _parse_limits(raw: Any) -> Limits:
-    names = ("channel_max", "frame_max", "heartbeat", "handshake_timeout", "max_message_size")
+    names = tuple(Limits.__dataclass_fields__)
     data = _mapping(raw, "limits", names)
     d = Limits()
+
+    def get(name: str) -> Any:
+        return data.get(name, getattr(d, name))
+
     return Limits(
-        channel_max=_integer(
-            data.get("channel_max", d.channel_max), "limits.channel_max", 1, 65535
-        ),
-        frame_max=_integer(data.get("frame_max", d.frame_max), "limits.frame_max", 4096, 1 << 20),
-        heartbeat=_integer(data.get("heartbeat", d.heartbeat), "limits.heartbeat", 0, 65535),
-        handshake_timeout=_number(
-            data.get("handshake_timeout", d.handshake_timeout),
-            "limits.handshake_timeout",
-            0.1,
-            3600,
-        ),
+        max_connections=_integer(get("max_connections"), "limits.max_connections", 0, 1 << 20),
+        channel_max=_integer(get("channel_max"), "limits.channel_max", 1, 65535),
+        frame_max=_integer(get("frame_max"), "limits.frame_max", 4096, 1 << 20),
+        heartbeat=_integer(get("heartbeat"), "limits.heartbeat", 0, 65535),
+        handshake_timeout=_number(get("handshake_timeout"), "limits.handshake_timeout", 0.1, 3600),
         max_message_size=_integer(
-            data.get("max_message_size", d.max_message_size),
-            "limits.max_message_size",
-            1,
-            512 * 1024 * 1024,
+            get("max_message_size"), "limits.max_message_size", 1, 512 * 1024 * 1024
+        ),
+        memory_high_watermark=_number(
+            get("memory_high_watermark"), "limits.memory_high_watermark", 0.01, 1 << 50
         ),
     )
 
@@ -214,19 +306,21 @@ def _parse_store(raw: Any) -> StoreConfig:
 
 
 TOP_LEVEL_KEYS = (
-    "listener",
+    "listeners",
     "users",
     "vhosts",
     "limits",
     "store",
     "data_dir",
     "metrics_port",
+    "admin_port",
     "log_level",
     "cluster_name",
 )
 
 
 def parse_config(raw: Any, base_dir: Path) -> BrokerConfig:
+    """Validate a parsed YAML document; relative paths are relative to `base_dir`."""
     data = _mapping(raw, "", TOP_LEVEL_KEYS)
     vhosts = data.get("vhosts", ["/"])
     if not isinstance(vhosts, list) or not vhosts or not all(isinstance(v, str) for v in vhosts):
@@ -238,29 +332,60 @@ def parse_config(raw: Any, base_dir: Path) -> BrokerConfig:
     data_dir = None if raw_dir is None else Path(_string(str(raw_dir), "data_dir"))
     if data_dir is not None and not data_dir.is_absolute():
         data_dir = base_dir / data_dir
-    users = _parse_users(data.get("users"))
-    for user in users:
-        for vhost in user.vhosts:
-            if vhost != "*" and vhost not in vhosts:
-                raise ConfigError(
-                    f"users: user '{user.name}' is given vhost '{vhost}', which is not in vhosts"
-                )
+    listener, tls_listener = _parse_listeners(data.get("listeners"), base_dir)
     return BrokerConfig(
-        listener=_parse_listener(data.get("listener")),
-        users=users,
+        listener=listener,
+        tls_listener=tls_listener,
+        users=_parse_users(data.get("users"), tuple(vhosts)),
         vhosts=tuple(vhosts),
         limits=_parse_limits(data.get("limits")),
         store=_parse_store(data.get("store")),
         data_dir=data_dir,
         metrics_port=_port(data.get("metrics_port", 15692), "metrics_port"),
+        admin_port=_port(data.get("admin_port", 15672), "admin_port"),
         log_level=log_level,
         cluster_name=_string(data.get("cluster_name", "warren"), "cluster_name"),
     )
 
 
-def load_config(path: Path | None = None) -> BrokerConfig:
-    """Read and validate a config file (the default one when no path is given)."""
-    path = path or Path(os.environ.get("WARREN_CONFIG", DEFAULT_CONFIG_PATH))
+def apply_environment(raw: Any, environ: Mapping[str, str]) -> Any:
+    """Overlay WARREN_<KEY>__<SUBKEY>=<yaml value> variables on the parsed file.
+
+    Only variables whose first key is a config section count, so WARREN_CONFIG and unrelated
+    WARREN_* variables are left alone.
+    """
+    data = dict(raw) if isinstance(raw, dict) else raw
+    for name, text in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if path[0] not in TOP_LEVEL_KEYS or not all(path):
+            continue
+        if not isinstance(data, dict):
+            raise ConfigError(f"{name}: the config file's top level is not a mapping")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{name}: not a valid YAML value: {error}") from error
+        target = data
+        for depth, key in enumerate(path[:-1]):
+            child = target.get(key)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"{name}: {where} is not a mapping, so it has no sub-keys")
+            target[key] = child = dict(child)
+            target = child
+        target[path[-1]] = value
+    return data
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> BrokerConfig:
+    """Read and validate a config file (the default one when no path is given), then apply
+    environment overrides."""
+    environ = os.environ if environ is None else environ
+    path = path or Path(environ.get("WARREN_CONFIG", DEFAULT_CONFIG_PATH))
     try:
         text = path.read_text()
     except OSError as error:
@@ -270,6 +395,6 @@ def load_config(path: Path | None = None) -> BrokerConfig:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
     try:
-        return parse_config(raw, Path.cwd())
+        return parse_config(apply_environment(raw, environ), Path.cwd())
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from error

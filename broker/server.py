@@ -43,7 +43,7 @@ class Broker:
             self.store = DurableStore(self.wal, lambda: durable_definitions(self.vhosts.values()))
         self.vhosts = {name: VirtualHost(name, self.store) for name in config.vhosts}
         self.auth = Authenticator(
-            [User(u.name, u.password_hash, u.vhosts, u.loopback_only) for u in config.users]
+            [User(u.name, u.password_hash, u.permissions, u.loopback_only) for u in config.users]
         )
         self.connections: set[AMQPConnection] = set()
         self.counters = Counters()

@@ -67,6 +67,7 @@ class Channel:
         self.number = number
         self.vhost = connection.vhost
         self.counters = connection.broker.counters
+        self.access = connection.access
         self.expect = EXPECT_METHOD
         self._publish: tuple[str, str, bytes, bool, bool] | None = None
         self._last_publish_frame = b""
@@ -218,6 +219,7 @@ class Channel:
         try:
             if immediate:  # RabbitMQ refuses it once the content is complete
                 raise ConnectionException(NOT_IMPLEMENTED, "immediate=true")
+            self.access.check("write", "exchange", exchange_name)
             exchange = self.vhost.exchanges.get(exchange_name)
             if exchange is None:
                 raise ChannelException(
@@ -480,6 +482,8 @@ class Channel:
 
     # ------------------------------------------------------------------ exchange class
     def _on_exchange_declare(self, method: commands.Exchange.Declare) -> None:
+        if not method.passive:
+            self.access.check("configure", "exchange", method.exchange)
         self.vhost.declare_exchange(
             method.exchange,
             method.exchange_type,
@@ -493,11 +497,13 @@ class Channel:
             self._send(commands.Exchange.DeclareOk())
 
     def _on_exchange_delete(self, method: commands.Exchange.Delete) -> None:
+        self.access.check("configure", "exchange", method.exchange)
         self.vhost.delete_exchange(method.exchange, if_unused=method.if_unused)
         if not method.nowait:
             self._send(commands.Exchange.DeleteOk())
 
     def _on_exchange_bind(self, method: commands.Exchange.Bind) -> None:
+        self._check_binding("exchange", method.destination, method.source)
         self.vhost.bind(
             method.source, method.destination, method.routing_key, method.arguments, True
         )
@@ -505,17 +511,27 @@ class Channel:
             self._send(commands.Exchange.BindOk())
 
     def _on_exchange_unbind(self, method: commands.Exchange.Unbind) -> None:
+        self._check_binding("exchange", method.destination, method.source)
         self.vhost.unbind(
             method.source, method.destination, method.routing_key, method.arguments, True
         )
         if not method.nowait:
             self._send(commands.Exchange.UnbindOk())
 
+    def _check_binding(self, kind: str, destination: str, source: str) -> None:
+        """RabbitMQ: binding needs write on the destination and read on the source exchange."""
+        self.access.check("write", kind, destination)
+        self.access.check("read", "exchange", source)
+
     # ------------------------------------------------------------------ queue class
     def _on_queue_declare(self, method: commands.Queue.Declare) -> None:
         name = method.queue
         if method.passive and not name:
             name = self._queue_name(name)
+        elif not method.passive:
+            # Name a server-named queue first: permissions are checked on the name it gets.
+            name = name or server_generated_name("amq.gen-")
+            self.access.check("configure", "queue", name)
         queue = self.vhost.declare_queue(
             name,
             self.connection,
@@ -524,6 +540,7 @@ class Channel:
             exclusive=method.exclusive,
             auto_delete=method.auto_delete,
             arguments=method.arguments,
+            server_named=not method.queue,
         )
         if queue.exclusive_owner is self.connection:
             self.connection.exclusive_queues[queue.name] = queue
@@ -541,6 +558,7 @@ class Channel:
 
     def _on_queue_bind(self, method: commands.Queue.Bind) -> None:
         queue = self._queue_name(method.queue)
+        self._check_binding("queue", queue, method.exchange)
         routing_key = method.routing_key or ("" if method.queue else queue)
         self.vhost.bind(
             method.exchange, queue, routing_key, method.arguments, False, self.connection
@@ -550,6 +568,7 @@ class Channel:
 
     def _on_queue_unbind(self, method: commands.Queue.Unbind) -> None:
         queue = self._queue_name(method.queue)
+        self._check_binding("queue", queue, method.exchange)
         routing_key = method.routing_key or ("" if method.queue else queue)
         self.vhost.unbind(
             method.exchange, queue, routing_key, method.arguments, False, self.connection
@@ -557,12 +576,15 @@ class Channel:
         self._send(commands.Queue.UnbindOk())
 
     def _on_queue_purge(self, method: commands.Queue.Purge) -> None:
-        count = self.vhost.purge_queue(self._queue_name(method.queue), self.connection)
+        name = self._queue_name(method.queue)
+        self.access.check("read", "queue", name)
+        count = self.vhost.purge_queue(name, self.connection)
         if not method.nowait:
             self._send(commands.Queue.PurgeOk(message_count=count))
 
     def _on_queue_delete(self, method: commands.Queue.Delete) -> None:
         name = self._queue_name(method.queue)
+        self.access.check("configure", "queue", name)
         count = self.vhost.delete_queue(
             name, self.connection, if_unused=method.if_unused, if_empty=method.if_empty
         )
@@ -582,7 +604,9 @@ class Channel:
         self.resume_delivery()
 
     def _on_consume(self, method: commands.Basic.Consume) -> None:
-        queue = self.vhost.get_queue(self._queue_name(method.queue), self.connection)
+        name = self._queue_name(method.queue)
+        self.access.check("read", "queue", name)
+        queue = self.vhost.get_queue(name, self.connection)
         tag = method.consumer_tag or server_generated_name("amq.ctag-")
         if tag in self.consumers:
             raise ConnectionException(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
@@ -622,7 +646,9 @@ class Channel:
             self.vhost.maybe_auto_delete(consumer.queue)
 
     def _on_get(self, method: commands.Basic.Get) -> None:
-        queue = self.vhost.get_queue(self._queue_name(method.queue), self.connection)
+        name = self._queue_name(method.queue)
+        self.access.check("read", "queue", name)
+        queue = self.vhost.get_queue(name, self.connection)
         entry = queue.get(ack_required=not method.no_ack)
         if entry is None:
             self.counters.get_empty += 1

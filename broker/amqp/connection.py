@@ -83,6 +83,7 @@ class AMQPConnection(asyncio.Protocol):
         self.heartbeat = 0
         self.user = ""
         self.vhost: Any = None
+        self.access: Any = None  # the user's VhostAccess once the connection is open
         self.client_properties: dict[str, Any] = {}
         self.exclusive_queues: dict[str, Queue] = {}
         self.write_paused = False
@@ -404,10 +405,12 @@ class AMQPConnection(asyncio.Protocol):
         vhost = self.broker.vhosts.get(vhost_name)
         if vhost is None:
             raise ConnectionException(NOT_ALLOWED, f"vhost {vhost_name} not found")
-        if not self.broker.auth.may_use_vhost(self.user, vhost_name):
+        access = self.broker.auth.vhost_access(self.user, vhost_name)
+        if access is None:
             raise ConnectionException(
                 NOT_ALLOWED, f"access to vhost '{vhost_name}' refused for user '{self.user}'"
             )
+        self.access = access
         self.vhost = vhost
         self.state = OPEN
         self.broker.counters.connections_opened += 1

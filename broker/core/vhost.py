@@ -246,7 +246,9 @@ class VirtualHost:
         exclusive: bool = False,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
+        server_named: bool = False,
     ) -> Queue:
+        """Declare a queue; `server_named` marks a name the broker generated (amq.gen-...)."""
         if passive:
             if name == "":
                 raise ChannelException(NOT_FOUND, f"no {self._describe('queue', name)}")
@@ -254,7 +256,7 @@ class VirtualHost:
         arguments = arguments or {}
         if name == "":
             name = server_generated_name("amq.gen-")
-        else:
+        elif not server_named:
             self._check_reserved("queue", name)
         existing = self.queues.get(name)
         if existing is not None:

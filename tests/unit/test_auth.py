@@ -9,18 +9,23 @@ import pytest
 from pamqp import encode
 
 from broker.auth import Authenticator, User, check_password, hash_password, is_loopback
+from broker.config import Permission
+from broker.core.errors import ChannelException
 
 SALT = b"\x90\x8d\xc6\x0a"
 REFUSED = "Login was refused using authentication mechanism {}. For details see the broker logfile."
+
+
+RESTRICTED = Permission(configure="", write="orders", read="^amq\\.gen")
 
 
 @pytest.fixture
 def auth() -> Authenticator:
     return Authenticator(
         [
-            User("guest", hash_password("guest"), ("/",), loopback_only=True),
-            User("app", hash_password("s3cret"), ("/", "prod")),
-            User("admin", hash_password("root"), ("*",)),
+            User("guest", hash_password("guest"), {"/": Permission()}, loopback_only=True),
+            User("app", hash_password("s3cret"), {"/": Permission(), "prod": RESTRICTED}),
+            User("admin", hash_password("root"), {"/": Permission(), "prod": Permission()}),
         ]
     )
 
@@ -180,10 +185,39 @@ def test_ipv4_mapped_loopback_is_loopback() -> None:
     assert is_loopback("::ffff:127.0.0.1")
 
 
-def test_may_use_vhost(auth: Authenticator) -> None:
-    """Users may open their listed vhosts; '*' allows every vhost; unknown users none."""
-    assert auth.may_use_vhost("app", "/")
-    assert auth.may_use_vhost("app", "prod")
-    assert not auth.may_use_vhost("app", "other")
-    assert auth.may_use_vhost("admin", "anything")
-    assert not auth.may_use_vhost("nobody", "/")
+def test_vhost_access(auth: Authenticator) -> None:
+    """Users may open the vhosts they have permissions in; unknown users none."""
+    assert auth.vhost_access("app", "/") is not None
+    assert auth.vhost_access("app", "prod") is not None
+    assert auth.vhost_access("app", "other") is None
+    assert auth.vhost_access("nobody", "/") is None
+
+
+@pytest.mark.parametrize(
+    ("operation", "kind", "name", "allowed"),
+    [
+        ("configure", "queue", "anything", False),  # '' grants nothing
+        ("write", "exchange", "orders", True),
+        ("write", "exchange", "orders-eu", True),  # searched, not anchored
+        ("write", "exchange", "payments", False),
+        ("write", "exchange", "", False),  # the default exchange is checked as amq.default
+        ("read", "queue", "amq.gen-abc", True),
+        ("read", "queue", "x.amq.gen-abc", False),  # ^ anchors where the pattern says so
+    ],
+)
+def test_permission_regexes(
+    auth: Authenticator, operation: str, kind: str, name: str, allowed: bool
+) -> None:
+    """configure/write/read regexes decide each operation as RabbitMQ's do (403 otherwise)."""
+    access = auth.vhost_access("app", "prod")
+    assert access is not None
+    if allowed:
+        access.check(operation, kind, name)
+        return
+    with pytest.raises(ChannelException) as refused:
+        access.check(operation, kind, name)
+    assert refused.value.code == 403
+    shown = name or "amq.default"
+    assert refused.value.reply_text == (
+        f"ACCESS_REFUSED - access to {kind} '{shown}' in vhost 'prod' refused for user 'app'"
+    )

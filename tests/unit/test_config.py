@@ -14,6 +14,7 @@ from broker.config import (
     ConfigError,
     Limits,
     Listener,
+    Permission,
     load_config,
 )
 
@@ -49,14 +50,17 @@ def test_shipped_config_loads() -> None:
     config = load_config(DEFAULT_CONFIG_PATH)
     assert config.listener == Listener("127.0.0.1", 5672)
     assert config.vhosts == ("/",)
-    assert config.limits == Limits(2047, 131072, 60, 10.0, 134217728)
+    assert config.limits == Limits()
+    assert config.tls_listener is None
+    assert config.admin_port == 15672
     assert config.metrics_port == 15692
     assert config.log_level == "info"
     assert config.cluster_name == "warren"
     assert config.data_dir.is_absolute()
     assert config.data_dir.name == "data"
     (guest,) = config.users
-    assert (guest.name, guest.vhosts, guest.loopback_only) == ("guest", ("/",), True)
+    assert (guest.name, guest.loopback_only) == ("guest", True)
+    assert guest.permissions == {"/": Permission(".*", ".*", ".*")}
     assert check_password("guest", guest.password_hash)
 
 
@@ -75,7 +79,7 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
     assert config.limits == Limits()
     assert config.vhosts == ("/",)
     (user,) = config.users
-    assert (user.vhosts, user.loopback_only) == (("/",), False)
+    assert (user.permissions, user.loopback_only) == ({"/": Permission()}, False)
 
 
 def test_absolute_data_dir_kept(tmp_path: Path) -> None:
@@ -106,10 +110,21 @@ def test_config_is_frozen(tmp_path: Path) -> None:
         ("limits:\n  max_message_size: 0\n", "limits.max_message_size:"),
         ("limits:\n  frame_mx: 4096\n", "limits.frame_mx: unknown key"),
         ("limits: 5\n", "limits: must be a mapping"),
-        ("listener:\n  port: 70000\n", "listener.port: must be an integer between 0 and 65535"),
-        ("listener:\n  host: ''\n", "listener.host: must be a non-empty string"),
-        ("listener:\n  hots: x\n", "listener.hots: unknown key"),
-        ("listner:\n  port: 1\n", "listner: unknown key; expected one of listener, users"),
+        (
+            "listeners:\n  amqp:\n    port: 70000\n",
+            "listeners.amqp.port: must be an integer between 0 and 65535",
+        ),
+        ("listeners:\n  amqp:\n    host: ''\n", "listeners.amqp.host: must be a non-empty"),
+        ("listeners:\n  amqp:\n    hots: x\n", "listeners.amqp.hots: unknown key"),
+        ("listeners:\n  amqp2: {}\n", "listeners.amqp2: unknown key; expected one of amqp"),
+        ("listner:\n  port: 1\n", "listner: unknown key; expected one of listeners, users"),
+        ("listeners:\n  amqps:\n    port: 5671\n", "listeners.amqps.certfile: required"),
+        (
+            "listeners:\n  amqps:\n    certfile: /nope.pem\n    keyfile: /nope.key\n",
+            "listeners.amqps.certfile: /nope.pem is not a readable file",
+        ),
+        ("limits:\n  memory_high_watermark: 0\n", "limits.memory_high_watermark: must be"),
+        ("limits:\n  max_connections: -1\n", "limits.max_connections: must be an integer"),
         ("metrics_port: -1\n", "metrics_port: must be an integer"),
         ("log_level: loud\n", "log_level: must be one of debug, info, warning, error"),
         ("vhosts: []\n", "vhosts: must be a non-empty list"),
@@ -139,8 +154,18 @@ def test_bad_values_name_key_path(tmp_path: Path, extra: str, expected: str) -> 
         ),
         (f"users:\n  - password_hash: '{GOOD_HASH}'\n", "users[0].name: must be a non-empty"),
         (
-            f"users:\n  - name: a\n    password_hash: '{GOOD_HASH}'\n    vhosts: /\n",
-            "users[0].vhosts: must be a list",
+            f"users:\n  - name: a\n    password_hash: '{GOOD_HASH}'\n    permissions: /\n",
+            "users[0].permissions: must be a mapping",
+        ),
+        (
+            f"users:\n  - name: a\n    password_hash: '{GOOD_HASH}'\n"
+            "    permissions: {'/': {read: '('}}\n",
+            "users[0].permissions./.read: not a valid regular expression",
+        ),
+        (
+            f"users:\n  - name: a\n    password_hash: '{GOOD_HASH}'\n"
+            "    permissions: {'/': {admin: '.*'}}\n",
+            "users[0].permissions./.admin: unknown key",
         ),
         (
             f"users:\n  - name: a\n    password_hash: '{GOOD_HASH}'\n    loopback_only: 1\n",
@@ -176,20 +201,40 @@ def test_plain_password_refused_with_explanation(tmp_path: Path) -> None:
     assert "plain-text passwords are not accepted" in _error(tmp_path, text)
 
 
-def test_user_vhost_must_exist(tmp_path: Path) -> None:
-    """A user given a vhost that is not declared is refused, naming user and vhost."""
+def test_user_permissions_name_configured_vhosts(tmp_path: Path) -> None:
+    """Permissions for a vhost that is not declared are refused, naming user entry and vhost;
+    listed vhosts get exactly the regexes given (missing kinds default to '.*')."""
     text = (
         "vhosts: ['/', prod]\n"
-        f"users:\n  - name: app\n    password_hash: '{GOOD_HASH}'\n    vhosts: ['/', staging]\n"
+        f"users:\n  - name: app\n    password_hash: '{GOOD_HASH}'\n"
+        "    permissions: {prod: {configure: '', write: '^orders$'}, staging: {}}\n"
     )
     message = _error(tmp_path, text)
-    assert "users:" in message
-    assert "'app'" in message
-    assert "'staging'" in message
-    ok = text.replace("staging", "prod")
-    assert load_config(_write(tmp_path, ok)).users[0].vhosts == ("/", "prod")
-    star = text.replace("['/', staging]", "['*']")
-    assert load_config(_write(tmp_path, star)).users[0].vhosts == ("*",)
+    assert "users[0].permissions.staging: vhost 'staging' is not in vhosts" in message
+    ok = text.replace(", staging: {}", "")
+    (user,) = load_config(_write(tmp_path, ok)).users
+    assert user.permissions == {"prod": Permission("", "^orders$", ".*")}
+
+
+def test_environment_overrides_keys(tmp_path: Path) -> None:
+    """WARREN_<SECTION>__<KEY> variables override the file; values are YAML; unrelated
+    WARREN_* variables are ignored; a bad override names the variable."""
+    environ = {
+        "WARREN_LIMITS__FRAME_MAX": "65536",
+        "WARREN_LISTENERS__AMQP__HOST": "0.0.0.0",
+        "WARREN_DATA_DIR": "/var/lib/warren",
+        "WARREN_VHOSTS": "['/', prod]",
+        "WARREN_TEST_TARGET": "amqp://elsewhere",
+    }
+    config = load_config(_write(tmp_path, MINIMAL), environ)
+    assert config.limits.frame_max == 65536
+    assert config.listener.host == "0.0.0.0"
+    assert config.data_dir == Path("/var/lib/warren")
+    assert config.vhosts == ("/", "prod")
+    with pytest.raises(ConfigError, match=r"limits\.frame_max: must be an integer"):
+        load_config(_write(tmp_path, MINIMAL), {"WARREN_LIMITS__FRAME_MAX": "tiny"})
+    with pytest.raises(ConfigError, match="WARREN_USERS__NAME: users is not a mapping"):
+        load_config(_write(tmp_path, MINIMAL), {"WARREN_USERS__NAME": "bob"})
 
 
 @pytest.mark.parametrize("text", ["users: [unclosed\n", "a: b: c\n", "key: 'open\n", "\t- x\n"])

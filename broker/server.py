@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from types import TracebackType
 
+from broker.admin import AdminServer
+from broker.alarms import MemoryMonitor, watermark_bytes
 from broker.amqp.connection import AMQPConnection
 from broker.auth import Authenticator, User
-from broker.config import BrokerConfig
+from broker.config import BrokerConfig, TlsListener
 from broker.core.persistence import MessageStore
 from broker.core.queue import MEMORY_STORE
 from broker.core.stats import Counters
 from broker.core.vhost import VirtualHost
+from broker.metrics import MetricsServer
 from broker.store.durable import DurableStore, durable_definitions
 from broker.store.recovery import recover, restore
 from broker.store.wal import WriteAheadLog
@@ -25,6 +29,16 @@ from broker.store.wal import WriteAheadLog
 log = logging.getLogger("warren.server")
 
 SHUTDOWN_GRACE = 5.0
+
+
+def tls_context(listener: TlsListener) -> ssl.SSLContext:
+    """The amqps server context: our certificate, and client certificates if asked for."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(listener.certfile, listener.keyfile)
+    if listener.cafile is not None:
+        context.load_verify_locations(listener.cafile)
+        context.verify_mode = ssl.CERT_REQUIRED if listener.verify_peer else ssl.CERT_OPTIONAL
+    return context
 
 
 class Broker:
@@ -48,13 +62,41 @@ class Broker:
         self.connections: set[AMQPConnection] = set()
         self.counters = Counters()
         self._server: asyncio.base_events.Server | None = None
+        self._tls_server: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
+        # HTTP endpoints served on the broker's loop: Prometheus /metrics and `warren ctl`'s API.
+        self.http_servers: list[MetricsServer | AdminServer] = []
+        if config.metrics_port:
+            host = config.listener.host
+            self.http_servers.append(MetricsServer(self, host, config.metrics_port))
+        if config.admin_port:
+            self.http_servers.append(AdminServer(self, port=config.admin_port))
+        self.memory = MemoryMonitor(
+            watermark_bytes(config.limits.memory_high_watermark), self._memory_alarm_changed
+        )
 
     @property
     def port(self) -> int:
         """The port actually bound (useful when the config asked for port 0)."""
         assert self._server is not None, "broker not started"
         return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def tls_port(self) -> int:
+        """The amqps port actually bound."""
+        assert self._tls_server is not None, "no TLS listener configured"
+        return self._tls_server.sockets[0].getsockname()[1]
+
+    @property
+    def memory_alarm(self) -> bool:
+        return self.memory.active
+
+    def _memory_alarm_changed(self, active: bool) -> None:
+        for connection in list(self.connections):
+            if active:
+                connection.memory_alarm_set()
+            else:
+                connection.memory_alarm_cleared()
 
     @property
     def url(self) -> str:
@@ -73,7 +115,22 @@ class Broker:
             reuse_address=True,
             backlog=1024,
         )
-        log.info("listening host=%s port=%d", listener.host, self.port)
+        log.info("listening protocol=amqp host=%s port=%d", listener.host, self.port)
+        tls = self.config.tls_listener
+        if tls is not None:
+            self._tls_server = await loop.create_server(
+                lambda: AMQPConnection(self),
+                host=tls.host,
+                port=tls.port,
+                ssl=tls_context(tls),
+                ssl_handshake_timeout=self.config.limits.handshake_timeout,
+                reuse_address=True,
+                backlog=1024,
+            )
+            log.info("listening protocol=amqps host=%s port=%d", tls.host, self.tls_port)
+        self.memory.start()
+        for server in self.http_servers:
+            await server.start()
 
     async def _recover(self) -> None:
         """Replay the log (off the loop: it is long, blocking work), then rebuild the model."""
@@ -89,7 +146,12 @@ class Broker:
         """Stop accepting, close clients with 320 CONNECTION_FORCED, flush the log."""
         if self._server is None:
             return
+        for server in self.http_servers:
+            await server.stop()
+        await self.memory.stop()
         self._server.close()
+        if self._tls_server is not None:
+            self._tls_server.close()
         for connection in list(self.connections):
             connection.force_close(320, "broker shutdown")
         deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
@@ -100,6 +162,9 @@ class Broker:
                 connection.transport.abort()
         await self._server.wait_closed()
         self._server = None
+        if self._tls_server is not None:
+            await self._tls_server.wait_closed()
+            self._tls_server = None
         if self.wal is not None:
             await self.wal.close()
         self._stopped.set()

@@ -202,6 +202,9 @@ class Channel:
 
     # ------------------------------------------------------------------ publish
     def _on_publish_frame(self, payload: bytes) -> None:
+        connection = self.connection
+        if connection.blocking or not connection.publisher:
+            connection.published()
         # A publisher mostly repeats its exchange, routing key and properties: reuse the decoded
         # strings and byte objects, so a million queued messages share them instead of copying.
         if payload != self._last_publish_frame:
@@ -237,6 +240,7 @@ class Channel:
             self.counters.published += 1
             if self.confirm_mode:
                 self._publish_seq += 1
+                self.counters.received_confirm += 1
             if self.tx is not None:
                 self.tx.publishes.append((exchange, message, mandatory))
                 return
@@ -295,6 +299,11 @@ class Channel:
     @property
     def is_open(self) -> bool:
         return self.connection.channels.get(self.number) is self
+
+    @property
+    def unconfirmed(self) -> int:
+        """Publishes not confirmed yet (they wait for the log's fsync); for metrics and ctl."""
+        return self._awaiting_sync
 
     def _confirm(self, seq: int, ack: bool) -> None:
         if ack:
@@ -365,8 +374,7 @@ class Channel:
     def consumer_cancelled(self, consumer: Consumer) -> None:
         if self.consumers.pop(consumer.tag, None) is None:
             return
-        capabilities = self.connection.client_properties.get("capabilities") or {}
-        if capabilities.get("consumer_cancel_notify"):
+        if self.connection.supports("consumer_cancel_notify"):
             self._send(commands.Basic.Cancel(consumer_tag=consumer.tag, nowait=True))
 
     def resume_delivery(self) -> None:

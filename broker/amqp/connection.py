@@ -43,6 +43,7 @@ AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED =
 
 MIN_FRAME_MAX = 4096  # the spec's minimum; frames up to this size are fine before tuning
 CLOSE_OK_TIMEOUT = 3.0
+SHUTDOWN_CLOSE_OK_TIMEOUT = 1.0
 
 # Client-initiated handshake methods: once the connection runs, RabbitMQ answers them with 504.
 HANDSHAKE_METHODS = (
@@ -87,6 +88,11 @@ class AMQPConnection(asyncio.Protocol):
         self.client_properties: dict[str, Any] = {}
         self.exclusive_queues: dict[str, Queue] = {}
         self.write_paused = False
+        # Memory alarm: a publisher is blocked (socket not read) while the alarm lasts; a
+        # connection that has not published yet is only marked and blocked at its first publish.
+        self.publisher = False
+        self.blocking = broker.memory_alarm
+        self.blocked = False
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._confirm_channels: set[Channel] = set()
@@ -100,6 +106,14 @@ class AMQPConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        most = self.config.limits.max_connections
+        if most and len(self.broker.connections) >= most:
+            log.warning(
+                "connection refused peer=%s: the connection limit (%d) is reached", self.peer, most
+            )
+            self.state = CLOSED
+            transport.abort()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -115,6 +129,45 @@ class AMQPConnection(asyncio.Protocol):
         self.state = CLOSED
         self._release_everything()
         self.broker.connections.discard(self)
+
+    # ------------------------------------------------------------------ memory alarm
+    def memory_alarm_set(self) -> None:
+        if self.publisher and self.state == OPEN:
+            self._block()
+        else:
+            self.blocking = True
+
+    def memory_alarm_cleared(self) -> None:
+        self.blocking = False
+        if not self.blocked:
+            return
+        self.blocked = False
+        if self.supports("connection.blocked"):
+            self._send_method(0, commands.Connection.Unblocked())
+        if self.transport is not None and self.state == OPEN:
+            self.transport.resume_reading()
+
+    def published(self) -> None:
+        """Called by a channel when a publish arrives while this connection is not yet known
+        as a publisher, or while the alarm is pending for it."""
+        self.publisher = True
+        if self.blocking:
+            self._block()
+
+    def _block(self) -> None:
+        self.blocking = False
+        if self.blocked or self.transport is None:
+            return
+        self.blocked = True
+        log.warning("connection blocked peer=%s user=%s reason=low on memory", self.peer, self.user)
+        if self.supports("connection.blocked"):
+            self._send_method(0, commands.Connection.Blocked(reason="low on memory"))
+        self.transport.pause_reading()
+
+    def supports(self, capability: str) -> bool:
+        """Whether the client announced this capability in Connection.StartOk."""
+        capabilities = self.client_properties.get("capabilities") or {}
+        return bool(capabilities.get(capability))
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -481,7 +534,9 @@ class AMQPConnection(asyncio.Protocol):
         self._sent = True
 
     # ------------------------------------------------------------------ closing
-    def close_with_error(self, error: AMQPError) -> None:
+    def close_with_error(
+        self, error: AMQPError, close_ok_timeout: float = CLOSE_OK_TIMEOUT
+    ) -> None:
         """Close the connection with a reply code; wait briefly for the client's close-ok."""
         if self.state in (CLOSING, CLOSED):
             return
@@ -501,11 +556,12 @@ class AMQPConnection(asyncio.Protocol):
             ),
         )
         self._cancel_timer()
-        self._timer = self.loop.call_later(CLOSE_OK_TIMEOUT, self._hang_up)
+        self._timer = self.loop.call_later(close_ok_timeout, self._hang_up)
 
     def force_close(self, code: int, text: str) -> None:
-        """Broker-initiated close (shutdown: 320 CONNECTION_FORCED)."""
-        self.close_with_error(ConnectionException(code, text))
+        """Broker-initiated close (shutdown: 320 CONNECTION_FORCED); a shutdown does not wait
+        long for clients that are not reading."""
+        self.close_with_error(ConnectionException(code, text), SHUTDOWN_CLOSE_OK_TIMEOUT)
 
     def _hang_up(self) -> None:
         self._cancel_timer()
@@ -569,7 +625,7 @@ class AMQPConnection(asyncio.Protocol):
         whole intervals (RabbitMQ's timing)."""
         if self.state != OPEN or self.transport is None:
             return
-        if self._received:
+        if self._received or self.blocked:  # a blocked peer's heartbeats are simply unread
             self._received = False
             self._missed_heartbeats = 0
         else:

@@ -1,0 +1,93 @@
+"""The memory alarm: above the high watermark, publishers are blocked until memory drops.
+
+As in RabbitMQ, connections that publish get connection.blocked and their sockets stop being
+read; consumers keep draining queues, which is what brings memory back down. The check reads the
+process's resident size from /proc once a second, off the per-message path entirely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("warren.alarms")
+
+CHECK_INTERVAL = 1.0
+
+
+def total_memory() -> int:
+    """The memory this process may use: the machine's, or the container's limit if lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def resident_memory() -> int:
+    """This process's resident set size in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def watermark_bytes(setting: float) -> int:
+    """limits.memory_high_watermark: a fraction of memory up to 1, a number of bytes above."""
+    return int(setting * total_memory()) if setting <= 1 else int(setting)
+
+
+class MemoryMonitor:
+    """Polls memory use and calls `on_change(alarm_active)` when it crosses the watermark."""
+
+    def __init__(
+        self,
+        limit: int,
+        on_change: Callable[[bool], None],
+        measure: Callable[[], int] = resident_memory,
+    ) -> None:
+        self.limit = limit
+        self.active = False
+        self.used = 0
+        self._on_change = on_change
+        self._measure = measure
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            self.check()
+            await asyncio.sleep(CHECK_INTERVAL)
+
+    def check(self) -> None:
+        self.used = self._measure()
+        above = self.used > self.limit
+        if above == self.active:
+            return
+        self.active = above
+        if above:
+            log.warning(
+                "memory alarm set used_bytes=%d limit_bytes=%d: blocking publishers",
+                self.used,
+                self.limit,
+            )
+        else:
+            log.info(
+                "memory alarm cleared used_bytes=%d limit_bytes=%d: unblocking publishers",
+                self.used,
+                self.limit,
+            )
+        self._on_change(above)

@@ -1,0 +1,270 @@
+"""Running Warren as a service: TLS, permissions, connection limits, the memory alarm and a
+graceful SIGTERM, each driven by real pika clients."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+import yaml
+
+from broker.auth import hash_password
+from broker.config import load_config
+from broker.server import Broker
+from tests.support import PROJECT_ROOT, BrokerProcess, free_port
+
+PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+
+
+def write_config(tmp_path: Path, change: dict[str, Any]) -> Path:
+    """The shipped config with some top-level keys replaced."""
+    config = yaml.safe_load((PROJECT_ROOT / "config" / "broker.yaml").read_text())
+    config.update(change)
+    path = tmp_path / "broker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# ------------------------------------------------------------------------------------ TLS
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 made with the openssl command."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "server.pem", directory / "server.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_listener_serves_pika_with_ssl_options(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    """amqps on its own port: pika connects with SSLOptions, verifies the certificate and
+    publishes/gets through it; the plain listener keeps working beside it."""
+    cert, key = certificate
+    tls_port = free_port()
+    config = write_config(
+        tmp_path,
+        {
+            "listeners": {
+                "amqp": {"host": "127.0.0.1", "port": 5672},
+                "amqps": {"port": tls_port, "certfile": str(cert), "keyfile": str(key)},
+            }
+        },
+    )
+    broker = BrokerProcess(tmp_path / "data", config)
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        params = pika.ConnectionParameters(
+            "127.0.0.1", tls_port, ssl_options=pika.SSLOptions(context, "127.0.0.1")
+        )
+        connection = pika.BlockingConnection(params)
+        channel = connection.channel()
+        channel.queue_declare("over-tls", exclusive=True)
+        channel.confirm_delivery()
+        channel.basic_publish("", "over-tls", b"encrypted order")
+        assert channel.basic_get("over-tls", auto_ack=True)[2] == b"encrypted order"
+        connection.close()
+        plain = pika.BlockingConnection(pika.URLParameters(broker.url))
+        assert plain.is_open
+        plain.close()
+    finally:
+        broker.stop()
+
+
+# ------------------------------------------------------------------------------------ permissions
+RESTRICTED = {"configure": "^app\\.", "write": "^(app\\.|amq\\.default$)", "read": "^app\\."}
+
+
+@pytest.fixture
+def restricted_broker(tmp_path: Path) -> Any:
+    """A broker where user 'app' may configure/read app.* and write app.* and the default
+    exchange, and has no access to vhost 'ops'."""
+    config = yaml.safe_load((PROJECT_ROOT / "config" / "broker.yaml").read_text())
+    config["vhosts"] = ["/", "ops"]
+    config["users"].append(
+        {
+            "name": "app",
+            "password_hash": hash_password("app-secret"),
+            "permissions": {"/": RESTRICTED},
+        }
+    )
+    path = tmp_path / "broker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    broker = BrokerProcess(tmp_path / "data", path)
+    yield broker
+    broker.stop()
+
+
+def app_channel(broker: BrokerProcess) -> pika.adapters.blocking_connection.BlockingChannel:
+    params = pika.URLParameters(f"amqp://app:app-secret@127.0.0.1:{broker.port}/%2F")
+    return pika.BlockingConnection(params).channel()
+
+
+def refused(action: Any) -> str:
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+        action()
+    assert closed.value.reply_code == 403
+    return closed.value.reply_text
+
+
+@pytest.mark.parametrize(
+    ("operation", "text"),
+    [
+        (lambda ch: ch.queue_declare("other.q"), "access to queue 'other.q'"),
+        (lambda ch: ch.exchange_declare("other.x", "direct"), "access to exchange 'other.x'"),
+        (lambda ch: ch.queue_delete("other.q"), "access to queue 'other.q'"),
+        (lambda ch: ch.exchange_delete("other.x"), "access to exchange 'other.x'"),
+        (lambda ch: ch.queue_bind("app.q", "amq.direct", "k"), "access to exchange 'amq.direct'"),
+        (lambda ch: ch.basic_get("other.q"), "access to queue 'other.q'"),
+        (lambda ch: ch.basic_consume("other.q", lambda *a: None), "access to queue 'other.q'"),
+        (lambda ch: ch.queue_purge("other.q"), "access to queue 'other.q'"),
+        (
+            lambda ch: (ch.confirm_delivery(), ch.basic_publish("amq.topic", "k", b"x")),
+            "access to exchange 'amq.topic'",
+        ),
+    ],
+    ids=["declare-q", "declare-x", "delete-q", "delete-x", "bind", "get", "consume", "purge",
+         "publish"],
+)  # fmt: skip
+def test_permissions_refuse_with_403(restricted_broker: BrokerProcess, operation, text) -> None:
+    """Each operation checks RabbitMQ's permission kind against the resource name."""
+    channel = app_channel(restricted_broker)
+    channel.queue_declare("app.q")  # allowed: gives the bind case a queue of its own
+    message = refused(lambda: operation(channel))
+    assert message.startswith("ACCESS_REFUSED - ")
+    assert f"{text} in vhost '/' refused for user 'app'" in message
+
+
+def test_permissions_allow_what_matches(restricted_broker: BrokerProcess) -> None:
+    """Matching names go through: declare, bind app.* to app.*, publish to the default
+    exchange and app.x, get and consume app.q, purge and delete."""
+    channel = app_channel(restricted_broker)
+    channel.exchange_declare("app.x", "fanout")
+    channel.queue_declare("app.q")
+    channel.queue_bind("app.q", "app.x")
+    channel.confirm_delivery()
+    channel.basic_publish("app.x", "", b"via exchange")
+    channel.basic_publish("", "app.q", b"via default")
+    assert channel.basic_get("app.q", auto_ack=True)[2] == b"via exchange"
+    assert channel.queue_purge("app.q").method.message_count == 1
+    channel.queue_delete("app.q")
+    channel.exchange_delete("app.x")
+
+
+def test_vhost_without_permissions_is_refused(restricted_broker: BrokerProcess) -> None:
+    """No permissions in a vhost: Connection.Open fails with 530 NOT_ALLOWED."""
+    params = pika.URLParameters(f"amqp://app:app-secret@127.0.0.1:{restricted_broker.port}/ops")
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as denied:
+        pika.BlockingConnection(params)
+    assert "access to vhost 'ops' refused for user 'app'" in str(denied.value)
+
+
+# ------------------------------------------------------------------------------------ limits
+def test_connection_limit_refuses_extra_connections(tmp_path: Path) -> None:
+    """limits.max_connections: the next connection is dropped; closing one makes room."""
+    config = yaml.safe_load((PROJECT_ROOT / "config" / "broker.yaml").read_text())
+    config["limits"]["max_connections"] = 2
+    path = tmp_path / "broker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    broker = BrokerProcess(tmp_path / "data", path)
+    try:
+        params = pika.URLParameters(broker.url)
+        first, second = pika.BlockingConnection(params), pika.BlockingConnection(params)
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            pika.BlockingConnection(params)
+        first.close()
+        time.sleep(0.1)
+        third = pika.BlockingConnection(params)
+        assert third.is_open
+        third.close()
+        second.close()
+        assert "the connection limit (2) is reached" in broker.log_text()
+    finally:
+        broker.stop()
+
+
+async def test_memory_alarm_blocks_publishers_until_it_clears(tmp_path: Path) -> None:
+    """Above the watermark a publisher gets connection.blocked and its publishes wait unread;
+    below it, connection.unblocked and the publishes go through."""
+    config = load_config().with_overrides(port=0, data_dir=str(tmp_path / "d"), metrics_port=0)
+    async with Broker(config) as broker:
+        connection = await asyncio.to_thread(
+            pika.BlockingConnection, pika.URLParameters(broker.url)
+        )
+        events: list[str] = []
+        connection.add_on_connection_blocked_callback(lambda *_: events.append("blocked"))
+        connection.add_on_connection_unblocked_callback(lambda *_: events.append("unblocked"))
+        channel = await asyncio.to_thread(connection.channel)
+        await asyncio.to_thread(channel.queue_declare, "alarm-q", exclusive=True)
+        await asyncio.to_thread(channel.basic_publish, "", "alarm-q", b"before")
+        queue = broker.vhosts["/"].queues["alarm-q"]
+        await asyncio.sleep(0.1)
+        assert queue.message_count == 1
+
+        normal_limit = broker.memory.limit
+        broker.memory.limit = 1  # any process is above one byte
+        broker.memory.check()
+        await asyncio.to_thread(connection.process_data_events, 0.3)
+        assert events == ["blocked"]
+        await asyncio.to_thread(channel.basic_publish, "", "alarm-q", b"during")
+        await asyncio.sleep(0.3)
+        assert queue.message_count == 1  # not read while blocked
+
+        broker.memory.limit = normal_limit
+        broker.memory.check()
+        await asyncio.to_thread(connection.process_data_events, 0.3)
+        await asyncio.sleep(0.1)
+        assert events == ["blocked", "unblocked"]
+        assert queue.message_count == 2
+        await asyncio.to_thread(connection.close)
+
+
+# ------------------------------------------------------------------------------------ SIGTERM
+def test_sigterm_closes_clients_with_320_and_keeps_confirmed_messages(tmp_path: Path) -> None:
+    """SIGTERM: clients see 320 CONNECTION_FORCED, the process exits 0 within seconds, and
+    every confirmed persistent message is there after the restart."""
+    data_dir = tmp_path / "data"
+    broker = BrokerProcess(data_dir)
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    channel = connection.channel()
+    channel.queue_declare("shutdown-orders", durable=True)
+    channel.confirm_delivery()
+    for number in range(50):
+        channel.basic_publish("", "shutdown-orders", str(number).encode(), PERSISTENT)
+    started = time.monotonic()
+    broker.proc.send_signal(signal.SIGTERM)
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        connection.process_data_events(time_limit=10)
+        connection.process_data_events(time_limit=10)
+    assert closed.value.reply_code == 320
+    assert closed.value.reply_text.startswith("CONNECTION_FORCED - ")
+    assert broker.proc.wait(10) == 0
+    assert time.monotonic() - started < 5
+    broker.stop()
+
+    broker = BrokerProcess(data_dir)
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        bodies = []
+        while (got := channel.basic_get("shutdown-orders", auto_ack=True))[0] is not None:
+            bodies.append(int(got[2]))
+        assert bodies == list(range(50))
+        connection.close()
+    finally:
+        broker.stop()

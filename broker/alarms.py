@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from broker.logs import fields
+
 log = logging.getLogger("warren.alarms")
 
 CHECK_INTERVAL = 1.0
@@ -78,16 +80,9 @@ class MemoryMonitor:
         if above == self.active:
             return
         self.active = above
-        if above:
-            log.warning(
-                "memory alarm set used_bytes=%d limit_bytes=%d: blocking publishers",
-                self.used,
-                self.limit,
-            )
-        else:
-            log.info(
-                "memory alarm cleared used_bytes=%d limit_bytes=%d: unblocking publishers",
-                self.used,
-                self.limit,
-            )
+        log.log(
+            logging.WARNING if above else logging.INFO,
+            "alarm.memory.set" if above else "alarm.memory.cleared",
+            extra=fields(used_bytes=self.used, limit_bytes=self.limit),
+        )
         self._on_change(above)

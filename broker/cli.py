@@ -1,32 +1,35 @@
-"""Command line: `warren` (serve) and `warren hash-password`."""
+"""Command line: `warren` (serve), `warren hash-password` and `warren ctl list_*`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
-import logging
 import sys
 from pathlib import Path
 
+from broker import ctl
 from broker.auth import hash_password
 from broker.config import ConfigError, load_config
+from broker.logs import configure_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config).with_overrides(
-            port=args.port, host=args.host, data_dir=args.data_dir, metrics_port=args.metrics_port
+            port=args.port,
+            host=args.host,
+            data_dir=args.data_dir,
+            metrics_port=args.metrics_port,
+            admin_port=args.admin_port,
         )
     except ConfigError as error:
         print(f"warren: invalid configuration: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config.log_level)
     from broker.server import Broker
+    from broker.store.recovery import UnknownVhostError
+    from broker.store.wal import CorruptLogError
 
     try:
         import uvloop
@@ -35,6 +38,9 @@ def _serve(args: argparse.Namespace) -> int:
     runner = uvloop.run if uvloop is not None else asyncio.run
     try:
         runner(Broker(config).serve_forever())
+    except (CorruptLogError, UnknownVhostError) as error:
+        print(f"warren: cannot start: {error}", file=sys.stderr)
+        return 3
     except OSError as error:
         print(f"warren: cannot start: {error}", file=sys.stderr)
         return 1
@@ -47,17 +53,30 @@ def _hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serving_options(default: object) -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False, argument_default=default)
+    options.add_argument("--config", type=Path, help="config file (default: config/broker.yaml)")
+    options.add_argument("--host", help="override listeners.amqp.host")
+    options.add_argument("--port", type=int, help="override listeners.amqp.port")
+    options.add_argument("--data-dir", type=Path, help="override data_dir")
+    options.add_argument("--metrics-port", type=int, help="override metrics_port (0 disables)")
+    options.add_argument("--admin-port", type=int, help="override admin_port (0 disables)")
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="warren", description="Warren AMQP 0-9-1 broker")
-    parser.add_argument("--config", type=Path, help="config file (default: config/broker.yaml)")
-    parser.add_argument("--host", help="override listener.host")
-    parser.add_argument("--port", type=int, help="override listener.port")
-    parser.add_argument("--data-dir", type=Path, help="override data_dir")
-    parser.add_argument("--metrics-port", type=int, help="override metrics_port (0 disables)")
+    parser = argparse.ArgumentParser(
+        prog="warren", description="Warren AMQP 0-9-1 broker", parents=[_serving_options(None)]
+    )
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="run the broker (the default)")
+    # `warren serve --port 1` works like `warren --port 1`; SUPPRESS keeps the subcommand's
+    # unset options from overwriting ones given before it.
+    commands.add_parser(
+        "serve", help="run the broker (the default)", parents=[_serving_options(argparse.SUPPRESS)]
+    )
     hasher = commands.add_parser("hash-password", help="print a password hash for the config")
     hasher.add_argument("password", nargs="?", help="read from the terminal when omitted")
+    ctl.add_parser(commands)
     return parser
 
 
@@ -65,4 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "hash-password":
         return _hash_password(args)
+    if args.command == "ctl":
+        return ctl.run(args)
     return _serve(args)

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from broker.store.wal import SYNC_POLICIES
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "broker.yaml"
 ENV_PREFIX = "WARREN_"
 
@@ -71,9 +73,6 @@ class Limits:
     # Above this memory use, publishing connections are blocked (connection.blocked). A value
     # up to 1 is a fraction of the machine's (or container's) memory, above 1 a number of bytes.
     memory_high_watermark: float = 0.4
-
-
-SYNC_POLICIES = ("always", "periodic")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from broker.core.persistence import MessageStore
 from broker.core.queue import MEMORY_STORE
 from broker.core.stats import Counters
 from broker.core.vhost import VirtualHost
+from broker.logs import fields
 from broker.metrics import MetricsServer
 from broker.store.durable import DurableStore, durable_definitions
 from broker.store.recovery import recover, restore
@@ -115,7 +116,9 @@ class Broker:
             reuse_address=True,
             backlog=1024,
         )
-        log.info("listening protocol=amqp host=%s port=%d", listener.host, self.port)
+        log.info(
+            "listener.started", extra=fields(protocol="amqp", host=listener.host, port=self.port)
+        )
         tls = self.config.tls_listener
         if tls is not None:
             self._tls_server = await loop.create_server(
@@ -127,7 +130,10 @@ class Broker:
                 reuse_address=True,
                 backlog=1024,
             )
-            log.info("listening protocol=amqps host=%s port=%d", tls.host, self.tls_port)
+            log.info(
+                "listener.started",
+                extra=fields(protocol="amqps", host=tls.host, port=self.tls_port),
+            )
         self.memory.start()
         for server in self.http_servers:
             await server.start()
@@ -138,7 +144,18 @@ class Broker:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
         state = await asyncio.get_running_loop().run_in_executor(None, recover, self.wal)
         queues, messages = restore(state, self.vhosts, self.store)
-        log.info("recovered %d durable queues holding %d messages", queues, messages)
+        report = state.report
+        log.info(
+            "recovery.finished",
+            extra=fields(
+                queues=queues,
+                messages=messages,
+                segments=report.segments if report else 0,
+                records=report.records if report else 0,
+                truncated_bytes=report.truncated_bytes if report else 0,
+                seconds=round(report.seconds, 3) if report else 0,
+            ),
+        )
         await self.wal.start()
         self.store.recovered()
 
@@ -168,7 +185,7 @@ class Broker:
         if self.wal is not None:
             await self.wal.close()
         self._stopped.set()
-        log.info("stopped")
+        log.info("broker.stopped")
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then stop gracefully."""
@@ -178,7 +195,7 @@ class Broker:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop_requested.set)
         await stop_requested.wait()
-        log.info("shutdown requested")
+        log.info("broker.shutdown_requested")
         await self.stop()
 
     async def __aenter__(self) -> Broker:

@@ -43,7 +43,7 @@ class BrokerProcess:
         self.port = port or free_port()
         self.data_dir = data_dir
         args = [sys.executable, "-m", "broker", "--port", str(self.port)]
-        args += ["--data-dir", str(data_dir), "--metrics-port", "0"]
+        args += ["--data-dir", str(data_dir), "--metrics-port", "0", "--admin-port", "0"]
         if config is not None:
             args += ["--config", str(config)]
         args += list(extra)

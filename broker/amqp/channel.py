@@ -319,6 +319,8 @@ class Channel:
         While some logged message still waits for its fsync, a multiple ack would also confirm
         it, so each confirm goes out on its own; once none waits, one ack covers them all.
         """
+        if not self._confirm_pending:
+            return
         pending = sorted(self._confirm_pending)
         self._confirm_pending = []
         number = self.number
@@ -450,19 +452,28 @@ class Channel:
 
     def release(self) -> None:
         """Drop consumers, then requeue everything unacked (what RabbitMQ does on close)."""
-        self.counters.channels_closed += 1
+        self.drop_consumers()
+        self.return_unacked()
+
+    def drop_consumers(self) -> None:
         consumers = list(self.consumers.values())
         self.consumers.clear()
         for consumer in consumers:
             consumer.queue.remove_consumer(consumer)
             self.vhost.maybe_auto_delete(consumer.queue)
+
+    def return_unacked(self) -> None:
+        """Requeue what this channel still holds; the channel is gone after this."""
+        self.counters.channels_closed += 1
         held = list(self.unacked.values())
         if self.tx is not None:
             held += [entry for _, entry, _ in self.tx.settlements]
             self.tx = None
         self.unacked.clear()
         self._settle(held, requeue=True)
-        self._confirm_pending = []
+        # Confirms already earned go out before the close, as RabbitMQ sends them: dropping them
+        # would make publishers send those messages again.
+        self.flush_confirms()
 
     def _send(self, method: Any) -> None:
         self.connection.send(frames.method_frame(self.number, method))
@@ -736,6 +747,8 @@ class Channel:
             entries = [entry for _, entry, wanted in tx.settlements if wanted is requeue]
             if entries:
                 self._settle(entries, requeue=requeue)
+        # Committed acks of logged messages must be on disk too before Commit-Ok says so.
+        logged = logged or any(entry[1].message.msg_id for _, entry, _ in tx.settlements)
         if not logged:
             self._send(commands.Tx.CommitOk())
             return

@@ -32,6 +32,7 @@ from broker.core.errors import (
     ConnectionException,
 )
 from broker.core.queue import Queue
+from broker.logs import fields
 
 if TYPE_CHECKING:
     from broker.server import Broker
@@ -109,7 +110,8 @@ class AMQPConnection(asyncio.Protocol):
         most = self.config.limits.max_connections
         if most and len(self.broker.connections) >= most:
             log.warning(
-                "connection refused peer=%s: the connection limit (%d) is reached", self.peer, most
+                "connection.refused",
+                extra=fields(peer=self.peer, reason=f"the connection limit ({most}) is reached"),
             )
             self.state = CLOSED
             transport.abort()
@@ -125,7 +127,7 @@ class AMQPConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.vhost is not None:  # it was opened, so it counts as closed now
             self.broker.counters.connections_closed += 1
-            log.info("connection closed peer=%s user=%s", self.peer, self.user)
+            log.info("connection.closed", extra=fields(peer=self.peer, user=self.user))
         self.state = CLOSED
         self._release_everything()
         self.broker.connections.discard(self)
@@ -159,7 +161,10 @@ class AMQPConnection(asyncio.Protocol):
         if self.blocked or self.transport is None:
             return
         self.blocked = True
-        log.warning("connection blocked peer=%s user=%s reason=low on memory", self.peer, self.user)
+        log.warning(
+            "connection.blocked",
+            extra=fields(peer=self.peer, user=self.user, reason="low on memory"),
+        )
         if self.supports("connection.blocked"):
             self._send_method(0, commands.Connection.Blocked(reason="low on memory"))
         self.transport.pause_reading()
@@ -190,7 +195,7 @@ class AMQPConnection(asyncio.Protocol):
         except ConnectionException as error:
             self.close_with_error(error)
         except Exception:  # a bug must cost one connection, never the broker
-            log.exception("internal error on connection peer=%s", self.peer)
+            log.exception("connection.internal_error", extra=fields(peer=self.peer))
             self.close_with_error(ConnectionException(INTERNAL_ERROR, "internal error"))
 
     # ------------------------------------------------------------------ reading
@@ -408,7 +413,10 @@ class AMQPConnection(asyncio.Protocol):
         username, password = credentials
         refusal = self.broker.auth.authenticate(username, password, self._peer_host(), mechanism)
         if refusal:
-            log.warning("authentication failed peer=%s user=%s: %s", self.peer, username, refusal)
+            log.warning(
+                "connection.auth_failed",
+                extra=fields(peer=self.peer, user=username, mechanism=mechanism, reason=refusal),
+            )
             raise ConnectionException(ACCESS_REFUSED, refusal, blame_method=False)
         self.user = username
         self.state = AWAIT_TUNE_OK
@@ -471,11 +479,19 @@ class AMQPConnection(asyncio.Protocol):
         self._cancel_timer()
         if self.heartbeat:
             self._timer = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
-        log.info("connection opened peer=%s user=%s vhost=%s", self.peer, self.user, vhost_name)
+        log.info(
+            "connection.opened",
+            extra=fields(
+                peer=self.peer,
+                user=self.user,
+                vhost=vhost_name,
+                tls=self.transport.get_extra_info("sslcontext") is not None,
+            ),
+        )
 
     def _on_close(self, method: commands.Connection.Close) -> None:
+        self._release_everything()  # first, so earned confirms precede the close-ok
         self._send_method(0, commands.Connection.CloseOk())
-        self._release_everything()
         self._hang_up()
 
     def _on_close_ok(self, method: commands.Connection.CloseOk) -> None:
@@ -541,9 +557,17 @@ class AMQPConnection(asyncio.Protocol):
         if self.state in (CLOSING, CLOSED):
             return
         if self.state < OPEN and error.code != ACCESS_REFUSED:
-            log.warning("handshake failed peer=%s: %s", self.peer, error.reply_text)
+            log.warning(
+                "connection.handshake_failed",
+                extra=fields(peer=self.peer, code=error.code, text=error.reply_text),
+            )
         else:
-            log.warning("connection error peer=%s user=%s: %s", self.peer, self.user, error)
+            log.warning(
+                "connection.error",
+                extra=fields(
+                    peer=self.peer, user=self.user, code=error.code, text=error.reply_text
+                ),
+            )
         self._release_everything()
         self.state = CLOSING
         self._send_method(
@@ -574,8 +598,12 @@ class AMQPConnection(asyncio.Protocol):
         """Requeue unacked messages, drop consumers and exclusive queues (idempotent)."""
         channels = list(self.channels.values())
         self.channels.clear()
+        # Consumers of every channel go first, so requeued messages are not handed to a
+        # sibling channel that is closing too.
         for channel in channels:
-            channel.release()
+            channel.drop_consumers()
+        for channel in channels:
+            channel.return_unacked()
         queues = list(self.exclusive_queues.values())
         self.exclusive_queues.clear()
         for queue in queues:
@@ -587,11 +615,14 @@ class AMQPConnection(asyncio.Protocol):
         self.channels.pop(channel.number, None)
         self.closing_channels.add(channel.number)
         log.warning(
-            "channel error peer=%s user=%s channel=%d: %s",
-            self.peer,
-            self.user,
-            channel.number,
-            error.reply_text,
+            "channel.error",
+            extra=fields(
+                peer=self.peer,
+                user=self.user,
+                channel=channel.number,
+                code=error.code,
+                text=error.reply_text,
+            ),
         )
         self._send_method(
             channel.number,
@@ -616,7 +647,7 @@ class AMQPConnection(asyncio.Protocol):
     def _handshake_timed_out(self) -> None:
         self._timer = None
         if self.state < OPEN and self.transport is not None:
-            log.warning("handshake timeout peer=%s", self.peer)
+            log.warning("connection.handshake_timeout", extra=fields(peer=self.peer))
             self.state = CLOSED
             self.transport.abort()
 
@@ -632,7 +663,8 @@ class AMQPConnection(asyncio.Protocol):
             self._missed_heartbeats += 1
             if self._missed_heartbeats >= 4:
                 log.warning(
-                    "missed heartbeats from client, timeout: %ds peer=%s", self.heartbeat, self.peer
+                    "connection.heartbeat_timeout",
+                    extra=fields(peer=self.peer, user=self.user, heartbeat=self.heartbeat),
                 )
                 self.state = CLOSED
                 self.transport.abort()

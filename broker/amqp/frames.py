@@ -8,7 +8,6 @@ precompiled structs, because pamqp's generic attribute walk costs several times 
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 from pamqp import commands, frame as pamqp_frame
 from pamqp.base import Frame as PamqpMethod
@@ -23,7 +22,6 @@ FRAME_END_BYTE = b"\xce"
 FRAME_OVERHEAD = 8  # 7-byte frame header + frame-end octet
 
 FRAME_PREFIX = struct.Struct(">BHI")
-CLASS_METHOD = struct.Struct(">HH")
 HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
 ACCESS_REQUEST = 0x001E000A  # (30, 10), not in pamqp's tables
@@ -173,8 +171,3 @@ def confirm_frame(channel: int, delivery_tag: int, multiple: bool, ack: bool = T
     """Basic.Ack / Basic.Nack from the broker for publisher confirms."""
     prefix = _ACK_PREFIX if ack else _NACK_PREFIX
     return frame(FRAME_METHOD, channel, prefix + _TAG_AND_FLAG.pack(delivery_tag, multiple))
-
-
-def method_name(index: int) -> str:
-    cls: Any = commands.INDEX_MAPPING.get(index)
-    return cls.name if cls is not None else f"method {index >> 16}.{index & 0xFFFF}"

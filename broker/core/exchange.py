@@ -92,9 +92,6 @@ class Exchange(ABC):
             self._index_remove(binding)
         return binding
 
-    def bindings_to(self, destination: Any) -> list[Binding]:
-        return [b for b in self.bindings.values() if b.destination is destination]
-
     @abstractmethod
     def route(self, message: Message) -> Collection[Any]:
         """The destinations a message goes to, without duplicates."""

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+SyncCallback = Callable[[BaseException | None], None]
+
 if TYPE_CHECKING:
     from broker.core.exchange import Binding, Exchange
     from broker.core.message import Message, QueuedMessage
     from broker.core.queue import Queue
-
-SyncCallback = Callable[[BaseException | None], None]
 
 
 class MessageStore:

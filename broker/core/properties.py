@@ -12,6 +12,8 @@ from typing import Any
 
 from pamqp import decode
 
+from broker.core.errors import SYNTAX_ERROR, ConnectionException
+
 # Property order and wire types as the spec lists them (bit 15 first).
 PROPERTY_TYPES = (
     ("content_type", "shortstr"),
@@ -32,8 +34,12 @@ PROPERTY_TYPES = (
 _LONG_LONG = struct.Struct(">Q")
 
 
-class PropertyError(ValueError):
-    """The property list is malformed (truncated or with a bad field table)."""
+class PropertyError(ConnectionException, ValueError):
+    """The property list is malformed (truncated or with a bad field table): a syntax error
+    that closes the connection, found only when a property is first needed."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(SYNTAX_ERROR, text)
 
 
 def decode_properties(header: bytes) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 from broker.core.errors import (
@@ -99,8 +99,6 @@ class VirtualHost:
         self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
         for exchange_name, kind in STANDARD_EXCHANGES:
             self.exchanges[exchange_name] = EXCHANGE_TYPES[kind](exchange_name, durable=True)
-        # Called with a queue when it is deleted, so channels can cancel its consumers.
-        self.on_queue_deleted: list[Callable[[Queue], None]] = []
 
     # ----------------------------------------------------------------------------- lookups
     def _describe(self, kind: str, name: str) -> str:
@@ -181,9 +179,9 @@ class VirtualHost:
                 f"invalid arg 'alternate-exchange' for {self._describe('exchange', name)}",
             )
         exchange = cls(name, durable, auto_delete, internal, arguments)
-        self.exchanges[name] = exchange
         if durable:
-            self.store.exchange_declared(self.name, exchange)
+            self.store.exchange_declared(self.name, exchange)  # first, as for queues
+        self.exchanges[name] = exchange
         return exchange
 
     def _check_exchange_equivalent(
@@ -276,9 +274,9 @@ class VirtualHost:
             arguments=arguments,
             store=self.store,
         )
-        self.queues[name] = queue
         if queue.survives_restart:
-            self.store.queue_declared(queue)
+            self.store.queue_declared(queue)  # first: a refused log write leaves no queue behind
+        self.queues[name] = queue
         return queue
 
     def restore_queue(self, name: str, arguments: dict[str, Any], store_id: int) -> Queue:
@@ -366,17 +364,15 @@ class VirtualHost:
         """Unconditionally remove a queue: its bindings, consumers and ready messages."""
         if queue.deleted:
             return 0
+        if queue.store_id:  # first: a refused log write leaves the queue as it was
+            self.store.queue_deleted(queue, [*queue.ready, *queue.outstanding])
         queue.deleted = True
         self.queues.pop(queue.name, None)
         for binding in list(queue.incoming.values()):
             self._drop_binding(binding)
         count = len(queue.ready)
-        if queue.store_id:
-            self.store.queue_deleted(queue, [*queue.ready, *queue.outstanding])
         queue.ready.clear()
         queue.outstanding.clear()
-        for listener in self.on_queue_deleted:
-            listener(queue)
         for consumer in list(queue.consumers):
             consumer.sink.consumer_cancelled(consumer)
         queue.consumers.clear()

@@ -19,6 +19,7 @@ from broker.core.exchange import Binding, Exchange
 from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import MessageStore, SyncCallback
 from broker.core.vhost import BUILTIN_EXCHANGES, VirtualHost
+from broker.logs import fields
 from broker.store import records
 from broker.store.wal import WriteAheadLog
 
@@ -136,6 +137,8 @@ class DurableStore(MessageStore):
         self._release(entry.message for entry in held if entry.message.msg_id)
 
     def binding_changed(self, vhost: str, binding: Binding, added: bool) -> None:
+        if getattr(binding.destination, "deleted", False):
+            return  # its QUEUE_DELETE record already drops the queue's bindings
         if binding_is_durable(binding):
             kind = records.BIND if added else records.UNBIND
             self._append_table(kind, binding_table(vhost, binding))
@@ -258,7 +261,7 @@ class DurableStore(MessageStore):
             try:
                 self.wal.delete_segment(segment)
             except (OSError, ValueError) as failure:  # ValueError: records still being written
-                log.error("cannot delete log segment %d: %s", segment, failure)
+                log.error("wal.segment_delete_failed", extra=fields(segment=segment, error=failure))
                 break
             self.live.pop(segment, None)
-            log.debug("deleted settled log segment %d", segment)
+            log.debug("wal.segment_deleted", extra=fields(segment=segment))

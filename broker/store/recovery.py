@@ -18,6 +18,7 @@ from broker.core.errors import AMQPError
 from broker.core.message import Message, QueuedMessage
 from broker.core.queue import Queue
 from broker.core.vhost import VirtualHost
+from broker.logs import fields
 from broker.store import records
 from broker.store.durable import DurableStore
 from broker.store.wal import RecoveryReport, WriteAheadLog
@@ -61,10 +62,8 @@ class RecoveredState:
             self._apply_metadata(record_type, records.decode_table(payload))
         else:
             log.warning(
-                "skipping unknown record type %d at segment %d offset %d",
-                record_type,
-                segment,
-                offset,
+                "recovery.unknown_record",
+                extra=fields(record_type=record_type, segment=segment, offset=offset),
             )
 
     def _apply_message(self, segment: int, offset: int, payload: memoryview) -> None:
@@ -139,19 +138,21 @@ def recover(wal: WriteAheadLog) -> RecoveredState:
         if now - last_report[0] >= 1.0:
             last_report[0] = now
             log.info(
-                "recovery progress %d%% (%d of %d MiB)",
-                100 * done // max(total, 1),
-                done >> 20,
-                total >> 20,
+                "recovery.progress",
+                extra=fields(
+                    percent=100 * done // max(total, 1), done_mib=done >> 20, total_mib=total >> 20
+                ),
             )
 
     state.report = wal.replay(state.apply, progress)
     log.info(
-        "recovery replayed %d records (%d MiB) from %d segments in %.2fs",
-        state.report.records,
-        state.report.bytes >> 20,
-        state.report.segments,
-        time.monotonic() - started,
+        "recovery.replayed",
+        extra=fields(
+            records=state.report.records,
+            mib=state.report.bytes >> 20,
+            segments=state.report.segments,
+            seconds=round(time.monotonic() - started, 3),
+        ),
     )
     return state
 
@@ -171,40 +172,43 @@ def restore(
     return len(queues), restored
 
 
+class UnknownVhostError(RuntimeError):
+    """The log holds durable definitions for vhosts the config no longer lists. Starting
+    anyway would drop them (and their messages) from the log for good, so Warren refuses."""
+
+
+def _check_vhosts(state: RecoveredState, vhosts: dict[str, VirtualHost]) -> None:
+    tables = [*state.exchanges.values(), *state.queues.values(), *state.bindings.values()]
+    missing = sorted({table["vhost"] for table in tables} - set(vhosts))
+    if missing:
+        names = ", ".join(f"'{name}'" for name in missing)
+        raise UnknownVhostError(
+            f"the data directory holds durable queues or exchanges in vhost {names}, which the"
+            " config does not list; add the vhost back to `vhosts` (delete its queues there if"
+            " they are no longer wanted) before starting, so no confirmed message is lost"
+        )
+
+
 def _restore_definitions(state: RecoveredState, vhosts: dict[str, VirtualHost]) -> dict[int, Queue]:
-    def vhost_of(table: dict[str, Any], what: str) -> VirtualHost | None:
-        vhost = vhosts.get(table["vhost"])
-        if vhost is None:
-            log.warning(
-                "not restoring %s '%s': vhost '%s' is no longer configured",
-                what,
-                table.get("name", table.get("destination")),
-                table["vhost"],
-            )
-        return vhost
+    _check_vhosts(state, vhosts)
 
     for table in state.exchanges.values():
-        vhost = vhost_of(table, "exchange")
-        if vhost is not None:
-            vhost.declare_exchange(
-                table["name"],
-                table["type"],
-                durable=True,
-                auto_delete=table["auto_delete"],
-                internal=table["internal"],
-                arguments=table["arguments"],
-            )
+        vhosts[table["vhost"]].declare_exchange(
+            table["name"],
+            table["type"],
+            durable=True,
+            auto_delete=table["auto_delete"],
+            internal=table["internal"],
+            arguments=table["arguments"],
+        )
     queues: dict[int, Queue] = {}
     for queue_id, table in state.queues.items():
-        vhost = vhost_of(table, "queue")
-        if vhost is not None:
-            queues[queue_id] = vhost.restore_queue(table["name"], table["arguments"], queue_id)
+        queues[queue_id] = vhosts[table["vhost"]].restore_queue(
+            table["name"], table["arguments"], queue_id
+        )
     for table in state.bindings.values():
-        vhost = vhost_of(table, "binding to")
-        if vhost is None:
-            continue
         try:
-            vhost.bind(
+            vhosts[table["vhost"]].bind(
                 table["source"],
                 table["destination"],
                 table["routing_key"],
@@ -212,7 +216,10 @@ def _restore_definitions(state: RecoveredState, vhosts: dict[str, VirtualHost]) 
                 to_exchange=table["to_exchange"],
             )
         except AMQPError as error:
-            log.warning("not restoring a binding from '%s': %s", table["source"], error)
+            log.warning(
+                "recovery.skipped",
+                extra=fields(kind="binding", source=table["source"], reason=error.reply_text),
+            )
     return queues
 
 

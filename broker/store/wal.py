@@ -51,9 +51,12 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
+
+from broker.core.persistence import SyncCallback
+from broker.core.stats import LatencyHistogram
 
 logger = logging.getLogger("warren.wal")
 
@@ -69,7 +72,6 @@ _PROGRESS_STEP = 16 * 1024 * 1024
 _READ_AHEAD = 4096
 SYNC_POLICIES = ("always", "periodic")
 
-SyncCallback = Callable[[BaseException | None], None]
 RecordCallback = Callable[[int, int, int, memoryview], None]
 ProgressCallback = Callable[[int, int], None]
 
@@ -115,6 +117,7 @@ class WalStats:
     writes: int = 0
     bytes_written: int = 0
     last_fsync_seconds: float = 0.0
+    fsync_latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # per sync()
 
 
 class _Chunk(NamedTuple):
@@ -523,7 +526,7 @@ class _SegmentWriter:
 
     def sync(self) -> None:
         """fsync the segment written last and, if a segment was created, the directory."""
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         synced = False
         if self._dirty and self._fd is not None:
             os.fsync(self._fd)
@@ -536,7 +539,9 @@ class _SegmentWriter:
             self._stats.fsyncs += 1
             synced = True
         if synced:
-            self._stats.last_fsync_seconds = time.perf_counter() - started
+            elapsed = time.perf_counter_ns() - started
+            self._stats.last_fsync_seconds = elapsed / 1e9
+            self._stats.fsync_latency.observe(elapsed)
 
     def close(self, durable: bool) -> None:
         """Close the write descriptor, after an fsync when `durable`."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pika
@@ -120,7 +122,9 @@ async def test_fsync_failure_nacks_confirms(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A disk that fails fsync (ENOSPC) gets publishes nacked, never falsely confirmed."""
-    config = load_config().with_overrides(port=0, data_dir=str(tmp_path / "data"))
+    config = load_config().with_overrides(
+        port=0, data_dir=str(tmp_path / "data"), metrics_port=0, admin_port=0
+    )
     async with Broker(config) as broker:
         synced = asyncio.get_running_loop().create_future()
         broker.store.sync(synced.set_result)  # let start-up writes finish on a healthy disk
@@ -147,3 +151,42 @@ async def test_fsync_failure_nacks_confirms(
 
         assert await asyncio.to_thread(publish) == "nacked"
         assert await asyncio.to_thread(publish) == "nacked"  # the failure sticks
+
+
+def test_start_refused_while_the_log_holds_an_unconfigured_vhost(tmp_path: Path) -> None:
+    """Dropping a vhost from the config must not drop its confirmed messages: the broker
+    refuses to start, names the vhost, and starts again once it is back."""
+    data_dir = tmp_path / "data"
+    with_v2 = yaml.safe_load((PROJECT_ROOT / "config" / "broker.yaml").read_text())
+    with_v2["vhosts"] = ["/", "v2"]
+    with_v2["users"][0]["permissions"]["v2"] = {"configure": ".*", "write": ".*", "read": ".*"}
+    config = tmp_path / "with-v2.yaml"
+    config.write_text(yaml.safe_dump(with_v2))
+    broker = BrokerProcess(data_dir, config)
+    connection = pika.BlockingConnection(
+        pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{broker.port}/v2")
+    )
+    channel = connection.channel()
+    channel.queue_declare("orders", durable=True)
+    channel.confirm_delivery()
+    channel.basic_publish("", "orders", b"kept", PERSISTENT)
+    connection.close()
+    broker.stop()
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "broker", "--data-dir", str(data_dir), "--metrics-port", "0",
+         "--admin-port", "0", "--port", "0"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert refused.returncode == 3
+    assert "vhost 'v2'" in refused.stderr and "add the vhost back" in refused.stderr
+
+    broker = BrokerProcess(data_dir, config)
+    try:
+        connection = pika.BlockingConnection(
+            pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{broker.port}/v2")
+        )
+        assert connection.channel().basic_get("orders", auto_ack=True)[2] == b"kept"
+        connection.close()
+    finally:
+        broker.stop()

@@ -25,7 +25,7 @@ def publish_and_get(url: str) -> bytes:
 
 async def test_broker_runs_inside_the_test_loop() -> None:
     """`async with Broker(...)` serves real clients and stops cleanly on exit."""
-    config = load_config().with_overrides(port=0)
+    config = load_config().with_overrides(port=0, metrics_port=0, admin_port=0)
     async with Broker(config) as broker:
         assert broker.port != 0
         assert await asyncio.to_thread(publish_and_get, broker.url) == b"embedded"
@@ -35,7 +35,7 @@ async def test_broker_runs_inside_the_test_loop() -> None:
 
 async def test_stop_closes_clients_with_connection_forced() -> None:
     """Stopping the broker closes open client connections with 320 CONNECTION_FORCED."""
-    config = load_config().with_overrides(port=0)
+    config = load_config().with_overrides(port=0, metrics_port=0, admin_port=0)
     broker = Broker(config)
     await broker.start()
     connection = await asyncio.to_thread(pika.BlockingConnection, pika.URLParameters(broker.url))

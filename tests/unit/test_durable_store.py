@@ -25,7 +25,7 @@ from broker.core.queue import Queue
 from broker.core.vhost import VirtualHost
 from broker.store import records
 from broker.store.durable import DurableStore, durable_definitions
-from broker.store.recovery import recover, restore
+from broker.store.recovery import UnknownVhostError, recover, restore
 from broker.store.wal import WriteAheadLog
 from tests.unit.helpers import make_message
 
@@ -468,17 +468,21 @@ async def test_read_body_of_recovered_messages_and_bodies_stay_out_of_memory(
     await stop_node(node)
 
 
-async def test_restore_into_an_unconfigured_vhost_skips_its_definitions(tmp_path: Path) -> None:
-    """Definitions of a vhost no longer configured are skipped, not fatal; others restore."""
+async def test_restore_refuses_an_unconfigured_vhost_and_keeps_its_data(tmp_path: Path) -> None:
+    """A vhost missing from the config stops the start (UnknownVhostError naming it) instead of
+    dropping its definitions and messages; with the vhost back, everything restores."""
     node = await start_node(tmp_path, names=("/", "/gone"))
     node.vhosts["/gone"].declare_queue("lost", None, durable=True)
     node.vhost.declare_queue("kept", None, durable=True)
     publish(node.vhosts["/gone"], "lost", b"x")
     publish(node.vhost, "kept", b"y")
-    node = await restart(node)
-    assert list(node.vhosts) == ["/"]
+    await stop_node(node)
+    with pytest.raises(UnknownVhostError, match="vhost '/gone'"):
+        await start_node(tmp_path)
+    node = await start_node(tmp_path, names=("/", "/gone"))
+    assert contents(node, node.vhosts["/gone"].queues["lost"]) == [(b"x", False)]
     assert contents(node, node.vhost.queues["kept"]) == [(b"y", False)]
-    assert node.restored == (1, 1)
+    assert node.restored == (2, 2)
     await stop_node(node)
 
 

@@ -25,7 +25,6 @@ from broker.amqp.frames import (
     frame,
     get_ok_payload,
     method_frame,
-    method_name,
     return_payload,
     short_string,
 )
@@ -251,13 +250,6 @@ def test_decode_method_errors() -> None:
     payload = _payload(commands.Queue.Declare(queue="some-queue"))
     with pytest.raises(MalformedFrame):
         decode_method(payload[:8])
-
-
-def test_method_name() -> None:
-    """method_name names known methods and describes unknown ids."""
-    assert method_name(frames.BASIC_PUBLISH) == "Basic.Publish"
-    assert method_name(frames.BASIC_ACK) == "Basic.Ack"
-    assert method_name((99 << 16) | 1) == "method 99.1"
 
 
 def test_body_size_reads_header() -> None:

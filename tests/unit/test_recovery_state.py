@@ -381,5 +381,6 @@ def test_unknown_record_type_is_reported_and_skipped(
     feed.queue("q", 1)
     feed.record(200, b"future")
     feed.message(1, 1)
-    assert "unknown record type 200" in caplog.text
+    (warning,) = [r for r in caplog.records if r.getMessage() == "recovery.unknown_record"]
+    assert warning.fields["record_type"] == 200  # type: ignore[attr-defined]
     assert list(feed.state.queues) == [1] and _held(feed.state) == {1: (1,)}

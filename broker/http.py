@@ -1,0 +1,158 @@
+"""A tiny read-only HTTP/1.1 server on the broker's event loop, for /metrics and the admin API.
+
+Both endpoints answer a few small GET requests a minute. Serving them on the loop that owns the
+broker's state means a handler reads queues and connections between two loop callbacks, never
+while they change, and costs the hot path nothing between requests; prometheus_client's threaded
+server would read that state from another thread. Keep-alive is supported (Prometheus reuses
+its connection); requests with a body and methods other than GET and HEAD are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import parse_qs, unquote, urlsplit
+
+log = logging.getLogger("warren.http")
+
+MAX_HEAD = 16 * 1024  # request line and headers
+IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next request
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str  # percent-decoded, without the query string
+    query: dict[str, str]  # the first value of each parameter
+    headers: dict[str, str]  # names lower-cased
+    peer_host: str
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Request], Response]
+
+
+class HttpServer:
+    """Serves `handler` on host:port; port 0 picks a free port (see `port` once started)."""
+
+    def __init__(self, handler: Handler, host: str, port: int, name: str) -> None:
+        self.handler = handler
+        self.host = host
+        self.requested_port = port
+        self.name = name
+        self._server: asyncio.base_events.Server | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, f"{self.name} server not started"
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._serve_client, self.host, self.requested_port, reuse_address=True, limit=MAX_HEAD
+        )
+        log.info(
+            "listening protocol=http service=%s host=%s port=%d", self.name, self.host, self.port
+        )
+
+    async def stop(self) -> None:
+        """Stop listening and drop open (idle) client connections."""
+        if self._server is None:
+            return
+        self._server.close()
+        for writer in list(self._clients):
+            writer.close()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._clients.add(writer)
+        peer = writer.get_extra_info("peername")
+        peer_host = str(peer[0]) if peer else ""
+        try:
+            keep_alive = True
+            while keep_alive:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
+                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                    return
+                except asyncio.LimitOverrunError:
+                    await _write(writer, _plain(431, "request header too large"), False, False)
+                    return
+                request, keep_alive = _parse(head, peer_host)
+                if request is None:
+                    await _write(writer, _plain(400, "malformed request"), False, False)
+                    return
+                response = self._respond(request)
+                await _write(writer, response, keep_alive, request.method == "HEAD")
+        except ConnectionError:
+            return
+        finally:
+            self._clients.discard(writer)
+            writer.close()
+
+    def _respond(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, b"only GET and HEAD are served\n", headers={"Allow": "GET, HEAD"})
+        try:
+            return self.handler(request)
+        except Exception:  # a bug must cost one request, never the broker
+            log.exception("%s: internal error answering %s", self.name, request.path)
+            return _plain(500, "internal error")
+
+
+def _plain(status: int, text: str) -> Response:
+    return Response(status, f"{text}\n".encode())
+
+
+def _parse(head: bytes, peer_host: str) -> tuple[Request | None, bool]:
+    """The request and whether the connection may stay open after the response."""
+    try:
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, version = lines[0].split(" ")
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+    except ValueError:
+        return None, False
+    if not version.startswith("HTTP/1."):
+        return None, False
+    url = urlsplit(target)
+    query = {key: values[0] for key, values in parse_qs(url.query).items()}
+    has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+    keep_alive = (
+        version == "HTTP/1.1" and headers.get("connection", "").lower() != "close" and not has_body
+    )
+    return Request(method, unquote(url.path), query, headers, peer_host), keep_alive
+
+
+async def _write(
+    writer: asyncio.StreamWriter, response: Response, keep_alive: bool, head_only: bool
+) -> None:
+    status = HTTPStatus(response.status)
+    lines = [
+        f"HTTP/1.1 {status.value} {status.phrase}",
+        f"Content-Type: {response.content_type}",
+        f"Content-Length: {len(response.body)}",
+        f"Connection: {'keep-alive' if keep_alive else 'close'}",
+        *(f"{name}: {value}" for name, value in response.headers.items()),
+    ]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    if not head_only:
+        writer.write(response.body)
+    await writer.drain()

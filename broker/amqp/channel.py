@@ -9,6 +9,7 @@ goes through pamqp.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -84,9 +85,10 @@ class Channel:
         self.consumer_unacked = 0
         self.confirm_mode = False
         self._publish_seq = 0
-        self._confirmed_upto = 0
-        self._confirm_pending: list[tuple[int, bool]] = []
-        self._awaiting_sync = 0  # confirms waiting for the log's fsync
+        self._confirmed_upto = 0  # every publish up to this one has been acked or nacked
+        self._unsynced: deque[int] = deque()  # logged publishes waiting for the log's fsync
+        self._sync_requested = False
+        self._nacks: list[int] = []  # publishes the log failed to store
         self.tx: Transaction | None = None
         self.last_queue = ""
 
@@ -282,19 +284,33 @@ class Channel:
         return logged
 
     # ------------------------------------------------------------------ publisher confirms
+    # Confirms are a watermark: every publish up to it is confirmed, so one Basic.Ack(multiple)
+    # says it. A logged message holds the watermark below it until the log's fsync covers it;
+    # all messages logged during one loop iteration share one sync request.
     def _confirm_when_safe(self, seq: int, logged: bool) -> None:
-        """A logged message is confirmed only once the log is synced; others at once."""
-        if not logged:
-            self._confirm(seq, True)
+        if logged:
+            self._unsynced.append(seq)
+            if not self._sync_requested:
+                self._sync_requested = True
+                self.connection.loop.call_soon(self._request_sync)
+        self.connection.want_confirm_flush(self)
+
+    def _request_sync(self) -> None:
+        """Runs after the iteration's publishes were logged: one waiter covers them all."""
+        self._sync_requested = False
+        if not self._unsynced:
             return
-        self._awaiting_sync += 1
+        upto = self._unsynced[-1]
+        self.vhost.store.sync(lambda error: self._synced(upto, error))
 
-        def synced(error: BaseException | None) -> None:
-            self._awaiting_sync -= 1
-            if self.is_open:
-                self._confirm(seq, error is None)
-
-        self.vhost.store.sync(synced)
+    def _synced(self, upto: int, error: BaseException | None) -> None:
+        unsynced = self._unsynced
+        while unsynced and unsynced[0] <= upto:
+            seq = unsynced.popleft()
+            if error is not None:
+                self._nacks.append(seq)
+        if self.is_open:
+            self.connection.want_confirm_flush(self)
 
     @property
     def is_open(self) -> bool:
@@ -303,39 +319,30 @@ class Channel:
     @property
     def unconfirmed(self) -> int:
         """Publishes not confirmed yet (they wait for the log's fsync); for metrics and ctl."""
-        return self._awaiting_sync
-
-    def _confirm(self, seq: int, ack: bool) -> None:
-        if ack:
-            self.counters.confirmed += 1
-        else:
-            self.counters.nacked += 1
-        self._confirm_pending.append((seq, ack))
-        self.connection.want_confirm_flush(self)
+        return len(self._unsynced)
 
     def flush_confirms(self) -> None:
-        """Send pending confirms, batching acks into one Basic.Ack(multiple) when it is safe.
-
-        While some logged message still waits for its fsync, a multiple ack would also confirm
-        it, so each confirm goes out on its own; once none waits, one ack covers them all.
-        """
-        if not self._confirm_pending:
+        """Ack everything up to the watermark with as few Basic.Ack(multiple) as possible; a
+        nacked publish splits the run, since no ack may cover a tag that was nacked."""
+        watermark = self._unsynced[0] - 1 if self._unsynced else self._publish_seq
+        if watermark <= self._confirmed_upto and not self._nacks:
             return
-        pending = sorted(self._confirm_pending)
-        self._confirm_pending = []
-        number = self.number
-        if self._awaiting_sync:
-            frames_out = [frames.confirm_frame(number, seq, False, ack) for seq, ack in pending]
-        else:
-            frames_out = [
-                frames.confirm_frame(number, seq, False, False) for seq, ack in pending if not ack
-            ]
-            acked = [seq for seq, ack in pending if ack]
-            if acked:
-                top = acked[-1]
-                frames_out.append(frames.confirm_frame(number, top, top > self._confirmed_upto + 1))
-            self._confirmed_upto = max(self._confirmed_upto, pending[-1][0])
+        frames_out = []
+        for seq in sorted(self._nacks):
+            self._ack_upto(seq - 1, frames_out)
+            frames_out.append(frames.confirm_frame(self.number, seq, False, ack=False))
+            self.counters.nacked += 1
+            self._confirmed_upto = seq
+        self._nacks = []
+        self._ack_upto(watermark, frames_out)
         self.connection.send_parts(frames_out)
+
+    def _ack_upto(self, upto: int, frames_out: list[bytes]) -> None:
+        newly = upto - self._confirmed_upto
+        if newly > 0:
+            frames_out.append(frames.confirm_frame(self.number, upto, newly > 1))
+            self.counters.confirmed += newly
+            self._confirmed_upto = upto
 
     # ------------------------------------------------------------------ delivery (DeliverySink)
     def can_deliver(self, consumer: Consumer) -> bool:
@@ -361,17 +368,20 @@ class Channel:
         if entry.redelivered:
             counters.redelivered += 1
         message = entry.message
-        self.connection.send_parts(
+        body = message.body if message.body is not None else queue.store.read_body(message)
+        connection = self.connection
+        connection.send_parts(
             frames.content_frames(
                 self.number,
                 frames.deliver_payload(
                     consumer.wire_tag, tag, entry.redelivered, message.route_bytes
                 ),
                 message.header,
-                message.body if message.body is not None else queue.store.read_body(message),
-                self.connection.frame_max,
+                body,
+                connection.frame_max,
             )
         )
+        connection.note_delivered(len(body) + 64)  # framing counts too for tiny messages
 
     def consumer_cancelled(self, consumer: Consumer) -> None:
         if self.consumers.pop(consumer.tag, None) is None:

@@ -45,6 +45,7 @@ AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED =
 MIN_FRAME_MAX = 4096  # the spec's minimum; frames up to this size are fine before tuning
 CLOSE_OK_TIMEOUT = 3.0
 SHUTDOWN_CLOSE_OK_TIMEOUT = 1.0
+DELIVERY_BATCH_BYTES = 1 << 20
 
 # Client-initiated handshake methods: once the connection runs, RabbitMQ answers them with 504.
 HANDSHAKE_METHODS = (
@@ -89,6 +90,8 @@ class AMQPConnection(asyncio.Protocol):
         self.client_properties: dict[str, Any] = {}
         self.exclusive_queues: dict[str, Queue] = {}
         self.write_paused = False
+        self._transport_paused = False
+        self._batch_bytes = 0
         # Memory alarm: a publisher is blocked (socket not read) while the alarm lasts; a
         # connection that has not published yet is only marked and blocked at its first publish.
         self.publisher = False
@@ -174,10 +177,27 @@ class AMQPConnection(asyncio.Protocol):
         capabilities = self.client_properties.get("capabilities") or {}
         return bool(capabilities.get(capability))
 
+    # ------------------------------------------------------------------ write back-pressure
+    # Deliveries stop (`write_paused`) when the transport's buffer is full (pause_writing) or
+    # when one loop iteration has framed DELIVERY_BATCH_BYTES for this connection: otherwise a
+    # consumer without prefetch would have a whole queue framed into memory in one go.
     def pause_writing(self) -> None:
+        self._transport_paused = True
         self.write_paused = True
 
     def resume_writing(self) -> None:
+        self._transport_paused = False
+        self._resume_deliveries()
+
+    def note_delivered(self, size: int) -> None:
+        """A channel framed a delivery of `size` body bytes for this connection."""
+        self._batch_bytes += size
+        if self._batch_bytes > DELIVERY_BATCH_BYTES:
+            self.write_paused = True
+
+    def _resume_deliveries(self) -> None:
+        if self._transport_paused or self.state != OPEN:
+            return
         self.write_paused = False
         for channel in list(self.channels.values()):
             channel.resume_delivery()
@@ -546,8 +566,11 @@ class AMQPConnection(asyncio.Protocol):
             return
         out = self._out
         self._out = []
-        self.transport.write(b"".join(out))
+        self.transport.write(b"".join(out))  # may call pause_writing
         self._sent = True
+        if self._batch_bytes > DELIVERY_BATCH_BYTES and not self._transport_paused:
+            self.loop.call_soon(self._resume_deliveries)  # the next batch, after other work
+        self._batch_bytes = 0
 
     # ------------------------------------------------------------------ closing
     def close_with_error(

@@ -246,7 +246,7 @@ class DurableStore(MessageStore):
         # Only segments older than the active one may go, and only once the active segment's
         # snapshot is on disk: the sync requested now covers it, not a later segment's.
         limit = self.wal.active_segment
-        self.wal.sync(lambda error: self._collect_garbage(error, limit))
+        self.wal.sync(lambda error: self._collect_garbage(error, limit), durable=True)
 
     def _collect_garbage(self, error: BaseException | None, limit: int) -> None:
         """Delete the oldest segments below `limit` while they hold no live message."""

@@ -177,6 +177,7 @@ class WriteAheadLog:
         self._writer = _SegmentWriter(self.directory, self.stats)
         self._read_fds: dict[int, int] = {}
         self._unsynced = False  # periodic: written since the last fsync
+        self._force_fsync = False  # periodic: a waiter needs this batch fsynced
         self._last_fsync = float("-inf")
         self._fsync_timer: asyncio.TimerHandle | None = None
 
@@ -265,9 +266,12 @@ class WriteAheadLog:
         self._wake.set()
         return self._active, offset
 
-    def sync(self, callback: SyncCallback) -> None:
+    def sync(self, callback: SyncCallback, durable: bool = False) -> None:
         """Call callback(None) on the loop once everything appended so far is written (and, policy
-        "always", fsynced), or callback(error) if that failed. Callbacks run in call order."""
+        "always", fsynced), or callback(error) if that failed. Callbacks run in call order.
+
+        `durable` forces the fsync under policy "periodic" too: deleting old segments must wait
+        until the snapshot that replaces them is really on disk."""
         if self._closing:
             raise RuntimeError("the write-ahead log is closed")
         if self._failed is not None:
@@ -275,6 +279,7 @@ class WriteAheadLog:
             self._loop.call_soon(self._fire, [callback], self._failed)
             return
         self._waiters.append(callback)
+        self._force_fsync = self._force_fsync or durable
         self._wake.set()
 
     def _refuse(self) -> NoReturn:
@@ -361,10 +366,11 @@ class WriteAheadLog:
                 await self._in_worker(self._writer.close, False)
             return
         chunks, self._pending, self._buffer = self._pending, [], None
-        if chunks or final:
+        force, self._force_fsync = self._force_fsync and self._periodic, False
+        if chunks or final or (force and self._unsynced):
             self._inflight = chunks
             try:
-                await self._in_worker(self._write_batch, chunks, not self._periodic, final)
+                await self._in_worker(self._write_batch, chunks, not self._periodic or force, final)
             except Exception as exc:
                 self._pending[:0] = chunks  # unwritten records stay readable from memory
                 self._fail(exc, waiters)
@@ -373,7 +379,9 @@ class WriteAheadLog:
                 return
             finally:
                 self._inflight = []
-            self._unsynced = self._periodic and not final
+            self._unsynced = self._periodic and not final and not force
+            if force:
+                self._last_fsync = self._loop.time()  # type: ignore[union-attr]
         self._fire(waiters, None)
         if self._unsynced:
             await self._periodic_fsync()

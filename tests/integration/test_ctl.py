@@ -196,16 +196,22 @@ async def test_api_requires_credentials(broker: Broker) -> None:
         assert json.loads(response.read()) == []
 
 
+def unstarted_broker(tmp_path: Path) -> Broker:
+    config = load_config().with_overrides(
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+    )
+    return Broker(config)
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "example.com"])
-def test_non_loopback_bind_is_refused(host: str) -> None:
-    broker = Broker(load_config().with_overrides(port=0, metrics_port=0, admin_port=0))
+def test_non_loopback_bind_is_refused(host: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="loopback"):
-        AdminServer(broker, host=host, port=0)
+        AdminServer(unstarted_broker(tmp_path), host=host, port=0)
 
 
 @pytest.fixture
-def admin() -> AdminServer:
-    return AdminServer(Broker(load_config().with_overrides(port=0, metrics_port=0, admin_port=0)))
+def admin(tmp_path: Path) -> AdminServer:
+    return AdminServer(unstarted_broker(tmp_path))
 
 
 def test_non_loopback_peer_is_refused(admin: AdminServer) -> None:

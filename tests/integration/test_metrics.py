@@ -172,7 +172,10 @@ async def test_two_brokers_in_one_process_keep_their_own_metrics(tmp_path: Path)
     """Each MetricsServer has its own registry: no duplicate-metric clash, no shared values."""
     ports = free_port(), free_port()
     configs = [
-        load_config().with_overrides(port=0, metrics_port=port, admin_port=0) for port in ports
+        load_config().with_overrides(
+            port=0, data_dir=str(tmp_path / str(port)), metrics_port=port, admin_port=0
+        )
+        for port in ports
     ]
     async with Broker(configs[0]) as first, Broker(configs[1]):
         await asyncio.to_thread(publish_one, first.url)
@@ -187,9 +190,10 @@ def publish_one(url: str) -> None:
 
 
 async def test_unknown_path_is_404_and_stop_closes_the_port(tmp_path: Path) -> None:
-    config = load_config().with_overrides(port=0, metrics_port=0, admin_port=0)
-    broker = Broker(config)
-    server = MetricsServer(broker, "127.0.0.1", 0)
+    config = load_config().with_overrides(
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+    )
+    server = MetricsServer(Broker(config), "127.0.0.1", 0)
     await server.start()
     url = f"http://127.0.0.1:{server.port}"
     with pytest.raises(urllib.error.HTTPError) as error:

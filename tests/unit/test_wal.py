@@ -549,6 +549,24 @@ async def test_periodic_fsyncs_at_most_every_interval(tmp_path: Path) -> None:
     assert len(replay_all(tmp_path)[0]) == 21
 
 
+async def test_durable_sync_fsyncs_under_periodic(tmp_path: Path) -> None:
+    """sync(durable=True) fsyncs at once even inside the interval (segment deletion needs it),
+    and covers records already written but not yet fsynced."""
+    log = WriteAheadLog(tmp_path, sync_policy="periodic", sync_interval=3600)
+    await log.start()
+    log.append(1, b"one")
+    assert await synced(log) is None
+    await wait_until(lambda: log.stats.fsyncs == 2)
+    log.append(1, b"two")
+    assert await synced(log) is None
+    assert log.stats.fsyncs == 2  # written, not fsynced
+    done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+    log.sync(done.set_result, durable=True)
+    assert await done is None
+    assert log.stats.fsyncs == 3  # nothing new was appended, the written batch got its fsync
+    await log.close()
+
+
 async def test_close_fsyncs_under_periodic(tmp_path: Path) -> None:
     log = WriteAheadLog(tmp_path, sync_policy="periodic", sync_interval=3600)
     await log.start()

@@ -26,6 +26,7 @@ from broker.auth import is_loopback
 from broker.core.queue import Queue
 from broker.core.vhost import VirtualHost
 from broker.http import HttpServer, Request, Response
+from broker.logs import fields
 
 if TYPE_CHECKING:
     from broker.amqp.connection import AMQPConnection
@@ -115,7 +116,7 @@ class AdminServer:
         user, _, password = decoded.partition(":")
         refusal = self.broker.auth.authenticate(user, password, request.peer_host, "PLAIN")
         if refusal is not None:
-            log.warning("admin API login refused peer=%s user=%s", request.peer_host, user)
+            log.warning("admin.login_refused", extra=fields(peer=request.peer_host, user=user))
             return None
         return user
 

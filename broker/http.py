@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from broker.logs import fields
+
 log = logging.getLogger("warren.http")
 
 MAX_HEAD = 16 * 1024  # request line and headers
@@ -63,7 +65,8 @@ class HttpServer:
             self._serve_client, self.host, self.requested_port, reuse_address=True, limit=MAX_HEAD
         )
         log.info(
-            "listening protocol=http service=%s host=%s port=%d", self.name, self.host, self.port
+            "listener.started",
+            extra=fields(protocol="http", service=self.name, host=self.host, port=self.port),
         )
 
     async def stop(self) -> None:
@@ -110,7 +113,7 @@ class HttpServer:
         try:
             return self.handler(request)
         except Exception:  # a bug must cost one request, never the broker
-            log.exception("%s: internal error answering %s", self.name, request.path)
+            log.exception("http.internal_error", extra=fields(service=self.name, path=request.path))
             return _plain(500, "internal error")
 
 

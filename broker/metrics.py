@@ -17,7 +17,6 @@ Each MetricsServer has its own CollectorRegistry, so several brokers in one proc
 
 from __future__ import annotations
 
-import logging
 import platform
 import shutil
 import socket
@@ -45,8 +44,6 @@ if TYPE_CHECKING:
     from broker.amqp.channel import Channel
     from broker.amqp.connection import AMQPConnection
     from broker.server import Broker
-
-log = logging.getLogger("warren.metrics")
 
 # The RabbitMQ release whose behaviour (and so whose metrics) Warren reproduces.
 RABBITMQ_COMPATIBLE_VERSION = "3.10"
@@ -200,8 +197,8 @@ class BrokerCollector(Collector):
         yield build
 
     def _open_connections(self) -> list[AMQPConnection]:
-        # Connections still in the handshake are not counted, as in RabbitMQ: the gauge then
-        # always equals connections_opened_total - connections_closed_total.
+        # Connections still in the handshake are not counted, so the gauge always equals
+        # connections_opened_total - connections_closed_total.
         return [c for c in self.broker.connections if c.vhost is not None]
 
     def _channels(self) -> list[Channel]:

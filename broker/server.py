@@ -23,7 +23,7 @@ from broker.core.stats import Counters
 from broker.core.vhost import VirtualHost
 from broker.logs import fields
 from broker.metrics import MetricsServer
-from broker.store.durable import DurableStore, durable_definitions
+from broker.store.durable import DurableStore
 from broker.store.recovery import recover, restore
 from broker.store.wal import WriteAheadLog
 
@@ -55,7 +55,7 @@ class Broker:
                 sync_policy=settings.sync,
                 sync_interval=settings.sync_interval,
             )
-            self.store = DurableStore(self.wal, lambda: durable_definitions(self.vhosts.values()))
+            self.store = DurableStore(self.wal, lambda: self.vhosts.values())
         self.vhosts = {name: VirtualHost(name, self.store) for name in config.vhosts}
         self.auth = Authenticator(
             [User(u.name, u.password_hash, u.permissions, u.loopback_only) for u in config.users]

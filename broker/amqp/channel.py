@@ -90,6 +90,7 @@ class Channel:
         self._sync_requested = False
         self._nacks: list[int] = []  # publishes the log failed to store
         self.tx: Transaction | None = None
+        self.committing = False  # a Tx.Commit waits for the log
         self.last_queue = ""
 
     # ------------------------------------------------------------------ frame entry points
@@ -763,7 +764,10 @@ class Channel:
             self._send(commands.Tx.CommitOk())
             return
 
+        self.committing = True  # until Commit-Ok, nothing else may arrive on this channel
+
         def synced(error: BaseException | None) -> None:
+            self.committing = False
             if not self.is_open:
                 return
             if error is None:

@@ -46,6 +46,11 @@ MIN_FRAME_MAX = 4096  # the spec's minimum; frames up to this size are fine befo
 CLOSE_OK_TIMEOUT = 3.0
 SHUTDOWN_CLOSE_OK_TIMEOUT = 1.0
 DELIVERY_BATCH_BYTES = 1 << 20
+# Tx.Commit is synchronous: RabbitMQ refuses anything sent on the channel before its Commit-Ok
+# (a pipelining client would otherwise pair later replies with the commit).
+COMMIT_IN_PROGRESS = ConnectionException(
+    CHANNEL_ERROR, "unexpected command while processing 'tx.commit'"
+)
 
 # Client-initiated handshake methods: once the connection runs, RabbitMQ answers them with 504.
 HANDSHAKE_METHODS = (
@@ -287,8 +292,10 @@ class AMQPConnection(asyncio.Protocol):
             channel = self.channels.get(number)
             if channel is None:
                 self._method_on_closed_channel(number, payload)
-                return
-            channel.handle_method(payload)
+            elif channel.committing:
+                raise COMMIT_IN_PROGRESS
+            else:
+                channel.handle_method(payload)
         elif frame_type == frames.FRAME_HEADER or frame_type == frames.FRAME_BODY:
             if number == 0:
                 raise _unexpected_frame(frame_type, payload)
@@ -299,6 +306,8 @@ class AMQPConnection(asyncio.Protocol):
                 raise ConnectionException(
                     UNEXPECTED_FRAME, "expected method frame, got non method frame instead"
                 )
+            if channel.committing:
+                raise COMMIT_IN_PROGRESS
             if frame_type == frames.FRAME_HEADER:
                 channel.handle_header(payload)
             else:

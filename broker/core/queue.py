@@ -127,7 +127,14 @@ class Queue:
         if not ready or returned[-1].seq < ready[0].seq:
             ready.extendleft(reversed(returned))
         else:
-            self.ready = deque(sorted([*ready, *returned], key=lambda e: e.seq))
+            # Returned messages belong near the head: walk in from the left to each one's place
+            # (cost grows with how far in it goes, not with the queue's length).
+            position = 0
+            for entry in returned:
+                while position < len(ready) and ready[position].seq < entry.seq:
+                    position += 1
+                ready.insert(position, entry)
+                position += 1
         if self.consumers:
             self.dispatch()
 

@@ -8,6 +8,7 @@ auto-delete cascades. Owners of exclusive queues are opaque objects (the AMQP co
 from __future__ import annotations
 
 import base64
+import logging
 import os
 from collections.abc import Collection
 from typing import Any
@@ -32,6 +33,9 @@ from broker.core.fields import field_type_name
 from broker.core.message import Message
 from broker.core.persistence import MessageStore
 from broker.core.queue import MEMORY_STORE, Queue
+from broker.logs import fields
+
+log = logging.getLogger("warren.vhost")
 
 STANDARD_EXCHANGES = (
     ("amq.direct", "direct"),
@@ -39,6 +43,21 @@ STANDARD_EXCHANGES = (
     ("amq.topic", "topic"),
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
+)
+# Accepted (and compared on redeclare) for compatibility, but not acted on yet: declaring them
+# logs a warning so nobody relies on them unknowingly.
+NOT_ENFORCED_QUEUE_ARGS = frozenset(
+    (
+        "x-message-ttl",
+        "x-expires",
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-overflow",
+        "x-dead-letter-exchange",
+        "x-dead-letter-routing-key",
+        "x-max-priority",
+        "x-single-active-consumer",
+    )
 )
 BUILTIN_EXCHANGES = frozenset(["", *(name for name, _ in STANDARD_EXCHANGES)])
 QUEUE_TYPES = ("classic", "quorum", "stream")
@@ -277,6 +296,12 @@ class VirtualHost:
         if queue.survives_restart:
             self.store.queue_declared(queue)  # first: a refused log write leaves no queue behind
         self.queues[name] = queue
+        ignored = sorted(NOT_ENFORCED_QUEUE_ARGS.intersection(arguments))
+        if ignored:
+            log.warning(
+                "queue.arguments_not_enforced",
+                extra=fields(queue=name, vhost=self.name, arguments=",".join(ignored)),
+            )
         return queue
 
     def restore_queue(self, name: str, arguments: dict[str, Any], store_id: int) -> Queue:

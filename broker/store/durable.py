@@ -87,12 +87,16 @@ def binding_is_durable(binding: Binding) -> bool:
     return bool(destination.survives_restart)
 
 
+# A pinned oldest segment is compacted when it holds at most this many live messages.
+COMPACT_MAX_MESSAGES = 10_000
+
+
 class DurableStore(MessageStore):
     """The model's persistence hooks, written to a `WriteAheadLog`."""
 
-    def __init__(self, wal: WriteAheadLog, metadata: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, wal: WriteAheadLog, vhosts: Callable[[], Iterable[VirtualHost]]) -> None:
         self.wal = wal
-        self._metadata = metadata  # the durable definitions now, for segment snapshots
+        self._vhosts = vhosts  # the model: definitions for snapshots, queues for compaction
         self.next_msg_id = 1
         self.next_queue_id = 1
         self.live: dict[int, int] = {}  # segment id -> logged messages some queue still holds
@@ -154,7 +158,7 @@ class DurableStore(MessageStore):
 
         Called at each segment roll and once after recovery (the log then starts a segment of
         its own without a roll)."""
-        snapshot = dict(self._metadata())
+        snapshot: dict[str, Any] = dict(durable_definitions(self._vhosts()))
         snapshot["next_queue_id"] = self.next_queue_id
         snapshot["next_msg_id"] = self.next_msg_id
         self.wal.append(records.SNAPSHOT, records.encode_table(snapshot))
@@ -256,7 +260,11 @@ class DurableStore(MessageStore):
         if self.wal.active_segment != limit:
             self._schedule_gc()  # rolled meanwhile: the newer snapshot needs its own sync
         for segment in self.wal.segment_ids():
-            if segment >= limit or self.live.get(segment, 0) > 0:
+            if segment >= limit:
+                break
+            if self.live.get(segment, 0) > 0:
+                if segment < limit - 1 and self.live[segment] <= COMPACT_MAX_MESSAGES:
+                    self._relocate(segment)
                 break
             try:
                 self.wal.delete_segment(segment)
@@ -265,3 +273,34 @@ class DurableStore(MessageStore):
                 break
             self.live.pop(segment, None)
             log.debug("wal.segment_deleted", extra=fields(segment=segment))
+
+    def _relocate(self, segment: int) -> None:
+        """Copy the few messages still alive in the oldest segment to the active one, so that
+        one long-lived message cannot keep every later segment on disk. The copy keeps the
+        message id (recovery orders by it, and takes the latest record of an id), lists only
+        the queues still holding the message, and repeats their delivered marks."""
+        holders: dict[int, tuple[Message, list[Queue], list[Queue]]] = {}
+        for vhost in self._vhosts():
+            for queue in vhost.queues.values():
+                if not queue.store_id:
+                    continue
+                for entry in (*queue.ready, *queue.outstanding):
+                    message = entry.message
+                    if message.msg_id and message.location[0] == segment:
+                        found = holders.setdefault(message.msg_id, (message, [], []))
+                        found[1].append(queue)
+                        if entry.redelivered or entry in queue.outstanding:
+                            found[2].append(queue)
+        for msg_id in sorted(holders):
+            message, queues, delivered = holders[msg_id]
+            body = message.body if message.body is not None else self.read_body(message)
+            payload = records.encode_message(
+                msg_id, [q.store_id for q in queues], message.route_bytes, message.header, body
+            )
+            message.location = self.wal.append(records.MESSAGE, payload)
+            self.live[segment] -= 1
+            self.live[message.location[0]] = self.live.get(message.location[0], 0) + 1
+            for queue in delivered:
+                self.wal.append(records.DELIVERED, records.encode_ids(queue.store_id, [msg_id]))
+        log.info("wal.segment_compacted", extra=fields(segment=segment, moved=len(holders)))
+        self._schedule_gc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pika
 
@@ -23,9 +24,11 @@ def publish_and_get(url: str) -> bytes:
         connection.close()
 
 
-async def test_broker_runs_inside_the_test_loop() -> None:
+async def test_broker_runs_inside_the_test_loop(tmp_path: Path) -> None:
     """`async with Broker(...)` serves real clients and stops cleanly on exit."""
-    config = load_config().with_overrides(port=0, metrics_port=0, admin_port=0)
+    config = load_config().with_overrides(
+        port=0, metrics_port=0, admin_port=0, data_dir=str(tmp_path / "data")
+    )
     async with Broker(config) as broker:
         assert broker.port != 0
         assert await asyncio.to_thread(publish_and_get, broker.url) == b"embedded"
@@ -33,9 +36,11 @@ async def test_broker_runs_inside_the_test_loop() -> None:
     assert broker.connections == set()
 
 
-async def test_stop_closes_clients_with_connection_forced() -> None:
+async def test_stop_closes_clients_with_connection_forced(tmp_path: Path) -> None:
     """Stopping the broker closes open client connections with 320 CONNECTION_FORCED."""
-    config = load_config().with_overrides(port=0, metrics_port=0, admin_port=0)
+    config = load_config().with_overrides(
+        port=0, metrics_port=0, admin_port=0, data_dir=str(tmp_path / "data")
+    )
     broker = Broker(config)
     await broker.start()
     connection = await asyncio.to_thread(pika.BlockingConnection, pika.URLParameters(broker.url))

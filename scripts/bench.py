@@ -5,6 +5,7 @@ Scenarios (256-byte messages):
               message; msgs/s from the first publish to the last delivery.
   persistent  a durable queue, delivery-mode 2, publisher confirms with up to 1000 unconfirmed;
               confirmed msgs/s (RabbitMQ: a classic queue, its default).
+  metrics     Warren only: transient throughput with /metrics scraped every 100 ms vs not.
   disk        Warren only: --disk-messages persistent messages through a durable queue
               (publisher with confirms, consumer acking), then the size of the log left behind.
   recovery    --recovery-messages persistent messages queued, then the broker restarts; seconds
@@ -13,7 +14,7 @@ Scenarios (256-byte messages):
 Each round runs every broker once, alternating; figures are medians per broker and the ratio
 Warren / RabbitMQ. Absolute numbers on a shared 2-core machine are noise; the ratio is the result.
 
-    scripts/bench [--scenario all|transient|persistent|recovery|disk] [--messages 200000]
+    scripts/bench [--scenario all|transient|persistent|recovery|disk|metrics] [--messages N]
                   [--rounds 3] [--recovery-messages 200000] [--disk-messages 1000000]
                   [--no-rabbitmq]
 """
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from pamqp import commands  # noqa: E402
 
 from scripts.amqp_loadgen import LoadClient, ack_frame, connect, publish_frames  # noqa: E402
-from tests.support import BrokerProcess  # noqa: E402
+from tests.support import BrokerProcess, free_port  # noqa: E402
 
 RABBITMQ = ("127.0.0.1", 5672)
 BODY = b"x" * 256
@@ -312,6 +313,46 @@ def throughput(
     report(f"scenario {name}: {messages} x 256 B, 1 queue, {detail}", "msg/s", results, True)
 
 
+SCRAPER = """
+import sys, time, urllib.request
+url, until = sys.argv[1], time.monotonic() + float(sys.argv[2])
+while time.monotonic() < until:
+    urllib.request.urlopen(url).read()
+    time.sleep(0.1)
+"""
+
+
+def metrics_cost(data_dir: Path, rounds: int, messages: int) -> None:
+    """Warren only: transient throughput while Prometheus scrapes /metrics every 100 ms (from
+    another process) against the same broker left alone, alternating rounds."""
+    metrics_port = free_port()
+    broker = BrokerProcess(data_dir, None, "--metrics-port", str(metrics_port))
+    results: dict[str, list[float]] = {"scraped": [], "quiet": []}
+    try:
+        run(transient_round("127.0.0.1", broker.port, min(messages, 20_000)))  # warm-up
+        for round_number in range(1, rounds + 1):
+            for mode in ("quiet", "scraped"):
+                scraper = None
+                if mode == "scraped":
+                    url = f"http://127.0.0.1:{metrics_port}/metrics"
+                    scraper = subprocess.Popen([sys.executable, "-c", SCRAPER, url, "600"])
+                try:
+                    rate = run(transient_round("127.0.0.1", broker.port, messages))
+                finally:
+                    if scraper is not None:
+                        scraper.kill()
+                        scraper.wait()
+                results[mode].append(rate)
+                print(f"metrics round {round_number} {mode:8s} {rate:10.0f} msg/s", flush=True)
+    finally:
+        broker.stop()
+    print(f"\nscenario metrics: transient {messages} x 256 B, /metrics scraped every 100 ms")
+    medians = {mode: statistics.median(values) for mode, values in results.items()}
+    for mode, value in medians.items():
+        print(f"  {mode:8s} median {value:10.0f} msg/s")
+    print(f"  ratio scraped/quiet = {medians['scraped'] / medians['quiet']:.2f}x")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -319,7 +360,7 @@ def main() -> int:
     parser.add_argument(
         "--scenario",
         default="all",
-        choices=["all", "transient", "persistent", "recovery", "disk"],
+        choices=["all", "transient", "persistent", "recovery", "disk", "metrics"],
     )
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
@@ -333,12 +374,15 @@ def main() -> int:
         if not rabbitmq_available():
             print("RabbitMQ is not answering on 127.0.0.1:5672", file=sys.stderr)
             return 1
-    everything = ["transient", "persistent", "recovery", "disk"]
+    everything = ["transient", "persistent", "recovery", "disk", "metrics"]
     wanted = everything if args.scenario == "all" else [args.scenario]
     with tempfile.TemporaryDirectory(prefix="warren-bench-") as data_dir:
         for name in wanted:
             if name == "disk":
                 disk_use(Path(data_dir) / "disk", args.disk_messages)
+                continue
+            if name == "metrics":
+                metrics_cost(Path(data_dir) / "metrics", args.rounds, args.messages)
                 continue
             if name == "recovery":
                 results: dict[str, list[float]] = {"warren": [], "rabbitmq": []}

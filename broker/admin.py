@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from broker.auth import is_loopback
 from broker.core.queue import Queue
 from broker.core.vhost import VirtualHost
-from broker.http import HttpServer, Request, Response
+from broker.http import HttpServer, HttpService, Request, Response
 from broker.logs import fields
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def check_loopback_host(host: str) -> None:
         )
 
 
-class AdminServer:
+class AdminServer(HttpService):
     """The admin API of one broker on a loopback host:port (port 0 picks a free one)."""
 
     def __init__(
@@ -63,16 +63,6 @@ class AdminServer:
             "/api/connections": self._connections,
             "/api/channels": self._channels,
         }
-
-    @property
-    def port(self) -> int:
-        return self._http.port
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def stop(self) -> None:
-        await self._http.stop()
 
     def handle(self, request: Request) -> Response:
         if not is_loopback(request.peer_host):

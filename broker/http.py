@@ -159,3 +159,19 @@ async def _write(
     if not head_only:
         writer.write(response.body)
     await writer.drain()
+
+
+class HttpService:
+    """A broker endpoint served by an `HttpServer` (`self._http`): lifecycle and port."""
+
+    _http: HttpServer
+
+    @property
+    def port(self) -> int:
+        return self._http.port
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    async def stop(self) -> None:
+        await self._http.stop()

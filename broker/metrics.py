@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 from broker import __version__
 from broker.core.queue import Queue
 from broker.core.stats import LatencyHistogram
-from broker.http import HttpServer, Request, Response
+from broker.http import HttpServer, HttpService, Request, Response
 
 if TYPE_CHECKING:
     from broker.amqp.channel import Channel
@@ -355,7 +355,7 @@ def _histogram(name: str, text: str, histogram: LatencyHistogram) -> HistogramMe
     return HistogramMetricFamily(name, text, buckets=buckets, sum_value=histogram.sum_ns / 1e9)
 
 
-class MetricsServer:
+class MetricsServer(HttpService):
     """GET /metrics on host:port, answered on the running loop from a registry of our own."""
 
     def __init__(self, broker: Broker, host: str, port: int, node: str | None = None) -> None:
@@ -364,16 +364,6 @@ class MetricsServer:
         # rabbitmq_process_{resident_memory_bytes,open_fds,max_fds}: the dashboard's names.
         ProcessCollector(namespace="rabbitmq", registry=self.registry)
         self._http = HttpServer(self._handle, host, port, "metrics")
-
-    @property
-    def port(self) -> int:
-        return self._http.port
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def stop(self) -> None:
-        await self._http.stop()
 
     def _handle(self, request: Request) -> Response:
         if request.path not in METRICS_PATHS:

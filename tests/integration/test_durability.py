@@ -190,3 +190,33 @@ def test_start_refused_while_the_log_holds_an_unconfigured_vhost(tmp_path: Path)
         connection.close()
     finally:
         broker.stop()
+
+
+def test_corrupt_record_stops_the_start_naming_segment_and_offset(tmp_path: Path) -> None:
+    """A CRC mismatch in the middle of the log is reported with its segment and offset and the
+    broker refuses to start (exit 3) rather than skip records behind it."""
+    data_dir = tmp_path / "data"
+    broker = BrokerProcess(data_dir)
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    channel = connection.channel()
+    channel.queue_declare("orders", durable=True)
+    channel.confirm_delivery()
+    for number in range(20):
+        channel.basic_publish("", "orders", b"order %02d" % number, PERSISTENT)
+    connection.close()
+    broker.stop()
+
+    (segment,) = sorted((data_dir / "wal").glob("*.wal"))[:1]
+    raw = bytearray(segment.read_bytes())
+    position = raw.index(b"order 05")
+    raw[position] ^= 0xFF  # flip a byte inside a record that has valid records after it
+    segment.write_bytes(bytes(raw))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "--data-dir", str(data_dir), "--metrics-port", "0",
+         "--admin-port", "0", "--port", "0"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert segment.name in result.stderr
+    assert "offset" in result.stderr

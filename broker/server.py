@@ -14,6 +14,7 @@ from types import TracebackType
 
 from broker.admin import AdminServer
 from broker.alarms import MemoryMonitor, watermark_bytes
+from broker.amqp.channel import Channel
 from broker.amqp.connection import AMQPConnection
 from broker.auth import Authenticator, User
 from broker.config import BrokerConfig, TlsListener
@@ -61,6 +62,7 @@ class Broker:
             [User(u.name, u.password_hash, u.permissions, u.loopback_only) for u in config.users]
         )
         self.connections: set[AMQPConnection] = set()
+        self.reply_channels: dict[str, Channel] = {}  # direct reply-to address -> channel
         self.counters = Counters()
         self._server: asyncio.base_events.Server | None = None
         self._tls_server: asyncio.base_events.Server | None = None

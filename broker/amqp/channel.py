@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
-from broker.amqp import frames
+from broker.amqp import frames, reply_to
 from broker.core.consumer import Consumer
 from broker.core.errors import (
     ACCESS_REFUSED,
@@ -68,6 +68,9 @@ class Channel:
         self.number = number
         self.vhost = connection.vhost
         self.counters = connection.broker.counters
+        # Direct reply-to: this channel's reply consumer tag and the address replies use.
+        self.reply_consumer: bytes | None = None
+        self.reply_address = ""
         self.access = connection.access
         self.expect = EXPECT_METHOD
         self._publish: tuple[str, str, bytes, bool, bool] | None = None
@@ -240,6 +243,8 @@ class Channel:
             message = Message(exchange_name, routing_key, route_bytes, self._header, body)
             if message.header[13] & USER_ID_FLAG:
                 self._check_user_id(message)
+            if message.header[12] & reply_to.REPLY_TO_FLAG:
+                message = self._address_reply_to(message)
             self.counters.published += 1
             if self.confirm_mode:
                 self._publish_seq += 1
@@ -263,8 +268,25 @@ class Channel:
                 f" '{self.connection.user}'",
             )
 
+    def _address_reply_to(self, message: Message) -> Message:
+        """A request naming the reply-to pseudo-queue gets this channel's reply address."""
+        if message.properties.get("reply_to") != reply_to.PSEUDO_QUEUE:
+            return message
+        if self.reply_consumer is None:
+            raise ChannelException(PRECONDITION_FAILED, "fast reply consumer does not exist")
+        header = reply_to.with_reply_to(message.header, self.reply_address)
+        return Message(
+            message.exchange, message.routing_key, message.route_bytes, header, message.body
+        )
+
     def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> bool:
         """Route and enqueue; returns True when the message was logged (confirm after sync)."""
+        if not exchange.name and message.routing_key.startswith(reply_to.ADDRESS_PREFIX):
+            requester = self.connection.broker.reply_channels.get(message.routing_key)
+            if requester is not None:
+                requester.deliver_reply(message)
+                self.counters.routed += 1
+                return False
         queues, logged = self.vhost.publish(exchange, message)
         counters = self.counters
         if queues:
@@ -384,6 +406,29 @@ class Channel:
         )
         connection.note_delivered(len(body) + 64)  # framing counts too for tiny messages
 
+    def deliver_reply(self, message: Message) -> None:
+        """A reply to this channel's direct reply-to address: straight to its consumer."""
+        assert self.reply_consumer is not None
+        self._delivery_tag += 1
+        self.counters.delivered_no_ack += 1
+        body = message.body if message.body is not None else b""
+        self.connection.send_parts(
+            frames.content_frames(
+                self.number,
+                frames.deliver_payload(
+                    self.reply_consumer, self._delivery_tag, False, message.route_bytes
+                ),
+                message.header,
+                body,
+                self.connection.frame_max,
+            )
+        )
+
+    def _stop_replies(self) -> None:
+        if self.reply_consumer is not None:
+            self.connection.broker.reply_channels.pop(self.reply_address, None)
+            self.reply_consumer = None
+
     def consumer_cancelled(self, consumer: Consumer) -> None:
         if self.consumers.pop(consumer.tag, None) is None:
             return
@@ -467,6 +512,7 @@ class Channel:
         self.return_unacked()
 
     def drop_consumers(self) -> None:
+        self._stop_replies()
         consumers = list(self.consumers.values())
         self.consumers.clear()
         for consumer in consumers:
@@ -555,6 +601,11 @@ class Channel:
 
     # ------------------------------------------------------------------ queue class
     def _on_queue_declare(self, method: commands.Queue.Declare) -> None:
+        if method.passive and method.queue == reply_to.PSEUDO_QUEUE:
+            # RabbitMQ lets clients check the pseudo-queue exists; it never holds messages.
+            payload = frames.declare_ok_payload(method.queue, 0, 0)
+            self.connection.send(frames.frame(frames.FRAME_METHOD, self.number, payload))
+            return
         name = method.queue
         if method.passive and not name:
             name = self._queue_name(name)
@@ -633,7 +684,23 @@ class Channel:
         self._send(commands.Basic.QosOk())
         self.resume_delivery()
 
+    def _consume_replies(self, method: commands.Basic.Consume) -> None:
+        """Basic.Consume on amq.rabbitmq.reply-to: no queue, just this channel's address."""
+        if not method.no_ack:
+            raise ChannelException(PRECONDITION_FAILED, "reply consumer cannot acknowledge")
+        if self.reply_consumer is not None:
+            raise ChannelException(PRECONDITION_FAILED, "reply consumer already set")
+        tag = method.consumer_tag or server_generated_name("amq.ctag-")
+        self.reply_consumer = frames.short_string(tag)
+        self.reply_address = reply_to.new_address()
+        self.connection.broker.reply_channels[self.reply_address] = self
+        if not method.nowait:
+            self._send(commands.Basic.ConsumeOk(consumer_tag=tag))
+
     def _on_consume(self, method: commands.Basic.Consume) -> None:
+        if method.queue == reply_to.PSEUDO_QUEUE:
+            self._consume_replies(method)
+            return
         name = self._queue_name(method.queue)
         self.access.check("read", "queue", name)
         queue = self.vhost.get_queue(name, self.connection)
@@ -668,6 +735,8 @@ class Channel:
         queue.add_consumer(consumer)
 
     def _on_cancel(self, method: commands.Basic.Cancel) -> None:
+        if self.reply_consumer == frames.short_string(method.consumer_tag):
+            self._stop_replies()
         consumer = self.consumers.pop(method.consumer_tag, None)
         if not method.nowait:
             self._send(commands.Basic.CancelOk(consumer_tag=method.consumer_tag))

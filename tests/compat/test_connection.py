@@ -34,8 +34,8 @@ CAPABILITIES = [
     "per_consumer_qos",
     "direct_reply_to",
 ]
-# Warren advertises only what it implements; direct reply-to is still to come.
-NOT_YET_IN_WARREN = {"direct_reply_to"}
+# Warren advertises only what it implements.
+NOT_YET_IN_WARREN: set[str] = set()
 
 
 @pytest.fixture(autouse=True)

@@ -160,29 +160,46 @@ def split_words(key: str) -> tuple[str, ...]:
     return tuple(key.split(".")) if key else ()
 
 
-def topic_matches(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
-    """Match as RabbitMQ does: '*' is exactly one word, '#' is zero or more words."""
-    # reachable[j]: the pattern prefix seen so far can consume exactly words[:j]
-    reachable = [True] + [False] * len(words)
-    for token in pattern:
-        if token == "#":
-            for j in range(1, len(words) + 1):
-                reachable[j] = reachable[j] or reachable[j - 1]
-        else:
-            for j in range(len(words), 0, -1):
-                reachable[j] = reachable[j - 1] and (token == "*" or token == words[j - 1])
-            reachable[0] = False
-    return reachable[-1]
+class _TopicNode:
+    """One word position of the binding-pattern trie: children by word ('*' and '#' included)
+    and the destinations of patterns that end here, with binding counts."""
+
+    __slots__ = ("children", "destinations")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _TopicNode] = {}
+        self.destinations: dict[Any, int] = {}
+
+
+def _trie_match(node: _TopicNode, words: tuple[str, ...], at: int, found: dict[Any, None]) -> None:
+    """RabbitMQ's semantics: '*' is exactly one word, '#' zero or more."""
+    hash_node = node.children.get("#")
+    if hash_node is not None:
+        for start in range(at, len(words) + 1):
+            _trie_match(hash_node, words, start, found)
+    if at == len(words):
+        found.update(dict.fromkeys(node.destinations))
+        return
+    word = words[at]
+    if word != "*" and word != "#":
+        child = node.children.get(word)
+        if child is not None:
+            _trie_match(child, words, at + 1, found)
+    star = node.children.get("*")
+    if star is not None:
+        _trie_match(star, words, at + 1, found)
 
 
 class TopicExchange(Exchange):
+    """Patterns live in a word trie, as in RabbitMQ, so routing costs the words of the key, not
+    the number of bindings; recent keys are cached until a binding changes."""
+
     type_name = "topic"
     CACHE_LIMIT = 4096
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # pattern words -> {destination: count}
-        self._patterns: dict[tuple[str, ...], dict[Any, int]] = {}
+        self._root = _TopicNode()
         self._cache: dict[str, tuple] = {}
 
     def route(self, message: Message) -> Collection[Any]:
@@ -190,11 +207,8 @@ class TopicExchange(Exchange):
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        words = split_words(key)
         found: dict[Any, None] = {}
-        for pattern, destinations in self._patterns.items():
-            if topic_matches(pattern, words):
-                found.update(dict.fromkeys(destinations))
+        _trie_match(self._root, split_words(key), 0, found)
         result = tuple(found)
         if len(self._cache) >= self.CACHE_LIMIT:
             self._cache.clear()
@@ -202,16 +216,26 @@ class TopicExchange(Exchange):
         return result
 
     def _index_add(self, binding: Binding) -> None:
-        pattern = split_words(binding.routing_key)
-        _count_add(self._patterns.setdefault(pattern, {}), binding.destination)
+        node = self._root
+        for word in split_words(binding.routing_key):
+            child = node.children.get(word)
+            if child is None:
+                child = node.children[word] = _TopicNode()
+            node = child
+        _count_add(node.destinations, binding.destination)
         self._cache.clear()
 
     def _index_remove(self, binding: Binding) -> None:
-        pattern = split_words(binding.routing_key)
-        index = self._patterns[pattern]
-        _count_remove(index, binding.destination)
-        if not index:
-            del self._patterns[pattern]
+        path = [self._root]
+        words = split_words(binding.routing_key)
+        for word in words:
+            path.append(path[-1].children[word])
+        _count_remove(path[-1].destinations, binding.destination)
+        for depth in range(len(words), 0, -1):  # prune the branch nodes left empty
+            node = path[depth]
+            if node.children or node.destinations:
+                break
+            del path[depth - 1].children[words[depth - 1]]
         self._cache.clear()
 
 

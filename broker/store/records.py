@@ -32,6 +32,11 @@ _MESSAGE_HEAD = struct.Struct(">QH")  # message id, number of queue ids
 _ROUTE_LEN = struct.Struct(">H")
 _HEADER_LEN = struct.Struct(">I")
 _IDS_HEAD = struct.Struct(">QI")  # queue id, number of message ids
+_ONE_ID = struct.Struct(">Q")
+
+
+def _pack_ids(ids: list[int]) -> bytes:
+    return struct.pack(f">{len(ids)}Q", *ids)
 
 
 def encode_table(values: dict[str, Any]) -> bytes:
@@ -66,10 +71,11 @@ def decode_table(payload: bytes | memoryview) -> dict[str, Any]:
 def encode_message(
     msg_id: int, queue_ids: list[int], route: bytes, header: bytes, body: bytes
 ) -> bytes:
+    ids = _ONE_ID.pack(queue_ids[0]) if len(queue_ids) == 1 else _pack_ids(queue_ids)
     return b"".join(
         (
             _MESSAGE_HEAD.pack(msg_id, len(queue_ids)),
-            struct.pack(f">{len(queue_ids)}Q", *queue_ids),
+            ids,
             _ROUTE_LEN.pack(len(route)),
             route,
             _HEADER_LEN.pack(len(header)),
@@ -97,7 +103,7 @@ def decode_message(payload: memoryview) -> tuple[int, tuple[int, ...], bytes, by
 
 def encode_ids(queue_id: int, msg_ids: list[int]) -> bytes:
     """SETTLE / DELIVERED: one queue and the messages it settled or handed out."""
-    return _IDS_HEAD.pack(queue_id, len(msg_ids)) + struct.pack(f">{len(msg_ids)}Q", *msg_ids)
+    return _IDS_HEAD.pack(queue_id, len(msg_ids)) + _pack_ids(msg_ids)
 
 
 def decode_ids(payload: memoryview) -> tuple[int, tuple[int, ...]]:

@@ -47,7 +47,9 @@ class RecoveredState:
         elif record_type == records.SETTLE:
             queue_id, msg_ids = records.decode_ids(payload)
             messages = self.messages
+            delivered = self.delivered
             for msg_id in msg_ids:
+                delivered.discard((msg_id, queue_id))
                 held = messages.get(msg_id)
                 if held is not None:
                     remaining = tuple(q for q in held[1] if q != queue_id)

@@ -1,8 +1,11 @@
 """The memory alarm: above the high watermark, publishers are blocked until memory drops.
 
 As in RabbitMQ, connections that publish get connection.blocked and their sockets stop being
-read; consumers keep draining queues, which is what brings memory back down. The check reads the
-process's resident size from /proc once a second, off the per-message path entirely.
+read; consumers keep draining queues, which is what brings memory back down. Python seldom gives
+freed memory back to the system, so the resident size would stay high after queues drain and the
+alarm would never clear. The broker's memory is therefore estimated as what the process used when
+it started serving plus what its queues hold now (bodies, headers and per-message bookkeeping),
+a sum kept by the queues and read once a second, off the per-message path.
 """
 
 from __future__ import annotations
@@ -48,19 +51,18 @@ class MemoryMonitor:
     """Polls memory use and calls `on_change(alarm_active)` when it crosses the watermark."""
 
     def __init__(
-        self,
-        limit: int,
-        on_change: Callable[[bool], None],
-        measure: Callable[[], int] = resident_memory,
+        self, limit: int, on_change: Callable[[bool], None], queued: Callable[[], int]
     ) -> None:
         self.limit = limit
         self.active = False
         self.used = 0
+        self.baseline = 0  # the process's own memory, without what queues hold
         self._on_change = on_change
-        self._measure = measure
+        self._queued = queued
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        self.baseline = max(0, resident_memory() - self._queued())
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -75,7 +77,7 @@ class MemoryMonitor:
             await asyncio.sleep(CHECK_INTERVAL)
 
     def check(self) -> None:
-        self.used = self._measure()
+        self.used = self.baseline + self._queued()
         above = self.used > self.limit
         if above == self.active:
             return

@@ -37,7 +37,9 @@ def _serve(args: argparse.Namespace) -> int:
         uvloop = None
     runner = uvloop.run if uvloop is not None else asyncio.run
     try:
-        runner(Broker(config).serve_forever())
+        if not runner(Broker(config).serve_forever()):
+            print("warren: the write-ahead log failed; see the log above", file=sys.stderr)
+            return 1
     except (CorruptLogError, UnknownVhostError) as error:
         print(f"warren: cannot start: {error}", file=sys.stderr)
         return 3

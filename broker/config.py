@@ -281,10 +281,21 @@ def _parse_limits(raw: Any) -> Limits:
         max_message_size=_integer(
             get("max_message_size"), "limits.max_message_size", 1, 512 * 1024 * 1024
         ),
-        memory_high_watermark=_number(
-            get("memory_high_watermark"), "limits.memory_high_watermark", 0.01, 1 << 50
-        ),
+        memory_high_watermark=_watermark(get("memory_high_watermark")),
     )
+
+
+def _watermark(value: Any) -> float:
+    """A fraction of memory (0.01..1) or a number of bytes (at least 1 MiB): nothing between,
+    where 1.5 would silently mean one and a half bytes."""
+    path = "limits.memory_high_watermark"
+    number = _number(value, path, 0.01, 1 << 50)
+    if 1 < number < 1 << 20:
+        raise ConfigError(
+            f"{path}: {value!r} is neither a fraction of memory (0.01 to 1) nor a size in bytes"
+            " (at least 1048576)"
+        )
+    return number
 
 
 def _parse_store(raw: Any) -> StoreConfig:
@@ -328,23 +339,47 @@ def parse_config(raw: Any, base_dir: Path) -> BrokerConfig:
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     raw_dir = data.get("data_dir", "data")
-    data_dir = None if raw_dir is None else Path(_string(str(raw_dir), "data_dir"))
+    data_dir = None if raw_dir is None else Path(_string(raw_dir, "data_dir"))
     if data_dir is not None and not data_dir.is_absolute():
         data_dir = base_dir / data_dir
     listener, tls_listener = _parse_listeners(data.get("listeners"), base_dir)
+    metrics_port = _port(data.get("metrics_port", 15692), "metrics_port")
+    admin_port = _port(data.get("admin_port", 15672), "admin_port")
+    _check_ports_distinct(
+        {
+            "listeners.amqp.port": listener.port,
+            "listeners.amqps.port": tls_listener.port if tls_listener else 0,
+            "metrics_port": metrics_port,
+            "admin_port": admin_port,
+        }
+    )
+    users = _parse_users(data.get("users"), tuple(vhosts))
+    names = [user.name for user in users]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"users: '{name}' is listed more than once")
     return BrokerConfig(
         listener=listener,
         tls_listener=tls_listener,
-        users=_parse_users(data.get("users"), tuple(vhosts)),
+        users=users,
         vhosts=tuple(vhosts),
         limits=_parse_limits(data.get("limits")),
         store=_parse_store(data.get("store")),
         data_dir=data_dir,
-        metrics_port=_port(data.get("metrics_port", 15692), "metrics_port"),
-        admin_port=_port(data.get("admin_port", 15672), "admin_port"),
+        metrics_port=metrics_port,
+        admin_port=admin_port,
         log_level=log_level,
         cluster_name=_string(data.get("cluster_name", "warren"), "cluster_name"),
     )
+
+
+def _check_ports_distinct(ports: dict[str, int]) -> None:
+    """Two listeners on one port fail only after recovery; say so at once instead."""
+    seen: dict[int, str] = {}
+    for key, port in ports.items():
+        if port and port in seen:
+            raise ConfigError(f"{key}: port {port} is already used by {seen[port]}")
+        seen.setdefault(port, key)
 
 
 def apply_environment(raw: Any, environ: Mapping[str, str]) -> Any:
@@ -362,6 +397,10 @@ def apply_environment(raw: Any, environ: Mapping[str, str]) -> Any:
             continue
         if not isinstance(data, dict):
             raise ConfigError(f"{name}: the config file's top level is not a mapping")
+        if not text.strip():
+            # An unset compose variable must not silently mean "null" (for data_dir: no
+            # durability at all); set the key in the file to turn something off.
+            raise ConfigError(f"{name}: empty value; unset the variable to keep the file's value")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as error:

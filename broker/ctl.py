@@ -56,6 +56,9 @@ LISTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
 }
 
+# The admin API is on loopback: never route it, or the credentials, through an HTTP proxy.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 class CtlError(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
@@ -109,7 +112,7 @@ def fetch(
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+        with DIRECT.open(request, timeout=TIMEOUT) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         reason = _reason(error)

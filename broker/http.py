@@ -22,6 +22,8 @@ log = logging.getLogger("warren.http")
 
 MAX_HEAD = 16 * 1024  # request line and headers
 IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next request
+WRITE_TIMEOUT = 10.0  # seconds a client has to take a response before it is dropped
+MAX_CLIENTS = 32  # concurrent HTTP clients; more are dropped at once
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,16 @@ class HttpServer:
             return
         self._server.close()
         for writer in list(self._clients):
-            writer.close()
+            writer.transport.abort()  # a client that does not read must not hold up the stop
         await self._server.wait_closed()
         self._server = None
 
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if len(self._clients) >= MAX_CLIENTS:
+            writer.transport.abort()  # scrapers and ctl need a handful, not hundreds
+            return
         self._clients.add(writer)
         peer = writer.get_extra_info("peername")
         peer_host = str(peer[0]) if peer else ""
@@ -100,8 +105,11 @@ class HttpServer:
                     await _write(writer, _plain(400, "malformed request"), False, False)
                     return
                 response = self._respond(request)
-                await _write(writer, response, keep_alive, request.method == "HEAD")
-        except ConnectionError:
+                await asyncio.wait_for(
+                    _write(writer, response, keep_alive, request.method == "HEAD"), WRITE_TIMEOUT
+                )
+        except (ConnectionError, TimeoutError):  # gone, or not reading what we send
+            writer.transport.abort()
             return
         finally:
             self._clients.discard(writer)
@@ -135,7 +143,10 @@ def _parse(head: bytes, peer_host: str) -> tuple[Request | None, bool]:
         return None, False
     if not version.startswith("HTTP/1."):
         return None, False
-    url = urlsplit(target)
+    try:
+        url = urlsplit(target)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None, False
     query = {key: values[0] for key, values in parse_qs(url.query).items()}
     has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
     keep_alive = (

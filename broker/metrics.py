@@ -20,6 +20,7 @@ from __future__ import annotations
 import platform
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from typing import TYPE_CHECKING
@@ -355,6 +356,9 @@ def _histogram(name: str, text: str, histogram: LatencyHistogram) -> HistogramMe
     return HistogramMetricFamily(name, text, buckets=buckets, sum_value=histogram.sum_ns / 1e9)
 
 
+RENDER_REUSE_SECONDS = 1.0
+
+
 class MetricsServer(HttpService):
     """GET /metrics on host:port, answered on the running loop from a registry of our own."""
 
@@ -364,8 +368,16 @@ class MetricsServer(HttpService):
         # rabbitmq_process_{resident_memory_bytes,open_fds,max_fds}: the dashboard's names.
         ProcessCollector(namespace="rabbitmq", registry=self.registry)
         self._http = HttpServer(self._handle, host, port, "metrics")
+        self._rendered = b""
+        self._rendered_at = -RENDER_REUSE_SECONDS
 
     def _handle(self, request: Request) -> Response:
         if request.path not in METRICS_PATHS:
             return Response(404, b"metrics are served on /metrics\n")
-        return Response(200, generate_latest(self.registry), CONTENT_TYPE)
+        # Rendering runs on the broker's loop and grows with the number of queues: several
+        # scrapers (or an eager one) within a second share one rendering.
+        now = time.monotonic()
+        if now - self._rendered_at >= RENDER_REUSE_SECONDS:
+            self._rendered = generate_latest(self.registry)
+            self._rendered_at = now
+        return Response(200, self._rendered, CONTENT_TYPE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 from types import TracebackType
@@ -75,7 +76,9 @@ class Broker:
         if config.admin_port:
             self.http_servers.append(AdminServer(self, port=config.admin_port))
         self.memory = MemoryMonitor(
-            watermark_bytes(config.limits.memory_high_watermark), self._memory_alarm_changed
+            watermark_bytes(config.limits.memory_high_watermark),
+            self._memory_alarm_changed,
+            self._queued_bytes,
         )
 
     @property
@@ -89,6 +92,13 @@ class Broker:
         """The amqps port actually bound."""
         assert self._tls_server is not None, "no TLS listener configured"
         return self._tls_server.sockets[0].getsockname()[1]
+
+    def _queued_bytes(self) -> int:
+        return sum(q.memory_bytes for vhost in self.vhosts.values() for q in vhost.queues.values())
+
+    def open_connections(self) -> int:
+        """Connections past Connection.Open (the ones limits.max_connections counts)."""
+        return sum(1 for connection in self.connections if connection.vhost is not None)
 
     @property
     def memory_alarm(self) -> bool:
@@ -110,6 +120,8 @@ class Broker:
         loop = asyncio.get_running_loop()
         if self.wal is not None:
             await self._recover()
+        else:
+            log.warning("store.disabled", extra=fields(reason="data_dir is null: nothing is kept"))
         listener = self.config.listener
         self._server = await loop.create_server(
             lambda: AMQPConnection(self),
@@ -189,16 +201,27 @@ class Broker:
         self._stopped.set()
         log.info("broker.stopped")
 
-    async def serve_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop gracefully."""
-        await self.start()
+    async def serve_forever(self) -> bool:
+        """Run until SIGTERM or SIGINT, then stop gracefully; a second signal stops at once.
+
+        Returns False when the log failed, so the exit status can say the data is not safe.
+        """
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop_requested.set)
+
+        def on_signal() -> None:
+            if stop_requested.is_set():
+                log.warning("broker.forced_exit", extra=fields(reason="second signal"))
+                os._exit(130)  # the operator insists; the log keeps what was fsynced
+            stop_requested.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):  # before recovery, which can be long
+            loop.add_signal_handler(signum, on_signal)
+        await self.start()
         await stop_requested.wait()
         log.info("broker.shutdown_requested")
         await self.stop()
+        return self.wal is None or self.wal.failed is None
 
     async def __aenter__(self) -> Broker:
         await self.start()

@@ -560,6 +560,9 @@ class Channel:
     def _on_exchange_declare(self, method: commands.Exchange.Declare) -> None:
         if not method.passive:
             self.access.check("configure", "exchange", method.exchange)
+            self._check_forwarding(
+                "exchange", method.exchange, (method.arguments or {}).get("alternate-exchange")
+            )
         self.vhost.declare_exchange(
             method.exchange,
             method.exchange_type,
@@ -594,6 +597,13 @@ class Channel:
         if not method.nowait:
             self._send(commands.Exchange.UnbindOk())
 
+    def _check_forwarding(self, kind: str, name: str, target: Any) -> None:
+        """An alternate or dead-letter exchange moves messages out of `name` into `target`:
+        as in RabbitMQ, that needs read on the source and write on the target."""
+        if isinstance(target, str):
+            self.access.check("read", kind, name)
+            self.access.check("write", "exchange", target)
+
     def _check_binding(self, kind: str, destination: str, source: str) -> None:
         """RabbitMQ: binding needs write on the destination and read on the source exchange."""
         self.access.check("write", kind, destination)
@@ -613,6 +623,9 @@ class Channel:
             # Name a server-named queue first: permissions are checked on the name it gets.
             name = name or server_generated_name("amq.gen-")
             self.access.check("configure", "queue", name)
+            self._check_forwarding(
+                "queue", name, (method.arguments or {}).get("x-dead-letter-exchange")
+            )
         queue = self.vhost.declare_queue(
             name,
             self.connection,

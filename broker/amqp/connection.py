@@ -100,7 +100,7 @@ class AMQPConnection(asyncio.Protocol):
         # Memory alarm: a publisher is blocked (socket not read) while the alarm lasts; a
         # connection that has not published yet is only marked and blocked at its first publish.
         self.publisher = False
-        self.blocking = broker.memory_alarm
+        self.blocking = False  # sampled in connection_made: a TLS handshake takes a while
         self.blocked = False
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -115,15 +115,7 @@ class AMQPConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        most = self.config.limits.max_connections
-        if most and len(self.broker.connections) >= most:
-            log.warning(
-                "connection.refused",
-                extra=fields(peer=self.peer, reason=f"the connection limit ({most}) is reached"),
-            )
-            self.state = CLOSED
-            transport.abort()
-            return
+        self.blocking = self.broker.memory_alarm
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -499,6 +491,16 @@ class AMQPConnection(asyncio.Protocol):
         if access is None:
             raise ConnectionException(
                 NOT_ALLOWED, f"access to vhost '{vhost_name}' refused for user '{self.user}'"
+            )
+        most = self.config.limits.max_connections
+        if most and self.broker.open_connections() >= most:
+            # As RabbitMQ: only opened connections count, and the refusal is a 530 at open.
+            log.warning(
+                "connection.refused",
+                extra=fields(peer=self.peer, user=self.user, reason="connection limit reached"),
+            )
+            raise ConnectionException(
+                NOT_ALLOWED, f"connection refused: node connection limit ({most}) is reached"
             )
         self.access = access
         self.vhost = vhost

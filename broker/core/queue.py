@@ -17,6 +17,14 @@ from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import MessageStore
 
 MEMORY_STORE = MessageStore()
+# Per queued message beyond its bytes: Message, QueuedMessage, deque and set slots (measured).
+ENTRY_OVERHEAD = 400
+
+
+def footprint(message: Message) -> int:
+    """A queued message's estimated memory, for the memory alarm."""
+    body = message.body
+    return ENTRY_OVERHEAD + len(message.header) + (len(body) if body is not None else 0)
 
 
 class Queue:
@@ -46,6 +54,8 @@ class Queue:
         self.outstanding: set[QueuedMessage] = set()  # delivered, waiting for ack/reject
         # Totals for metrics, plain integers read at scrape time.
         self.published_total = 0
+        # Estimated memory of what this queue holds (ready and unacked), for the memory alarm.
+        self.memory_bytes = 0
         self.delivered_total = 0
         self.acked_total = 0
         self.consumers: list[Consumer] = []
@@ -75,6 +85,7 @@ class Queue:
     def publish(self, message: Message) -> None:
         """Append a message and hand it to a consumer if one has room."""
         self.published_total += 1
+        self.memory_bytes += footprint(message)
         self._next_seq += 1
         self.ready.append(QueuedMessage(message, self._next_seq))
         if self.consumers:
@@ -82,6 +93,7 @@ class Queue:
 
     def restore(self, entry: QueuedMessage) -> None:
         """Append a message recovered from the log, keeping its redelivered flag."""
+        self.memory_bytes += footprint(entry.message)
         self._next_seq += 1
         entry.seq = self._next_seq
         self.ready.append(entry)
@@ -101,12 +113,15 @@ class Queue:
             self.outstanding.add(entry)
             if entry.message.msg_id and self.store_id and not entry.redelivered:
                 self.store.delivered(self, entry)
-        elif entry.message.msg_id and self.store_id:
-            self.store.settled(self, (entry,))
+        else:
+            self.memory_bytes -= footprint(entry.message)
+            if entry.message.msg_id and self.store_id:
+                self.store.settled(self, (entry,))
 
     def settle(self, entries: list[QueuedMessage]) -> None:
         """Acked (or rejected without requeue): the messages leave this queue for good."""
         self.acked_total += len(entries)
+        self.memory_bytes -= sum(footprint(entry.message) for entry in entries)
         self.outstanding.difference_update(entries)
         if self.store_id:
             logged = [entry for entry in entries if entry.message.msg_id]
@@ -141,6 +156,7 @@ class Queue:
     def purge(self) -> int:
         """Drop the ready messages (not the unacked ones), as Queue.Purge does."""
         count = len(self.ready)
+        self.memory_bytes -= sum(footprint(entry.message) for entry in self.ready)
         if self.store_id:
             logged = [entry for entry in self.ready if entry.message.msg_id]
             if logged:

@@ -398,6 +398,7 @@ class VirtualHost:
         count = len(queue.ready)
         queue.ready.clear()
         queue.outstanding.clear()
+        queue.memory_bytes = 0
         for consumer in list(queue.consumers):
             consumer.sink.consumer_cancelled(consumer)
         queue.consumers.clear()

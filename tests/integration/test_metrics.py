@@ -13,6 +13,7 @@ import pika
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker import metrics
 from broker.config import load_config
 from broker.metrics import MetricsServer
 from broker.server import Broker
@@ -24,7 +25,9 @@ DURABLE, TRANSIENT, IDLE = "metrics-durable", "metrics-transient", "metrics-idle
 
 
 @pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+async def broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Broker]:
+    # These tests scrape several times a second and need each scrape fresh.
+    monkeypatch.setattr(metrics, "RENDER_REUSE_SECONDS", 0.0)
     config = load_config().with_overrides(
         port=0, data_dir=str(tmp_path / "d"), metrics_port=free_port(), admin_port=0
     )
@@ -202,3 +205,15 @@ async def test_unknown_path_is_404_and_stop_closes_the_port(tmp_path: Path) -> N
     await server.stop()
     with pytest.raises(urllib.error.URLError):
         await asyncio.to_thread(urllib.request.urlopen, f"{url}/metrics", None, 5)
+
+
+async def test_scrapes_within_a_second_share_one_rendering(tmp_path: Path) -> None:
+    """Rendering is reused for a second, so eager scrapers cannot keep the loop busy."""
+    config = load_config().with_overrides(
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=free_port(), admin_port=0
+    )
+    async with Broker(config) as running:
+        port = running.config.metrics_port
+        first = await asyncio.to_thread(scrape, port)
+        running.counters.published += 5
+        assert await asyncio.to_thread(scrape, port) == first

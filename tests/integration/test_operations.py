@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -137,14 +138,30 @@ def refused(action: Any) -> str:
             lambda ch: (ch.confirm_delivery(), ch.basic_publish("amq.topic", "k", b"x")),
             "access to exchange 'amq.topic'",
         ),
+        (
+            lambda ch: ch.exchange_declare(
+                "app.ae", "direct", arguments={"alternate-exchange": "amq.topic"}
+            ),
+            "access to exchange 'amq.topic'",
+        ),
+        (
+            lambda ch: ch.queue_declare(
+                "app.dlq", arguments={"x-dead-letter-exchange": "amq.fanout"}
+            ),
+            "access to exchange 'amq.fanout'",
+        ),
+        (lambda ch: ch.exchange_bind("amq.direct", "app.q"), "access to exchange 'amq.direct'"),
+        (lambda ch: ch.queue_bind("other.q", "app.x"), "access to queue 'other.q'"),
     ],
     ids=["declare-q", "declare-x", "delete-q", "delete-x", "bind", "get", "consume", "purge",
-         "publish"],
+         "publish", "alternate-exchange", "dead-letter-exchange", "e2e-bind-destination",
+         "bind-destination"],
 )  # fmt: skip
 def test_permissions_refuse_with_403(restricted_broker: BrokerProcess, operation, text) -> None:
     """Each operation checks RabbitMQ's permission kind against the resource name."""
     channel = app_channel(restricted_broker)
-    channel.queue_declare("app.q")  # allowed: gives the bind case a queue of its own
+    channel.queue_declare("app.q")  # allowed: gives the bind cases a queue and an exchange
+    channel.exchange_declare("app.x", "fanout")
     message = refused(lambda: operation(channel))
     assert message.startswith("ACCESS_REFUSED - ")
     assert f"{text} in vhost '/' refused for user 'app'" in message
@@ -176,7 +193,9 @@ def test_vhost_without_permissions_is_refused(restricted_broker: BrokerProcess) 
 
 # ------------------------------------------------------------------------------------ limits
 def test_connection_limit_refuses_extra_connections(tmp_path: Path) -> None:
-    """limits.max_connections: the next connection is dropped; closing one makes room."""
+    """limits.max_connections counts opened connections: the next one gets 530 NOT_ALLOWED at
+    Connection.Open (as RabbitMQ answers); sockets still in the handshake do not count;
+    closing a connection makes room."""
     config = yaml.safe_load((PROJECT_ROOT / "config" / "broker.yaml").read_text())
     config["limits"]["max_connections"] = 2
     path = tmp_path / "broker.yaml"
@@ -184,25 +203,34 @@ def test_connection_limit_refuses_extra_connections(tmp_path: Path) -> None:
     broker = BrokerProcess(tmp_path / "data", path)
     try:
         params = pika.URLParameters(broker.url)
+        idle = socket.create_connection(("127.0.0.1", broker.port))  # never authenticates
         first, second = pika.BlockingConnection(params), pika.BlockingConnection(params)
-        with pytest.raises(pika.exceptions.AMQPConnectionError):
+        with pytest.raises(pika.exceptions.AMQPConnectionError) as refused:
             pika.BlockingConnection(params)
+        assert "NOT_ALLOWED - connection refused: node connection limit (2) is reached" in str(
+            refused.value
+        )
+        idle.close()
         first.close()
         time.sleep(0.1)
         third = pika.BlockingConnection(params)
         assert third.is_open
         third.close()
         second.close()
-        assert "the connection limit (2) is reached" in broker.log_text()
+        assert "event=connection.refused" in broker.log_text()
     finally:
         broker.stop()
 
 
-async def test_memory_alarm_blocks_publishers_until_it_clears(tmp_path: Path) -> None:
-    """Above the watermark a publisher gets connection.blocked and its publishes wait unread;
-    below it, connection.unblocked and the publishes go through."""
-    config = load_config().with_overrides(port=0, data_dir=str(tmp_path / "d"), metrics_port=0)
+async def test_memory_alarm_blocks_publishers_until_queues_drain(tmp_path: Path) -> None:
+    """Real memory: filling a queue past the watermark gives publishers connection.blocked and
+    leaves their publishes unread; draining the queue (consumers are never blocked) clears the
+    alarm, publishers get connection.unblocked and their publishes go through."""
+    config = load_config().with_overrides(
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+    )
     async with Broker(config) as broker:
+        broker.memory.limit = broker.memory.baseline + 2_000_000  # ~2 MB of queued messages
         connection = await asyncio.to_thread(
             pika.BlockingConnection, pika.URLParameters(broker.url)
         )
@@ -210,27 +238,34 @@ async def test_memory_alarm_blocks_publishers_until_it_clears(tmp_path: Path) ->
         connection.add_on_connection_blocked_callback(lambda *_: events.append("blocked"))
         connection.add_on_connection_unblocked_callback(lambda *_: events.append("unblocked"))
         channel = await asyncio.to_thread(connection.channel)
-        await asyncio.to_thread(channel.queue_declare, "alarm-q", exclusive=True)
-        await asyncio.to_thread(channel.basic_publish, "", "alarm-q", b"before")
+        await asyncio.to_thread(channel.queue_declare, "alarm-q", auto_delete=False)
+        body = b"x" * 10_000
+        for _ in range(300):  # 3 MB: past the watermark
+            await asyncio.to_thread(channel.basic_publish, "", "alarm-q", body)
         queue = broker.vhosts["/"].queues["alarm-q"]
-        await asyncio.sleep(0.1)
-        assert queue.message_count == 1
-
-        normal_limit = broker.memory.limit
-        broker.memory.limit = 1  # any process is above one byte
+        await asyncio.sleep(0.2)
+        assert queue.message_count == 300
         broker.memory.check()
         await asyncio.to_thread(connection.process_data_events, 0.3)
-        assert events == ["blocked"]
-        await asyncio.to_thread(channel.basic_publish, "", "alarm-q", b"during")
+        assert broker.memory_alarm and events == ["blocked"]
+        await asyncio.to_thread(channel.basic_publish, "", "alarm-q", b"while blocked")
         await asyncio.sleep(0.3)
-        assert queue.message_count == 1  # not read while blocked
+        assert queue.message_count == 300  # the publisher's socket is not read
 
-        broker.memory.limit = normal_limit
+        consumer_connection = await asyncio.to_thread(
+            pika.BlockingConnection, pika.URLParameters(broker.url)
+        )
+        consumer = await asyncio.to_thread(consumer_connection.channel)
+        for _ in range(300):  # consumers keep working during the alarm
+            method, _, _ = await asyncio.to_thread(consumer.basic_get, "alarm-q", True)
+            assert method is not None
         broker.memory.check()
         await asyncio.to_thread(connection.process_data_events, 0.3)
         await asyncio.sleep(0.1)
+        assert not broker.memory_alarm
         assert events == ["blocked", "unblocked"]
-        assert queue.message_count == 2
+        assert queue.message_count == 1  # the held publish arrived
+        await asyncio.to_thread(consumer_connection.close)
         await asyncio.to_thread(connection.close)
 
 

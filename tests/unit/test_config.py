@@ -284,3 +284,28 @@ def test_with_overrides_validates(changes: dict[str, object], flag: str) -> None
     """Bad override values are ConfigErrors naming the command-line flag."""
     with pytest.raises(ConfigError, match=f"^{flag}: must be an integer"):
         BrokerConfig().with_overrides(**changes)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("metrics_port: 5672\n", "metrics_port: port 5672 is already used by listeners.amqp.port"),
+        ("admin_port: 15692\n", "admin_port: port 15692 is already used by metrics_port"),
+        ("limits:\n  memory_high_watermark: 1.5\n", "is neither a fraction of memory"),
+        ("data_dir: false\n", "data_dir: must be a non-empty string"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_at_start(
+    tmp_path: Path, extra: str, expected: str
+) -> None:
+    """Port collisions, an ambiguous watermark and a non-path data_dir are config errors."""
+    assert expected in _error(tmp_path, MINIMAL + extra)
+
+
+def test_duplicate_users_and_empty_environment_values_are_refused(tmp_path: Path) -> None:
+    """A user listed twice, or an environment override with an empty value, is an error
+    (an unset compose variable must not turn durability off)."""
+    twice = MINIMAL + MINIMAL.split("users:\n", 1)[1]
+    assert "users: 'app' is listed more than once" in _error(tmp_path, twice)
+    with pytest.raises(ConfigError, match="WARREN_DATA_DIR: empty value"):
+        load_config(_write(tmp_path, MINIMAL), {"WARREN_DATA_DIR": ""})

@@ -179,6 +179,27 @@ class BrokerCollector(Collector):
         yield from self._queues()
         yield from self._global()
         yield from self._storage()
+        yield from self._memory()
+
+    def _memory(self) -> Iterator[Metric]:
+        """The memory alarm, under the names the dashboard's "memory available before
+        publishers blocked" panel and alerts use."""
+        memory = self.broker.memory
+        yield GaugeMetricFamily(
+            "rabbitmq_resident_memory_limit_bytes",
+            "Memory high watermark: above it publishers are blocked",
+            value=memory.limit,
+        )
+        yield GaugeMetricFamily(
+            "rabbitmq_alarms_memory_used_watermark",
+            "1 while the memory alarm blocks publishers",
+            value=int(memory.active),
+        )
+        yield GaugeMetricFamily(
+            "warren_memory_estimated_bytes",
+            "The memory the alarm compares with the watermark: the process at start plus queues",
+            value=memory.baseline + self.broker.queued_bytes(),
+        )
 
     def _identity(self) -> Iterator[Metric]:
         identity = UntypedMetricFamily(

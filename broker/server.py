@@ -78,7 +78,7 @@ class Broker:
         self.memory = MemoryMonitor(
             watermark_bytes(config.limits.memory_high_watermark),
             self._memory_alarm_changed,
-            self._queued_bytes,
+            self.queued_bytes,
         )
 
     @property
@@ -93,7 +93,8 @@ class Broker:
         assert self._tls_server is not None, "no TLS listener configured"
         return self._tls_server.sockets[0].getsockname()[1]
 
-    def _queued_bytes(self) -> int:
+    def queued_bytes(self) -> int:
+        """Estimated memory of every queued message (the memory alarm's moving part)."""
         return sum(q.memory_bytes for vhost in self.vhosts.values() for q in vhost.queues.values())
 
     def open_connections(self) -> int:

@@ -217,3 +217,5 @@ async def test_scrapes_within_a_second_share_one_rendering(tmp_path: Path) -> No
         first = await asyncio.to_thread(scrape, port)
         running.counters.published += 5
         assert await asyncio.to_thread(scrape, port) == first
+        assert first[("rabbitmq_resident_memory_limit_bytes", ())] == running.memory.limit
+        assert first[("rabbitmq_alarms_memory_used_watermark", ())] == 0

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 # What the channel expects next on the wire.
 EXPECT_METHOD, EXPECT_HEADER, EXPECT_BODY = range(3)
 BASIC_CLASS = 60
+# Bytes of deliveries one connection frames per loop iteration before it waits for its write.
+DELIVERY_BATCH_BYTES = 1 << 20
 EXPECTED_METHOD_FRAME = "expected method frame, got non method frame instead"
 USER_ID_FLAG = 0x10  # user-id's bit in the low byte of the property flags
 
@@ -404,7 +406,11 @@ class Channel:
                 connection.frame_max,
             )
         )
-        connection.note_delivered(len(body) + 64)  # framing counts too for tiny messages
+        # Bytes framed this loop iteration (framing counts too for tiny messages): past the
+        # batch limit the connection takes no more deliveries until its write (see connection).
+        connection.batch_bytes += len(body) + 64
+        if connection.batch_bytes > DELIVERY_BATCH_BYTES:
+            connection.write_paused = True
 
     def deliver_reply(self, message: Message) -> None:
         """A reply to this channel's direct reply-to address: straight to its consumer."""

@@ -17,7 +17,7 @@ from pamqp import commands
 
 from broker import __version__
 from broker.amqp import frames
-from broker.amqp.channel import Channel
+from broker.amqp.channel import DELIVERY_BATCH_BYTES, Channel
 from broker.core.errors import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
@@ -45,7 +45,6 @@ AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED =
 MIN_FRAME_MAX = 4096  # the spec's minimum; frames up to this size are fine before tuning
 CLOSE_OK_TIMEOUT = 3.0
 SHUTDOWN_CLOSE_OK_TIMEOUT = 1.0
-DELIVERY_BATCH_BYTES = 1 << 20
 # Tx.Commit is synchronous: RabbitMQ refuses anything sent on the channel before its Commit-Ok
 # (a pipelining client would otherwise pair later replies with the commit).
 COMMIT_IN_PROGRESS = ConnectionException(
@@ -96,7 +95,7 @@ class AMQPConnection(asyncio.Protocol):
         self.exclusive_queues: dict[str, Queue] = {}
         self.write_paused = False
         self._transport_paused = False
-        self._batch_bytes = 0
+        self.batch_bytes = 0
         # Memory alarm: a publisher is blocked (socket not read) while the alarm lasts; a
         # connection that has not published yet is only marked and blocked at its first publish.
         self.publisher = False
@@ -185,12 +184,6 @@ class AMQPConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._transport_paused = False
         self._resume_deliveries()
-
-    def note_delivered(self, size: int) -> None:
-        """A channel framed a delivery of `size` body bytes for this connection."""
-        self._batch_bytes += size
-        if self._batch_bytes > DELIVERY_BATCH_BYTES:
-            self.write_paused = True
 
     def _resume_deliveries(self) -> None:
         if self._transport_paused or self.state != OPEN:
@@ -579,9 +572,9 @@ class AMQPConnection(asyncio.Protocol):
         self._out = []
         self.transport.write(b"".join(out))  # may call pause_writing
         self._sent = True
-        if self._batch_bytes > DELIVERY_BATCH_BYTES and not self._transport_paused:
+        if self.batch_bytes > DELIVERY_BATCH_BYTES and not self._transport_paused:
             self.loop.call_soon(self._resume_deliveries)  # the next batch, after other work
-        self._batch_bytes = 0
+        self.batch_bytes = 0
 
     # ------------------------------------------------------------------ closing
     def close_with_error(

@@ -11,12 +11,16 @@ from typing import Any
 
 from broker.core.properties import decode_properties, delivery_mode
 
+# Per queued message beyond its bytes: Message, QueuedMessage, deque and set slots (measured).
+ENTRY_OVERHEAD = 400
+
 
 class Message:
     __slots__ = (
         "_properties",
         "body",
         "exchange",
+        "footprint",
         "header",
         "location",
         "msg_id",
@@ -40,6 +44,8 @@ class Message:
         self.header = header
         # None when the body lives only in the log (recovered messages); see MessageStore.read_body.
         self.body = body
+        # Estimated memory while queued, computed once: the memory alarm's unit of account.
+        self.footprint = ENTRY_OVERHEAD + len(header) + (len(body) if body is not None else 0)
         self._properties: dict[str, Any] | None = None
         # Set by the store when the message is logged: its id, where its record is, and how many
         # surviving queues still hold it (the record can go once that reaches zero).

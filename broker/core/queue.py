@@ -17,14 +17,6 @@ from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import MessageStore
 
 MEMORY_STORE = MessageStore()
-# Per queued message beyond its bytes: Message, QueuedMessage, deque and set slots (measured).
-ENTRY_OVERHEAD = 400
-
-
-def footprint(message: Message) -> int:
-    """A queued message's estimated memory, for the memory alarm."""
-    body = message.body
-    return ENTRY_OVERHEAD + len(message.header) + (len(body) if body is not None else 0)
 
 
 class Queue:
@@ -85,7 +77,7 @@ class Queue:
     def publish(self, message: Message) -> None:
         """Append a message and hand it to a consumer if one has room."""
         self.published_total += 1
-        self.memory_bytes += footprint(message)
+        self.memory_bytes += message.footprint
         self._next_seq += 1
         self.ready.append(QueuedMessage(message, self._next_seq))
         if self.consumers:
@@ -93,7 +85,7 @@ class Queue:
 
     def restore(self, entry: QueuedMessage) -> None:
         """Append a message recovered from the log, keeping its redelivered flag."""
-        self.memory_bytes += footprint(entry.message)
+        self.memory_bytes += entry.message.footprint
         self._next_seq += 1
         entry.seq = self._next_seq
         self.ready.append(entry)
@@ -114,14 +106,17 @@ class Queue:
             if entry.message.msg_id and self.store_id and not entry.redelivered:
                 self.store.delivered(self, entry)
         else:
-            self.memory_bytes -= footprint(entry.message)
+            self.memory_bytes -= entry.message.footprint
             if entry.message.msg_id and self.store_id:
                 self.store.settled(self, (entry,))
 
     def settle(self, entries: list[QueuedMessage]) -> None:
         """Acked (or rejected without requeue): the messages leave this queue for good."""
         self.acked_total += len(entries)
-        self.memory_bytes -= sum(footprint(entry.message) for entry in entries)
+        freed = 0
+        for entry in entries:
+            freed += entry.message.footprint
+        self.memory_bytes -= freed
         self.outstanding.difference_update(entries)
         if self.store_id:
             logged = [entry for entry in entries if entry.message.msg_id]
@@ -156,7 +151,7 @@ class Queue:
     def purge(self) -> int:
         """Drop the ready messages (not the unacked ones), as Queue.Purge does."""
         count = len(self.ready)
-        self.memory_bytes -= sum(footprint(entry.message) for entry in self.ready)
+        self.memory_bytes -= sum(entry.message.footprint for entry in self.ready)
         if self.store_id:
             logged = [entry for entry in self.ready if entry.message.msg_id]
             if logged:
@@ -189,6 +184,9 @@ class Queue:
         """The next consumer with room: highest priority first, round robin among equals."""
         consumers = self.consumers
         count = len(consumers)
+        if count == 1:  # the common case, without the priority bookkeeping
+            only = consumers[0]
+            return only if only.sink.can_deliver(only) else None
         first = 0
         while first < count:
             priority = consumers[first].priority

@@ -11,8 +11,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shipped_config() -> dict[str, Any]:
+    """config/broker.yaml as a mapping, for tests to change and write back."""
+    return yaml.safe_load((PROJECT_ROOT / "config" / "broker.yaml").read_text())
+
+
+def write_config(directory: Path, config: dict[str, Any], name: str = "broker.yaml") -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def free_port() -> int:

@@ -11,21 +11,18 @@ from pathlib import Path
 
 import pika
 import pytest
-import yaml
 
 from broker.config import load_config
 from broker.server import Broker
-from tests.support import PROJECT_ROOT, BrokerProcess
+from tests.support import PROJECT_ROOT, BrokerProcess, shipped_config, write_config
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 
 
 def small_segment_config(tmp_path: Path, segment_size: int) -> Path:
-    config = yaml.safe_load((PROJECT_ROOT / "config" / "broker.yaml").read_text())
+    config = shipped_config()
     config["store"]["segment_size"] = segment_size
-    path = tmp_path / "broker.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_config(tmp_path, config)
 
 
 def wal_bytes(data_dir: Path) -> int:
@@ -157,11 +154,10 @@ def test_start_refused_while_the_log_holds_an_unconfigured_vhost(tmp_path: Path)
     """Dropping a vhost from the config must not drop its confirmed messages: the broker
     refuses to start, names the vhost, and starts again once it is back."""
     data_dir = tmp_path / "data"
-    with_v2 = yaml.safe_load((PROJECT_ROOT / "config" / "broker.yaml").read_text())
+    with_v2 = shipped_config()
     with_v2["vhosts"] = ["/", "v2"]
     with_v2["users"][0]["permissions"]["v2"] = {"configure": ".*", "write": ".*", "read": ".*"}
-    config = tmp_path / "with-v2.yaml"
-    config.write_text(yaml.safe_dump(with_v2))
+    config = write_config(tmp_path, with_v2, "with-v2.yaml")
     broker = BrokerProcess(data_dir, config)
     connection = pika.BlockingConnection(
         pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{broker.port}/v2")

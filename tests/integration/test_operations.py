@@ -14,23 +14,13 @@ from typing import Any
 
 import pika
 import pytest
-import yaml
 
 from broker.auth import hash_password
 from broker.config import load_config
 from broker.server import Broker
-from tests.support import PROJECT_ROOT, BrokerProcess, free_port
+from tests.support import BrokerProcess, free_port, shipped_config, write_config
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
-
-
-def write_config(tmp_path: Path, change: dict[str, Any]) -> Path:
-    """The shipped config with some top-level keys replaced."""
-    config = yaml.safe_load((PROJECT_ROOT / "config" / "broker.yaml").read_text())
-    config.update(change)
-    path = tmp_path / "broker.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 # ------------------------------------------------------------------------------------ TLS
@@ -58,15 +48,9 @@ def test_tls_listener_serves_pika_with_ssl_options(
     publishes/gets through it; the plain listener keeps working beside it."""
     cert, key = certificate
     tls_port = free_port()
-    config = write_config(
-        tmp_path,
-        {
-            "listeners": {
-                "amqp": {"host": "127.0.0.1", "port": 5672},
-                "amqps": {"port": tls_port, "certfile": str(cert), "keyfile": str(key)},
-            }
-        },
-    )
+    settings = shipped_config()
+    settings["listeners"]["amqps"] = {"port": tls_port, "certfile": str(cert), "keyfile": str(key)}
+    config = write_config(tmp_path, settings)
     broker = BrokerProcess(tmp_path / "data", config)
     try:
         context = ssl.create_default_context(cafile=str(cert))
@@ -95,7 +79,7 @@ RESTRICTED = {"configure": "^app\\.", "write": "^(app\\.|amq\\.default$)", "read
 def restricted_broker(tmp_path: Path) -> Any:
     """A broker where user 'app' may configure/read app.* and write app.* and the default
     exchange, and has no access to vhost 'ops'."""
-    config = yaml.safe_load((PROJECT_ROOT / "config" / "broker.yaml").read_text())
+    config = shipped_config()
     config["vhosts"] = ["/", "ops"]
     config["users"].append(
         {
@@ -104,9 +88,7 @@ def restricted_broker(tmp_path: Path) -> Any:
             "permissions": {"/": RESTRICTED},
         }
     )
-    path = tmp_path / "broker.yaml"
-    path.write_text(yaml.safe_dump(config))
-    broker = BrokerProcess(tmp_path / "data", path)
+    broker = BrokerProcess(tmp_path / "data", write_config(tmp_path, config))
     yield broker
     broker.stop()
 
@@ -196,11 +178,9 @@ def test_connection_limit_refuses_extra_connections(tmp_path: Path) -> None:
     """limits.max_connections counts opened connections: the next one gets 530 NOT_ALLOWED at
     Connection.Open (as RabbitMQ answers); sockets still in the handshake do not count;
     closing a connection makes room."""
-    config = yaml.safe_load((PROJECT_ROOT / "config" / "broker.yaml").read_text())
+    config = shipped_config()
     config["limits"]["max_connections"] = 2
-    path = tmp_path / "broker.yaml"
-    path.write_text(yaml.safe_dump(config))
-    broker = BrokerProcess(tmp_path / "data", path)
+    broker = BrokerProcess(tmp_path / "data", write_config(tmp_path, config))
     try:
         params = pika.URLParameters(broker.url)
         idle = socket.create_connection(("127.0.0.1", broker.port))  # never authenticates

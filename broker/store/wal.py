@@ -57,6 +57,7 @@ from typing import Any, NamedTuple, NoReturn
 
 from broker.core.persistence import SyncCallback
 from broker.core.stats import LatencyHistogram
+from broker.logs import fields
 
 logger = logging.getLogger("warren.wal")
 
@@ -223,12 +224,14 @@ class WriteAheadLog:
             seconds=time.perf_counter() - started,
         )
         logger.info(
-            "write-ahead log %s: replayed %d records (%d bytes) from %d segments in %.2fs",
-            self.directory,
-            report.records,
-            report.bytes,
-            report.segments,
-            report.seconds,
+            "wal.replayed",
+            extra=fields(
+                directory=self.directory,
+                records=report.records,
+                bytes=report.bytes,
+                segments=report.segments,
+                seconds=round(report.seconds, 3),
+            ),
         )
         return report
 
@@ -424,12 +427,15 @@ class WriteAheadLog:
         if self._failed is None:
             self._failed = exc
             logger.error(
-                "write-ahead log in %s could not write or fsync: %s. Nothing written from now on "
-                "will be confirmed (%d waiting syncs fail with this error). Free disk space or fix "
-                "the device, then restart the broker; recovery keeps every confirmed record.",
-                self.directory,
-                exc,
-                len(waiters),
+                "wal.failed",
+                extra=fields(
+                    directory=self.directory,
+                    error=exc,
+                    failed_syncs=len(waiters),
+                    consequence="nothing written from now on will be confirmed",
+                    action="free disk space or fix the device, then restart the broker;"
+                    " recovery keeps every confirmed record",
+                ),
                 exc_info=exc if not isinstance(exc, OSError) else None,
             )
         self._fire(waiters, exc)
@@ -440,7 +446,7 @@ class WriteAheadLog:
             try:
                 callback(error)
             except Exception:
-                logger.exception("write-ahead log sync callback %r raised", callback)
+                logger.exception("wal.callback_failed", extra=fields(callback=repr(callback)))
 
     # ------------------------------------------------------------------------------ reading
 
@@ -666,12 +672,14 @@ def _zero_from(data: bytes, position: int) -> bool:
 
 def _truncate_torn_tail(path: Path, bad: _BadRecord, size: int) -> None:
     logger.warning(
-        "write-ahead log %s ends in a record cut short by a crash at offset %d (%s); truncating "
-        "%d bytes. With sync_policy 'always' that record was never confirmed.",
-        path,
-        bad.offset,
-        bad.reason,
-        size - bad.offset,
+        "wal.torn_tail_truncated",
+        extra=fields(
+            path=path,
+            offset=bad.offset,
+            reason=bad.reason,
+            truncated_bytes=size - bad.offset,
+            note="a record cut short by a crash; with sync 'always' it was never confirmed",
+        ),
     )
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:

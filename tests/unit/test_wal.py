@@ -481,7 +481,9 @@ async def test_fsync_failure_fails_waiters_and_everything_after(
 
     assert len(errors) == 2 and all(e is log.failed for e in errors)
     assert isinstance(log.failed, OSError) and log.failed.errno == errno.ENOSPC
-    assert "could not write or fsync" in caplog.text and str(tmp_path) in caplog.text
+    (failure,) = [r for r in caplog.records if r.getMessage() == "wal.failed"]
+    assert failure.fields["directory"] == tmp_path  # type: ignore[attr-defined]
+    assert "nothing written from now on will be confirmed" in failure.fields["consequence"]  # type: ignore[attr-defined]
 
     monkeypatch.undo()  # the disk recovers; the log still never reports success again
     assert await synced(log) is log.failed

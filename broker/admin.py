@@ -67,6 +67,9 @@ class AdminServer(HttpService):
     def handle(self, request: Request) -> Response:
         if not is_loopback(request.peer_host):
             return _error(403, "access_refused", "the admin API answers loopback clients only")
+        if not _loopback_host_header(request.headers.get("host", "")):
+            # A web page in a local browser could otherwise reach this API through DNS rebinding.
+            return _error(403, "access_refused", "the Host header must name a loopback address")
         user = self._authenticate(request)
         if user is None:
             reason = (
@@ -240,3 +243,10 @@ def _json_value(value: Any) -> Any:
 def _error(status: int, error: str, reason: str, headers: dict[str, str] | None = None) -> Response:
     body = json.dumps({"error": error, "reason": reason}).encode()
     return Response(status, body, JSON, headers or {})
+
+
+def _loopback_host_header(value: str) -> bool:
+    """Host: localhost, 127.0.0.1, [::1] (with or without a port)."""
+    host = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    host = host.split("]")[0].lstrip("[") if host.startswith("[") else host
+    return host == "localhost" or is_loopback(host)

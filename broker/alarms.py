@@ -23,10 +23,23 @@ log = logging.getLogger("warren.alarms")
 CHECK_INTERVAL = 1.0
 
 
+def _cgroup_limit_files() -> list[str]:
+    """memory.max of this process's own cgroup (v2, e.g. a systemd unit with MemoryMax=), then
+    the root files a container sees (v2 and v1)."""
+    files = []
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                files.append(f"/sys/fs/cgroup{line[3:].rstrip('/')}/memory.max")
+    except OSError:
+        pass
+    return [*files, "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+
+
 def total_memory() -> int:
-    """The memory this process may use: the machine's, or the container's limit if lower."""
+    """The memory this process may use: the machine's, or its cgroup's limit if lower."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for limit_file in _cgroup_limit_files():
         try:
             text = Path(limit_file).read_text().strip()
         except OSError:

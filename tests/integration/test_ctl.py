@@ -182,6 +182,19 @@ async def test_unreachable_broker_exits_69() -> None:
     assert b"cannot reach the broker's admin API" in stderr
 
 
+async def test_api_refuses_a_foreign_host_header(broker: Broker) -> None:
+    """Even with good credentials, a request naming another Host (DNS rebinding from a web
+    page in a local browser) is refused."""
+    url = f"http://127.0.0.1:{broker.config.admin_port}/api/queues"
+    token = base64.b64encode(b"guest:guest").decode()
+    request = urllib.request.Request(
+        url, headers={"Authorization": f"Basic {token}", "Host": "evil.example:15672"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        await asyncio.to_thread(urllib.request.urlopen, request, None, 5)
+    assert refused.value.code == 403
+
+
 async def test_api_requires_credentials(broker: Broker) -> None:
     url = f"http://127.0.0.1:{broker.config.admin_port}/api/queues"
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -216,7 +229,7 @@ def admin(tmp_path: Path) -> AdminServer:
 
 def test_non_loopback_peer_is_refused(admin: AdminServer) -> None:
     token = base64.b64encode(b"guest:guest").decode()
-    headers = {"authorization": f"Basic {token}"}
+    headers = {"authorization": f"Basic {token}", "host": "127.0.0.1:15672"}
     remote = admin.handle(Request("GET", "/api/queues", {}, headers, "198.51.100.7"))
     assert remote.status == 403
     local = admin.handle(Request("GET", "/api/queues", {}, headers, "127.0.0.1"))

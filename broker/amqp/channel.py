@@ -393,7 +393,8 @@ class Channel:
         if entry.redelivered:
             counters.redelivered += 1
         message = entry.message
-        body = message.body if message.body is not None else queue.store.read_body(message)
+        body = message.body  # the queue loaded it if it lived only in the log
+        assert body is not None
         connection = self.connection
         connection.send_parts(
             frames.content_frames(
@@ -790,7 +791,7 @@ class Channel:
                     tag, entry.redelivered, message.route_bytes, queue.message_count
                 ),
                 message.header,
-                message.body if message.body is not None else queue.store.read_body(message),
+                message.body or b"",
                 self.connection.frame_max,
             )
         )

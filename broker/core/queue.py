@@ -8,6 +8,7 @@ the set of entries out with consumers, so deleting it can settle them in the sto
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 from broker.core.consumer import Consumer
 from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import MessageStore
+from broker.logs import fields
+
+log = logging.getLogger("warren.queue")
 
 MEMORY_STORE = MessageStore()
 
@@ -92,11 +96,30 @@ class Queue:
 
     def get(self, ack_required: bool) -> QueuedMessage | None:
         """Take the head message for Basic.Get."""
-        if not self.ready:
-            return None
-        entry = self.ready.popleft()
-        self._hand_out(entry, ack_required)
-        return entry
+        while self.ready:
+            entry = self.ready.popleft()
+            if entry.message.body is None and not self._load_body(entry):
+                continue
+            self._hand_out(entry, ack_required)
+            return entry
+        return None
+
+    def _load_body(self, entry: QueuedMessage) -> bool:
+        """Read a body that lives only in the log, before the message is handed out. If the log
+        cannot give it back (a disk error), the message is parked as if unacked: not delivered,
+        not settled, so it is neither lost nor retried in a loop; a restart brings it back."""
+        message = entry.message
+        try:
+            message.body = self.store.read_body(message)
+        except Exception as error:
+            log.error(
+                "message.unreadable",
+                extra=fields(queue=self.name, vhost=self.vhost_name, msg_id=message.msg_id,
+                             error=error),
+            )  # fmt: skip
+            self.outstanding.add(entry)
+            return False
+        return True
 
     def _hand_out(self, entry: QueuedMessage, ack_required: bool) -> None:
         """A message left the ready list: either it awaits an ack or it is settled now."""
@@ -215,6 +238,8 @@ class Queue:
                 if consumer is None:
                     return
                 entry = self.ready.popleft()
+                if entry.message.body is None and not self._load_body(entry):
+                    continue
                 self._hand_out(entry, not consumer.no_ack)
                 consumer.sink.deliver(consumer, self, entry)
         finally:

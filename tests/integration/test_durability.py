@@ -216,3 +216,37 @@ def test_corrupt_record_stops_the_start_naming_segment_and_offset(tmp_path: Path
     assert result.returncode == 3
     assert segment.name in result.stderr
     assert "offset" in result.stderr
+
+
+def test_unreadable_recovered_body_is_parked_not_lost(tmp_path: Path) -> None:
+    """If the log cannot give back a recovered message's body (here its segment lost its
+    bytes), the message is parked: not delivered, not settled, logged as message.unreadable;
+    the consumer's connection and other messages carry on."""
+    data_dir = tmp_path / "data"
+    broker = BrokerProcess(data_dir)
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    channel = connection.channel()
+    channel.queue_declare("orders", durable=True)
+    channel.confirm_delivery()
+    channel.basic_publish("", "orders", b"lost-bytes", PERSISTENT)
+    connection.close()
+    broker.stop()
+
+    broker = BrokerProcess(data_dir)  # recovered: the body stays in the log
+    try:
+        for segment in sorted((data_dir / "wal").glob("*.wal"))[:1]:
+            segment.write_bytes(b"")  # the disk loses the record's bytes
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        assert channel.basic_get("orders")[0] is None  # parked, not delivered
+        channel.confirm_delivery()
+        channel.basic_publish("", "orders", b"fresh", PERSISTENT)
+        method, _, body = channel.basic_get("orders")
+        assert body == b"fresh"
+        channel.basic_ack(method.delivery_tag)
+        ok = channel.queue_declare("orders", passive=True)
+        assert ok.method.message_count == 0
+        connection.close()
+        assert "event=message.unreadable" in broker.log_text()
+    finally:
+        broker.stop()

@@ -407,6 +407,8 @@ class Channel:
                 connection.frame_max,
             )
         )
+        if message.lazy:
+            message.body = None  # framed: back to living in the log only
         # Bytes framed this loop iteration (framing counts too for tiny messages): past the
         # batch limit the connection takes no more deliveries until its write (see connection).
         connection.batch_bytes += len(body) + 64
@@ -795,6 +797,8 @@ class Channel:
                 self.connection.frame_max,
             )
         )
+        if message.lazy:
+            message.body = None
 
     def _on_nack(self, method: commands.Basic.Nack) -> None:
         self._reject(method.delivery_tag, method.multiple, method.requeue)

@@ -47,6 +47,7 @@ CLOSE_OK_TIMEOUT = 3.0
 SHUTDOWN_CLOSE_OK_TIMEOUT = 1.0
 # Tx.Commit is synchronous: RabbitMQ refuses anything sent on the channel before its Commit-Ok
 # (a pipelining client would otherwise pair later replies with the commit).
+CHANNEL_CLOSE = commands.Channel.Close.index.to_bytes(4, "big")
 COMMIT_IN_PROGRESS = ConnectionException(
     CHANNEL_ERROR, "unexpected command while processing 'tx.commit'"
 )
@@ -277,8 +278,8 @@ class AMQPConnection(asyncio.Protocol):
             channel = self.channels.get(number)
             if channel is None:
                 self._method_on_closed_channel(number, payload)
-            elif channel.committing:
-                raise COMMIT_IN_PROGRESS
+            elif channel.committing and payload[:4] != CHANNEL_CLOSE:
+                raise COMMIT_IN_PROGRESS  # a close is still welcome, as in RabbitMQ
             else:
                 channel.handle_method(payload)
         elif frame_type == frames.FRAME_HEADER or frame_type == frames.FRAME_BODY:

@@ -22,6 +22,7 @@ class Message:
         "exchange",
         "footprint",
         "header",
+        "lazy",
         "location",
         "msg_id",
         "refs",
@@ -46,6 +47,9 @@ class Message:
         self.body = body
         # Estimated memory while queued, computed once: the memory alarm's unit of account.
         self.footprint = ENTRY_OVERHEAD + len(header) + (len(body) if body is not None else 0)
+        # A body that lives in the log (recovered messages) is loaded only for each delivery and
+        # dropped again, so memory stays what `footprint` counts.
+        self.lazy = body is None
         self._properties: dict[str, Any] | None = None
         # Set by the store when the message is logged: its id, where its record is, and how many
         # surviving queues still hold it (the record can go once that reaches zero).

@@ -44,3 +44,28 @@ def test_pipelined_commits_are_answered_in_order(amqp_url: str) -> None:
     cleanup = pika.BlockingConnection(pika.URLParameters(amqp_url))
     cleanup.channel().queue_delete(queue)
     cleanup.close()
+
+
+def test_channel_close_right_after_commit_closes_only_the_channel(amqp_url: str) -> None:
+    """Channel.Close is the one method RabbitMQ takes while a commit is in progress: the
+    channel closes normally (Commit-Ok may come first) and the connection stays open."""
+    queue = f"tx-close-{uuid.uuid4().hex[:8]}"
+    with raw_connection(amqp_url) as client:
+        client.open_channel(1)
+        client.send(commands.Queue.Declare(queue=queue, durable=True), 1)
+        client.expect(commands.Queue.DeclareOk, 1)
+        client.send(commands.Tx.Select(), 1)
+        client.expect(commands.Tx.SelectOk, 1)
+        client.publish(1, b"order", routing_key=queue,
+                       properties=commands.Basic.Properties(delivery_mode=2))  # fmt: skip
+        client.send(commands.Tx.Commit(), 1)
+        client.send(
+            commands.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0), 1
+        )
+        reply = client.read_frame()[1]
+        if isinstance(reply, commands.Tx.CommitOk):
+            reply = client.read_frame()[1]
+        assert isinstance(reply, commands.Channel.CloseOk), reply
+        client.open_channel(2)  # the connection is still usable
+        client.send(commands.Queue.Delete(queue=queue), 2)
+        client.expect(commands.Queue.DeleteOk, 2)

@@ -250,3 +250,44 @@ def test_unreadable_recovered_body_is_parked_not_lost(tmp_path: Path) -> None:
         assert "event=message.unreadable" in broker.log_text()
     finally:
         broker.stop()
+
+
+async def test_recovered_bodies_are_read_per_delivery_not_kept(tmp_path: Path) -> None:
+    """After a restart bodies stay in the log: delivering, requeueing and fetching them again
+    does not keep them in memory, so the memory alarm's count (which excludes them) stays true."""
+    config = load_config().with_overrides(
+        port=0, data_dir=str(tmp_path / "data"), metrics_port=0, admin_port=0
+    )
+    body = b"b" * 100_000
+
+    def publish(url: str) -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        channel = connection.channel()
+        channel.queue_declare("backlog", durable=True)
+        channel.confirm_delivery()
+        for _ in range(20):
+            channel.basic_publish("", "backlog", body, PERSISTENT)
+        connection.close()
+
+    def take_and_requeue(url: str) -> list[bytes]:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        channel = connection.channel()
+        bodies = []
+        for _ in range(20):
+            _, _, got = channel.basic_get("backlog")
+            bodies.append(got)
+        channel.basic_nack(0, multiple=True, requeue=True)
+        connection.close()
+        return bodies
+
+    async with Broker(config) as broker:
+        await asyncio.to_thread(publish, broker.url)
+    async with Broker(config) as broker:
+        queue = broker.vhosts["/"].queues["backlog"]
+        counted = queue.memory_bytes
+        assert counted < 20 * 1000  # headers and bookkeeping only
+        assert await asyncio.to_thread(take_and_requeue, broker.url) == [body] * 20
+        await asyncio.sleep(0.1)
+        assert queue.message_count == 20
+        assert all(entry.message.body is None for entry in queue.ready)
+        assert queue.memory_bytes == counted

@@ -106,6 +106,22 @@ def running_broker(data_dir: Path, *extra: str) -> Iterator[BrokerProcess]:
         broker.stop()
 
 
+def publish_persistent(url: str, queue: str, bodies: list[bytes]) -> None:
+    """Declare a durable queue and publish persistent messages to it, each one confirmed."""
+    import pika  # the test clients' dependency, kept out of the module's import for the bench
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=True)
+        channel.confirm_delivery()
+        persistent = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+        for body in bodies:
+            channel.basic_publish("", queue, body, persistent)
+    finally:
+        connection.close()
+
+
 def unique(prefix: str = "t") -> str:
     """A name no other test (or earlier run against a shared RabbitMQ) uses."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"

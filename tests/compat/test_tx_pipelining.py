@@ -7,9 +7,20 @@ import uuid
 import pika
 from pamqp import commands
 
-from tests.compat.rawamqp import assert_broker_alive, assert_reply, raw_connection
+from tests.compat.rawamqp import RawAMQP, assert_broker_alive, assert_reply, raw_connection
 
 UNEXPECTED_DURING_COMMIT = "CHANNEL_ERROR - unexpected command while processing 'tx.commit'"
+
+
+def publish_in_tx(client: RawAMQP, queue: str) -> None:
+    """Channel 1 in tx mode with one persistent message to a durable queue, not committed yet."""
+    client.open_channel(1)
+    client.send(commands.Queue.Declare(queue=queue, durable=True), 1)
+    client.expect(commands.Queue.DeclareOk, 1)
+    client.send(commands.Tx.Select(), 1)
+    client.expect(commands.Tx.SelectOk, 1)
+    properties = commands.Basic.Properties(delivery_mode=2)
+    client.publish(1, b"order", routing_key=queue, properties=properties)
 
 
 def test_pipelined_commits_are_answered_in_order(amqp_url: str) -> None:
@@ -18,13 +29,7 @@ def test_pipelined_commits_are_answered_in_order(amqp_url: str) -> None:
     'unexpected command while processing 'tx.commit''; never a later reply first."""
     queue = f"tx-pipe-{uuid.uuid4().hex[:8]}"
     with raw_connection(amqp_url) as client:
-        client.open_channel(1)
-        client.send(commands.Queue.Declare(queue=queue, durable=True), 1)
-        client.expect(commands.Queue.DeclareOk, 1)
-        client.send(commands.Tx.Select(), 1)
-        client.expect(commands.Tx.SelectOk, 1)
-        client.publish(1, b"order", routing_key=queue,
-                       properties=commands.Basic.Properties(delivery_mode=2))  # fmt: skip
+        publish_in_tx(client, queue)
         client.send(commands.Tx.Commit(), 1)
         client.send(commands.Tx.Commit(), 1)
         client.send(commands.Queue.Declare(queue=queue, durable=True), 1)
@@ -51,13 +56,7 @@ def test_channel_close_right_after_commit_closes_only_the_channel(amqp_url: str)
     channel closes normally (Commit-Ok may come first) and the connection stays open."""
     queue = f"tx-close-{uuid.uuid4().hex[:8]}"
     with raw_connection(amqp_url) as client:
-        client.open_channel(1)
-        client.send(commands.Queue.Declare(queue=queue, durable=True), 1)
-        client.expect(commands.Queue.DeclareOk, 1)
-        client.send(commands.Tx.Select(), 1)
-        client.expect(commands.Tx.SelectOk, 1)
-        client.publish(1, b"order", routing_key=queue,
-                       properties=commands.Basic.Properties(delivery_mode=2))  # fmt: skip
+        publish_in_tx(client, queue)
         client.send(commands.Tx.Commit(), 1)
         client.send(
             commands.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0), 1

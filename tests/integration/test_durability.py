@@ -14,7 +14,13 @@ import pytest
 
 from broker.config import load_config
 from broker.server import Broker
-from tests.support import PROJECT_ROOT, BrokerProcess, shipped_config, write_config
+from tests.support import (
+    PROJECT_ROOT,
+    BrokerProcess,
+    publish_persistent,
+    shipped_config,
+    write_config,
+)
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 
@@ -159,14 +165,7 @@ def test_start_refused_while_the_log_holds_an_unconfigured_vhost(tmp_path: Path)
     with_v2["users"][0]["permissions"]["v2"] = {"configure": ".*", "write": ".*", "read": ".*"}
     config = write_config(tmp_path, with_v2, "with-v2.yaml")
     broker = BrokerProcess(data_dir, config)
-    connection = pika.BlockingConnection(
-        pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{broker.port}/v2")
-    )
-    channel = connection.channel()
-    channel.queue_declare("orders", durable=True)
-    channel.confirm_delivery()
-    channel.basic_publish("", "orders", b"kept", PERSISTENT)
-    connection.close()
+    publish_persistent(f"amqp://guest:guest@127.0.0.1:{broker.port}/v2", "orders", [b"kept"])
     broker.stop()
 
     refused = subprocess.run(
@@ -193,13 +192,7 @@ def test_corrupt_record_stops_the_start_naming_segment_and_offset(tmp_path: Path
     broker refuses to start (exit 3) rather than skip records behind it."""
     data_dir = tmp_path / "data"
     broker = BrokerProcess(data_dir)
-    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-    channel = connection.channel()
-    channel.queue_declare("orders", durable=True)
-    channel.confirm_delivery()
-    for number in range(20):
-        channel.basic_publish("", "orders", b"order %02d" % number, PERSISTENT)
-    connection.close()
+    publish_persistent(broker.url, "orders", [b"order %02d" % number for number in range(20)])
     broker.stop()
 
     (segment,) = sorted((data_dir / "wal").glob("*.wal"))[:1]
@@ -224,12 +217,7 @@ def test_unreadable_recovered_body_is_parked_not_lost(tmp_path: Path) -> None:
     the consumer's connection and other messages carry on."""
     data_dir = tmp_path / "data"
     broker = BrokerProcess(data_dir)
-    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-    channel = connection.channel()
-    channel.queue_declare("orders", durable=True)
-    channel.confirm_delivery()
-    channel.basic_publish("", "orders", b"lost-bytes", PERSISTENT)
-    connection.close()
+    publish_persistent(broker.url, "orders", [b"lost-bytes"])
     broker.stop()
 
     broker = BrokerProcess(data_dir)  # recovered: the body stays in the log
@@ -260,15 +248,6 @@ async def test_recovered_bodies_are_read_per_delivery_not_kept(tmp_path: Path) -
     )
     body = b"b" * 100_000
 
-    def publish(url: str) -> None:
-        connection = pika.BlockingConnection(pika.URLParameters(url))
-        channel = connection.channel()
-        channel.queue_declare("backlog", durable=True)
-        channel.confirm_delivery()
-        for _ in range(20):
-            channel.basic_publish("", "backlog", body, PERSISTENT)
-        connection.close()
-
     def take_and_requeue(url: str) -> list[bytes]:
         connection = pika.BlockingConnection(pika.URLParameters(url))
         channel = connection.channel()
@@ -281,7 +260,7 @@ async def test_recovered_bodies_are_read_per_delivery_not_kept(tmp_path: Path) -
         return bodies
 
     async with Broker(config) as broker:
-        await asyncio.to_thread(publish, broker.url)
+        await asyncio.to_thread(publish_persistent, broker.url, "backlog", [body] * 20)
     async with Broker(config) as broker:
         queue = broker.vhosts["/"].queues["backlog"]
         counted = queue.memory_bytes

@@ -19,6 +19,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +95,7 @@ class AdminServer(HttpService):
             if wanted not in self.broker.vhosts:
                 return _error(404, "not_found", f"no vhost '{wanted}'")
             vhosts = [vhost for vhost in vhosts if vhost.name == wanted]
-        body = json.dumps(listing(vhosts), default=_json_value, separators=(",", ":"))
+        body = json.dumps(_json_ready(listing(vhosts)), allow_nan=False, separators=(",", ":"))
         return Response(200, body.encode(), JSON)
 
     def _authenticate(self, request: Request) -> str | None:
@@ -232,11 +233,41 @@ def _binding(
     }
 
 
-def _json_value(value: Any) -> Any:
-    """Field-table values JSON has no type for: bytes as text, the rest (Decimal, datetime) as
-    their string form."""
-    if isinstance(value, bytes | bytearray):
-        return value.decode("utf-8", "replace")
+# Client properties and arguments are field tables a client sent; the wire decoder bounds their
+# nesting (about 100 levels), so a legal table renders whole under this limit, and anything deeper
+# (whatever the decoder lets through) is cut off with TOO_DEEP instead of overflowing the stack.
+MAX_JSON_DEPTH = 256
+TOO_DEEP = f"(nested deeper than {MAX_JSON_DEPTH} levels)"
+
+
+def _json_ready(document: Any) -> Any:
+    """The document as plain JSON data, built without recursion: tables and arrays at any depth,
+    bytes as text, floats JSON cannot hold (nan, inf) and every other value (Decimal, datetime)
+    as their string form."""
+    root: list[Any] = [None]
+    pending: list[tuple[Any, Any, Any, int]] = [(document, root, 0, 1)]
+    while pending:
+        value, parent, key, depth = pending.pop()
+        if isinstance(value, dict | list | tuple) and depth > MAX_JSON_DEPTH:
+            parent[key] = TOO_DEEP
+        elif isinstance(value, dict):
+            parent[key] = table = dict.fromkeys(str(k) for k in value)
+            pending += ((item, table, str(k), depth + 1) for k, item in value.items())
+        elif isinstance(value, list | tuple):
+            parent[key] = array = [None] * len(value)
+            pending += ((item, array, i, depth + 1) for i, item in enumerate(value))
+        else:
+            parent[key] = _json_scalar(value)
+    return root[0]
+
+
+def _json_scalar(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
     return str(value)
 
 

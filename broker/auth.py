@@ -17,10 +17,9 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pamqp import decode
-
 from broker.config import Permission
 from broker.core.errors import ACCESS_REFUSED, ChannelException
+from broker.core.tables import decode_table
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -108,7 +107,7 @@ class Authenticator:
             return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
         if mechanism == "AMQPLAIN":
             try:
-                _, table = decode.field_table(len(raw).to_bytes(4, "big") + raw)
+                _, table = decode_table(len(raw).to_bytes(4, "big") + raw)
             except (ValueError, IndexError, TypeError, struct.error) as error:
                 raise ValueError("AMQPLAIN response is not a field table") from error
             values = [table.get("LOGIN"), table.get("PASSWORD")]

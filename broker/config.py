@@ -213,9 +213,8 @@ def _parse_listeners(raw: Any, base_dir: Path) -> tuple[Listener, TlsListener | 
 
 
 def _parse_permissions(raw: Any, path: str, vhosts: tuple[str, ...]) -> dict[str, Permission]:
-    """Omitted: full access to every vhost. Given: only the vhosts listed, as RabbitMQ grants."""
-    if raw is None:
-        return {vhost: Permission() for vhost in vhosts}
+    """Only the vhosts listed; omitted, none at all: as in RabbitMQ, a user can open no vhost
+    until permissions are set for it (Connection.Open is refused with 530)."""
     data = _mapping(raw, path, None)
     permissions = {}
     for vhost, entry in data.items():

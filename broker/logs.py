@@ -4,7 +4,12 @@
         peer=127.0.0.1:50412 user=guest vhost=/
 
 Call sites name the event and pass its fields: `log.info("connection.opened",
-extra=fields(peer=..., user=...))`; the formatter quotes values that need it.
+extra=fields(peer=..., user=...))`; the formatter quotes values that need it. Values can come
+from clients (a user name is logged before it is authenticated), so a value can never break out
+of its field: inside quotes, `"` and `\\` are backslash-escaped and every non-printable character
+(CR, LF, other control characters, Unicode line separators, bidi overrides) is written as a JSON
+escape (`\\r`, `\\n`, `\\t`, `\\u001b`), so each event is exactly one line and a quoted value
+reads back with a JSON string parser.
 """
 
 from __future__ import annotations
@@ -20,11 +25,29 @@ def fields(**values: Any) -> dict[str, dict[str, Any]]:
     return {"fields": values}
 
 
+_SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    if code > 0xFFFF:  # a UTF-16 surrogate pair, as JSON writes it
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
 def _quote(value: Any) -> str:
+    """The value as it is when that is unambiguous, else in quotes with everything that could
+    end the value, the field or the line escaped."""
     text = str(value)
-    if text and not any(c in text for c in ' "=\\\n\t'):
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    escaped = "".join(_escape(c) if c in '"\\' or not c.isprintable() else c for c in text)
     return f'"{escaped}"'
 
 

@@ -29,6 +29,13 @@ def write_config(directory: Path, config: dict[str, Any], name: str = "broker.ya
     return path
 
 
+def small_segment_config(directory: Path, segment_size: int) -> Path:
+    """The shipped config with small log segments, so a test rolls (and collects) segments."""
+    config = shipped_config()
+    config["store"]["segment_size"] = segment_size
+    return write_config(directory, config)
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket() as sock:

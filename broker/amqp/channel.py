@@ -35,6 +35,7 @@ from broker.core.errors import (
 from broker.core.exchange import Exchange
 from broker.core.fields import field_type_name
 from broker.core.message import Message, QueuedMessage
+from broker.core.persistence import LogUnavailable
 from broker.core.queue import Queue
 from broker.core.vhost import server_generated_name
 
@@ -254,7 +255,14 @@ class Channel:
             if self.tx is not None:
                 self.tx.publishes.append((exchange, message, mandatory))
                 return
-            logged = self._route(exchange, message, mandatory)
+            try:
+                logged = self._route(exchange, message, mandatory)
+            except LogUnavailable:
+                if not self.confirm_mode:
+                    raise
+                self._nacks.append(self._publish_seq)  # not enqueued anywhere: say so
+                self.connection.want_confirm_flush(self)
+                return
             if self.confirm_mode:
                 self._confirm_when_safe(self._publish_seq, logged)
         except AMQPError as error:
@@ -285,7 +293,8 @@ class Channel:
         """Route and enqueue; returns True when the message was logged (confirm after sync)."""
         if not exchange.name and message.routing_key.startswith(reply_to.ADDRESS_PREFIX):
             requester = self.connection.broker.reply_channels.get(message.routing_key)
-            if requester is not None:
+            # An address reaches only its own vhost; elsewhere it names no queue (unroutable).
+            if requester is not None and requester.vhost is self.vhost:
                 requester.deliver_reply(message)
                 self.counters.routed += 1
                 return False

@@ -12,6 +12,10 @@ import struct
 from pamqp import commands, frame as pamqp_frame
 from pamqp.base import Frame as PamqpMethod
 
+from broker.core import tables
+
+tables.install()  # method arguments decode with Warren's bounded table decoder
+
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_METHOD = 1
 FRAME_HEADER = 2

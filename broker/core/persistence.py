@@ -11,7 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from broker.core.errors import INTERNAL_ERROR, ChannelException
+
 SyncCallback = Callable[[BaseException | None], None]
+
+
+class LogUnavailable(ChannelException):
+    """The store refused a record (its log failed): the change did not happen. A publisher in
+    confirm mode gets a nack for the message; anyone else sees the channel closed with 541."""
+
+    def __init__(self, what: str, error: BaseException) -> None:
+        super().__init__(
+            INTERNAL_ERROR,
+            f"the write-ahead log cannot save {what}: {error}; check the data directory's disk",
+        )
+
 
 if TYPE_CHECKING:
     from broker.core.exchange import Binding, Exchange
@@ -41,7 +55,8 @@ class MessageStore:
         """A binding was added or removed (the store decides whether it is durable)."""
 
     def persist(self, message: Message, queues: list[Queue]) -> None:
-        """Log a persistent message routed to these surviving queues."""
+        """Log a persistent message routed to these surviving queues; raises LogUnavailable
+        (and logs nothing) when it cannot."""
 
     def delivered(self, queue: Queue, entry: QueuedMessage) -> None:
         """A logged message was handed to a consumer that must ack it (for redelivered flags)."""

@@ -10,9 +10,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from pamqp import decode
-
 from broker.core.errors import SYNTAX_ERROR, ConnectionException
+from broker.core.tables import decode_table
 
 # Property order and wire types as the spec lists them (bit 15 first).
 PROPERTY_TYPES = (
@@ -75,9 +74,7 @@ def decode_properties(header: bytes) -> dict[str, Any]:
                 values[name] = _LONG_LONG.unpack_from(data, offset)[0]
                 offset += 8
             else:
-                used, table = decode.field_table(bytes(data[offset:]))
-                values[name] = table
-                offset += used
+                offset, values[name] = decode_table(header, offset)
     except (IndexError, struct.error, ValueError, TypeError) as error:
         raise PropertyError(f"malformed content header properties: {error}") from error
     return values

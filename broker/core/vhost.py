@@ -33,6 +33,7 @@ from broker.core.fields import field_type_name
 from broker.core.message import Message
 from broker.core.persistence import MessageStore
 from broker.core.queue import MEMORY_STORE, Queue
+from broker.core.tables import encode_table
 from broker.logs import fields
 
 log = logging.getLogger("warren.vhost")
@@ -59,6 +60,8 @@ NOT_ENFORCED_QUEUE_ARGS = frozenset(
         "x-single-active-consumer",
     )
 )
+# Encoded size of one declare's or binding's arguments: every log snapshot repeats them.
+MAX_ARGUMENTS_BYTES = 16 * 1024
 BUILTIN_EXCHANGES = frozenset(["", *(name for name, _ in STANDARD_EXCHANGES)])
 QUEUE_TYPES = ("classic", "quorum", "stream")
 # Queue arguments RabbitMQ compares when a queue is declared again.
@@ -155,6 +158,25 @@ class VirtualHost:
                 ACCESS_REFUSED, f"{kind} name '{name}' contains reserved prefix 'amq.*'"
             )
 
+    @staticmethod
+    def _check_arguments(where: str, arguments: dict[str, Any]) -> None:
+        """Arguments are kept in every log snapshot: refuse what the log could not hold well.
+
+        Tables from the wire are already depth-limited; this also bounds their encoded size, so
+        a handful of declares cannot make every segment's snapshot huge."""
+        try:
+            size = len(encode_table(arguments))
+        except (ValueError, TypeError) as error:
+            raise ChannelException(
+                PRECONDITION_FAILED, f"invalid arguments for {where}: {error}"
+            ) from None
+        if size > MAX_ARGUMENTS_BYTES:
+            raise ChannelException(
+                PRECONDITION_FAILED,
+                f"arguments for {where} take {size} bytes; at most {MAX_ARGUMENTS_BYTES}"
+                " are accepted",
+            )
+
     def _check_not_default(self, name: str) -> None:
         if name == "":
             raise ChannelException(
@@ -197,6 +219,7 @@ class VirtualHost:
                 PRECONDITION_FAILED,
                 f"invalid arg 'alternate-exchange' for {self._describe('exchange', name)}",
             )
+        self._check_arguments(self._describe("exchange", name), arguments)
         exchange = cls(name, durable, auto_delete, internal, arguments)
         if durable:
             self.store.exchange_declared(self.name, exchange)  # first, as for queues
@@ -245,9 +268,9 @@ class VirtualHost:
         self._remove_exchange(exchange)
 
     def _remove_exchange(self, exchange: Exchange) -> None:
-        del self.exchanges[exchange.name]
         if exchange.durable:
-            self.store.exchange_deleted(self.name, exchange)
+            self.store.exchange_deleted(self.name, exchange)  # first, as for every change
+        del self.exchanges[exchange.name]
         for binding in list(exchange.bindings.values()):
             self._drop_binding(binding, cascade=False)
         for binding in list(exchange.incoming.values()):
@@ -284,6 +307,7 @@ class VirtualHost:
             self._check_queue_equivalent(existing, durable, auto_delete, arguments)
             return existing
         self._validate_queue_arguments(name, durable, exclusive, auto_delete, arguments)
+        self._check_arguments(self._describe("queue", name), arguments)
         queue = Queue(
             name,
             self.name,
@@ -438,10 +462,14 @@ class VirtualHost:
             problem = validate_headers_binding(arguments)
             if problem:
                 raise ChannelException(PRECONDITION_FAILED, problem)
+        self._check_arguments(f"binding of {self._describe('exchange', source_name)}", arguments)
         binding = Binding(source, destination, routing_key, arguments)
-        if source.add_binding(binding):
-            destination.incoming[(id(source), *binding.key)] = binding
-            self.store.binding_changed(self.name, binding, True)
+        if binding.key in source.bindings:
+            return  # binding is idempotent
+        # Logged first: a refused log write must leave no binding behind in memory.
+        self.store.binding_changed(self.name, binding, True)
+        source.add_binding(binding)
+        destination.incoming[(id(source), *binding.key)] = binding
 
     def unbind(
         self,
@@ -469,9 +497,9 @@ class VirtualHost:
 
     def _drop_binding(self, binding: Binding, cascade: bool = True) -> None:
         source = binding.source
+        self.store.binding_changed(self.name, binding, False)  # first, as for every change
         source.remove_binding(binding.key)
         binding.destination.incoming.pop((id(source), *binding.key), None)
-        self.store.binding_changed(self.name, binding, False)
         if (
             cascade
             and source.auto_delete

@@ -14,10 +14,9 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from broker.core.errors import INTERNAL_ERROR, ChannelException
 from broker.core.exchange import Binding, Exchange
 from broker.core.message import Message, QueuedMessage
-from broker.core.persistence import MessageStore, SyncCallback
+from broker.core.persistence import LogUnavailable, MessageStore, SyncCallback
 from broker.core.vhost import BUILTIN_EXCHANGES, VirtualHost
 from broker.logs import fields
 from broker.store import records
@@ -115,12 +114,8 @@ class DurableStore(MessageStore):
             return
         try:
             self.wal.append(record_type, records.encode_table(values))
-        except (OSError, RuntimeError) as error:
-            raise ChannelException(
-                INTERNAL_ERROR,
-                f"the write-ahead log cannot save durable definitions: {error};"
-                " check the data directory's disk",
-            ) from error
+        except (OSError, ValueError, RuntimeError) as error:
+            raise LogUnavailable("durable definitions", error) from error
 
     def exchange_declared(self, vhost: str, exchange: Exchange) -> None:
         self._append_table(records.EXCHANGE_DECLARE, exchange_table(vhost, exchange))
@@ -175,11 +170,9 @@ class DurableStore(MessageStore):
         )
         try:
             location = self.wal.append(records.MESSAGE, payload)
-        except (OSError, RuntimeError):
-            # The log has failed: keep the message in memory only. The confirm waits on a
-            # sync, which fails, so the publisher gets a nack, never a false ack.
+        except (OSError, RuntimeError) as error:
             message.msg_id = message.refs = 0
-            return
+            raise LogUnavailable("persistent messages", error) from error
         message.location = location
         self.live[location[0]] = self.live.get(location[0], 0) + 1
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from pamqp import decode, encode
+from broker.core import tables
+from broker.core.tables import encode_table
+
+__all__ = ["decode_table", "encode_table"]  # the metadata records' codec, re-exported
 
 SNAPSHOT = 1
 EXCHANGE_DECLARE = 2
@@ -39,33 +42,8 @@ def _pack_ids(ids: list[int]) -> bytes:
     return struct.pack(f">{len(ids)}Q", *ids)
 
 
-def encode_table(values: dict[str, Any]) -> bytes:
-    """A field table that decodes back to the same values.
-
-    pamqp's encoder writes floats as 32-bit and cannot write raw bytes (a client's non-UTF-8
-    string), so those two are encoded here; everything else goes through pamqp.
-    """
-    body = b"".join(
-        encode.short_string(str(key)) + _encode_value(value) for key, value in values.items()
-    )
-    return len(body).to_bytes(4, "big") + body
-
-
-def _encode_value(value: Any) -> bytes:
-    if isinstance(value, float):
-        return b"d" + struct.pack(">d", value)
-    if isinstance(value, bytes | bytearray):
-        return b"x" + len(value).to_bytes(4, "big") + bytes(value)
-    if isinstance(value, dict):
-        return b"F" + encode_table(value)
-    if isinstance(value, list | tuple):
-        items = b"".join(_encode_value(item) for item in value)
-        return b"A" + len(items).to_bytes(4, "big") + items
-    return encode.encode_table_value(value)
-
-
 def decode_table(payload: bytes | memoryview) -> dict[str, Any]:
-    return decode.field_table(bytes(payload))[1]
+    return tables.decode_table(bytes(payload))[1]
 
 
 def encode_message(

@@ -303,6 +303,11 @@ class WriteAheadLog:
             self._rolling = True
             try:
                 self.on_segment_roll(self._active)
+            except Exception as exc:
+                # The new segment lacks the snapshot that lets older ones go: a log failure,
+                # so nothing from here on is confirmed (and no segment is collected).
+                self._fail(exc, [])
+                self._refuse()
             finally:
                 self._rolling = False
 

@@ -19,16 +19,11 @@ from tests.support import (
     BrokerProcess,
     publish_persistent,
     shipped_config,
+    small_segment_config,
     write_config,
 )
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
-
-
-def small_segment_config(tmp_path: Path, segment_size: int) -> Path:
-    config = shipped_config()
-    config["store"]["segment_size"] = segment_size
-    return write_config(tmp_path, config)
 
 
 def wal_bytes(data_dir: Path) -> int:

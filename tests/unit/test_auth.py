@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from pathlib import Path
 
 import pytest
 from pamqp import encode
 
 from broker.auth import Authenticator, User, check_password, hash_password, is_loopback
-from broker.config import Permission
+from broker.config import Permission, load_config
 from broker.core.errors import ChannelException
 
 SALT = b"\x90\x8d\xc6\x0a"
@@ -191,6 +192,22 @@ def test_vhost_access(auth: Authenticator) -> None:
     assert auth.vhost_access("app", "prod") is not None
     assert auth.vhost_access("app", "other") is None
     assert auth.vhost_access("nobody", "/") is None
+
+
+def test_configured_user_without_permissions_opens_no_vhost(tmp_path: Path) -> None:
+    """A user listed in the config without permissions logs in but may open no vhost: the
+    broker answers Connection.Open with 530 and the admin API shows it nothing."""
+    path = tmp_path / "broker.yaml"
+    path.write_text(
+        f"vhosts: ['/', prod]\nusers:\n  - name: bob\n    password_hash: '{hash_password('pw')}'\n"
+    )
+    config = load_config(path, environ={})
+    auth = Authenticator(
+        [User(u.name, u.password_hash, u.permissions, u.loopback_only) for u in config.users]
+    )
+    assert auth.authenticate("bob", "pw", "10.0.0.5", "PLAIN") is None
+    assert auth.vhost_access("bob", "/") is None
+    assert auth.vhost_access("bob", "prod") is None
 
 
 @pytest.mark.parametrize(

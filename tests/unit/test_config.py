@@ -73,13 +73,28 @@ def test_default_path_and_env_override(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_minimal_config_defaults(tmp_path: Path) -> None:
-    """Only users is required; everything else takes the dataclass defaults."""
+    """Only users is required; everything else takes the dataclass defaults. A user without
+    permissions gets none, as in RabbitMQ."""
     config = load_config(_write(tmp_path, MINIMAL))
     assert config.listener == Listener()
     assert config.limits == Limits()
     assert config.vhosts == ("/",)
     (user,) = config.users
-    assert (user.permissions, user.loopback_only) == ({"/": Permission()}, False)
+    assert (user.permissions, user.loopback_only) == ({}, False)
+
+
+@pytest.mark.parametrize("permissions", ["", "    permissions: {}\n", "    permissions:\n"])
+def test_user_without_permissions_may_open_no_vhost(tmp_path: Path, permissions: str) -> None:
+    """Permissions omitted, empty or null grant nothing in any vhost (RabbitMQ grants nothing
+    until set_permissions); only the vhosts listed are granted."""
+    text = (
+        "vhosts: ['/', prod]\n"
+        f"users:\n  - name: app\n    password_hash: '{GOOD_HASH}'\n{permissions}"
+        f"  - name: ops\n    password_hash: '{GOOD_HASH}'\n    permissions: {{prod: {{}}}}\n"
+    )
+    app, ops = load_config(_write(tmp_path, text)).users
+    assert app.permissions == {}
+    assert ops.permissions == {"prod": Permission()}
 
 
 def test_absolute_data_dir_kept(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from broker.core.errors import INTERNAL_ERROR, ChannelException
 from broker.core.message import QueuedMessage
+from broker.core.persistence import LogUnavailable
 from broker.core.queue import Queue
 from broker.core.vhost import VirtualHost
 from broker.store import records
@@ -740,11 +741,11 @@ async def test_fsync_error_fails_the_sync_and_nothing_after_looks_safe(
     assert isinstance(error, OSError) and error.errno == errno.ENOSPC
     assert node.wal.failed is error
 
-    assert publish(node.vhost, "q", b"after-failure")  # a confirm would wait on the sync...
-    assert await synced(node.store) is error  # ...which fails: the publisher gets a nack
-    assert [entry.message.body for entry in queue.ready] == [b"never-confirmed", b"after-failure"]
-    assert queue.ready[1].message.msg_id == 0  # kept in memory only, not claimed as logged
-    queue.settle(take(queue, 2))  # settles after the failure are dropped, not raised
+    with pytest.raises(LogUnavailable) as unlogged:  # the channel nacks it at once
+        publish(node.vhost, "q", b"after-failure")
+    assert unlogged.value.code == INTERNAL_ERROR
+    assert [entry.message.body for entry in queue.ready] == [b"never-confirmed"]  # not enqueued
+    queue.settle(take(queue, 1))  # settles after the failure are dropped, not raised
     with pytest.raises(ChannelException) as refused:
         node.vhost.declare_queue("another", None, durable=True)
     assert refused.value.code == INTERNAL_ERROR
@@ -756,3 +757,67 @@ async def test_fsync_error_fails_the_sync_and_nothing_after_looks_safe(
     # The failed batch was written, only not fsynced: it may come back (it was nacked, so a
     # copy is harmless). Nothing published after the failure is in the log.
     assert [body for _, body in message_records(tmp_path)] == [b"never-confirmed"]
+
+
+async def test_refused_definition_changes_leave_memory_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change is applied in memory only after its record is logged: when the log refuses a
+    bind, unbind or exchange delete, the model still matches what a restart would rebuild."""
+    node = await start_node(tmp_path)
+    vhost = node.vhost
+    vhost.declare_exchange("payments", "direct", durable=True)
+    vhost.declare_queue("q", None, durable=True)
+    vhost.bind("payments", "q", "kept", {})
+
+    def refuse(*args: object) -> None:
+        raise OSError(errno.EIO, "simulated log failure")
+
+    monkeypatch.setattr(node.wal, "append", refuse)
+    for change in (
+        lambda: vhost.bind("payments", "q", "new", {}),
+        lambda: vhost.unbind("payments", "q", "kept", {}),
+        lambda: vhost.delete_exchange("payments"),
+    ):
+        with pytest.raises(LogUnavailable):
+            change()
+        assert bindings_of(vhost, "payments") == {("q", "kept")}
+        assert "payments" in vhost.exchanges
+    assert set(vhost.queues["q"].incoming) == {
+        (id(vhost.exchanges["payments"]), *binding.key)
+        for binding in vhost.exchanges["payments"].bindings.values()
+    }
+    monkeypatch.undo()
+    await stop_node(node)
+
+
+async def test_a_snapshot_that_cannot_be_written_fails_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record that rolls a segment waits for the new segment's snapshot; if the snapshot
+    cannot be written, the log fails: the publish is refused (nack), earlier unsynced confirms
+    fail, and no segment is collected, so the last good snapshot stays on disk."""
+    node = await start_node(tmp_path, segment_size=64 * 1024)
+    node.vhost.declare_queue("q", None, durable=True)
+    assert await synced(node.store) is None
+
+    def broken_snapshot() -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(node.store, "write_snapshot", broken_snapshot)
+    done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+    with pytest.raises(LogUnavailable):
+        for number in range(200):
+            publish(node.vhost, "q", b"%03d" % number + b"x" * 1000)
+            if not done.done() and number == 10:
+                node.store.sync(done.set_result)
+    assert isinstance(node.wal.failed, RecursionError)
+    assert isinstance(await asyncio.wait_for(done, 5), RecursionError)
+    assert isinstance(await synced(node.store), RecursionError)
+    segments_before = node.wal.segment_ids()
+    await node.wal.close()
+    monkeypatch.undo()
+    assert node.wal.segment_ids() == segments_before
+    restarted = await start_node(tmp_path)
+    assert "q" in restarted.vhost.queues  # the snapshot that declares it is still there
+    await stop_node(restarted)

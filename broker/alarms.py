@@ -5,7 +5,9 @@ read; consumers keep draining queues, which is what brings memory back down. Pyt
 freed memory back to the system, so the resident size would stay high after queues drain and the
 alarm would never clear. The broker's memory is therefore estimated as what the process used when
 it started serving plus what its queues hold now (bodies, headers and per-message bookkeeping),
-a sum kept by the queues and read once a second, off the per-message path.
+a sum kept by the queues and read once a second, off the per-message path, plus what clients make
+the broker hold outside queues (uncommitted transactions, bodies being assembled, buffered input
+and output) and the log's unwritten records.
 """
 
 from __future__ import annotations
@@ -64,18 +66,18 @@ class MemoryMonitor:
     """Polls memory use and calls `on_change(alarm_active)` when it crosses the watermark."""
 
     def __init__(
-        self, limit: int, on_change: Callable[[bool], None], queued: Callable[[], int]
+        self, limit: int, on_change: Callable[[bool], None], accounted: Callable[[], int]
     ) -> None:
         self.limit = limit
         self.active = False
         self.used = 0
         self.baseline = 0  # the process's own memory, without what queues hold
         self._on_change = on_change
-        self._queued = queued
+        self._accounted = accounted
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.baseline = max(0, resident_memory() - self._queued())
+        self.baseline = max(0, resident_memory() - self._accounted())
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -86,11 +88,14 @@ class MemoryMonitor:
 
     async def _run(self) -> None:
         while True:
-            self.check()
+            try:
+                self.check()
+            except Exception:  # the alarm must keep being checked, or it can never clear
+                log.exception("alarm.memory.check_failed")
             await asyncio.sleep(CHECK_INTERVAL)
 
     def check(self) -> None:
-        self.used = self.baseline + self._queued()
+        self.used = self.baseline + self._accounted()
         above = self.used > self.limit
         if above == self.active:
             return

@@ -197,8 +197,9 @@ class BrokerCollector(Collector):
         )
         yield GaugeMetricFamily(
             "warren_memory_estimated_bytes",
-            "The memory the alarm compares with the watermark: the process at start plus queues",
-            value=memory.baseline + self.broker.queued_bytes(),
+            "The memory the alarm compares with the watermark: the process at start plus queues,"
+            " client buffers and unwritten log records",
+            value=memory.baseline + self.broker.accounted_bytes(),
         )
 
     def _identity(self) -> Iterator[Metric]:

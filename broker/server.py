@@ -78,7 +78,7 @@ class Broker:
         self.memory = MemoryMonitor(
             watermark_bytes(config.limits.memory_high_watermark),
             self._memory_alarm_changed,
-            self.queued_bytes,
+            self.accounted_bytes,
         )
 
     @property
@@ -94,8 +94,17 @@ class Broker:
         return self._tls_server.sockets[0].getsockname()[1]
 
     def queued_bytes(self) -> int:
-        """Estimated memory of every queued message (the memory alarm's moving part)."""
+        """Estimated memory of every queued message."""
         return sum(q.memory_bytes for vhost in self.vhosts.values() for q in vhost.queues.values())
+
+    def accounted_bytes(self) -> int:
+        """The memory alarm's moving part: queued messages, and everything clients can make the
+        broker hold outside queues (uncommitted tx publishes, bodies being assembled, input not
+        parsed yet, output not sent yet) and the log's records not yet written."""
+        held = self.queued_bytes() + sum(c.held_bytes() for c in list(self.connections))
+        if self.wal is not None:
+            held += self.wal.pending_bytes()
+        return held
 
     def open_connections(self) -> int:
         """Connections past Connection.Open (the ones limits.max_connections counts)."""
@@ -107,10 +116,13 @@ class Broker:
 
     def _memory_alarm_changed(self, active: bool) -> None:
         for connection in list(self.connections):
-            if active:
-                connection.memory_alarm_set()
-            else:
-                connection.memory_alarm_cleared()
+            try:
+                if active:
+                    connection.memory_alarm_set()
+                else:
+                    connection.memory_alarm_cleared()
+            except Exception:  # one connection's failure must not leave the others unblocked
+                log.exception("alarm.memory.connection_failed", extra=fields(peer=connection.peer))
 
     @property
     def url(self) -> str:

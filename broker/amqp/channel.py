@@ -57,10 +57,11 @@ Unacked = tuple[Queue, QueuedMessage, Consumer | None]
 class Transaction:
     """Work a tx channel holds until Tx.Commit: publishes to route, settlements to apply."""
 
-    __slots__ = ("publishes", "settlements")
+    __slots__ = ("held_bytes", "publishes", "settlements")
 
     def __init__(self) -> None:
         self.publishes: list[tuple[Exchange, Message, bool]] = []
+        self.held_bytes = 0  # what the uncommitted publishes take, for the memory alarm
         # (delivery tag, unacked entry, requeue?) for ack (None), nack/reject
         self.settlements: list[tuple[int, Unacked, bool | None]] = []
 
@@ -209,6 +210,14 @@ class Channel:
             body = payload
         self._complete_publish(body)
 
+    def held_bytes(self) -> int:
+        """Memory this channel holds outside queues: a body being assembled and uncommitted
+        tx publishes (the memory alarm counts it; a client can grow both at will)."""
+        assembling = 0
+        if self.expect == EXPECT_BODY:
+            assembling = sum(len(part) for part in self._body_parts)
+        return assembling + (self.tx.held_bytes if self.tx is not None else 0)
+
     # ------------------------------------------------------------------ publish
     def _on_publish_frame(self, payload: bytes) -> None:
         connection = self.connection
@@ -254,6 +263,7 @@ class Channel:
                 self.counters.received_confirm += 1
             if self.tx is not None:
                 self.tx.publishes.append((exchange, message, mandatory))
+                self.tx.held_bytes += message.footprint
                 return
             try:
                 logged = self._route(exchange, message, mandatory)
@@ -306,6 +316,7 @@ class Channel:
             counters.unroutable_dropped += 1
         else:
             counters.unroutable_returned += 1
+            self.connection.count_output(len(message.body or b"") + 64)
             self.connection.send_parts(
                 frames.content_frames(
                     self.number,
@@ -430,6 +441,7 @@ class Channel:
         self._delivery_tag += 1
         self.counters.delivered_no_ack += 1
         body = message.body if message.body is not None else b""
+        self.connection.count_output(len(body) + 64)
         self.connection.send_parts(
             frames.content_frames(
                 self.number,
@@ -806,6 +818,7 @@ class Channel:
                 self.connection.frame_max,
             )
         )
+        self.connection.count_output(len(message.body or b"") + 64)
         if message.lazy:
             message.body = None
 

@@ -18,6 +18,7 @@ from pamqp import commands
 from broker import __version__
 from broker.amqp import frames
 from broker.amqp.channel import DELIVERY_BATCH_BYTES, Channel
+from broker.amqp.flow import ALARM, BROKEN, WRITES, ReadFlow
 from broker.core.errors import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
@@ -42,7 +43,10 @@ log = logging.getLogger("warren.connection")
 # Handshake states, in order.
 AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(7)
 
-MIN_FRAME_MAX = 4096  # the spec's minimum; frames up to this size are fine before tuning
+# The spec's minimum frame size, and the largest frame accepted until Tune-Ok has set the
+# connection's own (as RabbitMQ): a client that has not authenticated cannot make the broker
+# buffer and decode 128 KiB frames.
+MIN_FRAME_MAX = 4096
 CLOSE_OK_TIMEOUT = 3.0
 SHUTDOWN_CLOSE_OK_TIMEOUT = 1.0
 # Tx.Commit is synchronous: RabbitMQ refuses anything sent on the channel before its Commit-Ok
@@ -93,6 +97,8 @@ class AMQPConnection(asyncio.Protocol):
         self.vhost: Any = None
         self.access: Any = None  # the user's VhostAccess once the connection is open
         self.client_properties: dict[str, Any] = {}
+        self.capabilities: frozenset[str] = frozenset()  # announced true in StartOk
+        self.flow = ReadFlow()
         self.exclusive_queues: dict[str, Queue] = {}
         self.write_paused = False
         self._transport_paused = False
@@ -113,6 +119,7 @@ class AMQPConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.flow.attach(self.transport)  # type: ignore[arg-type]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.blocking = self.broker.memory_alarm
@@ -146,8 +153,8 @@ class AMQPConnection(asyncio.Protocol):
         self.blocked = False
         if self.supports("connection.blocked"):
             self._send_method(0, commands.Connection.Unblocked())
-        if self.transport is not None and self.state == OPEN:
-            self.transport.resume_reading()
+        if self.flow.resume(ALARM):
+            self._parse()  # what arrived before the block and was left unread
 
     def published(self) -> None:
         """Called by a channel when a publish arrives while this connection is not yet known
@@ -167,47 +174,83 @@ class AMQPConnection(asyncio.Protocol):
         )
         if self.supports("connection.blocked"):
             self._send_method(0, commands.Connection.Blocked(reason="low on memory"))
-        self.transport.pause_reading()
+        self.flow.pause(ALARM)
 
     def supports(self, capability: str) -> bool:
         """Whether the client announced this capability in Connection.StartOk."""
-        capabilities = self.client_properties.get("capabilities") or {}
-        return bool(capabilities.get(capability))
+        return capability in self.capabilities
 
     # ------------------------------------------------------------------ write back-pressure
-    # Deliveries stop (`write_paused`) when the transport's buffer is full (pause_writing) or
-    # when one loop iteration has framed DELIVERY_BATCH_BYTES for this connection: otherwise a
-    # consumer without prefetch would have a whole queue framed into memory in one go.
+    # Output stops (`write_paused`) when the transport's buffer is full (pause_writing) or when
+    # one loop iteration has framed DELIVERY_BATCH_BYTES for this connection (deliveries, Get-Ok,
+    # returns): otherwise a consumer without prefetch would have a whole queue framed into memory
+    # in one go. While output is stopped the socket is not read either and frames already read
+    # wait in the buffer, so a client that pipelines Basic.Get without reading its replies
+    # cannot make the broker buffer them without bound.
     def pause_writing(self) -> None:
         self._transport_paused = True
         self.write_paused = True
+        self.flow.pause(WRITES)
 
     def resume_writing(self) -> None:
         self._transport_paused = False
-        self._resume_deliveries()
+        self._output_drained()
 
-    def _resume_deliveries(self) -> None:
-        if self._transport_paused or self.state != OPEN:
+    def _output_drained(self) -> None:
+        """The client's output went out: read its requests and deliver to it again."""
+        if self._transport_paused or self.state == CLOSED:
             return
         self.write_paused = False
+        if self.flow.resume(WRITES):
+            self._parse()  # acks and requests that were left in the buffer come first
+        if self.state != OPEN or self.write_paused:
+            return
         for channel in list(self.channels.values()):
             channel.resume_delivery()
 
+    def held_bytes(self) -> int:
+        """Memory this connection holds outside queues, for the memory alarm: unparsed input,
+        output the transport has not sent yet, and what its channels hold."""
+        held = len(self.buffer)
+        if self.transport is not None:
+            held += self.transport.get_write_buffer_size()
+        return held + sum(channel.held_bytes() for channel in self.channels.values())
+
+    def count_output(self, size: int) -> None:
+        """Bytes framed for this client this iteration besides deliveries (Get-Ok, returns,
+        replies): they count towards the batch that stops output and reading."""
+        self.batch_bytes += size
+        if self.batch_bytes > DELIVERY_BATCH_BYTES:
+            self.write_paused = True
+
     def data_received(self, data: bytes) -> None:
         self._received = True
-        if self.state == CLOSED:
+        if self.state == CLOSED or self.flow.holds(BROKEN):
             return
-        buffer = self.buffer
-        buffer += data
+        self.buffer += data
+        self._parse()
+
+    def _parse(self) -> None:
+        """Handle the complete frames in the buffer, until there are none or reading pauses."""
         if self.state == AWAIT_HEADER and not self._read_protocol_header():
             return
         try:
             self._read_frames()
         except ConnectionException as error:
-            self.close_with_error(error)
+            self._connection_error(error)
         except Exception:  # a bug must cost one connection, never the broker
             log.exception("connection.internal_error", extra=fields(peer=self.peer))
-            self.close_with_error(ConnectionException(INTERNAL_ERROR, "internal error"))
+            self._connection_error(ConnectionException(INTERNAL_ERROR, "internal error"))
+
+    def _connection_error(self, error: ConnectionException) -> None:
+        """Close with the error's code. When the stream can no longer be parsed (a broken frame,
+        or garbage while closing), drop what was read and stop reading: the peer cannot send a
+        Close-Ok we could find, and the close-ok timeout hangs up."""
+        broken = isinstance(error, StreamBroken) or self.state in (CLOSING, CLOSED)
+        self.close_with_error(error)
+        if broken:
+            self.buffer.clear()
+            self.flow.pause(BROKEN)
 
     # ------------------------------------------------------------------ reading
     def _read_protocol_header(self) -> bool:
@@ -238,12 +281,16 @@ class AMQPConnection(asyncio.Protocol):
         position = 0
         available = len(buffer)
         # RabbitMQ tolerates a payload of up to frame_max (the 8 framing octets are slack).
-        limit = self.frame_max if self.state == OPEN else max(self.frame_max, MIN_FRAME_MAX)
+        limit = self.frame_max if self.state >= AWAIT_OPEN else MIN_FRAME_MAX
         try:
             while available - position >= 7 and self.state != CLOSED:
+                if self.write_paused or self.flow.paused:
+                    if self.write_paused:  # replies are backed up: the rest waits for them
+                        self.flow.pause(WRITES)
+                    break
                 frame_type, channel, size = unpack(view, position)
                 if size > limit:
-                    raise ConnectionException(
+                    raise StreamBroken(
                         FRAME_ERROR,
                         f"type {frame_type}, all octets = <<>>:"
                         f" {{frame_too_large,{size},{limit - frames.FRAME_OVERHEAD}}}",
@@ -253,7 +300,7 @@ class AMQPConnection(asyncio.Protocol):
                     break
                 payload = bytes(view[position + 7 : end])
                 if buffer[end] != frames.FRAME_END:
-                    raise ConnectionException(
+                    raise StreamBroken(
                         FRAME_ERROR,
                         f"type {frame_type}, all octets = {frames.erlang_binary(payload)}:"
                         f" {{invalid_frame_end_marker,{buffer[end]}}}",
@@ -411,7 +458,7 @@ class AMQPConnection(asyncio.Protocol):
 
     def _on_start_ok(self, method: commands.Connection.StartOk) -> None:
         self._expect_state(AWAIT_START_OK, method)
-        self.client_properties = dict(method.client_properties or {})
+        self._take_client_properties(method.client_properties)
         mechanism = method.mechanism or ""
         try:
             credentials = self.broker.auth.parse_response(mechanism, method.response)
@@ -444,6 +491,18 @@ class AMQPConnection(asyncio.Protocol):
                 heartbeat=limits.heartbeat,
             ),
         )
+
+    def _take_client_properties(self, properties: Any) -> None:
+        """Keep what the client says about itself, trusting no shape: as RabbitMQ, a
+        `capabilities` value that is not a table announces nothing, and only a boolean true
+        announces a capability (anything else would fail later, in another client's request or
+        in the memory monitor)."""
+        self.client_properties = dict(properties) if isinstance(properties, dict) else {}
+        capabilities = self.client_properties.get("capabilities")
+        if isinstance(capabilities, dict):
+            self.capabilities = frozenset(
+                name for name, value in capabilities.items() if value is True
+            )
 
     def _peer_host(self) -> str:
         return self.peer.rsplit(":", 1)[0]
@@ -574,7 +633,7 @@ class AMQPConnection(asyncio.Protocol):
         self.transport.write(b"".join(out))  # may call pause_writing
         self._sent = True
         if self.batch_bytes > DELIVERY_BATCH_BYTES and not self._transport_paused:
-            self.loop.call_soon(self._resume_deliveries)  # the next batch, after other work
+            self.loop.call_soon(self._output_drained)  # the next batch, after other work
         self.batch_bytes = 0
 
     # ------------------------------------------------------------------ closing
@@ -701,6 +760,11 @@ class AMQPConnection(asyncio.Protocol):
             self.transport.write(frames.HEARTBEAT_FRAME)
         self._sent = False
         self._timer = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
+
+
+class StreamBroken(ConnectionException):
+    """A frame that cannot be delimited (too large, no frame-end): the bytes after it are not
+    frames, so nothing more is read from this connection."""
 
 
 def _frame_error(frame_type: int, payload: bytes, reason: str) -> ConnectionException:

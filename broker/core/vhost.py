@@ -423,9 +423,15 @@ class VirtualHost:
         queue.ready.clear()
         queue.outstanding.clear()
         queue.memory_bytes = 0
-        for consumer in list(queue.consumers):
-            consumer.sink.consumer_cancelled(consumer)
-        queue.consumers.clear()
+        consumers, queue.consumers = queue.consumers, []
+        for consumer in consumers:  # last, once the queue is gone whatever a sink does
+            try:
+                consumer.sink.consumer_cancelled(consumer)
+            except Exception:  # one consumer's channel must not fail another client's delete
+                log.exception(
+                    "queue.cancel_notify_failed",
+                    extra=fields(queue=queue.name, vhost=self.name, consumer=consumer.tag),
+                )
         return count
 
     def purge_queue(self, name: str, owner: object | None) -> int:

@@ -9,9 +9,8 @@ Record framing (13-byte header, big-endian, then the payload)::
     length u32 | length ^ 0xFFFFFFFF u32 | crc32 u32 | type u8 | payload (length bytes)
 
 The CRC is zlib's CRC-32 of the type byte followed by the payload. The length is stored twice (the
-second copy inverted) so that a damaged length is recognised as damage, instead of passing for a
-record that merely runs past the end of the file and being truncated as a torn tail together with
-the valid records behind it.
+second copy inverted) so that a damaged length is recognised as a damaged header, instead of
+passing for a record that merely runs past the end of the file.
 
 Segments are files named ``<id>.wal`` (ids grow by one, zero-padded to ten digits). A record never
 spans segments: append() rolls to a new segment when the record would push the active one past
@@ -20,13 +19,44 @@ appends to a segment of its own, one past the highest id on disk, so replayed se
 written again and a truncated tail is never appended to.
 
 Ordering that recovery relies on: a new segment file is created only after the previous one is
-fsynced. So after a crash only the newest segment can end in a torn record; a bad record in any
-other segment is corruption.
+fsynced. So after a crash only the newest segment can hold damage; a bad record in any other
+segment is corruption.
 
-Recovery drops a bad record at the end of the newest segment only when the bytes dropped provably
-hold no valid record: the header or the body runs past the end of the file, the CRC fails and only
-zero bytes follow the record, or everything from the record on is zero bytes (file space a crash
-left unwritten). Anything else raises CorruptLogError: valid records are never skipped silently.
+What a crash can leave, and how recovery tells it from corruption. Bytes covered by a completed
+fsync survive a crash intact. Bytes written after the last completed fsync may reach the disk in
+any order, page by page (out-of-order write-back): after a power loss the newest segment can end in
+any mix of zeros, garbage and valid-looking records, even valid records after a hole. No scan can
+tell such a tail from damage to fsynced records, so the log records the boundary: the sync marker,
+the file ``synced`` beside the segments, holds (segment id, length) of the fsynced prefix of the
+segment written last. After every completed segment fsync (and the directory fsync, when a segment
+was created) the writer stores the new length there. The marker is written only after the fsync it
+describes has completed, so whatever value of it reaches the disk never claims bytes that were not
+fsynced. It is not fsynced itself on every batch (that would be a second fsync per group commit,
+on the confirm's path): after a power loss it may lag behind the fsynced length, by the kernel's
+write-back delay at most; it is fsynced when a segment is sealed and on a clean close. A lagging
+marker only makes recovery more lenient: damage in the few most recently fsynced records of the
+newest segment is then truncated as a crash tail (and logged) instead of reported as corruption.
+(Two CRC-checked slots, written alternately and told apart by a sequence number, so a write torn
+by the crash leaves the previous value readable.)
+
+The recovery rule, with S the marked length of the newest segment (0 when the marker names an
+older segment or is missing, as for a log written before markers existed, or unreadable):
+
+- A bad record in any segment but the newest: CorruptLogError (the segment was fully fsynced).
+- A bad record in the newest segment at an offset below S, or a segment shorter than its marked
+  length: CorruptLogError, naming segment and offset (fsynced bytes were damaged or lost).
+- A bad record in the newest segment at offset S or beyond: a crash tail. The file is truncated at
+  that record, whatever follows it (zeros, garbage, or records never covered by a completed fsync),
+  and wal.torn_tail_truncated is logged with the reason. Valid records before it are kept: they
+  are the log's prefix, in order.
+- A marker naming a segment newer than every segment on disk: CorruptLogError (fsynced data lost).
+
+Under policy "always" nothing past the fsynced length was ever confirmed, and S never exceeds
+it, so the truncation drops no confirmed record unless fsynced bytes were damaged after the marker
+last reached the disk. Under "periodic" records written after the last fsync may have been
+confirmed; losing them in a machine crash is what that policy accepts. The log keeps a prefix:
+a record after a hole is dropped even if it reached the disk, because replaying it without the
+records in the hole could apply an effect without its cause.
 
 Group commit: append() only frames the record into an in-memory buffer. One flusher task swaps
 the buffer out, writes and fsyncs it in a dedicated worker thread, then runs the callbacks of every
@@ -68,6 +98,12 @@ MAX_PAYLOAD = _MASK
 # crc32(bytes([type]) + payload) == crc32(payload, _TYPE_SEED[type]): one C call per record.
 _TYPE_SEED = tuple(zlib.crc32(bytes([record_type])) for record_type in range(256))
 _SEGMENT_NAME = re.compile(r"^(\d+)\.wal$")
+# The sync marker: (sequence, segment id, fsynced length, CRC-32 of the first three), in two slots
+# one sector apart, written alternately (slot = sequence % 2).
+SYNC_MARKER = "synced"
+_MARK = struct.Struct(">QQQI")
+_MARK_BODY = 24
+_MARK_SLOT = 512
 _PROGRESS_STEP = 16 * 1024 * 1024
 # Most records (a message, an ack) fit one pread of this size.
 _READ_AHEAD = 4096
@@ -89,8 +125,9 @@ class CorruptLogError(Exception):
         super().__init__(
             f"corrupt write-ahead log record in {where} at offset {offset}: {reason}. "
             "Nothing was skipped or truncated. Copy the data directory aside, then restore it "
-            f"from a backup, or truncate the segment file to {offset} bytes to start without the "
-            "records from that offset on."
+            f"from a backup, or truncate the segment file to {offset} bytes and delete the "
+            f"'{SYNC_MARKER}' file beside it (it records how much of the log was fsynced) to start "
+            "without the records from that offset on."
         )
 
 
@@ -132,7 +169,6 @@ class _Chunk(NamedTuple):
 class _BadRecord(NamedTuple):
     offset: int
     reason: str
-    torn: bool  # the bytes from `offset` on hold no valid record, so a crash explains them
 
 
 class WriteAheadLog:
@@ -153,7 +189,7 @@ class WriteAheadLog:
         if sync_interval <= 0:
             raise ValueError(f"sync_interval must be positive, not {sync_interval}")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _make_directory(self.directory)
         self._segment_size = segment_size
         self._periodic = sync_policy == "periodic"
         self._sync_interval = sync_interval
@@ -188,7 +224,8 @@ class WriteAheadLog:
         self, on_record: RecordCallback, progress: ProgressCallback | None = None
     ) -> RecoveryReport:
         """Feed every valid record on disk to on_record(segment_id, offset, type, payload), in
-        log order, truncating a torn tail of the newest segment; raise CorruptLogError on damage.
+        log order, truncating the newest segment's tail past its fsynced length at the first bad
+        record; raise CorruptLogError on any other damage (see the module docstring).
 
         payload is a view into the segment's bytes: copy what you keep, or the whole segment stays
         in memory. Blocks the calling thread: call it once, before start().
@@ -200,17 +237,33 @@ class WriteAheadLog:
         tracker = _Progress(sum(self._sealed.values()), progress)
         records = replayed_bytes = truncated_bytes = 0
         truncated_segment = None
+        marked_segment, marked_length = _read_sync_marker(self.directory)
+        if marked_segment > max(segment_ids, default=0):
+            raise CorruptLogError(
+                marked_segment,
+                0,
+                f"the segment file is missing although its first {marked_length} bytes were "
+                f"fsynced (according to {self.directory / SYNC_MARKER})",
+                self._segment_path(marked_segment),
+            )
         for segment_id in segment_ids:
             path = self._segment_path(segment_id)
             data = path.read_bytes()
             count, bad = _scan(segment_id, data, on_record, tracker)
             records += count
             size = len(data)
+            synced = marked_length if segment_id == marked_segment else 0
             if bad is not None:
-                if not bad.torn or segment_id != segment_ids[-1]:
+                if segment_id != segment_ids[-1]:
                     raise CorruptLogError(segment_id, bad.offset, bad.reason, path)
-                _truncate_torn_tail(path, bad, size)
+                if bad.offset < synced:
+                    reason = f"{bad.reason}, within the first {synced} bytes, which were fsynced"
+                    raise CorruptLogError(segment_id, bad.offset, reason, path)
+                _truncate_crash_tail(path, bad, size, synced)
                 truncated_segment, truncated_bytes, size = segment_id, size - bad.offset, bad.offset
+            elif size < synced:
+                reason = f"the file ends here, but its first {synced} bytes were fsynced"
+                raise CorruptLogError(segment_id, size, reason, path)
             self._sealed[segment_id] = size
             replayed_bytes += size
             tracker.segment_done(len(data))
@@ -510,6 +563,11 @@ class WriteAheadLog:
         _fsync_directory(self.directory)
         del self._sealed[segment_id]
 
+    def pending_bytes(self) -> int:
+        """Framed records held in memory until the flusher has written them (the memory alarm
+        counts them: a slow disk makes them pile up)."""
+        return sum(len(chunk.data) for chunk in (*self._pending, *self._inflight))
+
     def disk_usage(self) -> int:
         """Bytes in all segments, counting records still in memory; no syscalls."""
         return sum(self._sealed.values()) + self._active_size
@@ -529,8 +587,12 @@ class _SegmentWriter:
         self._stats = stats
         self._segment: int | None = None
         self._fd: int | None = None
+        self._end = 0  # bytes written to the segment
         self._dirty = False  # written since the last fsync
-        self._directory_dirty = False  # a segment file was created since the last directory fsync
+        self._directory_dirty = False  # a file was created since the last directory fsync
+        self._marker_fd: int | None = None
+        self._marker_sequence: int | None = None  # of the last marker slot written
+        self._marked: tuple[int, int] | None = None  # (segment, length) the marker holds
 
     def write(self, chunks: list[_Chunk]) -> None:
         for chunk in chunks:
@@ -538,15 +600,20 @@ class _SegmentWriter:
                 self._create(chunk.segment_id)
             assert self._fd is not None
             _pwrite_all(self._fd, chunk.data, chunk.start)
+            self._end = max(self._end, chunk.start + len(chunk.data))
             self._dirty = True
             self._stats.bytes_written += len(chunk.data)
         if chunks:
             self._stats.writes += 1
 
     def sync(self) -> None:
-        """fsync the segment written last and, if a segment was created, the directory."""
+        """fsync the segment written last and, if a file was created, the directory; then record
+        the segment's fsynced length in the sync marker, so that recovery can tell a crash tail
+        from damage to confirmed records (see the module docstring)."""
         started = time.perf_counter_ns()
         synced = False
+        if self._dirty and self._marker_fd is None:
+            self._open_marker()  # created before the directory fsync below covers it
         if self._dirty and self._fd is not None:
             os.fsync(self._fd)
             self._dirty = False
@@ -556,6 +623,9 @@ class _SegmentWriter:
             _fsync_directory(self._directory)
             self._directory_dirty = False
             self._stats.fsyncs += 1
+            synced = True
+        if self._segment is not None and self._marked != (self._segment, self._end):
+            self._mark(self._segment, self._end)
             synced = True
         if synced:
             elapsed = time.perf_counter_ns() - started
@@ -569,9 +639,14 @@ class _SegmentWriter:
         try:
             if durable:
                 self.sync()
+                if self._marker_fd is not None:  # a sealed segment's marker is exact
+                    os.fdatasync(self._marker_fd)
         finally:
             os.close(self._fd)
             self._fd = self._segment = None
+            if self._marker_fd is not None:
+                os.close(self._marker_fd)
+                self._marker_fd = None
 
     def _create(self, segment_id: int) -> None:
         # The previous segment is made durable before the next file exists, so that after a crash
@@ -581,7 +656,33 @@ class _SegmentWriter:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         self._fd = os.open(path, flags, 0o644)
         self._segment = segment_id
+        self._end = 0
         self._directory_dirty = True
+
+    def _open_marker(self) -> None:
+        path = self._directory / SYNC_MARKER
+        if self._marker_sequence is None:
+            self._marker_sequence = _read_marker_slots(path)[0]
+        try:
+            self._marker_fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            self._marker_fd = os.open(path, flags, 0o644)
+            self._directory_dirty = True
+
+    def _mark(self, segment_id: int, length: int) -> None:
+        """Record that the first `length` bytes of the segment are fsynced; only ever called
+        after that fsync (and the directory's) completed, so the marker never claims too much."""
+        if self._marker_fd is None:
+            self._open_marker()
+            if self._directory_dirty:
+                _fsync_directory(self._directory)
+                self._directory_dirty = False
+        assert self._marker_fd is not None and self._marker_sequence is not None
+        sequence = self._marker_sequence + 1
+        _pwrite_all(self._marker_fd, _mark_slot(sequence, segment_id, length), _slot(sequence))
+        self._marker_sequence = sequence
+        self._marked = (segment_id, length)
 
 
 class _Progress:
@@ -627,20 +728,20 @@ def _scan(
         body = position + HEADER_SIZE
         if body > end:
             reason = f"incomplete record header ({end - position} of {HEADER_SIZE} bytes)"
-            return count, _BadRecord(position, reason, torn=True)
+            return count, _BadRecord(position, reason)
         length, check, crc, record_type = unpack(data, position)
         if check != length ^ _MASK or record_type == 0:
             reason = "damaged record header (length check or record type is invalid)"
-            return count, _BadRecord(position, reason, torn=_zero_from(data, position))
+            return count, _BadRecord(position, reason)
         stop = body + length
         if stop > end:
             reason = f"record of {length} bytes runs {stop - end} bytes past the end of the file"
-            return count, _BadRecord(position, reason, torn=True)
+            return count, _BadRecord(position, reason)
         payload = view[body:stop]
         actual = crc32(payload, seeds[record_type])
         if actual != crc:
             reason = f"CRC mismatch (stored {crc:#010x}, computed {actual:#010x})"
-            return count, _BadRecord(position, reason, torn=_zero_from(data, stop))
+            return count, _BadRecord(position, reason)
         on_record(segment_id, position, record_type, payload)
         count += 1
         position = stop
@@ -670,12 +771,8 @@ def _decode(
     return record_type, payload
 
 
-def _zero_from(data: bytes, position: int) -> bool:
-    """Whether only zero bytes follow `position`: space a crash left unwritten, not records."""
-    return data.count(0, position) == len(data) - position
-
-
-def _truncate_torn_tail(path: Path, bad: _BadRecord, size: int) -> None:
+def _truncate_crash_tail(path: Path, bad: _BadRecord, size: int, synced: int) -> None:
+    """Cut the newest segment at a bad record past its fsynced length: a crash left it."""
     logger.warning(
         "wal.torn_tail_truncated",
         extra=fields(
@@ -683,7 +780,9 @@ def _truncate_torn_tail(path: Path, bad: _BadRecord, size: int) -> None:
             offset=bad.offset,
             reason=bad.reason,
             truncated_bytes=size - bad.offset,
-            note="a record cut short by a crash; with sync 'always' it was never confirmed",
+            synced_bytes=synced,
+            note="bytes past the last completed fsync, left by a crash; with sync 'always' none"
+            " of them was confirmed",
         ),
     )
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -711,6 +810,66 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _make_directory(directory: Path) -> None:
+    """Create `directory` and any missing parents, each made durable by an fsync of its parent: a
+    segment fsynced into a directory whose own entry a crash can lose is not on disk."""
+    missing: list[Path] = []
+    path = directory.absolute()
+    while not path.is_dir() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+        _fsync_directory(path.parent)
+
+
+def _slot(sequence: int) -> int:
+    return (sequence % 2) * _MARK_SLOT
+
+
+def _mark_slot(sequence: int, segment_id: int, length: int) -> bytearray:
+    slot = bytearray(_MARK.pack(sequence, segment_id, length, 0))
+    slot[_MARK_BODY:] = zlib.crc32(slot[:_MARK_BODY]).to_bytes(4, "big")
+    return slot
+
+
+def _read_marker_slots(path: Path) -> tuple[int, int, int, bool]:
+    """(sequence, segment id, length, found) of the newest valid slot; zeros if none is."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0, 0, 0, False
+    best = (0, 0, 0, False)
+    for sequence in (0, 1):
+        start = _slot(sequence)
+        slot = data[start : start + _MARK.size]
+        if len(slot) < _MARK.size:
+            continue
+        found, segment_id, length, crc = _MARK.unpack(slot)
+        if crc == zlib.crc32(slot[:_MARK_BODY]) and _slot(found) == start and found > best[0]:
+            best = (found, segment_id, length, True)
+    if not best[3] and data:
+        logger.warning(
+            "wal.sync_marker_unreadable",
+            extra=fields(
+                path=path,
+                size=len(data),
+                consequence="any damage in the newest segment is treated as a crash tail",
+            ),
+        )
+    return best
+
+
+def _read_sync_marker(directory: Path) -> tuple[int, int]:
+    """(segment id, fsynced length) from the sync marker; (0, 0) when there is none."""
+    _, segment_id, length, _ = _read_marker_slots(directory / SYNC_MARKER)
+    return segment_id, length
 
 
 def _segment_path(directory: Path, segment_id: int) -> Path:

@@ -3,12 +3,19 @@ wire against a broker process, and checks that nothing confirmed is lost and nob
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
+import time
 from pathlib import Path
 
 import pika
-from pamqp import commands
+import pytest
+from pamqp import commands, header
+from pamqp.body import ContentBody
 
+from broker.config import load_config
+from broker.server import Broker
 from tests.compat.rawamqp import RawAMQP, assert_broker_alive, method_payload, raw_frame
 from tests.support import BrokerProcess, publish_persistent, small_segment_config
 
@@ -127,3 +134,222 @@ def test_deep_bind_arguments_cannot_cost_confirmed_messages(tmp_path: Path) -> N
         assert_broker_alive(broker.url)
     finally:
         broker.stop()
+
+
+# ----------------------------------------------------------------------------- helpers, 3-7
+def resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def round_trip_seconds(url: str) -> float:
+    """A canary: how long a fresh client takes to connect, publish and get one message."""
+    started = time.monotonic()
+    assert_broker_alive(url)
+    return time.monotonic() - started
+
+
+# ----------------------------------------------------------------------------- finding 3
+async def test_non_table_capabilities_break_neither_the_alarm_nor_other_clients(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 3: client_properties={"capabilities": "x"} used to raise AttributeError inside
+    the memory monitor (the task died, the alarm never cleared) and inside another client's
+    queue delete (541, half done). As RabbitMQ, a capabilities value that is not a table
+    announces nothing: the alarm blocks and unblocks, the other client's delete succeeds."""
+    config = load_config().with_overrides(
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+    )
+    async with Broker(config) as broker:
+        raw = RawAMQP(broker.url)
+        try:
+            await asyncio.to_thread(raw.read_start)
+            raw.login(properties={"product": "odd", "capabilities": "x"})
+            await asyncio.to_thread(raw.read_tune)
+            raw.tune_ok(heartbeat=0)
+            raw.open()
+            await asyncio.to_thread(raw.expect, commands.Connection.OpenOk)
+            await asyncio.to_thread(raw.open_channel, 1)
+            raw.send(commands.Queue.Declare(queue="odd-q"), 1)
+            await asyncio.to_thread(raw.expect, commands.Queue.DeclareOk)
+            raw.send(commands.Basic.Consume(queue="odd-q", consumer_tag="odd"), 1)
+            await asyncio.to_thread(raw.expect, commands.Basic.ConsumeOk)
+            raw.publish(1, b"makes it a publisher", routing_key="odd-q")
+            await asyncio.sleep(0.2)
+
+            broker.memory.limit = 1  # everything is above it
+            await asyncio.sleep(1.5)  # the monitor's own task notices, twice
+            assert broker.memory_alarm
+            broker.memory.limit = 1 << 40
+            await asyncio.sleep(1.5)
+            assert not broker.memory_alarm  # the monitor survived and cleared the alarm
+            failures = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert failures == []
+
+            connection = await asyncio.to_thread(
+                pika.BlockingConnection, pika.URLParameters(broker.url)
+            )
+            channel = await asyncio.to_thread(connection.channel)
+            await asyncio.to_thread(channel.queue_delete, "odd-q")  # 541 before the fix
+            assert "odd-q" not in broker.vhosts["/"].queues
+            await asyncio.to_thread(connection.close)
+        finally:
+            raw.close()
+
+
+# ----------------------------------------------------------------------------- finding 4
+def test_client_that_never_reads_cannot_make_the_broker_buffer_its_replies(
+    broker: BrokerProcess,
+) -> None:
+    """Finding 4: Basic.Get / Basic.Reject(requeue) pairs on a 1 MB message, pipelined by a
+    client that never reads its socket, used to make the broker frame a Get-Ok per pair into
+    memory (gigabytes). Now the broker stops reading that socket while its replies are backed
+    up: its memory stays bounded and other clients are served meanwhile."""
+    publish_persistent(broker.url, "big", [b"m" * 1_000_000])
+    raw = RawAMQP(broker.url)
+    try:
+        raw.handshake()
+        raw.open_channel(1)
+        before = resident_bytes(broker.proc.pid)
+        pairs = b"".join(
+            raw_frame(FRAME_METHOD, 1, method_payload(commands.Basic.Get(queue="big")))
+            + raw_frame(
+                FRAME_METHOD,
+                1,
+                method_payload(commands.Basic.Reject(delivery_tag=tag, requeue=True)),
+            )
+            for tag in range(1, 401)
+        )  # 400 pairs: 400 MB of Get-Ok if all were answered
+        raw.send_bytes(pairs)
+        time.sleep(2.0)
+        assert round_trip_seconds(broker.url) < 1.0
+        grown = resident_bytes(broker.proc.pid) - before
+        assert grown < 60_000_000, f"the broker grew by {grown} bytes"
+        # Reading the replies lets the broker go on: back-pressure, not a stall.
+        raw.sock.settimeout(5)
+        received = 0
+        while received < 5_000_000:
+            chunk = raw.sock.recv(1 << 20)
+            assert chunk
+            received += len(chunk)
+    finally:
+        raw.close()
+    assert round_trip_seconds(broker.url) < 1.0
+
+
+# ----------------------------------------------------------------------------- finding 5
+def test_large_start_ok_before_tune_is_refused_before_it_is_decoded(
+    broker: BrokerProcess,
+) -> None:
+    """Finding 5: before Tune-Ok only frames up to 4096 bytes are accepted (as RabbitMQ), so an
+    unauthenticated StartOk of 60,000 empty-keyed entries (120 KB, which the old quadratic
+    decoder spent most of a second on) is refused at once with 501; one that fits is decoded
+    in linear time; the canary is served throughout."""
+    raw = RawAMQP(broker.url)
+    try:
+        raw.read_start()
+        table = b"\x00V" * 60_000
+        payload = b"".join(
+            (
+                struct.pack(">I", commands.Connection.StartOk.index),
+                struct.pack(">I", len(table)) + table,
+                b"\x05PLAIN",
+                struct.pack(">I", 12) + b"\x00guest\x00guest",
+                b"\x05en_US",
+            )
+        )
+        started = time.monotonic()
+        raw.send_bytes(raw_frame(FRAME_METHOD, 0, payload))
+        close = raw.expect_connection_close(501, timeout=2)
+        assert time.monotonic() - started < 0.5
+        assert "frame_too_large" in close.reply_text
+    finally:
+        raw.close()
+    with RawAMQP(broker.url) as small:
+        small.read_start()
+        table = b"\x00V" * 1_900  # fits 4096 bytes
+        payload = b"".join(
+            (
+                struct.pack(">I", commands.Connection.StartOk.index),
+                struct.pack(">I", len(table)) + table,
+                b"\x05PLAIN",
+                struct.pack(">I", 12) + b"\x00guest\x00guest",
+                b"\x05en_US",
+            )
+        )
+        small.send_bytes(raw_frame(FRAME_METHOD, 0, payload))
+        small.read_tune()
+    assert round_trip_seconds(broker.url) < 1.0
+
+
+# ----------------------------------------------------------------------------- finding 6
+def test_nothing_is_buffered_after_a_broken_frame(broker: BrokerProcess) -> None:
+    """Finding 6: after an oversized frame header the connection used to keep appending all the
+    peer sent for the 3 s close-ok wait. Now the broker answers 501, drops its buffer and stops
+    reading: the peer's writes stall within the socket buffers and the broker does not grow."""
+    raw = RawAMQP(broker.url)
+    try:
+        raw.handshake()
+        before = resident_bytes(broker.proc.pid)
+        raw.send_bytes(struct.pack(">BHI", 1, 1, 0x7FFFFFF0))
+        junk = memoryview(b"j" * (1 << 20))
+        raw.sock.settimeout(1.0)
+        sent = 0
+        try:
+            while sent < 400_000_000:
+                sent += raw.sock.send(junk)
+        except TimeoutError:
+            pass
+        assert sent < 64_000_000, f"the broker read {sent} bytes after the broken frame"
+        grown = resident_bytes(broker.proc.pid) - before
+        assert grown < 30_000_000, f"the broker grew by {grown} bytes"
+        raw.sock.settimeout(5)
+        assert raw.expect_connection_close(501).reply_text.find("frame_too_large") > 0
+    finally:
+        raw.close()
+    assert round_trip_seconds(broker.url) < 1.0
+
+
+# ----------------------------------------------------------------------------- finding 7
+async def test_memory_held_outside_queues_trips_the_alarm(tmp_path: Path) -> None:
+    """Finding 7: uncommitted tx publishes and bodies still being assembled were invisible to
+    the memory alarm, so Tx.Select + endless publishes without a commit (or bodies that never
+    complete, on many channels) ran to the OOM killer. Both now count: the alarm trips and the
+    publisher is blocked, and the memory is released when the channel goes."""
+    config = load_config().with_overrides(
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+    )
+    async with Broker(config) as broker:
+        broker.memory.limit = broker.memory.baseline + 20_000_000
+        raw = RawAMQP(broker.url)
+        try:
+            await asyncio.to_thread(raw.handshake)
+            await asyncio.to_thread(raw.open_channel, 1)
+            raw.send(commands.Tx.Select(), 1)
+            await asyncio.to_thread(raw.expect, commands.Tx.SelectOk)
+            for _ in range(15):  # 15 MB held by an uncommitted transaction
+                await asyncio.to_thread(raw.publish, 1, b"t" * 1_000_000, "", "nowhere")
+            for number in range(2, 12):  # 10 MB more in bodies that never complete
+                await asyncio.to_thread(raw.open_channel, number)
+                raw.send(commands.Basic.Publish(routing_key="nowhere"), number)
+                raw.send(header.ContentHeader(0, 10_000_000, commands.Basic.Properties()), number)
+                for _ in range(8):
+                    await asyncio.to_thread(raw.send, ContentBody(b"b" * 125_000), number)
+            await asyncio.sleep(0.3)
+            assert broker.accounted_bytes() > 25_000_000
+            broker.memory.check()
+            assert broker.memory_alarm
+            (held,) = broker.connections
+            assert held.blocked  # its socket is not read until memory drops
+        finally:
+            raw.close()
+        # A blocked socket is not read, so its close is seen once the alarm clears (or when a
+        # heartbeat write fails); then what the connection held is released.
+        broker.memory.limit = broker.memory.baseline + 100_000_000
+        broker.memory.check()
+        assert not broker.memory_alarm
+        await asyncio.sleep(0.3)
+        assert not broker.connections
+        assert broker.accounted_bytes() < 1_000_000

@@ -1,5 +1,5 @@
-"""The write-ahead log on real files: replay order, rollover, torn tails, corruption, group commit,
-failure handling and the periodic policy."""
+"""The write-ahead log on real files: replay order, rollover, torn tails, power-loss tails and the
+sync marker, corruption, group commit, failure handling and the periodic policy."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import errno
 import itertools
 import logging
 import os
+import random
+import shutil
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from broker.store.wal import (
 )
 
 Record = tuple[int, int, int, bytes]  # segment, offset, type, payload
+MARKER = "synced"  # the sync marker's file name, beside the segments
 
 
 async def synced(wal: WriteAheadLog) -> BaseException | None:
@@ -73,6 +78,26 @@ def flip_byte(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x40
     path.write_bytes(data)
+
+
+def frame(record_type: int, payload: bytes) -> bytes:
+    """A record as the module docstring lays it out, built independently of the writer."""
+    crc = zlib.crc32(bytes([record_type]) + payload)
+    length = len(payload)
+    return struct.pack(">IIIB", length, length ^ 0xFFFFFFFF, crc, record_type) + payload
+
+
+def garbage(size: int, seed: int = 12) -> bytes:
+    """Random bytes, as a page written back out of order or never written can hold."""
+    data = random.Random(seed).randbytes(size)
+    assert data.count(0) < size // 16
+    return data
+
+
+def overwrite(path: Path, offset: int, data: bytes) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + len(data)] = data
+    path.write_bytes(bytes(raw))
 
 
 # ------------------------------------------------------------------------- round trip, rollover
@@ -182,10 +207,15 @@ async def test_previous_segment_is_durable_before_the_next_exists(
 
 
 async def _ten_records(directory: Path) -> tuple[Path, int]:
-    """A one-segment log of ten records; returns its file and the last record's offset."""
-    positions = await write_log(directory, numbered(10))
-    segment, last_offset = positions[-1]
-    return segment_file(directory, segment), last_offset
+    """A one-segment log of ten records, the last of which reached the file but was never covered
+    by a completed fsync (as a crash leaves it); returns its file and the last record's offset."""
+    records = numbered(10)
+    positions = await write_log(directory, records[:9])
+    path = segment_file(directory, positions[-1][0])
+    last = path.stat().st_size
+    with path.open("ab") as file:
+        file.write(frame(*records[9]))
+    return path, last
 
 
 @pytest.mark.parametrize(
@@ -318,6 +348,288 @@ async def test_damaged_length_is_corruption_not_a_torn_tail(tmp_path: Path) -> N
     assert caught.value.offset == positions[3][1]
     assert "header" in caught.value.reason
     assert path.stat().st_size == size
+
+
+# ------------------------------------------------------------------------- power loss, sync marker
+
+
+def truncations(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [r.fields for r in caplog.records if r.getMessage() == "wal.torn_tail_truncated"]  # type: ignore[attr-defined]
+
+
+def marker_slots(directory: Path) -> list[tuple[int, int, int]]:
+    """(sequence, segment, length) of every valid slot of the sync marker."""
+    data = (directory / MARKER).read_bytes()
+    slots = []
+    for start in (0, 512):
+        slot = data[start : start + 28]
+        if len(slot) == 28 and zlib.crc32(slot[:24]) == int.from_bytes(slot[24:], "big"):
+            slots.append(struct.unpack(">QQQ", slot[:24]))
+    return slots
+
+
+@pytest.mark.parametrize(
+    ("tail", "kept"),
+    [
+        pytest.param(garbage(3000), [], id="garbage"),
+        # a later page was written back, the one before it never was
+        pytest.param(garbage(700) + frame(1, b"written back early"), [], id="valid-after-hole"),
+        pytest.param(
+            frame(2, b"unsynced") + garbage(500, seed=3), [b"unsynced"], id="valid-then-garbage"
+        ),
+    ],
+)
+@pytest.mark.parametrize("marker", ["marker", "no-marker"])
+async def test_garbage_tail_past_the_last_fsync_is_truncated(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    tail: bytes,
+    kept: list[bytes],
+    marker: str,
+) -> None:
+    """Power loss: the bytes written after the last completed fsync can come back as any mix of
+    garbage, zeros and valid records. The start succeeds; the tail goes from the first bad record
+    on; the records before it (a log prefix) stay. Without a marker (a log from before markers)
+    the newest segment's fsynced length is taken as 0."""
+    positions = await write_log(tmp_path, numbered(10))
+    path = segment_file(tmp_path, 1)
+    synced = path.stat().st_size
+    if marker == "no-marker":
+        (tmp_path / MARKER).unlink(missing_ok=True)  # as a log from before markers
+    with path.open("ab") as file:
+        file.write(tail)
+    end = synced + sum(HEADER_SIZE + len(payload) for payload in kept)
+    caplog.set_level(logging.WARNING, logger="warren.wal")
+
+    seen, report = replay_all(tmp_path)
+
+    assert [p for *_, p in seen] == [p for _, p in numbered(10)] + kept
+    assert [(s, o) for s, o, *_ in seen][:10] == positions
+    assert path.stat().st_size == end
+    assert (report.truncated_segment, report.truncated_bytes) == (1, synced + len(tail) - end)
+    (logged,) = truncations(caplog)
+    assert logged["offset"] == end and logged["path"] == path
+    assert "header" in str(logged["reason"]) or "CRC" in str(logged["reason"])
+    assert logged["synced_bytes"] == (synced if marker == "marker" else 0)
+
+
+async def test_power_loss_during_an_fsync_keeps_every_confirmed_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real writer, policy "always": batch 1 is confirmed; batch 2 is written and its fsync
+    never finishes. The disk as the power cut leaves it is the files at that moment with a page
+    of batch 2 never written back (garbage) while later pages were. Recovery starts, returns every
+    confirmed record and drops the unconfirmed tail from the hole on."""
+    log = WriteAheadLog(tmp_path / "wal")
+    await log.start()
+    confirmed = numbered(20, size=200)
+    for record in confirmed:
+        log.append(*record)
+    assert await synced(log) is None
+
+    gate, blocked = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def stuck_fsync(fd: int) -> None:
+        blocked.set()
+        gate.wait(5)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", stuck_fsync)
+    unconfirmed = [(3, f"unconfirmed {i}".encode().ljust(200, b"-")) for i in range(20)]
+    positions = [log.append(*record) for record in unconfirmed]
+    callback: list[BaseException | None] = []
+    log.sync(callback.append)
+    await wait_until(blocked.is_set)
+    crashed = tmp_path / "after-power-loss"
+    shutil.copytree(tmp_path / "wal", crashed)  # what the disk holds when the power goes
+    gate.set()
+    await log.close()
+    assert callback == [None]
+
+    hole = positions[5][1] + 40  # inside the sixth unconfirmed record
+    overwrite(segment_file(crashed, 1), hole, garbage(4096 - hole % 4096))
+    caplog.set_level(logging.WARNING, logger="warren.wal")
+    seen, report = replay_all(crashed)
+
+    payloads = [p for *_, p in seen]
+    assert payloads == [p for _, p in confirmed] + [p for _, p in unconfirmed[:5]]
+    assert report.truncated_segment == 1
+    assert segment_file(crashed, 1).stat().st_size == positions[5][1]
+    assert [f["offset"] for f in truncations(caplog)] == [positions[5][1]]
+
+
+async def test_damage_followed_by_fsynced_records_in_the_newest_segment_is_corruption(
+    tmp_path: Path,
+) -> None:
+    """Garbage in the middle of the newest segment with fsynced records behind it is not a crash
+    tail: the start stops, naming segment and offset, and nothing is truncated."""
+    positions = await write_log(tmp_path, numbered(10))
+    path = segment_file(tmp_path, 1)
+    size = path.stat().st_size
+    overwrite(path, positions[4][1], garbage(60))
+
+    with pytest.raises(CorruptLogError) as caught:
+        replay_all(tmp_path)
+
+    assert (caught.value.segment, caught.value.offset) == (1, positions[4][1])
+    assert "fsynced" in caught.value.reason
+    assert path.name in str(caught.value) and str(positions[4][1]) in str(caught.value)
+    assert path.stat().st_size == size
+
+
+@pytest.mark.parametrize("damage", ["crc-at-eof", "zeroed-tail"])
+async def test_damaged_last_record_that_was_fsynced_is_corruption(
+    tmp_path: Path, damage: str
+) -> None:
+    """A crash cannot damage fsynced bytes, so a bad last record inside the marked length is
+    reported, not dropped as if torn: it was confirmed."""
+    positions = await write_log(tmp_path, numbered(10))
+    path = segment_file(tmp_path, 1)
+    size = path.stat().st_size
+    last = positions[-1][1]
+    if damage == "crc-at-eof":
+        flip_byte(path, size - 1)
+    else:
+        overwrite(path, last + HEADER_SIZE, bytes(size - last - HEADER_SIZE))
+
+    with pytest.raises(CorruptLogError) as caught:
+        replay_all(tmp_path)
+
+    assert (caught.value.segment, caught.value.offset) == (1, last)
+    assert path.stat().st_size == size
+
+
+@pytest.mark.parametrize("cut", ["mid-record", "record-boundary"])
+async def test_newest_segment_shorter_than_its_fsynced_length_is_corruption(
+    tmp_path: Path, cut: str
+) -> None:
+    positions = await write_log(tmp_path, numbered(10))
+    path = segment_file(tmp_path, 1)
+    last = positions[-1][1]
+    length = last + 20 if cut == "mid-record" else last
+    os.truncate(path, length)
+
+    with pytest.raises(CorruptLogError) as caught:
+        replay_all(tmp_path)
+
+    assert (caught.value.segment, caught.value.offset) == (1, last)
+    assert path.stat().st_size == length
+
+
+async def test_garbage_tail_in_an_older_segment_is_corruption(tmp_path: Path) -> None:
+    """Every segment but the newest was fsynced whole before the next one was created."""
+    positions = await write_log(tmp_path, numbered(20), segment_size=500)
+    assert positions[-1][0] >= 2
+    last_in_first = max(o for s, o in positions if s == 1)
+    path = segment_file(tmp_path, 1)
+    overwrite(path, last_in_first, garbage(path.stat().st_size - last_in_first))
+
+    with pytest.raises(CorruptLogError) as caught:
+        replay_all(tmp_path)
+
+    assert (caught.value.segment, caught.value.offset) == (1, last_in_first)
+
+
+async def test_missing_segment_named_by_the_marker_is_corruption(tmp_path: Path) -> None:
+    await write_log(tmp_path, numbered(3))
+    segment_file(tmp_path, 1).unlink()
+
+    with pytest.raises(CorruptLogError) as caught:
+        replay_all(tmp_path)
+
+    assert caught.value.segment == 1 and "missing" in caught.value.reason
+
+
+async def test_marker_follows_the_fsync_and_costs_no_fsync_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marker is written after the segment's fsync (and the directory's), before the sync()
+    callback runs, and is not fsynced per batch (no second fsync on the confirm's path); it is
+    made durable when the log closes."""
+    events: list[str] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+    def name(fd: int) -> str:
+        return Path(os.readlink(f"/proc/self/fd/{fd}")).name
+
+    def logged_fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(f"fsync {name(fd)}")
+
+    def logged_fdatasync(fd: int) -> None:
+        real_fdatasync(fd)
+        events.append(f"fdatasync {name(fd)}")
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "fdatasync", logged_fdatasync)
+    log = WriteAheadLog(tmp_path)
+    await log.start()
+    for round_ in range(3):
+        log.append(1, b"x" * (10 + round_))
+        log.sync(lambda error, round_=round_: events.append(f"confirm {round_} {error}"))
+        await wait_until(lambda round_=round_: f"confirm {round_} None" in events)
+    await log.close()
+
+    marker = MARKER
+    assert events[:3] == [
+        "fsync 0000000001.wal",
+        f"fsync {tmp_path.name}",  # the new segment and the marker file
+        "confirm 0 None",
+    ]
+    assert events[3:5] == ["fsync 0000000001.wal", "confirm 1 None"]
+    assert events[-1] == f"fdatasync {marker}"  # the clean close
+    size = segment_file(tmp_path, 1).stat().st_size
+    assert max(marker_slots(tmp_path)) == (3, 1, size)
+    assert len(marker_slots(tmp_path)) == 2  # the previous value survives in the other slot
+
+
+async def test_torn_marker_slot_falls_back_to_the_previous_fsynced_length(
+    tmp_path: Path,
+) -> None:
+    """A marker write torn by the crash leaves the other slot: an older, smaller length, so damage
+    past it counts as a crash tail (never the other way round)."""
+    log = WriteAheadLog(tmp_path)
+    await log.start()
+    first = [log.append(*record) for record in numbered(5)]
+    assert await synced(log) is None
+    second = [log.append(*record) for record in numbered(5)]
+    assert await synced(log) is None
+    await log.close()
+    slots = sorted(marker_slots(tmp_path))
+    assert [slot[2] for slot in slots] == [second[0][1], log.disk_usage()]
+    newest = 512 * (slots[-1][0] % 2)
+    overwrite(tmp_path / MARKER, newest, garbage(28))
+    overwrite(segment_file(tmp_path, 1), second[2][1], garbage(40))
+
+    seen, report = replay_all(tmp_path)
+
+    assert [o for _, o, *_ in seen] == [o for _, o in first + second[:2]]
+    assert report.truncated_bytes == log.disk_usage() - second[2][1]
+
+
+async def test_creating_the_log_directory_fsyncs_its_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new wal/ (and a new data_dir) is made durable in its parent before any segment is
+    written into it: the segments' fsyncs do not cover the directory's own entry."""
+    fsynced: list[tuple[Path, list[str]]] = []
+    real_fsync = os.fsync
+
+    def logged_fsync(fd: int) -> None:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        fsynced.append((path, sorted(p.name for p in path.iterdir()) if path.is_dir() else []))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    data_dir = tmp_path / "data"
+    log = WriteAheadLog(data_dir / "wal")
+    assert fsynced == [(tmp_path, ["data"]), (data_dir, ["wal"])]
+
+    fsynced.clear()
+    WriteAheadLog(data_dir / "wal")  # an existing directory is left alone
+    assert fsynced == []
+    await log.close()
 
 
 # ------------------------------------------------------------------------- group commit

@@ -160,6 +160,22 @@ def split_words(key: str) -> tuple[str, ...]:
     return tuple(key.split(".")) if key else ()
 
 
+def topic_path(key: str) -> tuple[str, ...]:
+    """The trie path of a binding pattern: its words, with each run of '#' collapsed to one.
+
+    '#.#' matches exactly what '#' matches (zero or more words), so the run adds nothing but
+    ways to match the same words; collapsed, no '#' node has a '#' child. Only the trie uses this
+    path: the binding keeps the routing key as given (identity, unbind, listings)."""
+    words = split_words(key)
+    if "#" not in words:
+        return words
+    path: list[str] = []
+    for word in words:
+        if word != "#" or not path or path[-1] != "#":
+            path.append(word)
+    return tuple(path)
+
+
 class _TopicNode:
     """One word position of the binding-pattern trie: children by word ('*' and '#' included)
     and the destinations of patterns that end here, with binding counts."""
@@ -171,23 +187,70 @@ class _TopicNode:
         self.destinations: dict[Any, int] = {}
 
 
-def _trie_match(node: _TopicNode, words: tuple[str, ...], at: int, found: dict[Any, None]) -> None:
-    """RabbitMQ's semantics: '*' is exactly one word, '#' zero or more."""
+def _trie_match(
+    node: _TopicNode,
+    words: tuple[str, ...],
+    at: int,
+    found: dict[Any, None],
+    hash_done: dict[_TopicNode, int] | None = None,
+) -> None:
+    """RabbitMQ's semantics: '*' is exactly one word, '#' zero or more.
+
+    Without '#' every node is reached by one path, at one position. Through '#' a node could be
+    reached at the same position in many ways (exponentially many for '#.*.#.*.#' and a long
+    key), so `hash_done` remembers, per '#' node, the lowest position it was entered at: entered
+    at p, the node has matched every position from p to the end, and a later entry at p' >= p
+    has nothing left to do. Each (node, position) pair is thus visited at most once: routing
+    costs O(words x trie nodes). The memo is made at the first '#' met (a '#' node with no '#'
+    above it is entered once), so keys that meet no '#' pay nothing for it."""
     hash_node = node.children.get("#")
     if hash_node is not None:
-        for start in range(at, len(words) + 1):
-            _trie_match(hash_node, words, start, found)
+        if hash_done is None:
+            hash_done = {}
+        _hash_match(hash_node, words, at, found, hash_done)
     if at == len(words):
-        found.update(dict.fromkeys(node.destinations))
+        if node.destinations:
+            found.update(dict.fromkeys(node.destinations))
         return
     word = words[at]
-    if word != "*" and word != "#":
+    if word != "*" and word != "#":  # those key words only match the wildcards, below
         child = node.children.get(word)
         if child is not None:
-            _trie_match(child, words, at + 1, found)
+            _trie_match(child, words, at + 1, found, hash_done)
     star = node.children.get("*")
     if star is not None:
-        _trie_match(star, words, at + 1, found)
+        _trie_match(star, words, at + 1, found, hash_done)
+
+
+def _hash_match(
+    hash_node: _TopicNode,
+    words: tuple[str, ...],
+    at: int,
+    found: dict[Any, None],
+    hash_done: dict[_TopicNode, int],
+) -> None:
+    """A '#' node entered at `at`: the '#' takes words[at:start] for every start not yet done.
+    Its children are never '#' (runs are collapsed), and no descendant leads back to it."""
+    end = hash_done.get(hash_node)
+    if end is None:
+        end = len(words) + 1
+    elif at >= end:
+        return
+    hash_done[hash_node] = at
+    children = hash_node.children
+    star = children.get("*")
+    for start in range(at, end):
+        if start == len(words):
+            if hash_node.destinations:
+                found.update(dict.fromkeys(hash_node.destinations))
+            break
+        word = words[start]
+        if word != "*" and word != "#":
+            child = children.get(word)
+            if child is not None:
+                _trie_match(child, words, start + 1, found, hash_done)
+        if star is not None:
+            _trie_match(star, words, start + 1, found, hash_done)
 
 
 class TopicExchange(Exchange):
@@ -217,7 +280,7 @@ class TopicExchange(Exchange):
 
     def _index_add(self, binding: Binding) -> None:
         node = self._root
-        for word in split_words(binding.routing_key):
+        for word in topic_path(binding.routing_key):
             child = node.children.get(word)
             if child is None:
                 child = node.children[word] = _TopicNode()
@@ -226,8 +289,10 @@ class TopicExchange(Exchange):
         self._cache.clear()
 
     def _index_remove(self, binding: Binding) -> None:
+        # Patterns that collapse to one path ('#.#' and '#') share its node; the destination
+        # count there keeps the others routing.
         path = [self._root]
-        words = split_words(binding.routing_key)
+        words = topic_path(binding.routing_key)
         for word in words:
             path.append(path[-1].children[word])
         _count_remove(path[-1].destinations, binding.destination)

@@ -199,6 +199,10 @@ class WriteAheadLog:
         self._sealed = _existing_segments(self.directory)  # id -> size, every segment but active
         self._active = max(self._sealed, default=0) + 1
         self._active_size = 0  # including records still in memory
+        # Bytes the roll callback wrote at the start of the active segment (the snapshot): a
+        # segment holds segment_size of records besides them, so a snapshot larger than a
+        # segment cannot make every append roll (and write another snapshot).
+        self._segment_base = 0
         self._pending: list[_Chunk] = []
         self._inflight: list[_Chunk] = []
         self._buffer: bytearray | None = None  # the data of the last pending chunk
@@ -304,9 +308,10 @@ class WriteAheadLog:
         if size > MAX_PAYLOAD:
             raise ValueError(f"a record payload is at most {MAX_PAYLOAD} bytes, not {size}")
         active_size = self._active_size
+        base = self._segment_base
         if (
-            active_size
-            and active_size + HEADER_SIZE + size > self._segment_size
+            active_size > base
+            and active_size - base + HEADER_SIZE + size > self._segment_size
             and not self._rolling
         ):
             self._roll()
@@ -349,7 +354,7 @@ class WriteAheadLog:
         """Seal the active segment and start the next; let the owner write a snapshot first."""
         self._sealed[self._active] = self._active_size
         self._active += 1
-        self._active_size = 0
+        self._active_size = self._segment_base = 0
         self._buffer = None
         if self.on_segment_roll is not None:
             # Records appended from the callback land in the new segment however big they are.
@@ -363,6 +368,7 @@ class WriteAheadLog:
                 self._refuse()
             finally:
                 self._rolling = False
+            self._segment_base = self._active_size
 
     def _new_chunk(self) -> bytearray:
         chunk = _Chunk(self._active, self._active_size, bytearray())

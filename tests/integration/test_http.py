@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import socket
+from asyncio import StreamReader, StreamWriter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from broker.http import MAX_HEAD, HttpServer, Request, Response
+from broker.config import load_config
+from broker.http import (
+    MAX_CLIENTS,
+    MAX_CLIENTS_PER_PEER,
+    MAX_HEAD,
+    HttpServer,
+    Request,
+    Response,
+)
+from broker.server import Broker
+from tests.support import free_port
 
 
 def handler(request: Request) -> Response:
@@ -82,3 +95,151 @@ async def test_stop_drops_idle_keep_alive_clients(server: HttpServer) -> None:
     await asyncio.wait_for(server.stop(), 5)
     await reader.read()  # the server hung up
     writer.close()
+
+
+# ------------------------------------------------------------------- slowloris: idle sockets
+
+
+async def connect(port: int, source: str = "127.0.0.1") -> tuple[StreamReader, StreamWriter]:
+    """A connection from `source`: every 127.x address is this machine, yet another peer."""
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def closed_by_server(reader: StreamReader, within: float) -> bool:
+    """Whether the server ends the connection (FIN or RST) within `within` seconds."""
+    try:
+        while await asyncio.wait_for(reader.read(65536), within):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
+async def get(port: int, source: str = "127.0.0.1", path: str = "/x") -> bytes:
+    reader, writer = await connect(port, source)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+    try:
+        return await reader.read()
+    finally:
+        writer.close()
+
+
+async def trickle(writer: StreamWriter, data: bytes, interval: float) -> None:
+    """Send `data` a byte at a time, never finishing the head: the slowloris."""
+    with contextlib.suppress(ConnectionError):
+        for byte in data:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(interval)
+        await asyncio.sleep(3600)
+
+
+async def test_heads_must_arrive_within_the_head_timeout(server: HttpServer) -> None:
+    """A socket that sends nothing, one that trickles a head that never ends, and a kept-alive
+    connection that starts its next head and never finishes it are all closed once the head
+    timeout passes (it used to be 60 s, and a trickle could hold a slot that long); a kept-alive
+    connection that just waits quietly for its next request is left alone."""
+    server.head_timeout = 0.5
+    partial = b"GET /x HTTP/1.1\r\nX-Slow: " + b"y" * 200
+    silent, _silent = await connect(server.port)
+    trickled, trickle_writer = await connect(server.port)
+    kept, kept_writer = await connect(server.port)
+    kept_writer.write(b"GET /x HTTP/1.1\r\n\r\n")
+    assert (await kept.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+    await kept.readexactly(len(b"/x {}"))
+    idle, idle_writer = await connect(server.port)
+    idle_writer.write(b"GET /x HTTP/1.1\r\n\r\n")
+    assert (await idle.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+    await idle.readexactly(len(b"/x {}"))
+    slow = [
+        asyncio.create_task(trickle(trickle_writer, partial, 0.05)),
+        asyncio.create_task(trickle(kept_writer, partial, 0.05)),
+    ]
+    try:
+        started = asyncio.get_running_loop().time()
+        closed = await asyncio.gather(
+            closed_by_server(silent, 3), closed_by_server(trickled, 3), closed_by_server(kept, 3)
+        )
+        assert closed == [True, True, True]
+        assert asyncio.get_running_loop().time() - started < 3
+        # The quiet kept-alive connection outlived the head timeout and still serves.
+        idle_writer.write(b"GET /y HTTP/1.1\r\n\r\n")
+        answer = await asyncio.wait_for(idle.readuntil(b"\r\n\r\n"), 2)
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+    finally:
+        for task in slow:
+            task.cancel()
+        for writer in (_silent, trickle_writer, kept_writer, idle_writer):
+            writer.close()
+
+
+async def test_idle_peers_cannot_take_every_slot(server: HttpServer) -> None:
+    """Four peers open ten silent sockets each (more than every slot, long before any head
+    timeout): each keeps at most MAX_CLIENTS_PER_PEER, and a fifth peer is served at once, as
+    is one of the hogging peers itself: a newcomer takes the place of the connection that has
+    waited longest for a request head."""
+    hogs = {
+        f"127.0.0.{i}": [await connect(server.port, f"127.0.0.{i}") for _ in range(10)]
+        for i in (1, 2, 3, 4)
+    }
+    try:
+        for source in ("127.0.0.9", "127.0.0.1"):
+            answer = await asyncio.wait_for(get(server.port, source), 2)
+            assert answer.startswith(b"HTTP/1.1 200 OK"), source
+        readers = {source: [reader for reader, _ in conns] for source, conns in hogs.items()}
+        closed = await asyncio.gather(
+            *(closed_by_server(reader, 0.5) for conns in readers.values() for reader in conns)
+        )
+        still_open = dict.fromkeys(readers, 0)
+        for source, was_closed in zip(
+            (s for s, conns in readers.items() for _ in conns), closed, strict=True
+        ):
+            still_open[source] += not was_closed
+        assert max(still_open.values()) <= MAX_CLIENTS_PER_PEER, still_open
+        assert sum(still_open.values()) < MAX_CLIENTS, still_open
+        assert MAX_CLIENTS_PER_PEER * 4 <= MAX_CLIENTS  # so the fifth peer meant a full server
+    finally:
+        for connections in hogs.values():
+            for _, writer in connections:
+                writer.close()
+
+
+async def test_metrics_scrape_is_served_while_idle_sockets_hog_the_port(tmp_path: Path) -> None:
+    """The reported trigger against a real broker: 40 idle sockets and a few slow heads from
+    the scraper's own address, then a Prometheus scrape of /metrics answers at once (before
+    the head timeout, which would eventually free the slots anyway)."""
+    config = load_config().with_overrides(
+        port=0, metrics_port=free_port(), admin_port=0, data_dir=str(tmp_path / "data")
+    )
+    async with Broker(config) as broker:
+        port = config.metrics_port
+        idle = [await connect(port) for _ in range(40)]
+        slow = []
+        for _ in range(8):
+            _, writer = await connect(port)
+            slow.append((writer, asyncio.create_task(trickle(writer, b"GET /metrics HT", 0.2))))
+        try:
+            started = asyncio.get_running_loop().time()
+            status, body = await asyncio.wait_for(asyncio.to_thread(scrape, port), 3)
+            assert status == 200
+            assert b"rabbitmq_connections" in body
+            assert asyncio.get_running_loop().time() - started < 2
+            assert broker.port
+        finally:
+            for writer, task in slow:
+                task.cancel()
+                writer.close()
+            for _, writer in idle:
+                writer.close()
+
+
+def scrape(port: int) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()

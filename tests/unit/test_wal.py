@@ -162,6 +162,29 @@ async def test_segment_roll_lets_the_owner_write_a_snapshot_first(tmp_path: Path
     assert [p for _, _, t, p in seen if t == 1] == [bytes([i]) * 30 for i in range(10)]
 
 
+async def test_a_snapshot_larger_than_a_segment_does_not_roll_every_append(
+    tmp_path: Path,
+) -> None:
+    """Finding 8: definitions with huge arguments made each segment's snapshot larger than a
+    segment, so every append rolled and wrote (and fsynced) another snapshot. A segment now
+    holds segment_size of records besides its snapshot."""
+    log = WriteAheadLog(tmp_path, segment_size=64 * 1024)
+    rolled: list[int] = []
+
+    def snapshot(segment_id: int) -> None:
+        rolled.append(segment_id)
+        log.append(9, b"S" * 100_000)  # bigger than a whole segment
+
+    log.on_segment_roll = snapshot
+    await log.start()
+    for number in range(1000):  # 200 KB of records: about three segments' worth
+        log.append(1, b"%05d" % number + b"r" * 195)
+    await log.close()
+    assert 3 <= len(rolled) <= 4, f"{len(rolled)} rolls for 200 KB of records"
+    seen, _ = replay_all(tmp_path)
+    assert len([t for _, _, t, _ in seen if t == 1]) == 1000
+
+
 async def test_record_bigger_than_a_segment_gets_its_own(tmp_path: Path) -> None:
     positions = await write_log(
         tmp_path, [(1, b"small"), (2, b"B" * 1000), (3, b"after")], segment_size=200

@@ -209,6 +209,8 @@ class Broker:
         if self._tls_server is not None:
             await self._tls_server.wait_closed()
             self._tls_server = None
+        if isinstance(self.store, DurableStore):
+            self.store.shutdown()
         if self.wal is not None:
             await self.wal.close()
         self._stopped.set()

@@ -39,6 +39,10 @@ class MessageStore:
     `broker.store.durable.DurableStore` overrides them to write the write-ahead log.
     """
 
+    # True while recovery rebuilds the model from the log: what it restores was accepted once
+    # and is already logged, so it is neither logged nor refused again.
+    replaying = False
+
     def exchange_declared(self, vhost: str, exchange: Exchange) -> None:
         """A durable exchange was created."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from broker.core.exchange import Binding, Exchange
@@ -86,8 +86,10 @@ def binding_is_durable(binding: Binding) -> bool:
     return bool(destination.survives_restart)
 
 
-# A pinned oldest segment is compacted when it holds at most this many live messages.
+# A pinned oldest segment is compacted when it holds at most this many live messages, and at
+# most this fraction of the messages first logged in it (a backlog is not copied around).
 COMPACT_MAX_MESSAGES = 10_000
+COMPACT_MAX_LIVE_FRACTION = 0.1
 
 
 class DurableStore(MessageStore):
@@ -99,6 +101,13 @@ class DurableStore(MessageStore):
         self.next_msg_id = 1
         self.next_queue_id = 1
         self.live: dict[int, int] = {}  # segment id -> logged messages some queue still holds
+        # Segment id -> the highest message id first logged in it, known once it is sealed.
+        # Queues hold logged messages in message id order, so a compaction looks at each
+        # queue's head only up to this id, not at every queued message.
+        self.last_msg_id: dict[int, int] = {}
+        # Every message up to this id may have been delivered before an unclean shutdown (its
+        # DELIVERED mark was still in memory): it comes back redelivered after any restart.
+        self.redelivered_upto = 0
         self.replaying = False
         self._settles: dict[int, list[int]] = {}
         self._deliveries: dict[int, list[int]] = {}
@@ -144,6 +153,7 @@ class DurableStore(MessageStore):
 
     def _on_segment_roll(self, segment_id: int) -> None:
         """A new segment starts with the whole durable metadata, so older ones can go."""
+        self.last_msg_id[segment_id - 1] = self.next_msg_id - 1
         self.write_snapshot()
         self.live.setdefault(segment_id, 0)
         self._schedule_gc()
@@ -156,7 +166,15 @@ class DurableStore(MessageStore):
         snapshot: dict[str, Any] = dict(durable_definitions(self._vhosts()))
         snapshot["next_queue_id"] = self.next_queue_id
         snapshot["next_msg_id"] = self.next_msg_id
+        snapshot["redelivered_upto"] = self.redelivered_upto
         self.wal.append(records.SNAPSHOT, records.encode_table(snapshot))
+
+    def shutdown(self) -> None:
+        """A clean stop, after the last client is gone: write the pending marks and say that
+        they are complete, so the next start trusts them."""
+        self._write_ids()
+        if self.wal.failed is None:
+            self.wal.append(records.CLEAN_SHUTDOWN, b"")
 
     # ------------------------------------------------------------------ messages
     def persist(self, message: Message, queues: list[Queue]) -> None:
@@ -255,8 +273,9 @@ class DurableStore(MessageStore):
         for segment in self.wal.segment_ids():
             if segment >= limit:
                 break
-            if self.live.get(segment, 0) > 0:
-                if segment < limit - 1 and self.live[segment] <= COMPACT_MAX_MESSAGES:
+            live = self.live.get(segment, 0)
+            if live > 0:
+                if segment < limit - 1 and self._worth_compacting(segment, live):
                     self._relocate(segment)
                 break
             try:
@@ -267,17 +286,33 @@ class DurableStore(MessageStore):
             self.live.pop(segment, None)
             log.debug("wal.segment_deleted", extra=fields(segment=segment))
 
+    def _worth_compacting(self, segment: int, live: int) -> bool:
+        """A few survivors in a segment that is otherwise garbage: not a backlog, which would
+        only be copied from segment to segment."""
+        if live > COMPACT_MAX_MESSAGES:
+            return False
+        last = self.last_msg_id.get(segment)
+        before = self.last_msg_id.get(segment - 1)
+        if last is None or before is None:
+            return True
+        return live <= (last - before) * COMPACT_MAX_LIVE_FRACTION
+
     def _relocate(self, segment: int) -> None:
         """Copy the few messages still alive in the oldest segment to the active one, so that
         one long-lived message cannot keep every later segment on disk. The copy keeps the
         message id (recovery orders by it, and takes the latest record of an id), lists only
-        the queues still holding the message, and repeats their delivered marks."""
+        the queues still holding the message, and repeats their delivered marks.
+
+        Ready messages are ordered by message id in each queue, so only each queue's head up
+        to the segment's last id is looked at (and its unacked ones): the work is what the
+        segment holds, not every message queued."""
+        upto = self.last_msg_id.get(segment, self.next_msg_id)
         holders: dict[int, tuple[Message, list[Queue], list[Queue]]] = {}
         for vhost in self._vhosts():
             for queue in vhost.queues.values():
                 if not queue.store_id:
                     continue
-                for entry in (*queue.ready, *queue.outstanding):
+                for entry in _head_upto(queue, upto):
                     message = entry.message
                     if message.msg_id and message.location[0] == segment:
                         found = holders.setdefault(message.msg_id, (message, [], []))
@@ -297,3 +332,14 @@ class DurableStore(MessageStore):
                 self.wal.append(records.DELIVERED, records.encode_ids(queue.store_id, [msg_id]))
         log.info("wal.segment_compacted", extra=fields(segment=segment, moved=len(holders)))
         self._schedule_gc()
+
+
+def _head_upto(queue: Queue, upto: int) -> Iterator[QueuedMessage]:
+    """The queue's unacked messages, then its ready ones until a logged message past `upto`
+    (transient ones, id 0, may sit in between and are passed over)."""
+    yield from list(queue.outstanding)
+    for entry in queue.ready:
+        msg_id = entry.message.msg_id
+        if msg_id > upto:
+            return
+        yield entry

@@ -26,6 +26,9 @@ UNBIND = 7
 MESSAGE = 10
 SETTLE = 11
 DELIVERED = 12
+# The last record of a clean shutdown: without it, recovery cannot trust DELIVERED marks to be
+# complete (they are logged lazily) and treats every recovered message as possibly delivered.
+CLEAN_SHUTDOWN = 13
 
 METADATA_TYPES = frozenset(
     (SNAPSHOT, EXCHANGE_DECLARE, EXCHANGE_DELETE, QUEUE_DECLARE, QUEUE_DELETE, BIND, UNBIND)

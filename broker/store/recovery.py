@@ -3,7 +3,16 @@
 Metadata records are applied in log order (a snapshot replaces everything before it); message
 records are indexed by id with the queues that still hold them, and SETTLE / DELIVERED records
 update that. What is left is every confirmed message that no queue settled, in publish order
-(message ids grow with publishing), each flagged redelivered if it was handed out before.
+(message ids grow with publishing), each flagged redelivered if it may have been handed out.
+
+DELIVERED marks are logged lazily (a delivery goes out at once, its mark with the next group
+commit), so they are complete only after a clean shutdown, whose last record says so. After an
+unclean one (kill -9, power loss) every recovered message may have been delivered without a mark
+on disk: all of them come back redelivered=true, and the snapshot remembers that ("redelivered_upto"
+message id) so a later clean restart does not forget it. A consumer that checks for duplicates
+when redelivered is set never misses one; the price is a check for messages that had not been
+delivered after all.
+
 Bodies stay in the log: recovered messages keep only their location and header in memory.
 """
 
@@ -36,12 +45,16 @@ class RecoveredState:
     delivered: set[tuple[int, int]] = field(default_factory=set)  # (message id, queue id)
     next_queue_id: int = 1
     next_msg_id: int = 1
+    last_msg_id: dict[int, int] = field(default_factory=dict)  # segment -> highest id logged there
+    redelivered_upto: int = 0  # messages up to this id may have been delivered
+    clean: bool = False  # the log ends with a clean shutdown's record
     report: RecoveryReport | None = None
     # Messages of one publisher mostly share route and header bytes: keep one copy of each.
     _routes: dict[bytes, tuple[bytes, str, str]] = field(default_factory=dict)
     _headers: dict[bytes, bytes] = field(default_factory=dict)
 
     def apply(self, segment: int, offset: int, record_type: int, payload: memoryview) -> None:
+        self.clean = record_type == records.CLEAN_SHUTDOWN
         if record_type == records.MESSAGE:
             self._apply_message(segment, offset, payload)
         elif record_type == records.SETTLE:
@@ -62,7 +75,7 @@ class RecoveredState:
             self.delivered.update((msg_id, queue_id) for msg_id in msg_ids)
         elif record_type in records.METADATA_TYPES:
             self._apply_metadata(record_type, records.decode_table(payload))
-        else:
+        elif record_type != records.CLEAN_SHUTDOWN:
             log.warning(
                 "recovery.unknown_record",
                 extra=fields(record_type=record_type, segment=segment, offset=offset),
@@ -80,6 +93,8 @@ class RecoveredState:
         self.messages[msg_id] = (message, queue_ids)
         if msg_id >= self.next_msg_id:
             self.next_msg_id = msg_id + 1
+        if msg_id > self.last_msg_id.get(segment, 0):
+            self.last_msg_id[segment] = msg_id
 
     def _apply_metadata(self, record_type: int, table: dict[str, Any]) -> None:
         if record_type == records.SNAPSHOT:
@@ -88,6 +103,7 @@ class RecoveredState:
             self.bindings = {_binding_key(b): b for b in table.get("bindings", [])}
             self.next_queue_id = max(self.next_queue_id, table.get("next_queue_id", 1))
             self.next_msg_id = max(self.next_msg_id, table.get("next_msg_id", 1))
+            self.redelivered_upto = max(self.redelivered_upto, table.get("redelivered_upto", 0))
         elif record_type == records.EXCHANGE_DECLARE:
             self.exchanges[(table["vhost"], table["name"])] = table
         elif record_type == records.EXCHANGE_DELETE:
@@ -147,6 +163,16 @@ def recover(wal: WriteAheadLog) -> RecoveredState:
             )
 
     state.report = wal.replay(state.apply, progress)
+    if not state.clean and state.messages:
+        state.redelivered_upto = max(state.redelivered_upto, state.next_msg_id - 1)
+        log.warning(
+            "recovery.unclean_shutdown",
+            extra=fields(
+                messages=len(state.messages),
+                consequence="every recovered message is delivered with redelivered=true,"
+                " since a delivery may have gone out before its mark reached the log",
+            ),
+        )
     log.info(
         "recovery.replayed",
         extra=fields(
@@ -171,6 +197,8 @@ def restore(
         store.replaying = False
     store.next_msg_id = max(store.next_msg_id, state.next_msg_id)
     store.next_queue_id = max(store.next_queue_id, state.next_queue_id)
+    store.redelivered_upto = max(store.redelivered_upto, state.redelivered_upto)
+    store.last_msg_id.update(state.last_msg_id)
     return len(queues), restored
 
 
@@ -229,6 +257,7 @@ def _restore_messages(state: RecoveredState, queues: dict[int, Queue], store: Du
     restored = 0
     live = store.live
     delivered = state.delivered
+    upto = state.redelivered_upto
     for msg_id in sorted(state.messages):
         message, queue_ids = state.messages[msg_id]
         holders = [queues[queue_id] for queue_id in queue_ids if queue_id in queues]
@@ -239,7 +268,7 @@ def _restore_messages(state: RecoveredState, queues: dict[int, Queue], store: Du
         live[segment] = live.get(segment, 0) + 1
         for queue in holders:
             entry = QueuedMessage(message, 0)
-            entry.redelivered = (msg_id, queue.store_id) in delivered
+            entry.redelivered = msg_id <= upto or (msg_id, queue.store_id) in delivered
             queue.restore(entry)
         restored += 1
     return restored

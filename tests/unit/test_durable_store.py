@@ -13,6 +13,7 @@ import errno
 import os
 import shutil
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,9 @@ async def synced(store: DurableStore) -> BaseException | None:
 
 
 async def stop_node(node: Node) -> None:
-    """A clean shutdown: everything logged is synced, then the log closes."""
+    """A clean shutdown, in Broker.stop's order: the store says so, then the log closes."""
     assert await synced(node.store) is None
+    node.store.shutdown()
     await node.wal.close()
 
 
@@ -821,3 +823,84 @@ async def test_a_snapshot_that_cannot_be_written_fails_the_log(
     restarted = await start_node(tmp_path)
     assert "q" in restarted.vhost.queues  # the snapshot that declares it is still there
     await stop_node(restarted)
+
+
+class CountingDeque(deque):
+    """A queue's ready deque that counts the entries anyone iterates over."""
+
+    seen = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for entry in super().__iter__():
+            CountingDeque.seen += 1
+            yield entry
+
+
+async def test_compaction_looks_at_what_the_segment_holds_not_every_queued_message(
+    tmp_path: Path,
+) -> None:
+    """Finding 9: compaction used to scan every queued message of every durable queue on the
+    event loop, at every roll while one long-lived message pinned a segment. Queues hold logged
+    messages in id order, so it now reads each queue's head only up to the segment's last id:
+    with 5,000 messages backed up behind the pinned one, it looks at a handful. A backlog is
+    not copied from segment to segment either."""
+    node = await start_node(tmp_path, segment_size=SEGMENT)
+    parked = node.vhost.declare_queue("parked", None, durable=True)
+    work = node.vhost.declare_queue("work", None, durable=True)
+    backlog = node.vhost.declare_queue("backlog", None, durable=True)
+    backlog.ready = CountingDeque(backlog.ready)  # type: ignore[assignment]
+    publish(node.vhost, "parked", b"long-lived")
+    (pinned,) = take(parked, 1)
+    first_segment = pinned.message.location[0]
+    await _publish_and_ack(node, work, 100)  # the rest of the first segments is garbage
+    for _ in range(5000):
+        publish(node.vhost, "backlog", b"k" * 100)
+    await _settle_and_collect(node)
+    await _settle_and_collect(node)
+    assert pinned.message.location[0] > first_segment  # relocated
+    assert first_segment not in node.wal.segment_ids()
+    CountingDeque.seen = 0
+    for _ in range(3):  # more rolls, more collections: the backlog's segments stay as they are
+        await _publish_and_ack(node, work, 100)
+        await _settle_and_collect(node)
+    assert CountingDeque.seen < 50, f"compaction iterated {CountingDeque.seen} backlog entries"
+    node = await restart(node, segment_size=SEGMENT)
+    assert contents(node, node.vhost.queues["parked"]) == [(b"long-lived", True)]
+    assert len(node.vhost.queues["backlog"].ready) == 5000
+    await stop_node(node)
+
+
+async def test_a_delivery_whose_mark_was_not_logged_comes_back_redelivered(
+    tmp_path: Path,
+) -> None:
+    """Finding 13: a DELIVERED mark reaches the log with the next group commit, the delivery
+    goes out at once. A crash in between used to bring the message back redelivered=false
+    although a consumer had it. After an unclean shutdown every recovered message now comes
+    back redelivered (and stays so across later clean restarts); after a clean one the marks
+    are exact."""
+    live = tmp_path / "live"
+    node = await start_node(live)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    for body in (b"0", b"1", b"2"):
+        publish(node.vhost, "q", body)
+    assert await synced(node.store) is None
+    take(queue, 1)  # handed to a consumer; its mark is still in memory
+    crashed = tmp_path / "crashed"
+    shutil.copytree(live, crashed)  # kill -9 now: the files as they are
+    await stop_node(node)
+
+    node = await start_node(live)  # after the clean stop: exact marks
+    assert contents(node, node.vhost.queues["q"]) == [(b"0", True), (b"1", False), (b"2", False)]
+    await stop_node(node)
+
+    node = await start_node(crashed)
+    assert contents(node, node.vhost.queues["q"]) == [(b"0", True), (b"1", True), (b"2", True)]
+    publish(node.vhost, "q", b"3")  # published after the crash: never delivered
+    node = await restart(node)  # a clean restart remembers what the crash left uncertain
+    assert contents(node, node.vhost.queues["q"]) == [
+        (b"0", True),
+        (b"1", True),
+        (b"2", True),
+        (b"3", False),
+    ]
+    await stop_node(node)

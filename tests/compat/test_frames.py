@@ -86,6 +86,26 @@ def test_frame_larger_than_frame_max(
         assert close.reply_text.startswith(f"FRAME_ERROR - {detail}")
 
 
+def test_frame_larger_than_4096_before_tune_ok(amqp_url: str, target_is_warren: bool) -> None:
+    """Before Tune-Ok the limit is the spec's minimum frame size: an unauthenticated client
+    cannot make the broker read and decode a 128 KiB StartOk. RabbitMQ closes the socket
+    without a word; Warren sends Close 501 frame_too_large first. Neither sends Tune."""
+    client = RawAMQP(amqp_url)
+    try:
+        client.read_start()
+        client.login(properties={"product": "big", "padding": "p" * 5000})
+        if target_is_warren:
+            close = client.expect_connection_close()
+            assert_reply(close, 501, class_method=(0, 0))
+            assert "frame_too_large" in close.reply_text
+        else:
+            leftover = client.expect_closed_socket()
+            assert all(not isinstance(f, commands.Connection.Tune) for _, f in
+                       parse_frames(leftover))  # fmt: skip
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize(
     ("frame_type", "channel", "payload", "octets"),
     [

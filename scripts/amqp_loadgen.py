@@ -22,6 +22,7 @@ PREFIX = struct.Struct(">BHI")
 DELIVER = (60 << 16) | 60
 BASIC_ACK = (60 << 16) | 80
 BASIC_NACK = (60 << 16) | 120
+GET_OK = (60 << 16) | 71
 
 
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:
@@ -159,12 +160,93 @@ class LoadClient(asyncio.Protocol):
         self.transport.close()
 
 
-async def connect(host: str, port: int, user: str = "guest", password: str = "guest") -> LoadClient:
+class MessageClient(LoadClient):
+    """A LoadClient that also assembles each delivered message: `on_message(channel, tag,
+    redelivered, body)` runs for every Basic.Deliver and Basic.Get-Ok once its body is complete.
+    Slower than LoadClient's deliver fast path; for scenarios that check which messages arrived
+    (the soak), not for throughput."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_message: Callable[[int, int, bool, bytes], None] | None = None
+        # channel -> [delivery tag, redelivered, body size, body parts received so far]
+        self._incoming: dict[int, list[Any]] = {}
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        position = 0
+        while len(buffer) - position >= 7:
+            kind, channel, size = PREFIX.unpack_from(buffer, position)
+            end = position + 7 + size
+            if end >= len(buffer):
+                break
+            payload = bytes(buffer[position + 7 : end])
+            position = end + 1
+            if kind == 1:
+                self._method(channel, payload)
+            elif kind == 2:
+                incoming = self._incoming[channel]
+                incoming[2] = struct.unpack_from(">Q", payload, 4)[0]
+                if incoming[2] == 0:
+                    self._complete(channel)
+            elif kind == 3:
+                incoming = self._incoming[channel]
+                incoming[3].append(payload)
+                if sum(map(len, incoming[3])) >= incoming[2]:
+                    self._complete(channel)
+            elif kind == 8:
+                self.transport.write(b"\x08\x00\x00\x00\x00\x00\x00\xce")  # type: ignore[union-attr]
+        del buffer[:position]
+
+    def _method(self, channel: int, payload: bytes) -> None:
+        index = int.from_bytes(payload[:4], "big")
+        if index == DELIVER:
+            tag, flags = struct.unpack_from(">QB", payload, 5 + payload[4])
+            self._incoming[channel] = [tag, bool(flags & 1), -1, []]
+        elif index == GET_OK:
+            tag, flags = struct.unpack_from(">QB", payload, 4)
+            self._incoming[channel] = [tag, bool(flags & 1), -1, []]
+        elif index in (BASIC_ACK, BASIC_NACK) and self.on_confirm:
+            tag, flags = struct.unpack_from(">QB", payload, 4)
+            self.on_confirm(tag, bool(flags & 1), index == BASIC_ACK)
+        else:
+            _, _, method = pamqp_frame.unmarshal(_frame(1, channel, payload))
+            self.replies.put_nowait(method)
+
+    def _complete(self, channel: int) -> None:
+        tag, redelivered, _, parts = self._incoming.pop(channel)
+        if self.on_message:
+            self.on_message(channel, tag, redelivered, b"".join(parts))
+
+
+async def connect(
+    host: str,
+    port: int,
+    user: str = "guest",
+    password: str = "guest",
+    factory: type[LoadClient] = LoadClient,
+) -> Any:
+    """A client of class `factory` (LoadClient or MessageClient), past the handshake."""
     loop = asyncio.get_running_loop()
-    _, client = await loop.create_connection(LoadClient, host, port)
+    _, client = await loop.create_connection(factory, host, port)
     await client.handshake(user, password, "/")
     return client
 
 
 def ack_frame(channel: int, tag: int, multiple: bool = False) -> bytes:
     return _frame(1, channel, b"\x00\x3c\x00\x50" + struct.pack(">QB", tag, multiple))
+
+
+def nack_frame(channel: int, tag: int, multiple: bool = False, requeue: bool = True) -> bytes:
+    return _frame(
+        1, channel, b"\x00\x3c\x00\x78" + struct.pack(">QB", tag, multiple | requeue << 1)
+    )
+
+
+def reject_frame(channel: int, tag: int, requeue: bool = True) -> bytes:
+    return _frame(1, channel, b"\x00\x3c\x00\x5a" + struct.pack(">QB", tag, requeue))
+
+
+def get_frame(channel: int, queue: str, no_ack: bool = False) -> bytes:
+    return _frame(1, channel, b"\x00\x3c\x00\x46\x00\x00" + _short(queue) + bytes((no_ack,)))

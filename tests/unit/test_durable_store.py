@@ -904,3 +904,19 @@ async def test_a_delivery_whose_mark_was_not_logged_comes_back_redelivered(
         (b"3", False),
     ]
     await stop_node(node)
+
+
+async def test_an_idle_backlog_is_not_compacted_over_and_over(tmp_path: Path) -> None:
+    """A backlog larger than a segment used to be copied forward at every collection, each copy
+    rolling a segment that scheduled the next collection: an idle broker rolled hundreds of
+    segments a second. Live messages that fill their segment are left where they are."""
+    node = await start_node(tmp_path, segment_size=SEGMENT)
+    node.vhost.declare_queue("parked", None, durable=True)
+    for _ in range(300):  # 600 KB: about ten segments, all live
+        publish(node.vhost, "parked", b"x" * 2048)
+    await _settle_and_collect(node)
+    settled = node.wal.segment_ids()
+    for _ in range(10):
+        await _settle_and_collect(node)
+    assert node.wal.segment_ids() == settled
+    await stop_node(node)

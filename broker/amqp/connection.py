@@ -282,11 +282,12 @@ class AMQPConnection(asyncio.Protocol):
         available = len(buffer)
         # RabbitMQ tolerates a payload of up to frame_max (the 8 framing octets are slack).
         limit = self.frame_max if self.state >= AWAIT_OPEN else MIN_FRAME_MAX
+        flow = self.flow
         try:
             while available - position >= 7 and self.state != CLOSED:
-                if self.write_paused or self.flow.paused:
+                if self.write_paused or flow.paused:
                     if self.write_paused:  # replies are backed up: the rest waits for them
-                        self.flow.pause(WRITES)
+                        flow.pause(WRITES)
                     break
                 frame_type, channel, size = unpack(view, position)
                 if size > limit:

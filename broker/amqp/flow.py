@@ -21,18 +21,15 @@ BROKEN = "broken"
 class ReadFlow:
     """The set of reasons reading is paused, mapped onto the transport's pause/resume."""
 
-    __slots__ = ("_reasons", "_transport")
+    __slots__ = ("_reasons", "_transport", "paused")
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._reasons: set[str] = set()
+        self.paused = False  # a plain attribute: the frame loop reads it for every frame
 
     def attach(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-
-    @property
-    def paused(self) -> bool:
-        return bool(self._reasons)
 
     def holds(self, reason: str) -> bool:
         return reason in self._reasons
@@ -41,13 +38,15 @@ class ReadFlow:
         if not self._reasons and self._transport is not None:
             self._transport.pause_reading()
         self._reasons.add(reason)
+        self.paused = True
 
     def resume(self, reason: str) -> bool:
         """Clear one reason; True when reading is resumed by it."""
         if reason not in self._reasons:
             return False
         self._reasons.discard(reason)
-        if self._reasons or self._transport is None or self._transport.is_closing():
+        self.paused = bool(self._reasons)
+        if self.paused or self._transport is None or self._transport.is_closing():
             return False
         self._transport.resume_reading()
         return True

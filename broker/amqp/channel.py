@@ -368,19 +368,24 @@ class Channel:
 
     def flush_confirms(self) -> None:
         """Ack everything up to the watermark with as few Basic.Ack(multiple) as possible; a
-        nacked publish splits the run, since no ack may cover a tag that was nacked."""
+        nacked publish splits the run, since no ack may cover a tag that was nacked. A nack
+        waits until every publish before it is decided: acking the run below it must never
+        cover a publish still waiting for the log's fsync."""
         watermark = self._unsynced[0] - 1 if self._unsynced else self._publish_seq
         if watermark <= self._confirmed_upto and not self._nacks:
             return
-        frames_out = []
-        for seq in sorted(self._nacks):
+        frames_out: list[bytes] = []
+        decided = sorted(seq for seq in self._nacks if seq <= watermark)
+        if decided:
+            self._nacks = [seq for seq in self._nacks if seq > watermark]
+        for seq in decided:
             self._ack_upto(seq - 1, frames_out)
             frames_out.append(frames.confirm_frame(self.number, seq, False, ack=False))
             self.counters.nacked += 1
             self._confirmed_upto = seq
-        self._nacks = []
         self._ack_upto(watermark, frames_out)
-        self.connection.send_parts(frames_out)
+        if frames_out:
+            self.connection.send_parts(frames_out)
 
     def _ack_upto(self, upto: int, frames_out: list[bytes]) -> None:
         newly = upto - self._confirmed_upto

@@ -52,12 +52,14 @@ _TIMESTAMP = struct.Struct(">Q")
 
 
 class _Budget:
-    """Values left to decode in this call: the cap on total work, whatever the nesting."""
+    """Values left to decode in this call (the cap on total work, whatever the nesting) and
+    the deepest nesting allowed."""
 
-    __slots__ = ("left",)
+    __slots__ = ("left", "max_depth")
 
-    def __init__(self) -> None:
+    def __init__(self, max_depth: int) -> None:
         self.left = MAX_ENTRIES
+        self.max_depth = max_depth
 
     def spend(self) -> None:
         self.left -= 1
@@ -65,14 +67,19 @@ class _Budget:
             raise TableError(f"field table holds more than {MAX_ENTRIES} values")
 
 
-def decode_table(data: bytes, offset: int = 0) -> tuple[int, dict[str, Any]]:
-    """The table whose 4-byte length starts at `offset`: (offset just past it, the table)."""
-    return _table(data, offset, len(data), 1, _Budget())
+def decode_table(
+    data: bytes, offset: int = 0, max_depth: int = MAX_DEPTH
+) -> tuple[int, dict[str, Any]]:
+    """The table whose 4-byte length starts at `offset`: (offset just past it, the table).
+
+    `max_depth` is MAX_DEPTH for what clients send; the log's records wrap client tables in a
+    few levels of their own and pass a larger one."""
+    return _table(data, offset, len(data), 1, _Budget(max_depth))
 
 
 def decode_array(data: bytes, offset: int = 0) -> tuple[int, list[Any]]:
     """The field array whose 4-byte length starts at `offset`: (offset past it, the values)."""
-    return _array(data, offset, len(data), 1, _Budget())
+    return _array(data, offset, len(data), 1, _Budget(MAX_DEPTH))
 
 
 def _span(data: bytes, offset: int, limit: int, what: str) -> tuple[int, int]:
@@ -90,8 +97,8 @@ def _table(
     data: bytes, offset: int, limit: int, depth: int, budget: _Budget
 ) -> tuple[int, dict[str, Any]]:
     """The table at `offset`, which must end by `limit` (the end of what holds it)."""
-    if depth > MAX_DEPTH:
-        raise TableError(f"field table nested deeper than {MAX_DEPTH} levels")
+    if depth > budget.max_depth:
+        raise TableError(f"field table nested deeper than {budget.max_depth} levels")
     position, end = _span(data, offset, limit, "field table")
     table: dict[str, Any] = {}
     while position < end:
@@ -109,8 +116,8 @@ def _table(
 def _array(
     data: bytes, offset: int, limit: int, depth: int, budget: _Budget
 ) -> tuple[int, list[Any]]:
-    if depth > MAX_DEPTH:
-        raise TableError(f"field array nested deeper than {MAX_DEPTH} levels")
+    if depth > budget.max_depth:
+        raise TableError(f"field array nested deeper than {budget.max_depth} levels")
     position, end = _span(data, offset, limit, "field array")
     values: list[Any] = []
     while position < end:
@@ -176,37 +183,37 @@ def _timestamp(seconds: float) -> datetime.datetime:
 # ---------------------------------------------------------------------------------- encoding
 
 
-def encode_table(values: dict[str, Any]) -> bytes:
+def encode_table(values: dict[str, Any], max_depth: int = MAX_DEPTH) -> bytes:
     """A field table that decodes back to the same values (with `decode_table`).
 
     pamqp's encoder writes floats as 32-bit and cannot write raw bytes (a client's non-UTF-8
     string), so those are encoded here; scalars go through pamqp. Nesting past MAX_DEPTH raises
     TableError, so no input can exhaust the stack, and nothing decoded from the wire reaches it.
     """
-    return _encode_table(values, 1)
+    return _encode_table(values, 1, max_depth)
 
 
-def _encode_table(values: dict[str, Any], depth: int) -> bytes:
-    if depth > MAX_DEPTH:
-        raise TableError(f"field table nested deeper than {MAX_DEPTH} levels")
+def _encode_table(values: dict[str, Any], depth: int, max_depth: int) -> bytes:
+    if depth > max_depth:
+        raise TableError(f"field table nested deeper than {max_depth} levels")
     body = b"".join(
-        pamqp_encode.short_string(str(key)) + _encode_value(value, depth)
+        pamqp_encode.short_string(str(key)) + _encode_value(value, depth, max_depth)
         for key, value in values.items()
     )
     return len(body).to_bytes(4, "big") + body
 
 
-def _encode_value(value: Any, depth: int) -> bytes:
+def _encode_value(value: Any, depth: int, max_depth: int) -> bytes:
     if isinstance(value, float):
         return b"d" + struct.pack(">d", value)
     if isinstance(value, bytes | bytearray):
         return b"x" + len(value).to_bytes(4, "big") + bytes(value)
     if isinstance(value, dict):
-        return b"F" + _encode_table(value, depth + 1)
+        return b"F" + _encode_table(value, depth + 1, max_depth)
     if isinstance(value, list | tuple):
-        if depth + 1 > MAX_DEPTH:
-            raise TableError(f"field array nested deeper than {MAX_DEPTH} levels")
-        items = b"".join(_encode_value(item, depth + 1) for item in value)
+        if depth + 1 > max_depth:
+            raise TableError(f"field array nested deeper than {max_depth} levels")
+        items = b"".join(_encode_value(item, depth + 1, max_depth) for item in value)
         return b"A" + len(items).to_bytes(4, "big") + items
     return pamqp_encode.encode_table_value(value)
 

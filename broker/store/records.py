@@ -12,9 +12,6 @@ import struct
 from typing import Any
 
 from broker.core import tables
-from broker.core.tables import encode_table
-
-__all__ = ["decode_table", "encode_table"]  # the metadata records' codec, re-exported
 
 SNAPSHOT = 1
 EXCHANGE_DECLARE = 2
@@ -45,8 +42,17 @@ def _pack_ids(ids: list[int]) -> bytes:
     return struct.pack(f">{len(ids)}Q", *ids)
 
 
+# Metadata records hold client argument tables (at most tables.MAX_DEPTH deep) a few levels
+# down: a snapshot is a table of lists of definitions whose "arguments" is the client's table.
+RECORD_MAX_DEPTH = tables.MAX_DEPTH + 3
+
+
+def encode_table(values: dict[str, Any]) -> bytes:
+    return tables.encode_table(values, RECORD_MAX_DEPTH)
+
+
 def decode_table(payload: bytes | memoryview) -> dict[str, Any]:
-    return tables.decode_table(bytes(payload))[1]
+    return tables.decode_table(bytes(payload), 0, RECORD_MAX_DEPTH)[1]
 
 
 def encode_message(

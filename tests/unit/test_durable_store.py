@@ -24,6 +24,7 @@ from broker.core.errors import INTERNAL_ERROR, ChannelException
 from broker.core.message import QueuedMessage
 from broker.core.persistence import LogUnavailable
 from broker.core.queue import Queue
+from broker.core.tables import MAX_DEPTH
 from broker.core.vhost import VirtualHost
 from broker.store import records
 from broker.store.durable import DurableStore
@@ -919,4 +920,32 @@ async def test_an_idle_backlog_is_not_compacted_over_and_over(tmp_path: Path) ->
     for _ in range(10):
         await _settle_and_collect(node)
     assert node.wal.segment_ids() == settled
+    await stop_node(node)
+
+
+def deepest(depth: int = MAX_DEPTH) -> dict:
+    """An argument table nested as deep as a client may send."""
+    table: dict = {"leaf": 1}
+    for _ in range(depth - 1):
+        table = {"a": table}
+    return table
+
+
+async def test_every_definition_a_client_may_send_can_be_snapshotted(tmp_path: Path) -> None:
+    """A snapshot nests each definition's arguments three levels down (snapshot, list,
+    definition): arguments as deep as the wire allows used to be accepted at declare and then
+    fail every snapshot, failing the log. Records now allow those levels on top."""
+    node = await start_node(tmp_path, segment_size=SEGMENT)
+    node.vhost.declare_exchange("deep-x", "direct", durable=True, arguments=deepest())
+    node.vhost.declare_queue("deep-q", None, durable=True, arguments=deepest())
+    node.vhost.bind("deep-x", "deep-q", "k", deepest())
+    for _ in range(200):  # several rolls, each writing a snapshot
+        publish(node.vhost, "deep-q", BODY)
+    assert await synced(node.store) is None
+    assert node.wal.failed is None and len(node.wal.segment_ids()) > 2
+    node = await restart(node, segment_size=SEGMENT)
+    assert node.vhost.queues["deep-q"].arguments == deepest()
+    assert node.vhost.exchanges["deep-x"].arguments == deepest()
+    assert bindings_of(node.vhost, "deep-x") == {("deep-q", "k")}
+    assert len(node.vhost.queues["deep-q"].ready) == 200
     await stop_node(node)

@@ -19,6 +19,7 @@ from broker.amqp.channel import Channel
 from broker.amqp.connection import AMQPConnection
 from broker.auth import Authenticator, User
 from broker.config import BrokerConfig, TlsListener
+from broker.core.footprint import definitions_bytes
 from broker.core.persistence import MessageStore
 from broker.core.queue import MEMORY_STORE
 from broker.core.stats import Counters
@@ -98,10 +99,12 @@ class Broker:
         return sum(q.memory_bytes for vhost in self.vhosts.values() for q in vhost.queues.values())
 
     def accounted_bytes(self) -> int:
-        """The memory alarm's moving part: queued messages, and everything clients can make the
-        broker hold outside queues (uncommitted tx publishes, bodies being assembled, input not
-        parsed yet, output not sent yet) and the log's records not yet written."""
-        held = self.queued_bytes() + sum(c.held_bytes() for c in list(self.connections))
+        """The memory alarm's moving part: queued messages, definitions, and everything clients
+        can make the broker hold outside queues (channels, consumers, uncommitted tx publishes,
+        bodies being assembled, input not parsed yet, output not sent yet) and the log's records
+        not yet written."""
+        held = self.queued_bytes() + definitions_bytes(self.vhosts.values())
+        held += sum(connection.held_bytes() for connection in list(self.connections))
         if self.wal is not None:
             held += self.wal.pending_bytes()
         return held
@@ -185,6 +188,14 @@ class Broker:
         )
         await self.wal.start()
         self.store.recovered()
+        # Until this run's first snapshot is on disk the log still ends with the last clean
+        # shutdown's record: a power loss before it would make the next start trust marks
+        # that this run's deliveries have not written. Listen only once it is durable.
+        synced: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self.wal.sync(synced.set_result, durable=True)
+        error = await synced
+        if error is not None:
+            raise error
 
     async def stop(self) -> None:
         """Stop accepting, close clients with 320 CONNECTION_FORCED, flush the log."""

@@ -9,6 +9,7 @@ goes through pamqp.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from broker.core.errors import (
 )
 from broker.core.exchange import Exchange
 from broker.core.fields import field_type_name
+from broker.core.footprint import CONSUMER_BYTES
 from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import LogUnavailable
 from broker.core.queue import Queue
@@ -49,6 +51,9 @@ BASIC_CLASS = 60
 DELIVERY_BATCH_BYTES = 1 << 20
 EXPECTED_METHOD_FRAME = "expected method frame, got non method frame instead"
 USER_ID_FLAG = 0x10  # user-id's bit in the low byte of the property flags
+# Content headers up to this size are kept for the next publish to share (publishers repeat
+# theirs); a larger one is not kept by the channel once its message is gone.
+SHARED_HEADER_MAX = 1024
 
 # An unacked delivery: the queue it came from, its entry there, and the consumer (None for get).
 Unacked = tuple[Queue, QueuedMessage, Consumer | None]
@@ -178,7 +183,7 @@ class Channel:
             return
         if payload == self._last_header:
             payload = self._last_header
-        else:
+        elif len(payload) <= SHARED_HEADER_MAX:
             self._last_header = payload
         self._header = payload
         if size == 0:
@@ -211,12 +216,12 @@ class Channel:
         self._complete_publish(body)
 
     def held_bytes(self) -> int:
-        """Memory this channel holds outside queues: a body being assembled and uncommitted
-        tx publishes (the memory alarm counts it; a client can grow both at will)."""
-        assembling = 0
+        """Memory this channel holds outside queues: its consumers, a body being assembled and
+        uncommitted tx publishes (the memory alarm counts it; a client can grow all at will)."""
+        held = CONSUMER_BYTES * len(self.consumers)
         if self.expect == EXPECT_BODY:
-            assembling = sum(len(part) for part in self._body_parts)
-        return assembling + (self.tx.held_bytes if self.tx is not None else 0)
+            held += sum(len(part) for part in self._body_parts)
+        return held + (self.tx.held_bytes if self.tx is not None else 0)
 
     # ------------------------------------------------------------------ publish
     def _on_publish_frame(self, payload: bytes) -> None:
@@ -237,6 +242,7 @@ class Channel:
         assert publish is not None
         exchange_name, routing_key, route_bytes, mandatory, immediate = publish
         self._publish = None
+        header, self._header = self._header, b""  # not kept past its message
         try:
             if immediate:  # RabbitMQ refuses it once the content is complete
                 raise ConnectionException(NOT_IMPLEMENTED, "immediate=true")
@@ -252,7 +258,7 @@ class Channel:
                     f"cannot publish to internal exchange '{exchange_name}'"
                     f" in vhost '{self.vhost.name}'",
                 )
-            message = Message(exchange_name, routing_key, route_bytes, self._header, body)
+            message = Message(exchange_name, routing_key, route_bytes, header, body)
             if message.header[13] & USER_ID_FLAG:
                 self._check_user_id(message)
             if message.header[12] & reply_to.REPLY_TO_FLAG:
@@ -903,10 +909,27 @@ class Channel:
         tx = self._require_tx()
         self.tx = Transaction()
         if tx.settlements:
-            restored = dict(self.unacked)
-            restored.update((tag, entry) for tag, entry, _ in tx.settlements)
-            self.unacked = dict(sorted(restored.items()))
+            self.unacked = _merged_by_tag(
+                self.unacked, sorted((tag, entry) for tag, entry, _ in tx.settlements)
+            )
         self._send(commands.Tx.RollbackOk())
+
+
+def _merged_by_tag(
+    unacked: dict[int, Unacked], restored: list[tuple[int, Unacked]]
+) -> dict[int, Unacked]:
+    """Unacked deliveries stay in tag order (ack multiple walks them in order). Restored ones
+    mostly sit wholly after or before the others: appending or prepending costs a dict copy in
+    C, where sorting everything at each rollback let a client spend 80 ms of the loop on a
+    33-byte ack + rollback pair."""
+    if not unacked or restored[0][0] > next(reversed(unacked)):
+        unacked.update(restored)
+        return unacked
+    if restored[-1][0] < next(iter(unacked)):
+        merged = dict(restored)
+        merged.update(unacked)
+        return merged
+    return dict(heapq.merge(unacked.items(), restored))
 
 
 _HANDLERS: dict[type, Any] = {

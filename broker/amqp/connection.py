@@ -18,7 +18,7 @@ from pamqp import commands
 from broker import __version__
 from broker.amqp import frames
 from broker.amqp.channel import DELIVERY_BATCH_BYTES, Channel
-from broker.amqp.flow import ALARM, BROKEN, WRITES, ReadFlow
+from broker.amqp.flow import ALARM, BROKEN, TURN, WRITES, ReadFlow
 from broker.core.errors import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
@@ -32,6 +32,7 @@ from broker.core.errors import (
     AMQPError,
     ConnectionException,
 )
+from broker.core.footprint import CHANNEL_BYTES
 from broker.core.queue import Queue
 from broker.logs import fields
 
@@ -48,6 +49,11 @@ AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED =
 # buffer and decode 128 KiB frames.
 MIN_FRAME_MAX = 4096
 CLOSE_OK_TIMEOUT = 3.0
+# One connection handles frames for at most this long before the others get the loop: a client
+# whose frames are expensive (its own huge consumer lists or binding sets) slows itself, not
+# everyone. The clock is read every TURN_CHECK_FRAMES frames, off the per-frame cost.
+TURN_SECONDS = 0.005
+TURN_CHECK_FRAMES = 8
 SHUTDOWN_CLOSE_OK_TIMEOUT = 1.0
 # Tx.Commit is synchronous: RabbitMQ refuses anything sent on the channel before its Commit-Ok
 # (a pipelining client would otherwise pair later replies with the commit).
@@ -210,8 +216,8 @@ class AMQPConnection(asyncio.Protocol):
 
     def held_bytes(self) -> int:
         """Memory this connection holds outside queues, for the memory alarm: unparsed input,
-        output the transport has not sent yet, and what its channels hold."""
-        held = len(self.buffer)
+        output the transport has not sent yet, and its channels with what they hold."""
+        held = len(self.buffer) + CHANNEL_BYTES * len(self.channels)
         if self.transport is not None:
             held += self.transport.get_write_buffer_size()
         return held + sum(channel.held_bytes() for channel in self.channels.values())
@@ -241,6 +247,10 @@ class AMQPConnection(asyncio.Protocol):
         except Exception:  # a bug must cost one connection, never the broker
             log.exception("connection.internal_error", extra=fields(peer=self.peer))
             self._connection_error(ConnectionException(INTERNAL_ERROR, "internal error"))
+
+    def _next_turn(self) -> None:
+        if self.flow.resume(TURN):
+            self._parse()
 
     def _connection_error(self, error: ConnectionException) -> None:
         """Close with the error's code. When the stream can no longer be parsed (a broken frame,
@@ -283,11 +293,19 @@ class AMQPConnection(asyncio.Protocol):
         # RabbitMQ tolerates a payload of up to frame_max (the 8 framing octets are slack).
         limit = self.frame_max if self.state >= AWAIT_OPEN else MIN_FRAME_MAX
         flow = self.flow
+        clock = self.loop.time
+        turn_ends = clock() + TURN_SECONDS
+        handled = 0
         try:
             while available - position >= 7 and self.state != CLOSED:
                 if self.write_paused or flow.paused:
                     if self.write_paused:  # replies are backed up: the rest waits for them
                         flow.pause(WRITES)
+                    break
+                handled += 1
+                if handled % TURN_CHECK_FRAMES == 0 and clock() > turn_ends:
+                    flow.pause(TURN)  # the rest waits in the buffer for the next turn
+                    self.loop.call_soon(self._next_turn)
                     break
                 frame_type, channel, size = unpack(view, position)
                 if size > limit:

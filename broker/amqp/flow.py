@@ -1,9 +1,10 @@
 """Why a connection's socket is not being read right now.
 
-Three independent reasons stop reading: the client's own output is backed up (the transport's
+Four independent reasons stop reading: the client's own output is backed up (the transport's
 write buffer passed its high-water mark, or one loop iteration framed a full batch for it), the
-memory alarm blocks it as a publisher, or the stream broke (a framing error: nothing after it can
-be parsed). Each is set and cleared on its own; the socket is read again only when none holds.
+memory alarm blocks it as a publisher, the stream broke (a framing error: nothing after it can
+be parsed), or the connection used up its turn of the event loop and lets the others go first.
+Each is set and cleared on its own; the socket is read again only when none holds.
 Keeping them in one place is what lets every reply path honour back-pressure: a client that
 pipelines requests without reading its replies stops being read, instead of making the broker
 buffer replies without bound.
@@ -16,6 +17,7 @@ import asyncio
 WRITES = "writes"
 ALARM = "alarm"
 BROKEN = "broken"
+TURN = "turn"
 
 
 class ReadFlow:

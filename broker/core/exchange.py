@@ -258,12 +258,16 @@ class TopicExchange(Exchange):
     the number of bindings; recent keys are cached until a binding changes."""
 
     type_name = "topic"
-    CACHE_LIMIT = 4096
+    CACHE_LIMIT = 4096  # keys
+    # Destinations held by all cached results together: a key that routes to thousands of
+    # destinations must not make the cache hold millions of references.
+    CACHE_DESTINATIONS_LIMIT = 65_536
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._root = _TopicNode()
         self._cache: dict[str, tuple] = {}
+        self._cached_destinations = 0
 
     def route(self, message: Message) -> Collection[Any]:
         key = message.routing_key
@@ -273,10 +277,19 @@ class TopicExchange(Exchange):
         found: dict[Any, None] = {}
         _trie_match(self._root, split_words(key), 0, found)
         result = tuple(found)
-        if len(self._cache) >= self.CACHE_LIMIT:
+        self._cached_destinations += len(result)
+        if (
+            len(self._cache) >= self.CACHE_LIMIT
+            or self._cached_destinations > self.CACHE_DESTINATIONS_LIMIT
+        ):
             self._cache.clear()
+            self._cached_destinations = len(result)
         self._cache[key] = result
         return result
+
+    def _forget_routes(self) -> None:
+        self._cache.clear()
+        self._cached_destinations = 0
 
     def _index_add(self, binding: Binding) -> None:
         node = self._root
@@ -286,7 +299,7 @@ class TopicExchange(Exchange):
                 child = node.children[word] = _TopicNode()
             node = child
         _count_add(node.destinations, binding.destination)
-        self._cache.clear()
+        self._forget_routes()
 
     def _index_remove(self, binding: Binding) -> None:
         # Patterns that collapse to one path ('#.#' and '#') share its node; the destination
@@ -301,7 +314,7 @@ class TopicExchange(Exchange):
             if node.children or node.destinations:
                 break
             del path[depth - 1].children[words[depth - 1]]
-        self._cache.clear()
+        self._forget_routes()
 
 
 # RabbitMQ compares header values only within a type class (rabbit_misc:type_class).

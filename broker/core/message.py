@@ -17,7 +17,6 @@ ENTRY_OVERHEAD = 400
 
 class Message:
     __slots__ = (
-        "_properties",
         "body",
         "exchange",
         "footprint",
@@ -50,7 +49,6 @@ class Message:
         # A body that lives in the log (recovered messages) is loaded only for each delivery and
         # dropped again, so memory stays what `footprint` counts.
         self.lazy = body is None
-        self._properties: dict[str, Any] | None = None
         # Set by the store when the message is logged: its id, where its record is, and how many
         # surviving queues still hold it (the record can go once that reaches zero).
         self.msg_id = 0
@@ -59,10 +57,11 @@ class Message:
 
     @property
     def properties(self) -> dict[str, Any]:
-        """Decoded basic properties; computed on first use only."""
-        if self._properties is None:
-            self._properties = decode_properties(self.header)
-        return self._properties
+        """Decoded basic properties, decoded again at each use and never kept: a decoded
+        headers table can take many times the bytes of the header it came from, for as long as
+        the message is queued, where the memory alarm does not see it. The few users (user-id
+        and reply-to checks, headers routing) run once per publish."""
+        return decode_properties(self.header)
 
     @property
     def headers(self) -> dict[str, Any]:

@@ -40,6 +40,9 @@ class RecoveredState:
     exchanges: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     queues: dict[int, dict[str, Any]] = field(default_factory=dict)  # store id -> definition
     bindings: dict[tuple, dict[str, Any]] = field(default_factory=dict)
+    # (vhost, "source" | "exchange" | "queue", name) -> keys of the bindings with that end, so a
+    # delete drops its bindings without scanning them all (that made recovery quadratic).
+    _binding_ends: dict[tuple[str, str, str], set[tuple]] = field(default_factory=dict)
     # message id -> (message, ids of the queues that still hold it)
     messages: dict[int, tuple[Message, tuple[int, ...]]] = field(default_factory=dict)
     delivered: set[tuple[int, int]] = field(default_factory=set)  # (message id, queue id)
@@ -100,7 +103,10 @@ class RecoveredState:
         if record_type == records.SNAPSHOT:
             self.exchanges = {(e["vhost"], e["name"]): e for e in table.get("exchanges", [])}
             self.queues = {q["id"]: q for q in table.get("queues", [])}
-            self.bindings = {_binding_key(b): b for b in table.get("bindings", [])}
+            self.bindings = {}
+            self._binding_ends = {}
+            for binding in table.get("bindings", []):
+                self._add_binding(binding)
             self.next_queue_id = max(self.next_queue_id, table.get("next_queue_id", 1))
             self.next_msg_id = max(self.next_msg_id, table.get("next_msg_id", 1))
             self.redelivered_upto = max(self.redelivered_upto, table.get("redelivered_upto", 0))
@@ -117,21 +123,41 @@ class RecoveredState:
             if queue is not None:
                 self._drop_bindings(queue["vhost"], queue["name"], to_exchange=False)
         elif record_type == records.BIND:
-            self.bindings[_binding_key(table)] = table
+            self._add_binding(table)
         elif record_type == records.UNBIND:
-            self.bindings.pop(_binding_key(table), None)
+            self._remove_binding(_binding_key(table))
+
+    def _add_binding(self, binding: dict[str, Any]) -> None:
+        key = _binding_key(binding)
+        self.bindings[key] = binding
+        for end in _ends(binding):
+            self._binding_ends.setdefault(end, set()).add(key)
+
+    def _remove_binding(self, key: tuple) -> None:
+        binding = self.bindings.pop(key, None)
+        if binding is None:
+            return
+        for end in _ends(binding):
+            keys = self._binding_ends.get(end)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._binding_ends[end]
 
     def _drop_bindings(self, vhost: str, name: str, to_exchange: bool) -> None:
         """Forget bindings that lead to (or, for an exchange, come from) a deleted resource."""
+        ends = [(vhost, "exchange" if to_exchange else "queue", name)]
+        if to_exchange:
+            ends.append((vhost, "source", name))
+        for end in ends:
+            for key in list(self._binding_ends.get(end, ())):
+                self._remove_binding(key)
 
-        def keep(binding: dict[str, Any]) -> bool:
-            if binding["vhost"] != vhost:
-                return True
-            if to_exchange and binding["source"] == name:
-                return False
-            return not (binding["to_exchange"] == to_exchange and binding["destination"] == name)
 
-        self.bindings = {key: b for key, b in self.bindings.items() if keep(b)}
+def _ends(binding: dict[str, Any]) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+    kind = "exchange" if binding["to_exchange"] else "queue"
+    vhost = binding["vhost"]
+    return (vhost, "source", binding["source"]), (vhost, kind, binding["destination"])
 
 
 def _binding_key(binding: dict[str, Any]) -> tuple:

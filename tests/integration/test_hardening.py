@@ -4,10 +4,13 @@ wire against a broker process, and checks that nothing confirmed is lost and nob
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import struct
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
@@ -433,3 +436,197 @@ def message_payloads(directory: Path) -> list[tuple[bytes, int]]:
 
     WriteAheadLog(directory).replay(keep)
     return found
+
+
+# ----------------------------------------------------------------------------- review: loop
+class Canary:
+    """A client on its own connection timing publish + get round trips while others misbehave;
+    `worst` is the longest one seen."""
+
+    def __init__(self, url: str) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.channel = self.connection.channel()
+        self.queue = self.channel.queue_declare("", exclusive=True).method.queue
+        self.worst = 0.0
+
+    def round_trip(self) -> None:
+        started = time.monotonic()
+        self.channel.basic_publish("", self.queue, b"tweet")
+        while self.channel.basic_get(self.queue, auto_ack=True)[0] is None:
+            pass
+        self.worst = max(self.worst, time.monotonic() - started)
+
+    def watch(self, busy: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while busy() and time.monotonic() < deadline:
+            self.round_trip()
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def test_expensive_frames_cost_their_sender_not_everyone(broker: BrokerProcess) -> None:
+    """Found in review: a client whose frames are each expensive (here publishes to a headers
+    exchange with 200 bindings of 1,000 keys, ~25 ms of matching each) pipelined hundreds in one
+    write and held the event loop for all of them. Each connection now gets a few milliseconds
+    of the loop per turn: the canary stays served while the work goes on."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    channel = connection.channel()
+    channel.exchange_declare("wide", "headers")
+    channel.queue_declare("wide-q")
+    for binding in range(200):
+        keys = {"x-match": "any", **{f"b{binding}k{key}": "v" for key in range(1000)}}
+        channel.queue_bind("wide-q", "wide", arguments=keys)
+    connection.close()
+    canary = Canary(broker.url)
+    raw = RawAMQP(broker.url)
+    try:
+        raw.handshake()
+        raw.open_channel(1)
+        wire = b"".join(
+            frame.marshal(commands.Basic.Publish(exchange="wide"), 1)
+            + frame.marshal(header.ContentHeader(0, 1, commands.Basic.Properties()), 1)
+            + frame.marshal(ContentBody(b"x"), 1)
+            for _ in range(200)
+        )
+        raw.send_bytes(wire)
+        raw.send(commands.Basic.Qos(prefetch_count=1), 1)  # answered once all were routed
+        started = time.monotonic()
+        done: list[bool] = []
+
+        def wait_for_qos_ok() -> None:
+            raw.expect(commands.Basic.QosOk, timeout=60)
+            done.append(True)
+
+        waiter = threading.Thread(target=wait_for_qos_ok)
+        waiter.start()
+        canary.watch(lambda: not done, 60)
+        waiter.join()
+        busy_for = time.monotonic() - started
+        assert busy_for > 1.0, "the attack was too cheap to show anything"
+        assert canary.worst < 0.5, f"canary waited {canary.worst:.2f} s while {busy_for:.1f} s"
+    finally:
+        raw.close()
+        canary.close()
+
+
+def test_tx_rollback_does_not_resort_every_unacked_delivery(broker: BrokerProcess) -> None:
+    """Found in review: each Tx.Rollback copied and sorted the channel's whole unacked table,
+    so with 40,000 unacked deliveries a client spent ~20 ms of the loop per 33-byte ack +
+    rollback pair. Restored deliveries are now merged in place."""
+    raw = RawAMQP(broker.url)
+    try:
+        raw.handshake()
+        raw.open_channel(1)
+        raw.send(commands.Queue.Declare(queue="held"), 1)
+        raw.expect(commands.Queue.DeclareOk)
+        raw.send_bytes(
+            b"".join(
+                frame.marshal(commands.Basic.Publish(routing_key="held"), 1)
+                + frame.marshal(header.ContentHeader(0, 0, commands.Basic.Properties()), 1)
+                for _ in range(40_000)
+            )
+        )
+        raw.send(commands.Basic.Consume(queue="held", consumer_tag="all"), 1)
+        raw.sock.settimeout(1.0)
+        with contextlib.suppress(TimeoutError):
+            while raw.sock.recv(1 << 20):  # the 40,000 deliveries, unparsed
+                pass
+        raw._buf = b""
+        raw.send(commands.Tx.Select(), 1)
+        raw.expect(commands.Tx.SelectOk)
+        started = time.monotonic()
+        raw.send_bytes(
+            b"".join(
+                frame.marshal(commands.Basic.Ack(delivery_tag=1), 1)
+                + frame.marshal(commands.Tx.Rollback(), 1)
+                for _ in range(300)
+            )
+        )
+        for _ in range(300):
+            raw.expect(commands.Tx.RollbackOk, timeout=30)
+        assert time.monotonic() - started < 1.5
+    finally:
+        raw.close()
+
+
+def test_many_consumers_are_added_in_linear_time(broker: BrokerProcess) -> None:
+    """Found in review: every Basic.Consume scanned the queue's consumers for an exclusive one,
+    so 30,000 consumers took seconds to add. The exclusive consumer is now kept."""
+    publish_persistent(broker.url, "crowded", [])
+    raw = RawAMQP(broker.url)
+    try:
+        raw.handshake()
+        raw.open_channel(1)
+        started = time.monotonic()
+        raw.send_bytes(
+            b"".join(
+                frame.marshal(
+                    commands.Basic.Consume(queue="crowded", consumer_tag=f"c{n}", nowait=True), 1
+                )
+                for n in range(30_000)
+            )
+        )
+        raw.send(commands.Basic.Qos(prefetch_count=1), 1)
+        raw.expect(commands.Basic.QosOk, timeout=60)
+        assert time.monotonic() - started < 3.0
+    finally:
+        raw.close()
+    assert round_trip_seconds(broker.url) < 1.0
+
+
+async def test_the_first_snapshot_is_durable_before_clients_are_served(tmp_path: Path) -> None:
+    """Found in review: after a clean stop the log ends with the clean-shutdown record, and the
+    next run served clients before its own first snapshot was fsynced; a power loss then would
+    make the following start trust delivery marks this run had not written. The broker now
+    listens only once that snapshot is on disk."""
+    config = load_config().with_overrides(
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+    )
+    async with Broker(config):
+        pass  # a clean stop: the log ends with its clean-shutdown record
+    async with Broker(config) as broker:
+        assert broker.wal is not None
+        assert broker.wal.stats.fsyncs >= 1 and broker.wal.pending_bytes() == 0
+
+
+def test_large_content_headers_are_not_kept_after_their_message(broker: BrokerProcess) -> None:
+    """Found in review: every channel kept its last content header for reuse, however large,
+    and a message kept its decoded properties while queued: 2,000 channels that each published
+    one unroutable message with a 120 KB header held ~250 MB the alarm never saw. Only small
+    headers are kept for reuse, and decoded properties are not kept at all."""
+    raw = RawAMQP(broker.url)
+    try:
+        raw.handshake()
+        before = resident_bytes(broker.proc.pid)
+        big = commands.Basic.Properties(
+            reply_to="r", headers={"pad": "h" * 120_000}, user_id="guest"
+        )
+        for number in range(1, 401):
+            raw.send(commands.Channel.Open(), number)
+            raw.send(commands.Basic.Publish(routing_key="nowhere"), number)
+            raw.send(header.ContentHeader(0, 0, big), number)
+        raw.send(commands.Basic.Qos(prefetch_count=1), 400)
+        while not isinstance(raw.read_frame(30)[1], commands.Basic.QosOk):
+            pass  # the channels' Open-Oks
+        grown = resident_bytes(broker.proc.pid) - before
+        assert grown < 25_000_000, f"the broker grew by {grown} bytes"
+    finally:
+        raw.close()
+
+
+def test_reply_text_with_multibyte_names_stays_a_channel_error(broker: BrokerProcess) -> None:
+    """Found in review: reply texts were cut at 255 characters, not 255 bytes, so a missing
+    queue named with 85 three-byte characters made the 404 unencodable and the connection was
+    closed with 541 instead. The text is now cut at a character boundary within 255 bytes."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+            connection.channel().queue_declare("€" * 85, passive=True)
+        assert closed.value.reply_code == 404
+        assert len(closed.value.reply_text.encode()) <= 255
+        assert connection.is_open
+        connection.channel().queue_declare("", exclusive=True)
+    finally:
+        connection.close()

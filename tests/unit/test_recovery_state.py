@@ -5,6 +5,7 @@ decide which messages come back, to which queues, and with which redelivered fla
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -384,3 +385,26 @@ def test_unknown_record_type_is_reported_and_skipped(
     (warning,) = [r for r in caplog.records if r.getMessage() == "recovery.unknown_record"]
     assert warning.fields["record_type"] == 200  # type: ignore[attr-defined]
     assert list(feed.state.queues) == [1] and _held(feed.state) == {1: (1,)}
+
+
+def test_deleting_many_bound_queues_replays_in_linear_time() -> None:
+    """Found in review: each QUEUE_DELETE or EXCHANGE_DELETE record rebuilt the whole bindings
+    table, so 10,000 durable queues declared, bound and deleted took many seconds to replay
+    (quadratic). Bindings are indexed by their ends."""
+    state = RecoveredState()
+    feed = Feeder(state)
+    feed.exchange("hub")
+    for number in range(10_000):
+        feed.queue(f"q{number}", number + 1)
+        feed.bind("hub", f"q{number}", f"k{number}")
+        feed.bind("amq.direct", f"q{number}", f"k{number}")
+    payloads = [records.encode_table({"vhost": "/", "id": number + 1}) for number in range(10_000)]
+    started = time.perf_counter()
+    for payload in payloads:
+        feed.record(records.QUEUE_DELETE, payload)
+    assert time.perf_counter() - started < 1.0
+    assert state.bindings == {} and state.queues == {}
+    feed.bind("hub", "hub2", "x", to_exchange=True)
+    feed.bind("hub2", "q", "y")
+    feed.table(records.EXCHANGE_DELETE, vhost="/", name="hub2")
+    assert state.bindings == {}

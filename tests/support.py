@@ -36,6 +36,16 @@ def small_segment_config(directory: Path, segment_size: int) -> Path:
     return write_config(directory, config)
 
 
+def nested_table_bytes(depth: int) -> bytes:
+    """An AMQP field table nested `depth` levels deep ({"a": {"a": ...}}), built by hand so no
+    encoder's depth limit applies."""
+    raw = b"\x00\x00\x00\x00"
+    for _ in range(depth - 1):
+        body = b"\x01aF" + raw
+        raw = len(body).to_bytes(4, "big") + body
+    return raw
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket() as sock:

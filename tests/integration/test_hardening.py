@@ -24,19 +24,15 @@ from broker.store import records
 from broker.store.durable import DurableStore
 from broker.store.wal import WriteAheadLog
 from tests.compat.rawamqp import RawAMQP, assert_broker_alive, method_payload, raw_frame
-from tests.support import BrokerProcess, publish_persistent, small_segment_config
+from tests.support import (
+    BrokerProcess,
+    nested_table_bytes,
+    publish_persistent,
+    small_segment_config,
+)
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 FRAME_METHOD = 1
-
-
-def nested_table(depth: int) -> bytes:
-    """A field table nested `depth` levels deep, built by hand (encoders refuse it)."""
-    raw = b"\x00\x00\x00\x00"
-    for _ in range(depth - 1):
-        body = b"\x01aF" + raw
-        raw = len(body).to_bytes(4, "big") + body
-    return raw
 
 
 def bind_payload(queue: str, exchange: str, routing_key: str, arguments: bytes) -> bytes:
@@ -96,7 +92,7 @@ def test_deep_bind_arguments_cannot_cost_confirmed_messages(tmp_path: Path) -> N
             raw.open_channel(1)
             raw.send_bytes(
                 raw_frame(FRAME_METHOD, 1, bind_payload("orders", "amq.direct", "deep",
-                                                        nested_table(300)))
+                                                        nested_table_bytes(300)))
             )  # fmt: skip
             close = raw.expect_connection_close(501)
             assert "nested deeper than 100" in close.reply_text or "cannot decode" in (
@@ -115,7 +111,7 @@ def test_deep_bind_arguments_cannot_cost_confirmed_messages(tmp_path: Path) -> N
             raw.open_channel(2)
             raw.send_bytes(
                 raw_frame(FRAME_METHOD, 2, bind_payload("orders", "amq.direct", "legal",
-                                                        nested_table(90)))
+                                                        nested_table_bytes(90)))
             )  # fmt: skip
             raw.expect(commands.Queue.BindOk, channel=2)
 
@@ -247,6 +243,21 @@ def test_client_that_never_reads_cannot_make_the_broker_buffer_its_replies(
 
 
 # ----------------------------------------------------------------------------- finding 5
+def start_ok_with_entries(entries: int) -> bytes:
+    """A StartOk for guest whose client properties hold `entries` empty-keyed voids (2 bytes
+    each, the cheapest entry to send and, for the old decoder, the dearest to decode)."""
+    table = b"\x00V" * entries
+    return b"".join(
+        (
+            struct.pack(">I", commands.Connection.StartOk.index),
+            struct.pack(">I", len(table)) + table,
+            b"\x05PLAIN",
+            struct.pack(">I", 12) + b"\x00guest\x00guest",
+            b"\x05en_US",
+        )
+    )
+
+
 def test_large_start_ok_before_tune_is_refused_before_it_is_decoded(
     broker: BrokerProcess,
 ) -> None:
@@ -257,18 +268,8 @@ def test_large_start_ok_before_tune_is_refused_before_it_is_decoded(
     raw = RawAMQP(broker.url)
     try:
         raw.read_start()
-        table = b"\x00V" * 60_000
-        payload = b"".join(
-            (
-                struct.pack(">I", commands.Connection.StartOk.index),
-                struct.pack(">I", len(table)) + table,
-                b"\x05PLAIN",
-                struct.pack(">I", 12) + b"\x00guest\x00guest",
-                b"\x05en_US",
-            )
-        )
         started = time.monotonic()
-        raw.send_bytes(raw_frame(FRAME_METHOD, 0, payload))
+        raw.send_bytes(raw_frame(FRAME_METHOD, 0, start_ok_with_entries(60_000)))
         close = raw.expect_connection_close(501, timeout=2)
         assert time.monotonic() - started < 0.5
         assert "frame_too_large" in close.reply_text
@@ -276,17 +277,7 @@ def test_large_start_ok_before_tune_is_refused_before_it_is_decoded(
         raw.close()
     with RawAMQP(broker.url) as small:
         small.read_start()
-        table = b"\x00V" * 1_900  # fits 4096 bytes
-        payload = b"".join(
-            (
-                struct.pack(">I", commands.Connection.StartOk.index),
-                struct.pack(">I", len(table)) + table,
-                b"\x05PLAIN",
-                struct.pack(">I", 12) + b"\x00guest\x00guest",
-                b"\x05en_US",
-            )
-        )
-        small.send_bytes(raw_frame(FRAME_METHOD, 0, payload))
+        small.send_bytes(raw_frame(FRAME_METHOD, 0, start_ok_with_entries(1_900)))  # < 4 KiB
         small.read_tune()
     assert round_trip_seconds(broker.url) < 1.0
 

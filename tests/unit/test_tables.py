@@ -14,6 +14,7 @@ from pamqp import commands, decode as pamqp_decode, encode as pamqp_encode
 from broker.amqp import frames
 from broker.core import tables
 from broker.core.tables import MAX_DEPTH, TableError, decode_table, encode_table
+from tests.support import nested_table_bytes
 
 
 def nested(depth: int) -> dict:
@@ -21,15 +22,6 @@ def nested(depth: int) -> dict:
     for _ in range(depth - 1):
         table = {"a": table}
     return table
-
-
-def raw_nested(depth: int) -> bytes:
-    """A table nested `depth` levels, built by hand so no encoder's limit applies."""
-    raw = b"\x00\x00\x00\x00"
-    for _ in range(depth - 1):
-        body = b"\x01aF" + raw
-        raw = len(body).to_bytes(4, "big") + body
-    return raw
 
 
 def pamqp_reference(raw: bytes) -> dict:
@@ -105,11 +97,11 @@ def test_pamqp_scalar_encodings_decode_as_pamqp_does() -> None:
 
 
 def test_depth_limit_accepts_the_limit_and_refuses_one_more() -> None:
-    assert decode_table(raw_nested(MAX_DEPTH))[1] == nested(MAX_DEPTH)
+    assert decode_table(nested_table_bytes(MAX_DEPTH))[1] == nested(MAX_DEPTH)
     with pytest.raises(TableError, match="nested deeper than 100"):
-        decode_table(raw_nested(MAX_DEPTH + 1))
+        decode_table(nested_table_bytes(MAX_DEPTH + 1))
     with pytest.raises(TableError, match="nested deeper than 100"):
-        decode_table(raw_nested(5000))
+        decode_table(nested_table_bytes(5000))
 
 
 def test_arrays_count_towards_depth() -> None:
@@ -167,8 +159,8 @@ def test_methods_decoded_through_pamqp_use_the_bounded_decoder() -> None:
     payload = frames.method_frame(1, bind)[7:-1]
     # Replace the empty arguments table at the end of the payload with a 300-deep one.
     assert payload.endswith(b"\x00\x00\x00\x00")
-    deep = payload[:-4] + raw_nested(300)
+    deep = payload[:-4] + nested_table_bytes(300)
     with pytest.raises(frames.MalformedFrame):
         frames.decode_method(deep)
-    legal = payload[:-4] + raw_nested(50)
+    legal = payload[:-4] + nested_table_bytes(50)
     assert frames.decode_method(legal).arguments == nested(50)

@@ -38,6 +38,7 @@ from broker.core.fields import field_type_name
 from broker.core.footprint import CONSUMER_BYTES
 from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import LogUnavailable
+from broker.core.properties import PropertyError, check_properties
 from broker.core.queue import Queue
 from broker.core.vhost import server_generated_name
 
@@ -183,8 +184,13 @@ class Channel:
             return
         if payload == self._last_header:
             payload = self._last_header
-        elif len(payload) <= SHARED_HEADER_MAX:
-            self._last_header = payload
+        else:
+            try:
+                check_properties(payload)
+            except PropertyError as error:
+                self._fail(error, frames.BASIC_PUBLISH)
+            if len(payload) <= SHARED_HEADER_MAX:
+                self._last_header = payload
         self._header = payload
         if size == 0:
             self._complete_publish(b"")

@@ -80,6 +80,40 @@ def decode_properties(header: bytes) -> dict[str, Any]:
     return values
 
 
+_PRESENCE = tuple(
+    (1 << bit, kind) for bit, (_, kind) in zip(range(15, 1, -1), PROPERTY_TYPES, strict=True)
+)
+
+
+def check_properties(header: bytes) -> None:
+    """Raise PropertyError unless the property list decodes, without decoding its strings.
+
+    RabbitMQ decodes the properties of every publish, so a header no client could read never
+    reaches a consumer (one that did would lose its connection reading it, and a requeued
+    message the next consumer's too). A channel calls this only when a publisher's header
+    differs from its previous one."""
+    if len(header) < 14 or header[13] & 1:
+        decode_properties(header)  # short or with flag continuations: the full decoder says
+        return
+    flags = header[12] << 8 | header[13]
+    offset = 14
+    try:
+        for mask, kind in _PRESENCE:
+            if flags & mask:
+                if kind == "shortstr":
+                    offset += 1 + header[offset]
+                elif kind == "octet":
+                    offset += 1
+                elif kind == "timestamp":
+                    offset += 8
+                else:
+                    offset = decode_table(header, offset)[0]
+    except (IndexError, ValueError) as error:
+        raise PropertyError(f"malformed content header properties: {error}") from error
+    if offset > len(header):
+        raise PropertyError("content header properties run past the end of the header")
+
+
 def delivery_mode(header: bytes) -> int:
     """The delivery-mode property without decoding the rest (it decides what gets logged).
 

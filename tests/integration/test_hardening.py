@@ -621,3 +621,22 @@ def test_reply_text_with_multibyte_names_stays_a_channel_error(broker: BrokerPro
         connection.channel().queue_declare("", exclusive=True)
     finally:
         connection.close()
+
+
+def test_properties_no_client_could_decode_are_refused_at_publish(broker: BrokerProcess) -> None:
+    """Found by the fuzz test: a content header whose property list does not decode (here an
+    unknown field type in the headers table) was stored and delivered as is, and the consumer's
+    client lost its connection decoding it, the next one too once it was requeued. As RabbitMQ
+    decodes every publish's properties, Warren now checks them: the publisher's connection is
+    closed with 502 (RabbitMQ 3.10 answers 541) and nothing reaches the queue."""
+    publish_persistent(broker.url, "clean", [])
+    with RawAMQP(broker.url) as raw:
+        raw.handshake()
+        raw.open_channel(1)
+        raw.send(commands.Basic.Publish(routing_key="clean"), 1)
+        table = b"\x01kU"
+        raw.send_raw(2, 1, struct.pack(">HHQHI", 60, 0, 1, 0x2000, len(table)) + table)
+        raw.send_raw(3, 1, b"x")
+        close = raw.expect_connection_close(502)
+        assert (close.class_id, close.method_id) == (60, 40)
+    assert drain(broker.url, "clean") == []

@@ -9,7 +9,12 @@ import pytest
 from pamqp import commands, frame as pamqp_frame, header as pamqp_header
 
 from broker.core.message import Message
-from broker.core.properties import PROPERTY_TYPES, PropertyError, decode_properties
+from broker.core.properties import (
+    PROPERTY_TYPES,
+    PropertyError,
+    check_properties,
+    decode_properties,
+)
 from tests.unit.helpers import content_header, make_message
 
 TIMESTAMP = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -159,3 +164,40 @@ def test_message_keeps_raw_fields() -> None:
     assert (message.exchange, message.routing_key, message.body) == ("ex", "rk", b"abc")
     assert message.route_bytes == b"\x02ex\x02rk"
     assert message.header is header
+
+
+def _with_flags(flags: int, properties: bytes) -> bytes:
+    return (
+        bytes.fromhex("003c0000") + (1).to_bytes(8, "big") + flags.to_bytes(2, "big") + (properties)
+    )
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        _with_flags(0x2000, b"\x00\x00\x00\x03\x01kU"),  # unknown field type in headers
+        _with_flags(0x2000, b"\x00\x00\x00\x05\x01kS\x00\x00"),  # value past its table
+        _with_flags(0x0001, b""),  # a continuation flag with nothing after it
+        _with_flags(0x1000, b""),  # delivery-mode announced, absent
+        _with_flags(0x8000, b"\x09json"),  # content-type shorter than its length
+        _with_flags(0x0040, b"\x00\x00\x00"),  # timestamp cut short
+    ],
+    ids=["unknown-type", "past-table", "continuation", "octet", "shortstr", "timestamp"],
+)
+def test_check_properties_refuses_what_no_client_could_decode(header: bytes) -> None:
+    """Found by the fuzz test: such headers were stored and delivered, and the consumer's
+    client lost its connection decoding them. They are now refused at publish (502)."""
+    with pytest.raises(PropertyError) as refused:
+        check_properties(header)
+    assert refused.value.code == 502
+    with pytest.raises(PropertyError):
+        decode_properties(header)
+
+
+def test_check_properties_accepts_valid_headers() -> None:
+    check_properties(_all_fields_header())
+    for properties in (
+        {},
+        {"delivery_mode": 2, "message_id": "m-1", "headers": {"a": [1, "b", {"c": None}]}},
+    ):
+        check_properties(content_header(5, **properties))

@@ -450,7 +450,7 @@ class Channel:
         # batch limit the connection takes no more deliveries until its write (see connection).
         connection.batch_bytes += len(body) + 64
         if connection.batch_bytes > DELIVERY_BATCH_BYTES:
-            connection.write_paused = True
+            connection.hold_output()
 
     def deliver_reply(self, message: Message) -> None:
         """A reply to this channel's direct reply-to address: straight to its consumer."""

@@ -227,7 +227,13 @@ class AMQPConnection(asyncio.Protocol):
         replies): they count towards the batch that stops output and reading."""
         self.batch_bytes += size
         if self.batch_bytes > DELIVERY_BATCH_BYTES:
-            self.write_paused = True
+            self.hold_output()
+
+    def hold_output(self) -> None:
+        """A full batch was framed this iteration: no more deliveries, and no more requests
+        read, until it is written (the frame loop only looks at the read flow)."""
+        self.write_paused = True
+        self.flow.pause(WRITES)
 
     def data_received(self, data: bytes) -> None:
         self._received = True
@@ -295,18 +301,18 @@ class AMQPConnection(asyncio.Protocol):
         flow = self.flow
         clock = self.loop.time
         turn_ends = clock() + TURN_SECONDS
-        handled = 0
+        until_check = TURN_CHECK_FRAMES
         try:
             while available - position >= 7 and self.state != CLOSED:
-                if self.write_paused or flow.paused:
-                    if self.write_paused:  # replies are backed up: the rest waits for them
-                        flow.pause(WRITES)
+                if flow.paused:  # backed-up replies, the alarm: the rest waits in the buffer
                     break
-                handled += 1
-                if handled % TURN_CHECK_FRAMES == 0 and clock() > turn_ends:
-                    flow.pause(TURN)  # the rest waits in the buffer for the next turn
-                    self.loop.call_soon(self._next_turn)
-                    break
+                until_check -= 1
+                if not until_check:
+                    until_check = TURN_CHECK_FRAMES
+                    if clock() > turn_ends:
+                        flow.pause(TURN)  # the rest waits in the buffer for the next turn
+                        self.loop.call_soon(self._next_turn)
+                        break
                 frame_type, channel, size = unpack(view, position)
                 if size > limit:
                     raise StreamBroken(

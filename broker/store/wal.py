@@ -28,12 +28,14 @@ any order, page by page (out-of-order write-back): after a power loss the newest
 any mix of zeros, garbage and valid-looking records, even valid records after a hole. No scan can
 tell such a tail from damage to fsynced records, so the log records the boundary: the sync marker,
 the file ``synced`` beside the segments, holds (segment id, length) of the fsynced prefix of the
-segment written last. After every completed segment fsync (and the directory fsync, when a segment
-was created) the writer stores the new length there. The marker is written only after the fsync it
-describes has completed, so whatever value of it reaches the disk never claims bytes that were not
-fsynced. It is not fsynced itself on every batch (that would be a second fsync per group commit,
-on the confirm's path): after a power loss it may lag behind the fsynced length, by the kernel's
-write-back delay at most; it is fsynced when a segment is sealed and on a clean close. A lagging
+segment written last. After a completed segment fsync (and the directory fsync, when a segment
+was created) the writer stores the new length there: at most every MARK_INTERVAL (50 ms) while
+the segment grows, and always when a segment is sealed or the log closes. The marker is written
+only after the fsync it describes has completed, so whatever value of it reaches the disk never
+claims bytes that were not fsynced. It is not fsynced itself on every batch (that would be a
+second fsync per group commit, on the confirm's path): after a power loss it may lag behind the
+fsynced length, by MARK_INTERVAL and the kernel's write-back delay; it is fsynced when a segment
+is sealed and on a clean close. A lagging
 marker only makes recovery more lenient: damage in the few most recently fsynced records of the
 newest segment is then truncated as a crash tail (and logged) instead of reported as corruption.
 (Two CRC-checked slots, written alternately and told apart by a sequence number, so a write torn
@@ -108,6 +110,9 @@ _PROGRESS_STEP = 16 * 1024 * 1024
 # Most records (a message, an ack) fit one pread of this size.
 _READ_AHEAD = 4096
 SYNC_POLICIES = ("always", "periodic")
+# The sync marker is rewritten after an fsync at most this often (and always when a segment is
+# sealed or the log closes): it may lag, never lead, so a syscall per group commit buys nothing.
+MARK_INTERVAL = 0.05
 
 RecordCallback = Callable[[int, int, int, memoryview], None]
 ProgressCallback = Callable[[int, int], None]
@@ -599,6 +604,7 @@ class _SegmentWriter:
         self._marker_fd: int | None = None
         self._marker_sequence: int | None = None  # of the last marker slot written
         self._marked: tuple[int, int] | None = None  # (segment, length) the marker holds
+        self._marked_at = float("-inf")  # time.monotonic() of the last marker write
 
     def write(self, chunks: list[_Chunk]) -> None:
         for chunk in chunks:
@@ -612,10 +618,11 @@ class _SegmentWriter:
         if chunks:
             self._stats.writes += 1
 
-    def sync(self) -> None:
+    def sync(self, exact_mark: bool = False) -> None:
         """fsync the segment written last and, if a file was created, the directory; then record
-        the segment's fsynced length in the sync marker, so that recovery can tell a crash tail
-        from damage to confirmed records (see the module docstring)."""
+        the segment's fsynced length in the sync marker (at most every MARK_INTERVAL unless
+        `exact_mark`), so that recovery can tell a crash tail from damage to confirmed records
+        (see the module docstring)."""
         started = time.perf_counter_ns()
         synced = False
         if self._dirty and self._marker_fd is None:
@@ -631,8 +638,10 @@ class _SegmentWriter:
             self._stats.fsyncs += 1
             synced = True
         if self._segment is not None and self._marked != (self._segment, self._end):
-            self._mark(self._segment, self._end)
-            synced = True
+            moved_on = self._marked is None or self._marked[0] != self._segment
+            if exact_mark or moved_on or time.monotonic() - self._marked_at >= MARK_INTERVAL:
+                self._mark(self._segment, self._end)
+                synced = True
         if synced:
             elapsed = time.perf_counter_ns() - started
             self._stats.last_fsync_seconds = elapsed / 1e9
@@ -644,7 +653,7 @@ class _SegmentWriter:
             return
         try:
             if durable:
-                self.sync()
+                self.sync(exact_mark=True)
                 if self._marker_fd is not None:  # a sealed segment's marker is exact
                     os.fdatasync(self._marker_fd)
         finally:
@@ -689,6 +698,7 @@ class _SegmentWriter:
         _pwrite_all(self._marker_fd, _mark_slot(sequence, segment_id, length), _slot(sequence))
         self._marker_sequence = sequence
         self._marked = (segment_id, length)
+        self._marked_at = time.monotonic()
 
 
 class _Progress:

@@ -603,7 +603,8 @@ async def test_marker_follows_the_fsync_and_costs_no_fsync_of_its_own(
     assert events[3:5] == ["fsync 0000000001.wal", "confirm 1 None"]
     assert events[-1] == f"fdatasync {marker}"  # the clean close
     size = segment_file(tmp_path, 1).stat().st_size
-    assert max(marker_slots(tmp_path)) == (3, 1, size)
+    # Rewritten at most every MARK_INTERVAL while the segment grows, exactly at the close.
+    assert max(marker_slots(tmp_path))[1:] == (1, size)
     assert len(marker_slots(tmp_path)) == 2  # the previous value survives in the other slot
 
 

@@ -153,7 +153,8 @@ class HttpServer:
                         first = await asyncio.wait_for(reader.readexactly(1), self.idle_timeout)
                     except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                         return
-                    client.waiting_since = loop.time()  # busy now: not the one to displace
+                    client.waiting_since = loop.time()  # its head is on its way: the newest
+                    # waiter, so the last one to make room for a newcomer
         except (ConnectionError, TimeoutError):  # gone, or not reading what we send
             writer.transport.abort()
             return

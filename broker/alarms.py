@@ -5,9 +5,10 @@ read; consumers keep draining queues, which is what brings memory back down. Pyt
 freed memory back to the system, so the resident size would stay high after queues drain and the
 alarm would never clear. The broker's memory is therefore estimated as what the process used when
 it started serving plus what its queues hold now (bodies, headers and per-message bookkeeping),
-a sum kept by the queues and read once a second, off the per-message path, plus what clients make
-the broker hold outside queues (uncommitted transactions, bodies being assembled, buffered input
-and output) and the log's unwritten records.
+a sum kept by the queues and read once a second, off the per-message path, plus the definitions
+(queues, exchanges, bindings), what clients make the broker hold outside queues (channels,
+consumers, uncommitted transactions, bodies being assembled, buffered input and output) and the
+log's unwritten records.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
+import os
 import struct
 import threading
 import time
@@ -640,3 +642,60 @@ def test_properties_no_client_could_decode_are_refused_at_publish(broker: Broker
         close = raw.expect_connection_close(502)
         assert (close.class_id, close.method_id) == (60, 40)
     assert drain(broker.url, "clean") == []
+
+
+async def test_a_log_that_cannot_sync_at_start_keeps_the_broker_from_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first snapshot must be on disk before clients are served; if its fsync fails the
+    start fails (nothing listens), rather than serving on a log that cannot keep promises."""
+    config = load_config().with_overrides(
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+    )
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "simulated disk failure")
+
+    broker = Broker(config)  # creates (and fsyncs) the data directory
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="simulated disk failure"):
+        await broker.start()
+    assert broker._server is None
+    monkeypatch.undo()
+    assert broker.wal is not None
+    await broker.wal.close()
+
+
+async def test_one_connection_failing_its_alarm_notice_leaves_the_others_blocked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 3, the broker's side: notifying connections of the alarm goes on past one that
+    raises, so every other publisher is still blocked (and unblocked later)."""
+    config = load_config().with_overrides(
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+    )
+    async with Broker(config) as broker:
+        clients = [RawAMQP(broker.url) for _ in range(3)]
+        try:
+            for raw in clients:
+                await asyncio.to_thread(raw.handshake)
+                await asyncio.to_thread(raw.open_channel, 1)
+                raw.publish(1, b"a publisher", routing_key="nowhere")
+            await asyncio.sleep(0.2)
+            connections = list(broker.connections)
+            assert len(connections) == 3
+
+            def broken() -> None:
+                raise RuntimeError("simulated failure in one connection")
+
+            connections[0].memory_alarm_set = broken  # type: ignore[method-assign]
+            broker.memory.limit = 1
+            broker.memory.check()
+            assert [c.blocked for c in connections[1:]] == [True, True]
+            assert "alarm.memory.connection_failed" in caplog.text
+            broker.memory.limit = 1 << 40
+            broker.memory.check()
+            assert not any(c.blocked for c in connections)
+        finally:
+            for raw in clients:
+                raw.close()

@@ -600,3 +600,27 @@ def test_alternate_exchange_of_bound_exchange(vhost: VirtualHost) -> None:
     vhost.bind("ae", "fallback", "", None)
     assert _routed(vhost, "src", "k") == ["direct"]
     assert _routed(vhost, "src", "other") == ["fallback"]
+
+
+def test_a_failing_cancel_notification_does_not_half_delete_a_queue(
+    vhost: VirtualHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleting a queue notifies its consumers' channels last, each on its own: one channel
+    raising (a bug, or a client's odd state) is logged, and the delete is still complete for
+    the client that asked and for the other consumers."""
+
+    class BrokenSink(FakeSink):
+        def consumer_cancelled(self, consumer: Any) -> None:
+            raise AttributeError("'str' object has no attribute 'get'")
+
+    queue = vhost.declare_queue("doomed", None)
+    vhost.bind("amq.direct", "doomed", "k", {})
+    vhost.publish(vhost.exchanges["amq.direct"], make_message("k", b"m"))
+    healthy = FakeSink()
+    add_consumer(queue, BrokenSink(), "broken")
+    add_consumer(queue, healthy, "healthy")
+    assert vhost.delete_queue("doomed", None) == 1
+    assert "doomed" not in vhost.queues and queue.deleted
+    assert not queue.consumers and not vhost.exchanges["amq.direct"].bindings
+    assert healthy.cancelled == ["healthy"]
+    assert "queue.cancel_notify_failed" in caplog.text

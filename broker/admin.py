@@ -126,9 +126,9 @@ class AdminServer(HttpService):
                 "auto_delete": queue.auto_delete,
                 "exclusive": queue.exclusive,
                 "arguments": queue.arguments,
-                "messages": len(queue.ready) + len(queue.outstanding),
-                "messages_ready": len(queue.ready),
-                "messages_unacknowledged": len(queue.outstanding),
+                "messages": queue.message_count + queue.unacked_count,
+                "messages_ready": queue.message_count,
+                "messages_unacknowledged": queue.unacked_count,
                 "consumers": len(queue.consumers),
             }
             for vhost in vhosts

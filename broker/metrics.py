@@ -311,9 +311,9 @@ class BrokerCollector(Collector):
         )
         for queue in self._all_queues():
             key = (queue.vhost_name, queue.name)
-            ready.add_metric(key, len(queue.ready))
-            unacked.add_metric(key, len(queue.outstanding))
-            depth.add_metric(key, len(queue.ready) + len(queue.outstanding))
+            ready.add_metric(key, queue.message_count)
+            unacked.add_metric(key, queue.unacked_count)
+            depth.add_metric(key, queue.message_count + queue.unacked_count)
             consumers.add_metric(key, len(queue.consumers))
             published.add_metric(key, queue.published_total)
         yield from (ready, unacked, depth, consumers, published)

@@ -278,15 +278,17 @@ class Channel:
                 self.tx.held_bytes += message.footprint
                 return
             try:
-                logged = self._route(exchange, message, mandatory)
+                logged, refused = self._route(exchange, message, mandatory)
             except LogUnavailable:
                 if not self.confirm_mode:
                     raise
-                self._nacks.append(self._publish_seq)  # not enqueued anywhere: say so
-                self.connection.want_confirm_flush(self)
-                return
+                logged, refused = False, True  # not enqueued anywhere: say so
             if self.confirm_mode:
-                self._confirm_when_safe(self._publish_seq, logged)
+                if refused:  # the log failed, or a full queue refused it (x-overflow)
+                    self._nacks.append(self._publish_seq)
+                    self.connection.want_confirm_flush(self)
+                else:
+                    self._confirm_when_safe(self._publish_seq, logged)
         except AMQPError as error:
             self._fail(error, frames.BASIC_PUBLISH)
 
@@ -311,18 +313,19 @@ class Channel:
             message.exchange, message.routing_key, message.route_bytes, header, message.body
         )
 
-    def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> bool:
-        """Route and enqueue; returns True when the message was logged (confirm after sync)."""
+    def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> tuple[bool, bool]:
+        """Route and enqueue: (logged, so its confirm waits for the sync; refused by a full
+        queue, so its confirm is a nack)."""
         if not exchange.name and message.routing_key.startswith(reply_to.ADDRESS_PREFIX):
             requester = self.connection.broker.reply_channels.get(message.routing_key)
             # An address reaches only its own vhost; elsewhere it names no queue (unroutable).
             if requester is not None and requester.vhost is self.vhost:
                 requester.deliver_reply(message)
                 self.counters.routed += 1
-                return False
-        queues, logged = self.vhost.publish(exchange, message)
+                return False, False
+        routed, logged, refused = self.vhost.publish(exchange, message)
         counters = self.counters
-        if queues:
+        if routed:
             counters.routed += 1
         elif not mandatory:
             counters.unroutable_dropped += 1
@@ -338,7 +341,7 @@ class Channel:
                     self.connection.frame_max,
                 )
             )
-        return logged
+        return logged, refused
 
     # ------------------------------------------------------------------ publisher confirms
     # Confirms are a watermark: every publish up to it is confirmed, so one Basic.Ack(multiple)
@@ -392,7 +395,8 @@ class Channel:
             self._nacks = [seq for seq in self._nacks if seq > watermark]
         for seq in decided:
             self._ack_upto(seq - 1, frames_out)
-            frames_out.append(frames.confirm_frame(self.number, seq, False, ack=False))
+            # Everything below is decided now: multiple=true, as RabbitMQ coalesces.
+            frames_out.append(frames.confirm_frame(self.number, seq, True, ack=False))
             self.counters.nacked += 1
             self._confirmed_upto = seq
         self._ack_upto(watermark, frames_out)
@@ -543,8 +547,10 @@ class Channel:
                 continue
             if requeue:
                 queue.requeue(queue_entries)
-            else:
+            elif requeue is None:
                 queue.settle(queue_entries)
+            else:
+                queue.reject(queue_entries)
         if self.global_prefetch:
             self.resume_delivery()
 
@@ -774,7 +780,10 @@ class Channel:
                 f"invalid arg 'x-priority' for queue '{queue.name}' in vhost"
                 f" '{self.vhost.name}': \"expected integer, got {field_type_name(priority)}\"",
             )
-        if queue.exclusive_consumer is not None or (method.exclusive and queue.consumers):
+        if queue.exclusive_consumer is not None or (
+            # A single-active-consumer queue refuses exclusive consumers, as RabbitMQ does.
+            method.exclusive and (queue.consumers or queue.settings.single_active_consumer)
+        ):
             raise ChannelException(
                 ACCESS_REFUSED,
                 f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use",
@@ -885,7 +894,7 @@ class Channel:
         logged = False
         for exchange, message, mandatory in tx.publishes:
             if self.vhost.exchanges.get(exchange.name) is exchange:
-                logged = self._route(exchange, message, mandatory) or logged
+                logged = self._route(exchange, message, mandatory)[0] or logged
         for requeue in (None, True, False):
             entries = [entry for _, entry, wanted in tx.settlements if wanted is requeue]
             if entries:

@@ -172,6 +172,11 @@ def return_payload(reply_code: int, reply_text: str, route: bytes) -> bytes:
 
 
 def confirm_frame(channel: int, delivery_tag: int, multiple: bool, ack: bool = True) -> bytes:
-    """Basic.Ack / Basic.Nack from the broker for publisher confirms."""
-    prefix = _ACK_PREFIX if ack else _NACK_PREFIX
-    return frame(FRAME_METHOD, channel, prefix + _TAG_AND_FLAG.pack(delivery_tag, multiple))
+    """Basic.Ack / Basic.Nack from the broker for publisher confirms. A nack carries
+    requeue=true, as RabbitMQ's (the field's default there; it means nothing to a publisher)."""
+    if ack:
+        return frame(
+            FRAME_METHOD, channel, _ACK_PREFIX + _TAG_AND_FLAG.pack(delivery_tag, multiple)
+        )
+    flags = 2 | multiple
+    return frame(FRAME_METHOD, channel, _NACK_PREFIX + _TAG_AND_FLAG.pack(delivery_tag, flags))

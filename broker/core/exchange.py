@@ -93,8 +93,9 @@ class Exchange(ABC):
         return binding
 
     @abstractmethod
-    def route(self, message: Message) -> Collection[Any]:
-        """The destinations a message goes to, without duplicates."""
+    def route(self, message: Message, key: str) -> Collection[Any]:
+        """The destinations a message with this routing key goes to, without duplicates (the
+        key is the publish's, or one of its CC / BCC keys)."""
 
     @abstractmethod
     def _index_add(self, binding: Binding) -> None:
@@ -125,8 +126,8 @@ class DirectExchange(Exchange):
         # routing key -> {destination: number of bindings with that key}
         self._by_key: dict[str, dict[Any, int]] = {}
 
-    def route(self, message: Message) -> Collection[Any]:
-        return self._by_key.get(message.routing_key, EMPTY)
+    def route(self, message: Message, key: str) -> Collection[Any]:
+        return self._by_key.get(key, EMPTY)
 
     def _index_add(self, binding: Binding) -> None:
         _count_add(self._by_key.setdefault(binding.routing_key, {}), binding.destination)
@@ -145,7 +146,7 @@ class FanoutExchange(Exchange):
         super().__init__(*args, **kwargs)
         self._all: dict[Any, int] = {}
 
-    def route(self, message: Message) -> Collection[Any]:
+    def route(self, message: Message, key: str) -> Collection[Any]:
         return self._all
 
     def _index_add(self, binding: Binding) -> None:
@@ -269,8 +270,7 @@ class TopicExchange(Exchange):
         self._cache: dict[str, tuple] = {}
         self._cached_destinations = 0
 
-    def route(self, message: Message) -> Collection[Any]:
-        key = message.routing_key
+    def route(self, message: Message, key: str) -> Collection[Any]:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -367,7 +367,7 @@ class HeadersExchange(Exchange):
     def _index_remove(self, binding: Binding) -> None:
         """Headers routing tests every binding's arguments, so there is no index to keep."""
 
-    def route(self, message: Message) -> Collection[Any]:
+    def route(self, message: Message, key: str) -> Collection[Any]:
         headers = message.headers
         found: dict[Any, None] = {}
         for binding in self.bindings.values():
@@ -383,8 +383,8 @@ class DefaultExchange(DirectExchange):
         super().__init__("", durable=True)
         self._queues = queues
 
-    def route(self, message: Message) -> Collection[Any]:
-        queue = self._queues.get(message.routing_key)
+    def route(self, message: Message, key: str) -> Collection[Any]:
+        queue = self._queues.get(key)
         return (queue,) if queue is not None else EMPTY
 
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 from typing import Any
+
+
+class Float32(float):
+    """A value that arrived as a 32-bit float ('f'): it names its type in reply texts and is
+    written back as it came."""
 
 
 def field_type_name(value: Any) -> str:
@@ -13,8 +20,16 @@ def field_type_name(value: Any) -> str:
         return "bool"
     if isinstance(value, int):
         return "signedint" if -(2**31) <= value < 2**31 else "long"
+    if isinstance(value, Float32):
+        return "float"
     if isinstance(value, float):
         return "double"
+    if isinstance(value, decimal.Decimal):
+        return "decimal"
+    if isinstance(value, datetime.datetime):
+        return "timestamp"
+    if isinstance(value, bytearray):
+        return "binary"
     if isinstance(value, dict):
         return "table"
     if isinstance(value, list):

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.core.properties import decode_properties, delivery_mode
+from broker.core.properties import decode_properties, delivery_mode, timing
+
+# Where a QueuedMessage is: in its queue's ready store, out with a consumer, or removed.
+READY, OUT, GONE = range(3)
 
 # Per queued message beyond its bytes: Message, QueuedMessage, deque and set slots (measured).
 ENTRY_OVERHEAD = 400
@@ -17,16 +20,21 @@ ENTRY_OVERHEAD = 400
 
 class Message:
     __slots__ = (
+        "bcc",
         "body",
+        "body_size",
         "exchange",
         "footprint",
         "header",
         "lazy",
         "location",
         "msg_id",
+        "priority",
+        "published_at",
         "refs",
         "route_bytes",
         "routing_key",
+        "ttl",
     )
 
     def __init__(
@@ -44,6 +52,19 @@ class Message:
         self.header = header
         # None when the body lives only in the log (recovered messages); see MessageStore.read_body.
         self.body = body
+        self.body_size = len(body) if body is not None else 0
+        # The priority property (0 when absent) and the expiration property in milliseconds
+        # (-1 when absent), decoded here only when their flags are set. An invalid expiration
+        # raises a 406 ChannelException, as RabbitMQ refuses it at publish.
+        self.priority = 0
+        self.ttl = -1
+        if header[12] & 0x09:
+            self.priority, self.ttl = timing(header)
+        # BCC keys it was published with: removed from the header, but a dead-lettered copy
+        # is routed by them too (RabbitMQ keeps them in its message record).
+        self.bcc: tuple[str, ...] = ()
+        # Wall-clock seconds when the message was routed; TTL deadlines count from it.
+        self.published_at = 0.0
         # Estimated memory while queued, computed once: the memory alarm's unit of account.
         self.footprint = ENTRY_OVERHEAD + len(header) + (len(body) if body is not None else 0)
         # A body that lives in the log (recovered messages) is loaded only for each delivery and
@@ -75,9 +96,13 @@ class Message:
 class QueuedMessage:
     """A message's place in one queue: its order there and whether it was delivered before."""
 
-    __slots__ = ("message", "redelivered", "seq")
+    __slots__ = ("expires_at", "message", "redelivered", "seq", "state")
 
-    def __init__(self, message: Message, seq: int) -> None:
+    def __init__(self, message: Message, seq: int, expires_at: float = 0.0) -> None:
         self.message = message
         self.seq = seq
         self.redelivered = False
+        self.state = READY
+        # Wall-clock deadline in this queue (0.0: none): the TTL counts from the enqueue into
+        # each queue and survives a requeue.
+        self.expires_at = expires_at

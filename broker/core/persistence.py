@@ -62,6 +62,13 @@ class MessageStore:
         """Log a persistent message routed to these surviving queues; raises LogUnavailable
         (and logs nothing) when it cannot."""
 
+    def moved(
+        self, queue: Queue, entry: QueuedMessage, copy: Message, targets: list[Queue]
+    ) -> None:
+        """A logged message left `queue` and its dead-lettered `copy` entered these surviving
+        queues: one record, so a crash leaves it in exactly one place; raises LogUnavailable
+        (and logs nothing) when it cannot."""
+
     def delivered(self, queue: Queue, entry: QueuedMessage) -> None:
         """A logged message was handed to a consumer that must ack it (for redelivered flags)."""
 

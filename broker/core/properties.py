@@ -10,7 +10,12 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from broker.core.errors import SYNTAX_ERROR, ConnectionException
+from broker.core.errors import (
+    PRECONDITION_FAILED,
+    SYNTAX_ERROR,
+    ChannelException,
+    ConnectionException,
+)
 from broker.core.tables import decode_table
 
 # Property order and wire types as the spec lists them (bit 15 first).
@@ -133,3 +138,42 @@ def delivery_mode(header: bytes) -> int:
         return header[offset]
     except IndexError:
         return 0
+
+
+# RabbitMQ's upper bound for TTLs, queue expiry and expirations, in milliseconds: ten years
+# (rabbit_misc:check_expiry in the RabbitMQ 3.10 this project is checked against).
+MAX_EXPIRY_MS = 315_360_000_000
+
+
+def timing(header: bytes) -> tuple[int, int]:
+    """(priority, expiration in ms or -1): the two properties that order and expire a message.
+
+    An expiration that is not a decimal count of milliseconds within RabbitMQ's bound is refused
+    as RabbitMQ refuses it: the publishing channel is closed with 406."""
+    values = decode_properties(header)
+    priority = values.get("priority") or 0
+    expiration = values.get("expiration")
+    if expiration is None:
+        return priority, -1
+    return priority, parse_expiration(expiration)
+
+
+def parse_expiration(text: str) -> int:
+    """The expiration property as RabbitMQ parses it (rabbit_basic:parse_expiration)."""
+    digits = text.lstrip("+-")
+    sign_len = len(text) - len(digits)
+    number_len = len(digits) - len(digits.lstrip("0123456789"))
+    if sign_len > 1 or number_len == 0:
+        raise _invalid_expiration(text, "no_integer")
+    if number_len < len(digits):
+        raise _invalid_expiration(text, f'{{leftover_string,"{digits[number_len:]}"}}')
+    value = int(text[: sign_len + number_len])
+    if value < 0:
+        raise _invalid_expiration(text, f"{{value_negative,{value}}}")
+    if value > MAX_EXPIRY_MS:
+        raise _invalid_expiration(text, f"{{value_too_large,{value}}}")
+    return value
+
+
+def _invalid_expiration(text: str, reason: str) -> ChannelException:
+    return ChannelException(PRECONDITION_FAILED, f"invalid expiration '{text}': {reason}")

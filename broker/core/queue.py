@@ -1,31 +1,39 @@
-"""A queue: ready messages in order, its consumers, and the round robin between them.
+"""A queue: its ready messages (in a swappable store), the messages out with consumers, and the
+choice of the consumer that gets the next one.
 
-Ready messages sit in a deque ordered by their sequence number in this queue. A message that is
-requeued goes back to its original place, as RabbitMQ's classic queues do, and is marked
-redelivered. The channel holding an unacked message tracks its delivery tag; the queue only keeps
-the set of entries out with consumers, so deleting it can settle them in the store.
+The ready store decides the order (FIFO, priority); the queue decides when a message leaves it
+and why: delivered, expired, dropped by a length limit, rejected. A message that leaves for a
+reason other than an ack goes through `_discard`, which dead-letters it when the queue has a
+dead-letter exchange. A requeued message goes back to its original place, flagged redelivered,
+keeping its original expiry. Time comes from an injectable clock, and a queue keeps one timer,
+for its next deadline (a message's TTL or the queue's own expiry), never one per message.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
-from collections import deque
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
+from broker.core.arguments import QueueSettings
+from broker.core.clock import SYSTEM_CLOCK, Clock, Timer
 from broker.core.consumer import Consumer
 from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import MessageStore
+from broker.core.ready import FifoStore, ReadyStore
 from broker.logs import fields
+
+if TYPE_CHECKING:
+    from broker.core.dead_letter import DeadLetters
 
 log = logging.getLogger("warren.queue")
 
 MEMORY_STORE = MessageStore()
+DEFAULT_SETTINGS = QueueSettings()
+NEVER = float("inf")
 
-
-def _seq_of(entry: QueuedMessage) -> int:
-    return entry.seq
+# Why a message left a queue without an ack: x-death's reasons.
+REJECTED, EXPIRED, MAXLEN = "rejected", "expired", "maxlen"
 
 
 class Queue:
@@ -38,6 +46,11 @@ class Queue:
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
         store: MessageStore = MEMORY_STORE,
+        settings: QueueSettings = DEFAULT_SETTINGS,
+        ready: ReadyStore | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        dead_letters: DeadLetters | None = None,
+        on_expired: Callable[[Queue], None] | None = None,
     ) -> None:
         self.name = name
         self.vhost_name = vhost_name
@@ -45,22 +58,30 @@ class Queue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
+        self.settings = settings
         self.queue_type = str(self.arguments.get("x-queue-type") or "classic")
         # Durable, non-exclusive, non-auto-delete queues survive a restart (as in RabbitMQ);
         # only they log persistent messages. The store assigns store_id when it logs the queue.
         self.survives_restart = durable and exclusive_owner is None and not auto_delete
         self.store = store
         self.store_id = 0
-        self.ready: deque[QueuedMessage] = deque()
-        self.outstanding: set[QueuedMessage] = set()  # delivered, waiting for ack/reject
+        self._ready = ready if ready is not None else FifoStore()
+        self._outstanding: set[QueuedMessage] = set()  # delivered, waiting for ack/reject
+        self._clock = clock
+        self._dead_letters = dead_letters
+        self._on_expired = on_expired
         # Totals for metrics, plain integers read at scrape time.
         self.published_total = 0
-        # Estimated memory of what this queue holds (ready and unacked), for the memory alarm.
-        self.memory_bytes = 0
         self.delivered_total = 0
         self.acked_total = 0
+        self.expired_total = 0
+        self.dead_lettered_total: dict[str, int] = {}  # reason -> messages
+        # Estimated memory of what this queue holds (ready and unacked), for the memory alarm.
+        self.memory_bytes = 0
         self.consumers: list[Consumer] = []
         self._exclusive_consumer: Consumer | None = None
+        # x-single-active-consumer: the one consumer that receives; the others wait.
+        self.active_consumer: Consumer | None = None
         self.had_consumer = False
         self.deleted = False
         self._next_seq = 0
@@ -68,14 +89,35 @@ class Queue:
         self._dispatching = False
         # Bindings that lead here, kept so deleting the queue removes them without a scan.
         self.incoming: dict[tuple, Any] = {}
+        # The one timer and the deadline it is set for; the queue's own expiry (x-expires).
+        self._timer: Timer | None = None
+        self._timer_at = NEVER
+        self._unused_until = NEVER
+        self.touch()
 
+    # ------------------------------------------------------------------ what it holds
     @property
     def exclusive(self) -> bool:
         return self.exclusive_owner is not None
 
     @property
     def message_count(self) -> int:
-        return len(self.ready)
+        """Ready messages."""
+        return len(self._ready)
+
+    @property
+    def unacked_count(self) -> int:
+        return len(self._outstanding)
+
+    def ready_entries(self) -> Iterator[QueuedMessage]:
+        """Ready messages in delivery order."""
+        return iter(self._ready)
+
+    def unacked_entries(self) -> list[QueuedMessage]:
+        return list(self._outstanding)
+
+    def is_unacked(self, entry: QueuedMessage) -> bool:
+        return entry in self._outstanding
 
     @property
     def exclusive_consumer(self) -> Consumer | None:
@@ -83,31 +125,114 @@ class Queue:
         scan of the consumers at every Basic.Consume made adding n of them cost n squared."""
         return self._exclusive_consumer
 
+    # ------------------------------------------------------------------ messages in
+    def admits(self, message: Message) -> bool:
+        """False when x-overflow refuses this publish (reject-publish*, queue at its limit)."""
+        settings = self.settings
+        if settings.overflow == "drop-head" or not settings.limited:
+            return True
+        ready = self._ready
+        if settings.max_length is not None and len(ready) >= settings.max_length:
+            return False
+        limit = settings.max_length_bytes
+        return limit is None or ready.body_bytes + message.body_size <= limit
+
+    def refuse(self, message: Message) -> None:
+        """A publish this queue did not admit: reject-publish-dlx dead-letters it."""
+        if self.settings.overflow == "reject-publish-dlx" and self._dead_letters is not None:
+            entry = QueuedMessage(message, 0)
+            self._dead_letters.publish(self, [entry], MAXLEN, logged=False)
+
     def publish(self, message: Message) -> None:
         """Append a message and hand it to a consumer if one has room."""
         self.published_total += 1
         self.memory_bytes += message.footprint
         self._next_seq += 1
-        self.ready.append(QueuedMessage(message, self._next_seq))
+        entry = QueuedMessage(message, self._next_seq)
+        ttl = self._ttl_of(message)
+        if ttl >= 0:
+            if ttl == 0:  # deliver only if a consumer can take it now (RabbitMQ's TTL 0)
+                if not self._ready and self._deliver_now(entry):
+                    return
+                self._discard([entry], EXPIRED)
+                return
+            entry.expires_at = message.published_at + ttl / 1000
+        self._ready.push(entry)
         if self.consumers:
-            self.dispatch()
+            self.dispatch()  # first: a consumer with room takes it even at x-max-length 0
+        if self.settings.limited:
+            self._enforce_limits()
+        if entry.expires_at and entry.expires_at < self._timer_at:
+            self._arm()
+
+    def _ttl_of(self, message: Message) -> int:
+        """The message's TTL here in ms: the lower of the queue's and its own (-1: none)."""
+        queue_ttl = self.settings.message_ttl
+        if queue_ttl is None:
+            return message.ttl
+        if message.ttl < 0:
+            return queue_ttl
+        return min(queue_ttl, message.ttl)
 
     def restore(self, entry: QueuedMessage) -> None:
-        """Append a message recovered from the log, keeping its redelivered flag."""
+        """Append a message recovered from the log, keeping its redelivered flag; its deadline
+        counts from when it was first published, so one that expired while the broker was down
+        expires (and is dead-lettered) as soon as the loop runs."""
         self.memory_bytes += entry.message.footprint
         self._next_seq += 1
         entry.seq = self._next_seq
-        self.ready.append(entry)
+        ttl = self._ttl_of(entry.message)
+        if ttl >= 0 and entry.message.published_at:
+            entry.expires_at = entry.message.published_at + ttl / 1000
+        self._ready.push(entry)
+        if entry.expires_at and entry.expires_at < self._timer_at:
+            self._arm()
 
+    def _enforce_limits(self) -> None:
+        """drop-head: the oldest ready messages go (dead-lettered as maxlen) until within the
+        limits; the other modes refused the publish instead (see `admits`)."""
+        settings = self.settings
+        if settings.overflow != "drop-head":
+            return
+        max_length = settings.max_length if settings.max_length is not None else NEVER
+        max_bytes = settings.max_length_bytes if settings.max_length_bytes is not None else NEVER
+        ready = self._ready
+        dropped = ready.drop_while(
+            lambda _: len(ready) > max_length or ready.body_bytes > max_bytes
+        )
+        if dropped:
+            self._discard(dropped, MAXLEN)
+
+    # ------------------------------------------------------------------ messages out
     def get(self, ack_required: bool) -> QueuedMessage | None:
         """Take the head message for Basic.Get."""
-        while self.ready:
-            entry = self.ready.popleft()
-            if entry.message.body is None and not self._load_body(entry):
-                continue
+        self.touch()
+        entry = self._next_ready()
+        if entry is not None:
             self._hand_out(entry, ack_required)
-            return entry
-        return None
+        return entry
+
+    def _next_ready(self) -> QueuedMessage | None:
+        """Pop the head, expiring what is due there and loading bodies that live in the log."""
+        ready = self._ready
+        expired: list[QueuedMessage] = []
+        now = 0.0
+        try:
+            while True:
+                entry = ready.pop()
+                if entry is None:
+                    return None
+                if entry.expires_at:
+                    now = now or self._clock.now()
+                    if entry.expires_at <= now:
+                        expired.append(entry)
+                        continue
+                if entry.message.body is None and not self._load_body(entry):
+                    continue
+                return entry
+        finally:
+            if expired:
+                self._discard(expired, EXPIRED)
 
     def _load_body(self, entry: QueuedMessage) -> bool:
         """Read a body that lives only in the log, before the message is handed out. If the log
@@ -122,7 +247,7 @@ class Queue:
                 extra=fields(queue=self.name, vhost=self.vhost_name, msg_id=message.msg_id,
                              error=error),
             )  # fmt: skip
-            self.outstanding.add(entry)
+            self._outstanding.add(entry)
             return False
         return True
 
@@ -130,7 +255,7 @@ class Queue:
         """A message left the ready list: either it awaits an ack or it is settled now."""
         self.delivered_total += 1
         if ack_required:
-            self.outstanding.add(entry)
+            self._outstanding.add(entry)
             if entry.message.msg_id and self.store_id and not entry.redelivered:
                 self.store.delivered(self, entry)
         else:
@@ -139,13 +264,9 @@ class Queue:
                 self.store.settled(self, (entry,))
 
     def settle(self, entries: list[QueuedMessage]) -> None:
-        """Acked (or rejected without requeue): the messages leave this queue for good."""
+        """Acked: the messages leave this queue for good."""
         self.acked_total += len(entries)
-        freed = 0
-        for entry in entries:
-            freed += entry.message.footprint
-        self.memory_bytes -= freed
-        self.outstanding.difference_update(entries)
+        self._release(entries)
         if self.store_id:
             logged = [entry for entry in entries if entry.message.msg_id]
             if logged:
@@ -153,37 +274,115 @@ class Queue:
         if self.consumers:
             self.dispatch()
 
+    def reject(self, entries: list[QueuedMessage]) -> None:
+        """Rejected or nacked without requeue: dead-lettered (reason rejected) or dropped."""
+        self._release(entries)
+        self._discard(entries, REJECTED, released=True)
+        if self.consumers:
+            self.dispatch()
+
+    def _release(self, entries: list[QueuedMessage]) -> None:
+        freed = 0
+        for entry in entries:
+            freed += entry.message.footprint
+        self.memory_bytes -= freed
+        self._outstanding.difference_update(entries)
+
+    def _discard(self, entries: list[QueuedMessage], reason: str, released: bool = False) -> None:
+        """Messages that left without an ack: to the dead-letter exchange when there is one, in
+        the same log record that takes them out of this queue, else settled and dropped."""
+        if not released:
+            self.memory_bytes -= sum(entry.message.footprint for entry in entries)
+        if reason == EXPIRED:
+            self.expired_total += len(entries)
+        logged = bool(self.store_id)
+        if self._dead_letters is not None:
+            self.dead_lettered_total[reason] = self.dead_lettered_total.get(reason, 0) + len(
+                entries
+            )
+            self._dead_letters.publish(self, entries, reason, logged=logged)
+        elif logged:
+            settled = [entry for entry in entries if entry.message.msg_id]
+            if settled:
+                self.store.settled(self, settled)
+
     def requeue(self, entries: Iterable[QueuedMessage]) -> None:
         """Put unacked messages back at their original positions, flagged redelivered."""
         returned = sorted(entries, key=lambda e: e.seq)
         if not returned:
             return
-        self.outstanding.difference_update(returned)
+        self._outstanding.difference_update(returned)
         for entry in returned:
             entry.redelivered = True
-        ready = self.ready
-        if not ready or returned[-1].seq < ready[0].seq:
-            ready.extendleft(reversed(returned))
-        else:
-            # Each returned message goes back to its place, found by binary search on the
-            # sequence numbers (a Python walk to it cost seconds for rejects deep in a long
-            # queue); the insert itself moves entries in C.
-            for entry in returned:
-                ready.insert(bisect.bisect_left(ready, entry.seq, key=_seq_of), entry)
+        self._ready.requeue(returned)
+        if self.settings.limited:
+            self._enforce_limits()  # drop-head drops the requeued ones first, as RabbitMQ
+        if self._ready.next_due() < self._timer_at:
+            self._arm()
         if self.consumers:
             self.dispatch()
 
     def purge(self) -> int:
-        """Drop the ready messages (not the unacked ones), as Queue.Purge does."""
-        count = len(self.ready)
-        self.memory_bytes -= sum(entry.message.footprint for entry in self.ready)
+        """Drop the ready messages (not the unacked ones), as Queue.Purge does: not
+        dead-lettered."""
+        dropped = self._ready.purge()
+        self.memory_bytes -= sum(entry.message.footprint for entry in dropped)
         if self.store_id:
-            logged = [entry for entry in self.ready if entry.message.msg_id]
+            logged = [entry for entry in dropped if entry.message.msg_id]
             if logged:
                 self.store.settled(self, logged)
-        self.ready.clear()
-        return count
+        return len(dropped)
 
+    def take_everything(self) -> list[QueuedMessage]:
+        """The queue is being deleted: every message it holds, ready and unacked, now gone."""
+        held = [*self._ready.purge(), *self._outstanding]
+        self._outstanding.clear()
+        self.memory_bytes = 0
+        self._disarm()
+        return held
+
+    # ------------------------------------------------------------------ time
+    def touch(self) -> None:
+        """Used (declared, read with Get, or left by its last consumer): an x-expires queue's
+        clock starts again."""
+        expires = self.settings.expires
+        if expires is None or self.deleted:
+            return
+        self._unused_until = self._clock.now() + expires / 1000 if not self.consumers else NEVER
+        self._arm()
+
+    def _arm(self) -> None:
+        """Set the one timer for the earliest deadline: a message's TTL or the queue's expiry."""
+        due = min(self._ready.next_due(), self._unused_until)
+        if due == self._timer_at:
+            return
+        self._disarm()
+        if due != NEVER and not self.deleted:
+            self._timer_at = due
+            self._timer = self._clock.call_later(due - self._clock.now(), self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = NEVER
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = NEVER
+        if self.deleted:
+            return
+        now = self._clock.now()
+        if self._unused_until <= now and not self.consumers:
+            if self._on_expired is not None:
+                self._on_expired(self)  # deleted: its messages are not dead-lettered
+            return
+        expired = self._ready.due(now)
+        if expired:
+            self._discard(expired, EXPIRED)
+        self._arm()
+
+    # ------------------------------------------------------------------ consumers
     def add_consumer(self, consumer: Consumer) -> None:
         """Consumers stay sorted by priority, highest first; equal ones in arrival order."""
         consumers = self.consumers
@@ -193,7 +392,12 @@ class Queue:
         consumers.insert(position, consumer)
         if consumer.exclusive:
             self._exclusive_consumer = consumer
+        if self.settings.single_active_consumer and self.active_consumer is None:
+            self.active_consumer = consumer  # a newcomer never displaces the active one
         self.had_consumer = True
+        if self._unused_until != NEVER:
+            self._unused_until = NEVER
+            self._arm()
         self.dispatch()
 
     def remove_consumer(self, consumer: Consumer) -> None:
@@ -203,6 +407,16 @@ class Queue:
             return
         if consumer is self._exclusive_consumer:
             self._exclusive_consumer = None
+        if consumer is self.active_consumer:
+            # The waiting consumer with the highest priority takes over, the earliest of
+            # equals (the list's order). It gets the ready messages on the next turn of the
+            # loop: a closing channel requeues the old one's unacked messages first, and they
+            # go to the new one ahead of the rest, as in RabbitMQ.
+            self.active_consumer = self.consumers[0] if self.consumers else None
+            if self.active_consumer is not None:
+                self._clock.call_later(0, self.dispatch)
+        if not self.consumers:
+            self.touch()
 
     @property
     def unused_auto_delete(self) -> bool:
@@ -210,7 +424,11 @@ class Queue:
         return self.auto_delete and self.had_consumer and not self.consumers and not self.deleted
 
     def _pick_consumer(self) -> Consumer | None:
-        """The next consumer with room: highest priority first, round robin among equals."""
+        """The next consumer with room: highest priority first, round robin among equals (or
+        the single active consumer)."""
+        active = self.active_consumer
+        if active is not None:
+            return active if active.sink.can_deliver(active) else None
         consumers = self.consumers
         count = len(consumers)
         if count == 1:  # the common case, without the priority bookkeeping
@@ -233,19 +451,29 @@ class Queue:
             first = end
         return None
 
+    def _deliver_now(self, entry: QueuedMessage) -> bool:
+        """Hand a message that never entered the ready store to a consumer with room, if any
+        (TTL 0)."""
+        consumer = self._pick_consumer() if self.consumers else None
+        if consumer is None:
+            return False
+        self._hand_out(entry, not consumer.no_ack)
+        consumer.sink.deliver(consumer, self, entry)
+        return True
+
     def dispatch(self) -> None:
         """Deliver ready messages to consumers that have room, until none has."""
         if self._dispatching:
             return
         self._dispatching = True
         try:
-            while self.ready and self.consumers:
+            while self._ready and self.consumers:
                 consumer = self._pick_consumer()
                 if consumer is None:
                     return
-                entry = self.ready.popleft()
-                if entry.message.body is None and not self._load_body(entry):
-                    continue
+                entry = self._next_ready()
+                if entry is None:
+                    return
                 self._hand_out(entry, not consumer.no_ack)
                 consumer.sink.deliver(consumer, self, entry)
         finally:

@@ -24,6 +24,8 @@ from typing import Any
 
 from pamqp import decode as pamqp_decode, encode as pamqp_encode
 
+from broker.core.fields import Float32
+
 MAX_DEPTH = 100
 MAX_ENTRIES = 65_536
 
@@ -138,6 +140,8 @@ def _value(data: bytes, offset: int, end: int, depth: int, budget: _Budget) -> t
         size, packer = fixed
         if offset + size > end:
             raise TableError(f"field value {chr(kind)!r} runs past the end of its table")
+        if kind == 0x66:  # f: kept apart from doubles, for reply texts and re-encoding
+            return offset + size, Float32(packer.unpack_from(data, offset)[0])
         return offset + size, packer.unpack_from(data, offset)[0]
     if kind == 0x53:  # S: long string, text when it is UTF-8
         start, stop = _span(data, offset, end, "long string")
@@ -204,6 +208,8 @@ def _encode_table(values: dict[str, Any], depth: int, max_depth: int) -> bytes:
 
 
 def _encode_value(value: Any, depth: int, max_depth: int) -> bytes:
+    if isinstance(value, Float32):
+        return b"f" + struct.pack(">f", value)
     if isinstance(value, float):
         return b"d" + struct.pack(">d", value)
     if isinstance(value, bytes | bytearray):
@@ -231,3 +237,50 @@ def install() -> None:
     pamqp_decode.METHODS["array"] = decode_array
     pamqp_decode.TABLE_MAPPING[b"F"] = decode_table
     pamqp_decode.TABLE_MAPPING[b"A"] = decode_array
+
+
+# ---------------------------------------------------------------------------------- raw entries
+
+
+def raw_entries(data: bytes, offset: int = 0) -> tuple[int, list[tuple[str, bytes]]]:
+    """The table at `offset` as (key, type letter + value bytes) pairs, checked like
+    `decode_table` but not decoded: a header rewritten by the broker (dead-lettering) keeps
+    every field it does not change byte for byte, with the type its publisher chose."""
+    budget = _Budget(MAX_DEPTH)
+    position, end = _span(data, offset, len(data), "field table")
+    entries: list[tuple[str, bytes]] = []
+    while position < end:
+        key_end = position + 1 + data[position]
+        if key_end > end:
+            raise TableError("field table key runs past the end of its table")
+        try:
+            key = data[position + 1 : key_end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise TableError("field table key is not UTF-8") from None
+        position, _ = _value(data, key_end, end, 1, budget)
+        entries.append((key, bytes(data[key_end:position])))
+    return end, entries
+
+
+def raw_array_items(raw: bytes) -> list[bytes]:
+    """The items (type letter + value bytes) of an 'A' value as `raw_entries` returns it."""
+    budget = _Budget(MAX_DEPTH)
+    position, end = _span(raw, 1, len(raw), "field array")
+    items = []
+    while position < end:
+        start = position
+        position, _ = _value(raw, position, end, 1, budget)
+        items.append(raw[start:position])
+    return items
+
+
+def join_entries(entries: list[tuple[str, bytes]]) -> bytes:
+    """A table (4-byte length first) from (key, raw value) pairs."""
+    body = b"".join(pamqp_encode.short_string(key) + raw for key, raw in entries)
+    return len(body).to_bytes(4, "big") + body
+
+
+def join_array(items: list[bytes]) -> bytes:
+    """An 'A' value from raw items."""
+    body = b"".join(items)
+    return b"A" + len(body).to_bytes(4, "big") + body

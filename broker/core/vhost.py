@@ -11,8 +11,12 @@ import base64
 import logging
 import os
 from collections.abc import Collection
-from typing import Any
+from typing import Any, NamedTuple
 
+from broker.core import sender_selected
+from broker.core.arguments import IGNORED_QUEUE_ARGS, check_alternate_exchange
+from broker.core.clock import SYSTEM_CLOCK, Clock
+from broker.core.dead_letter import DeadLetters
 from broker.core.errors import (
     ACCESS_REFUSED,
     NOT_FOUND,
@@ -33,6 +37,7 @@ from broker.core.fields import field_type_name
 from broker.core.message import Message
 from broker.core.persistence import MessageStore
 from broker.core.queue import MEMORY_STORE, Queue
+from broker.core.queue_factory import build_queue
 from broker.core.tables import encode_table
 from broker.logs import fields
 
@@ -45,38 +50,24 @@ STANDARD_EXCHANGES = (
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
 )
-# Accepted (and compared on redeclare) for compatibility, but not acted on yet: declaring them
-# logs a warning so nobody relies on them unknowingly.
-NOT_ENFORCED_QUEUE_ARGS = frozenset(
-    (
-        "x-message-ttl",
-        "x-expires",
-        "x-max-length",
-        "x-max-length-bytes",
-        "x-overflow",
-        "x-dead-letter-exchange",
-        "x-dead-letter-routing-key",
-        "x-max-priority",
-        "x-single-active-consumer",
-    )
-)
 # Encoded size of one declare's or binding's arguments: every log snapshot repeats them.
 MAX_ARGUMENTS_BYTES = 16 * 1024
 BUILTIN_EXCHANGES = frozenset(["", *(name for name, _ in STANDARD_EXCHANGES)])
 QUEUE_TYPES = ("classic", "quorum", "stream")
-# Queue arguments RabbitMQ compares when a queue is declared again.
+# Queue arguments RabbitMQ compares when a queue is declared again, in its order (the first
+# difference is the one reported).
 EQUIVALENT_QUEUE_ARGS = (
-    "x-queue-type",
-    "x-message-ttl",
     "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
     "x-max-length",
     "x-max-length-bytes",
     "x-max-priority",
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
     "x-overflow",
     "x-queue-mode",
     "x-single-active-consumer",
+    "x-queue-type",
 )
 
 
@@ -107,15 +98,26 @@ def inequivalent(field: str, where: str, received: Any, current: Any) -> Channel
     )
 
 
+def _both_classic(field: str, received: Any, current: Any) -> bool:
+    """x-queue-type "classic" and no x-queue-type are the same queue to RabbitMQ."""
+    return (
+        field == "x-queue-type" and received in (None, "classic") and current in (None, "classic")
+    )
+
+
 def server_generated_name(prefix: str) -> str:
     """RabbitMQ-style random names: 'amq.gen-' + 22 url-safe base64 characters."""
     return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
 class VirtualHost:
-    def __init__(self, name: str, store: MessageStore = MEMORY_STORE) -> None:
+    def __init__(
+        self, name: str, store: MessageStore = MEMORY_STORE, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.name = name
         self.store = store
+        self.clock = clock
+        self.dead_letters = DeadLetters(self)
         self.queues: dict[str, Queue] = {}
         self.default_exchange = DefaultExchange(self.queues)
         self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
@@ -214,12 +216,7 @@ class VirtualHost:
                 existing, kind, durable, auto_delete, internal, arguments
             )
             return existing
-        ae = arguments.get("alternate-exchange")
-        if ae is not None and not isinstance(ae, str):
-            raise ChannelException(
-                PRECONDITION_FAILED,
-                f"invalid arg 'alternate-exchange' for {self._describe('exchange', name)}",
-            )
+        check_alternate_exchange(arguments, self._describe("exchange", name))
         self._check_arguments(self._describe("exchange", name), arguments)
         exchange = cls(name, durable, auto_delete, internal, arguments)
         if durable:
@@ -293,7 +290,9 @@ class VirtualHost:
         if passive:
             if name == "":
                 raise ChannelException(NOT_FOUND, f"no {self._describe('queue', name)}")
-            return self.get_queue(name, owner)
+            queue = self.get_queue(name, owner)
+            queue.touch()  # RabbitMQ's stat restarts an unused queue's expiry too
+            return queue
         arguments = arguments or {}
         if name == "":
             name = server_generated_name("amq.gen-")
@@ -306,25 +305,25 @@ class VirtualHost:
                 raise self._locked(existing)
             self.check_exclusive(existing, owner)
             self._check_queue_equivalent(existing, durable, auto_delete, arguments)
+            existing.touch()
             return existing
         self._validate_queue_arguments(name, durable, exclusive, auto_delete, arguments)
         self._check_arguments(self._describe("queue", name), arguments)
-        queue = Queue(
+        queue = build_queue(
+            self,
             name,
-            self.name,
             durable=durable,
             exclusive_owner=owner if exclusive else None,
             auto_delete=auto_delete,
             arguments=arguments,
-            store=self.store,
         )
         if queue.survives_restart:
             self.store.queue_declared(queue)  # first: a refused log write leaves no queue behind
         self.queues[name] = queue
-        ignored = sorted(NOT_ENFORCED_QUEUE_ARGS.intersection(arguments))
+        ignored = sorted(IGNORED_QUEUE_ARGS.intersection(arguments))
         if ignored:
             log.warning(
-                "queue.arguments_not_enforced",
+                "queue.arguments_ignored",
                 extra=fields(queue=name, vhost=self.name, arguments=",".join(ignored)),
             )
         return queue
@@ -332,7 +331,7 @@ class VirtualHost:
     def restore_queue(self, name: str, arguments: dict[str, Any], store_id: int) -> Queue:
         """Recreate a durable queue from the log: no reserved-name check (a server-named
         amq.gen- queue may be durable) and nothing logged again."""
-        queue = Queue(name, self.name, durable=True, arguments=arguments, store=self.store)
+        queue = build_queue(self, name, durable=True, arguments=arguments)
         queue.store_id = store_id
         self.queues[name] = queue
         return queue
@@ -392,7 +391,7 @@ class VirtualHost:
             (key, arguments.get(key), existing.arguments.get(key)) for key in EQUIVALENT_QUEUE_ARGS
         ]
         for field, received, current in checks:
-            if received != current:
+            if received != current and not _both_classic(field, received, current):
                 raise inequivalent(field, where, received, current)
 
     def delete_queue(
@@ -406,7 +405,7 @@ class VirtualHost:
         where = self._describe("queue", name)
         if if_unused and queue.consumers:
             raise ChannelException(PRECONDITION_FAILED, f"{where} in use")
-        if if_empty and queue.ready:
+        if if_empty and queue.message_count:
             raise ChannelException(PRECONDITION_FAILED, f"{where} not empty")
         return self.remove_queue(queue)
 
@@ -415,15 +414,13 @@ class VirtualHost:
         if queue.deleted:
             return 0
         if queue.store_id:  # first: a refused log write leaves the queue as it was
-            self.store.queue_deleted(queue, [*queue.ready, *queue.outstanding])
+            self.store.queue_deleted(queue, [*queue.ready_entries(), *queue.unacked_entries()])
         queue.deleted = True
         self.queues.pop(queue.name, None)
         for binding in list(queue.incoming.values()):
             self._drop_binding(binding)
-        count = len(queue.ready)
-        queue.ready.clear()
-        queue.outstanding.clear()
-        queue.memory_bytes = 0
+        count = queue.message_count
+        queue.take_everything()
         consumers, queue.consumers = queue.consumers, []
         for consumer in consumers:  # last, once the queue is gone whatever a sink does
             try:
@@ -516,22 +513,47 @@ class VirtualHost:
             self._remove_exchange(source)
 
     # ----------------------------------------------------------------------------- routing
-    def publish(self, exchange: Exchange, message: Message) -> tuple[Collection[Queue], bool]:
-        """Route and enqueue a message; True when it was logged and a confirm must await sync."""
-        queues = self.route(exchange, message)
+    def publish(self, exchange: Exchange, message: Message) -> Publication:
+        """Route and enqueue a message published to `exchange`."""
+        message.published_at = self.clock.now()
+        keys, bcc = sender_selected.routing_keys(message)
+        if bcc is not None:
+            message = sender_selected.without_bcc(message, bcc)
+        return self.enqueue(message, self.route(exchange, message, keys))
+
+    def enqueue(self, message: Message, routed: Collection[Queue]) -> Publication:
+        """Put a routed message into the queues that admit it (x-overflow reject-publish*
+        refuses it where a queue is full; those dead-letter it with reject-publish-dlx), after
+        logging it for the surviving ones."""
+        queues: Collection[Queue] = routed
+        refused = False
+        for queue in routed:
+            if queue.settings.limited and not queue.admits(message):
+                refused = True
+        if refused:
+            queues = [queue for queue in routed if queue.admits(message)]
         logged = False
         if queues and message.persistent:
             surviving = [queue for queue in queues if queue.store_id]
             if surviving:
                 self.store.persist(message, surviving)
                 logged = True
+        if refused:
+            for queue in routed:
+                if queue not in queues:
+                    queue.refuse(message)
         for queue in queues:
             queue.publish(message)
-        return queues, logged
+        return Publication(bool(routed), logged, refused)
 
-    def route(self, exchange: Exchange, message: Message) -> Collection[Queue]:
-        """The queues a message published to `exchange` lands in, each once."""
-        destinations = exchange.route(message)
+    def route(
+        self, exchange: Exchange, message: Message, keys: list[str] | None = None
+    ) -> Collection[Queue]:
+        """The queues a message published to `exchange` lands in, each once; `keys` when it
+        is routed by more than its routing key (CC / BCC)."""
+        if keys:
+            return self._route_through(set(), exchange, message, keys)
+        destinations = exchange.route(message, message.routing_key)
         if not destinations and exchange.alternate_exchange:
             alternate = self.exchanges.get(exchange.alternate_exchange)
             if alternate is not None:
@@ -541,16 +563,23 @@ class VirtualHost:
         return self._route_through(set(), exchange, message)
 
     def _route_through(
-        self, visited: set[str], exchange: Exchange, message: Message
+        self,
+        visited: set[str],
+        exchange: Exchange,
+        message: Message,
+        keys: list[str] | None = None,
     ) -> Collection[Queue]:
         queues: dict[Queue, None] = {}
         pending = [exchange]
+        route_keys = keys or [message.routing_key]
         while pending:
             current = pending.pop()
             if current.name in visited:
                 continue
             visited.add(current.name)
-            found = current.route(message)
+            found: dict[Any, None] = {}
+            for key in route_keys:
+                found.update(dict.fromkeys(current.route(message, key)))
             if not found and current.alternate_exchange:
                 alternate = self.exchanges.get(current.alternate_exchange)
                 if alternate is not None:
@@ -561,3 +590,12 @@ class VirtualHost:
                 else:
                     queues[destination] = None
         return queues
+
+
+class Publication(NamedTuple):
+    """What became of a publish: routed anywhere, logged (a confirm waits for the fsync),
+    refused by a full queue (a confirm becomes a nack)."""
+
+    routed: bool
+    logged: bool
+    refused: bool

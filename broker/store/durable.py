@@ -184,15 +184,42 @@ class DurableStore(MessageStore):
         message.refs = len(queues)
         body = message.body if message.body is not None else b""
         payload = records.encode_message(
-            msg_id, [queue.store_id for queue in queues], message.route_bytes, message.header, body
+            msg_id,
+            [queue.store_id for queue in queues],
+            message.route_bytes,
+            message.header,
+            body,
+            message.published_at,
         )
+        self._append_message(message, records.MESSAGE_AT, payload)
+
+    def _append_message(self, message: Message, record_type: int, payload: bytes) -> None:
         try:
-            location = self.wal.append(records.MESSAGE, payload)
+            location = self.wal.append(record_type, payload)
         except (OSError, RuntimeError) as error:
             message.msg_id = message.refs = 0
             raise LogUnavailable("persistent messages", error) from error
         message.location = location
         self.live[location[0]] = self.live.get(location[0], 0) + 1
+
+    def moved(
+        self, queue: Queue, entry: QueuedMessage, copy: Message, targets: list[Queue]
+    ) -> None:
+        source = entry.message
+        copy.msg_id = self.next_msg_id
+        self.next_msg_id += 1
+        copy.refs = len(targets)
+        payload = records.encode_message(
+            copy.msg_id,
+            [target.store_id for target in targets],
+            copy.route_bytes,
+            copy.header,
+            copy.body if copy.body is not None else b"",
+            copy.published_at,
+            moved_from=(queue.store_id, source.msg_id),
+        )
+        self._append_message(copy, records.MOVE, payload)
+        self._release((source,))
 
     def delivered(self, queue: Queue, entry: QueuedMessage) -> None:
         pending = self._deliveries.get(queue.store_id)
@@ -243,8 +270,8 @@ class DurableStore(MessageStore):
         self.wal.sync(callback)
 
     def read_body(self, message: Message) -> bytes:
-        _, payload = self.wal.read(*message.location)
-        view = memoryview(payload)
+        record_type, payload = self.wal.read(*message.location)
+        view = records.message_part(record_type, memoryview(payload))[1]
         body_offset = records.decode_message(view)[4]
         return bytes(view[body_offset:])
 
@@ -317,15 +344,20 @@ class DurableStore(MessageStore):
                     if message.msg_id and message.location[0] == segment:
                         found = holders.setdefault(message.msg_id, (message, [], []))
                         found[1].append(queue)
-                        if entry.redelivered or entry in queue.outstanding:
+                        if entry.redelivered or queue.is_unacked(entry):
                             found[2].append(queue)
         for msg_id in sorted(holders):
             message, queues, delivered = holders[msg_id]
             body = message.body if message.body is not None else self.read_body(message)
             payload = records.encode_message(
-                msg_id, [q.store_id for q in queues], message.route_bytes, message.header, body
+                msg_id,
+                [q.store_id for q in queues],
+                message.route_bytes,
+                message.header,
+                body,
+                message.published_at,
             )
-            message.location = self.wal.append(records.MESSAGE, payload)
+            message.location = self.wal.append(records.MESSAGE_AT, payload)
             self.live[segment] -= 1
             self.live[message.location[0]] = self.live.get(message.location[0], 0) + 1
             for queue in delivered:
@@ -337,8 +369,8 @@ class DurableStore(MessageStore):
 def _head_upto(queue: Queue, upto: int) -> Iterator[QueuedMessage]:
     """The queue's unacked messages, then its ready ones until a logged message past `upto`
     (transient ones, id 0, may sit in between and are passed over)."""
-    yield from list(queue.outstanding)
-    for entry in queue.ready:
+    yield from queue.unacked_entries()
+    for entry in queue.ready_entries():
         msg_id = entry.message.msg_id
         if msg_id > upto:
             return

@@ -26,6 +26,14 @@ DELIVERED = 12
 # The last record of a clean shutdown: without it, recovery cannot trust DELIVERED marks to be
 # complete (they are logged lazily) and treats every recovered message as possibly delivered.
 CLEAN_SHUTDOWN = 13
+# A message with the wall-clock time it was routed (its TTL deadlines count from it): MESSAGE's
+# payload after 8 bytes of time. Written for every message since; MESSAGE is still read.
+MESSAGE_AT = 14
+# Dead-lettering as one record: a queue settled one message and its dead-lettered copy entered
+# other queues (a MESSAGE_AT payload after the queue and message ids), so a crash cannot leave
+# the message in both queues or in neither.
+MOVE = 15
+MESSAGE_TYPES = frozenset((MESSAGE, MESSAGE_AT, MOVE))
 
 METADATA_TYPES = frozenset(
     (SNAPSHOT, EXCHANGE_DECLARE, EXCHANGE_DELETE, QUEUE_DECLARE, QUEUE_DELETE, BIND, UNBIND)
@@ -36,6 +44,8 @@ _ROUTE_LEN = struct.Struct(">H")
 _HEADER_LEN = struct.Struct(">I")
 _IDS_HEAD = struct.Struct(">QI")  # queue id, number of message ids
 _ONE_ID = struct.Struct(">Q")
+_PUBLISHED_AT = struct.Struct(">d")
+_MOVE_HEAD = struct.Struct(">QQ")  # queue id, message id it settled
 
 
 def _pack_ids(ids: list[int]) -> bytes:
@@ -56,11 +66,21 @@ def decode_table(payload: bytes | memoryview) -> dict[str, Any]:
 
 
 def encode_message(
-    msg_id: int, queue_ids: list[int], route: bytes, header: bytes, body: bytes
+    msg_id: int,
+    queue_ids: list[int],
+    route: bytes,
+    header: bytes,
+    body: bytes,
+    published_at: float | None = None,
+    moved_from: tuple[int, int] | None = None,
 ) -> bytes:
+    """A MESSAGE payload; with `published_at` a MESSAGE_AT one; with `moved_from` (queue id,
+    message id) too, a MOVE one. The body is copied once, into the record."""
     ids = _ONE_ID.pack(queue_ids[0]) if len(queue_ids) == 1 else _pack_ids(queue_ids)
     return b"".join(
         (
+            _MOVE_HEAD.pack(*moved_from) if moved_from is not None else b"",
+            _PUBLISHED_AT.pack(published_at) if published_at is not None else b"",
             _MESSAGE_HEAD.pack(msg_id, len(queue_ids)),
             ids,
             _ROUTE_LEN.pack(len(route)),
@@ -86,6 +106,21 @@ def decode_message(payload: memoryview) -> tuple[int, tuple[int, ...], bytes, by
     offset += 4
     header = bytes(payload[offset : offset + header_len])
     return msg_id, queue_ids, route, header, offset + header_len
+
+
+def message_part(record_type: int, payload: memoryview) -> tuple[float, memoryview]:
+    """The time a message was routed (0.0 when its record predates MESSAGE_AT) and the
+    MESSAGE payload inside a MESSAGE, MESSAGE_AT or MOVE record."""
+    if record_type == MESSAGE:
+        return 0.0, payload
+    if record_type == MOVE:
+        payload = payload[_MOVE_HEAD.size :]
+    return _PUBLISHED_AT.unpack_from(payload, 0)[0], payload[_PUBLISHED_AT.size :]
+
+
+def decode_move(payload: memoryview) -> tuple[int, int]:
+    """(queue id, message id) a MOVE record settles."""
+    return _MOVE_HEAD.unpack_from(payload, 0)
 
 
 def encode_ids(queue_id: int, msg_ids: list[int]) -> bytes:

@@ -58,21 +58,14 @@ class RecoveredState:
 
     def apply(self, segment: int, offset: int, record_type: int, payload: memoryview) -> None:
         self.clean = record_type == records.CLEAN_SHUTDOWN
-        if record_type == records.MESSAGE:
-            self._apply_message(segment, offset, payload)
+        if record_type in records.MESSAGE_TYPES:
+            if record_type == records.MOVE:
+                queue_id, msg_id = records.decode_move(payload)
+                self._settle(queue_id, (msg_id,))
+            published_at, message_payload = records.message_part(record_type, payload)
+            self._apply_message(segment, offset, message_payload, published_at)
         elif record_type == records.SETTLE:
-            queue_id, msg_ids = records.decode_ids(payload)
-            messages = self.messages
-            delivered = self.delivered
-            for msg_id in msg_ids:
-                delivered.discard((msg_id, queue_id))
-                held = messages.get(msg_id)
-                if held is not None:
-                    remaining = tuple(q for q in held[1] if q != queue_id)
-                    if remaining:
-                        messages[msg_id] = (held[0], remaining)
-                    else:
-                        del messages[msg_id]
+            self._settle(*records.decode_ids(payload))
         elif record_type == records.DELIVERED:
             queue_id, msg_ids = records.decode_ids(payload)
             self.delivered.update((msg_id, queue_id) for msg_id in msg_ids)
@@ -84,13 +77,30 @@ class RecoveredState:
                 extra=fields(record_type=record_type, segment=segment, offset=offset),
             )
 
-    def _apply_message(self, segment: int, offset: int, payload: memoryview) -> None:
-        msg_id, queue_ids, route, header, _ = records.decode_message(payload)
+    def _settle(self, queue_id: int, msg_ids: tuple[int, ...]) -> None:
+        messages = self.messages
+        delivered = self.delivered
+        for msg_id in msg_ids:
+            delivered.discard((msg_id, queue_id))
+            held = messages.get(msg_id)
+            if held is not None:
+                remaining = tuple(q for q in held[1] if q != queue_id)
+                if remaining:
+                    messages[msg_id] = (held[0], remaining)
+                else:
+                    del messages[msg_id]
+
+    def _apply_message(
+        self, segment: int, offset: int, payload: memoryview, published_at: float
+    ) -> None:
+        msg_id, queue_ids, route, header, body_offset = records.decode_message(payload)
         shared = self._routes.get(route)
         if shared is None:
             shared = self._routes[route] = (route, *records.split_route(route))
         header = self._headers.setdefault(header, header)
         message = Message(shared[1], shared[2], shared[0], header, None)
+        message.body_size = len(payload) - body_offset
+        message.published_at = published_at
         message.msg_id = msg_id
         message.location = (segment, offset)
         self.messages[msg_id] = (message, queue_ids)

@@ -263,5 +263,5 @@ async def test_recovered_bodies_are_read_per_delivery_not_kept(tmp_path: Path) -
         assert await asyncio.to_thread(take_and_requeue, broker.url) == [body] * 20
         await asyncio.sleep(0.1)
         assert queue.message_count == 20
-        assert all(entry.message.body is None for entry in queue.ready)
+        assert all(entry.message.body is None for entry in queue.ready_entries())
         assert queue.memory_bytes == counted

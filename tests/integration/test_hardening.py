@@ -424,8 +424,9 @@ def message_payloads(directory: Path) -> list[tuple[bytes, int]]:
     found: list[tuple[bytes, int]] = []
 
     def keep(segment: int, offset: int, record_type: int, payload: memoryview) -> None:
-        if record_type == records.MESSAGE:
-            found.append((bytes(payload), records.decode_message(payload)[4]))
+        if record_type in records.MESSAGE_TYPES:
+            message = records.message_part(record_type, payload)[1]
+            found.append((bytes(message), records.decode_message(message)[4]))
 
     WriteAheadLog(directory).replay(keep)
     return found

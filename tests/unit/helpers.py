@@ -64,3 +64,44 @@ def add_consumer(queue: Queue, sink: FakeSink, tag: str, credit: int = 0) -> Con
 def bodies(entries: Any) -> list[bytes]:
     """The bodies of queued messages, in order."""
     return [entry.message.body for entry in entries]
+
+
+class ManualTimer:
+    def __init__(self, clock: ManualClock, when: float, callback: Any) -> None:
+        self.clock, self.when, self.callback = clock, when, callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualClock:
+    """A clock the test moves: `advance` runs the timers that come due, in deadline order."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.time = start
+        self.timers: list[ManualTimer] = []
+
+    def now(self) -> float:
+        return self.time
+
+    def call_later(self, delay: float, callback: Any) -> ManualTimer:
+        timer = ManualTimer(self, self.time + max(delay, 0.0), callback)
+        self.timers.append(timer)
+        return timer
+
+    @property
+    def pending(self) -> list[ManualTimer]:
+        return [timer for timer in self.timers if not timer.cancelled]
+
+    def advance(self, seconds: float) -> None:
+        target = self.time + seconds
+        while True:
+            due = [t for t in self.pending if t.when <= target]
+            if not due:
+                break
+            timer = min(due, key=lambda t: t.when)
+            self.timers.remove(timer)
+            self.time = max(self.time, timer.when)
+            timer.callback()
+        self.time = target

@@ -13,8 +13,7 @@ import errno
 import os
 import shutil
 import threading
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +100,7 @@ def publish(vhost: VirtualHost, key: str, body: bytes, exchange: str = "", mode:
 def contents(node: Node, queue: Queue) -> list[tuple[bytes, bool]]:
     """(body, redelivered) of the ready messages, bodies read from the log when not in memory."""
     result = []
-    for entry in queue.ready:
+    for entry in queue.ready_entries():
         message = entry.message
         body = message.body if message.body is not None else node.store.read_body(message)
         result.append((body, entry.redelivered))
@@ -129,9 +128,10 @@ def message_records(directory: Path) -> list[tuple[tuple[int, ...], bytes]]:
     """(queue ids, body) of every MESSAGE record on disk."""
     found = []
     for _, _, record_type, payload in log_records(directory):
-        if record_type == records.MESSAGE:
-            _, queue_ids, _, _, body_offset = records.decode_message(memoryview(payload))
-            found.append((queue_ids, payload[body_offset:]))
+        if record_type in records.MESSAGE_TYPES:
+            message = records.message_part(record_type, memoryview(payload))[1]
+            _, queue_ids, _, _, body_offset = records.decode_message(message)
+            found.append((queue_ids, bytes(message[body_offset:])))
     return found
 
 
@@ -303,7 +303,7 @@ async def test_messages_come_back_in_order_with_redelivered_flags(tmp_path: Path
     m1, m2, m3, m4 = take(queue, 4)
     queue.settle([m1, m3])  # acked
     queue.requeue([m4])  # nacked with requeue: back in place, delivered before
-    assert m2 in queue.outstanding
+    assert m2 in queue.unacked_entries()
 
     node = await restart(node)
     queue = node.vhost.queues["q"]
@@ -314,9 +314,9 @@ async def test_messages_come_back_in_order_with_redelivered_flags(tmp_path: Path
         (b"m6", False),
     ]
     assert node.restored == (1, 4)
-    assert all(entry.message.body is None for entry in queue.ready)
-    assert all(entry.message.persistent for entry in queue.ready)
-    assert [entry.message.routing_key for entry in queue.ready] == ["q"] * 4
+    assert all(entry.message.body is None for entry in queue.ready_entries())
+    assert all(entry.message.persistent for entry in queue.ready_entries())
+    assert [entry.message.routing_key for entry in queue.ready_entries()] == ["q"] * 4
     await stop_node(node)
 
 
@@ -343,7 +343,7 @@ async def test_settlements_after_a_restart_are_logged_against_recovered_messages
     node = await restart(node)
     queue = node.vhost.queues["q"]
     assert contents(node, queue) == [(b"old1", True), (b"old3", False), (b"new1", False)]
-    ids = [entry.message.msg_id for entry in queue.ready]
+    ids = [entry.message.msg_id for entry in queue.ready_entries()]
     assert ids == sorted(ids) and len(set(ids)) == 3
     await stop_node(node)
 
@@ -462,11 +462,11 @@ async def test_read_body_of_recovered_messages_and_bodies_stay_out_of_memory(
     for body in bodies:
         publish(node.vhost, "q", body)
     # Before the restart, read_body also works from the unwritten buffer.
-    first = node.vhost.queues["q"].ready[1].message
+    first = list(node.vhost.queues["q"].ready_entries())[1].message
     assert node.store.read_body(first) == bodies[1]
 
     node = await restart(node)
-    ready = node.vhost.queues["q"].ready
+    ready = list(node.vhost.queues["q"].ready_entries())
     assert [entry.message.body for entry in ready] == [None] * 4
     assert [node.store.read_body(entry.message) for entry in ready] == bodies
     await stop_node(node)
@@ -613,7 +613,7 @@ async def test_rolled_segments_start_with_a_snapshot_and_definitions_survive_col
     assert contents(node, vhost.queues["q"]) == [(b"last-unacked", True), (b"last-ready", False)]
     # Ids keep growing after the restart although the segments that used them are gone.
     publish(vhost, "q", b"after")
-    ids = [entry.message.msg_id for entry in vhost.queues["q"].ready]
+    ids = [entry.message.msg_id for entry in vhost.queues["q"].ready_entries()]
     assert ids == sorted(ids) and ids[-1] > 200
     await stop_node(node)
 
@@ -722,7 +722,7 @@ async def test_sync_callback_fires_only_after_the_fsync(
     monkeypatch.undo()
     await node.wal.close()
     types = [record_type for _, _, record_type, _ in log_records(tmp_path)]
-    assert types[-2:] == [records.MESSAGE, records.DELIVERED]
+    assert types[-2:] == [records.MESSAGE_AT, records.DELIVERED]
 
 
 async def test_fsync_error_fails_the_sync_and_nothing_after_looks_safe(
@@ -747,7 +747,8 @@ async def test_fsync_error_fails_the_sync_and_nothing_after_looks_safe(
     with pytest.raises(LogUnavailable) as unlogged:  # the channel nacks it at once
         publish(node.vhost, "q", b"after-failure")
     assert unlogged.value.code == INTERNAL_ERROR
-    assert [entry.message.body for entry in queue.ready] == [b"never-confirmed"]  # not enqueued
+    # not enqueued:
+    assert [entry.message.body for entry in queue.ready_entries()] == [b"never-confirmed"]
     queue.settle(take(queue, 1))  # settles after the failure are dropped, not raised
     with pytest.raises(ChannelException) as refused:
         node.vhost.declare_queue("another", None, durable=True)
@@ -826,15 +827,21 @@ async def test_a_snapshot_that_cannot_be_written_fails_the_log(
     await stop_node(restarted)
 
 
-class CountingDeque(deque):
-    """A queue's ready deque that counts the entries anyone iterates over."""
+class CountingReady:
+    """Counts the ready entries anyone iterates over in a queue."""
 
     seen = 0
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        for entry in super().__iter__():
-            CountingDeque.seen += 1
-            yield entry
+    @classmethod
+    def wrap(cls, queue: Queue) -> None:
+        original = queue.ready_entries
+
+        def counting() -> Iterator[QueuedMessage]:
+            for entry in original():
+                cls.seen += 1
+                yield entry
+
+        queue.ready_entries = counting  # type: ignore[method-assign]
 
 
 async def test_compaction_looks_at_what_the_segment_holds_not_every_queued_message(
@@ -849,7 +856,7 @@ async def test_compaction_looks_at_what_the_segment_holds_not_every_queued_messa
     parked = node.vhost.declare_queue("parked", None, durable=True)
     work = node.vhost.declare_queue("work", None, durable=True)
     backlog = node.vhost.declare_queue("backlog", None, durable=True)
-    backlog.ready = CountingDeque(backlog.ready)  # type: ignore[assignment]
+    CountingReady.wrap(backlog)
     publish(node.vhost, "parked", b"long-lived")
     (pinned,) = take(parked, 1)
     first_segment = pinned.message.location[0]
@@ -860,14 +867,14 @@ async def test_compaction_looks_at_what_the_segment_holds_not_every_queued_messa
     await _settle_and_collect(node)
     assert pinned.message.location[0] > first_segment  # relocated
     assert first_segment not in node.wal.segment_ids()
-    CountingDeque.seen = 0
+    CountingReady.seen = 0
     for _ in range(3):  # more rolls, more collections: the backlog's segments stay as they are
         await _publish_and_ack(node, work, 100)
         await _settle_and_collect(node)
-    assert CountingDeque.seen < 50, f"compaction iterated {CountingDeque.seen} backlog entries"
+    assert CountingReady.seen < 50, f"compaction iterated {CountingReady.seen} backlog entries"
     node = await restart(node, segment_size=SEGMENT)
     assert contents(node, node.vhost.queues["parked"]) == [(b"long-lived", True)]
-    assert len(node.vhost.queues["backlog"].ready) == 5000
+    assert node.vhost.queues["backlog"].message_count == 5000
     await stop_node(node)
 
 
@@ -947,5 +954,5 @@ async def test_every_definition_a_client_may_send_can_be_snapshotted(tmp_path: P
     assert node.vhost.queues["deep-q"].arguments == deepest()
     assert node.vhost.exchanges["deep-x"].arguments == deepest()
     assert bindings_of(node.vhost, "deep-x") == {("deep-q", "k")}
-    assert len(node.vhost.queues["deep-q"].ready) == 200
+    assert node.vhost.queues["deep-q"].message_count == 200
     await stop_node(node)

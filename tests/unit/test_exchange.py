@@ -21,6 +21,7 @@ from broker.core.exchange import (
     headers_match,
     split_words,
 )
+from broker.core.message import Message
 from broker.core.queue import Queue
 from tests.unit.helpers import make_message
 
@@ -37,8 +38,14 @@ def _bind(
     return binding
 
 
+def _published(key: str = "", **kwargs: Any) -> tuple[Message, str]:
+    """What an exchange routes: the message and the key it is routed by."""
+    message = make_message(key, **kwargs)
+    return message, message.routing_key
+
+
 def _routed(exchange: Exchange, key: str = "", **kwargs: Any) -> set[str]:
-    return {queue.name for queue in exchange.route(make_message(key, **kwargs))}
+    return {queue.name for queue in exchange.route(*_published(key, **kwargs))}
 
 
 # ------------------------------------------------------------------------------------ topic
@@ -120,7 +127,7 @@ def test_topic_routes_each_destination_once() -> None:
     for pattern in ("a.*", "#", "a.b", "*.b"):
         _bind(exchange, q1, pattern)
     _bind(exchange, q2, "x.#")
-    result = exchange.route(make_message("a.b"))
+    result = exchange.route(*_published("a.b"))
     assert list(result) == [q1]
 
 
@@ -237,7 +244,7 @@ def test_headers_exchange_routes_by_message_headers() -> None:
     _bind(exchange, q1, "", {"x-match": "any", "a": 1})
     _bind(exchange, q1, "", {"x-match": "any", "b": 2})
     _bind(exchange, q2, "", {"a": 1, "b": 2})
-    assert list(exchange.route(make_message(headers={"a": 1, "b": 2}))) == [q1, q2]
+    assert list(exchange.route(*_published(headers={"a": 1, "b": 2}))) == [q1, q2]
     assert _routed(exchange, headers={"b": 2}) == {"q1"}
     assert _routed(exchange) == set()
 
@@ -252,11 +259,11 @@ def test_direct_index_refcounts_same_queue_bound_twice() -> None:
     first = _bind(exchange, queue, "k", {"v": 1})
     second = _bind(exchange, queue, "k", {"v": 2})
     assert len(exchange.bindings) == 2
-    assert list(exchange.route(make_message("k"))) == [queue]
+    assert list(exchange.route(*_published("k"))) == [queue]
     exchange.remove_binding(first.key)
-    assert list(exchange.route(make_message("k"))) == [queue]
+    assert list(exchange.route(*_published("k"))) == [queue]
     exchange.remove_binding(second.key)
-    assert list(exchange.route(make_message("k"))) == []
+    assert list(exchange.route(*_published("k"))) == []
     assert exchange._by_key == {}
 
 
@@ -281,11 +288,11 @@ def test_fanout_index_refcounts_same_queue_bound_twice() -> None:
     queue = _queue("q")
     first = _bind(exchange, queue, "a")
     second = _bind(exchange, queue, "b", {"z": 1})
-    assert list(exchange.route(make_message("anything"))) == [queue]
+    assert list(exchange.route(*_published("anything"))) == [queue]
     exchange.remove_binding(second.key)
-    assert list(exchange.route(make_message(""))) == [queue]
+    assert list(exchange.route(*_published(""))) == [queue]
     exchange.remove_binding(first.key)
-    assert list(exchange.route(make_message(""))) == []
+    assert list(exchange.route(*_published(""))) == []
     assert exchange._all == {}
 
 

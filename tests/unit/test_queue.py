@@ -64,7 +64,7 @@ def test_requeue_restores_original_positions_any_order(order: tuple[int, ...]) -
     taken = _take(queue, 4)
     for index in order:
         queue.requeue([taken[index]])
-    ready = list(queue.ready)
+    ready = list(queue.ready_entries())
     assert bodies(ready) == [b"m0", b"m1", b"m2", b"m3", b"m4", b"m5"]
     assert [entry.redelivered for entry in ready] == [True] * 4 + [False] * 2
 
@@ -75,7 +75,7 @@ def test_requeue_batch_is_sorted() -> None:
     _publish(queue, "m1", "m2", "m3")
     taken = _take(queue, 3)
     queue.requeue([taken[2], taken[0], taken[1]])
-    assert bodies(queue.ready) == [b"m1", b"m2", b"m3"]
+    assert bodies(queue.ready_entries()) == [b"m1", b"m2", b"m3"]
 
 
 def test_requeue_into_middle_of_ready() -> None:
@@ -84,15 +84,15 @@ def test_requeue_into_middle_of_ready() -> None:
     _publish(queue, "m1", "m2", "m3", "m4")
     m1, m2 = _take(queue, 2)
     queue.requeue([m1])  # ahead of m3: fast path at the head
-    assert bodies(queue.ready) == [b"m1", b"m3", b"m4"]
+    assert bodies(queue.ready_entries()) == [b"m1", b"m3", b"m4"]
     taken = _take(queue, 2)  # m1, m3
     assert bodies(taken) == [b"m1", b"m3"]
     queue.requeue([m2])
-    assert bodies(queue.ready) == [b"m2", b"m4"]
+    assert bodies(queue.ready_entries()) == [b"m2", b"m4"]
     queue.requeue([taken[1]])  # m3 lands between m2 and m4
-    assert bodies(queue.ready) == [b"m2", b"m3", b"m4"]
+    assert bodies(queue.ready_entries()) == [b"m2", b"m3", b"m4"]
     queue.requeue([taken[0]])
-    assert bodies(queue.ready) == [b"m1", b"m2", b"m3", b"m4"]
+    assert bodies(queue.ready_entries()) == [b"m1", b"m2", b"m3", b"m4"]
 
 
 def test_requeue_interleaved_with_new_publishes() -> None:
@@ -103,10 +103,10 @@ def test_requeue_interleaved_with_new_publishes() -> None:
     _publish(queue, "m3")
     queue.requeue([m2])
     _publish(queue, "m4")
-    assert bodies(queue.ready) == [b"m2", b"m3", b"m4"]
+    assert bodies(queue.ready_entries()) == [b"m2", b"m3", b"m4"]
     queue.requeue([m1])
     _publish(queue, "m5")
-    ready = list(queue.ready)
+    ready = list(queue.ready_entries())
     assert bodies(ready) == [b"m1", b"m2", b"m3", b"m4", b"m5"]
     assert [entry.redelivered for entry in ready] == [True, True, False, False, False]
 
@@ -116,8 +116,8 @@ def test_requeue_empty_is_noop() -> None:
     queue = _queue()
     _publish(queue, "m1")
     queue.requeue([])
-    assert bodies(queue.ready) == [b"m1"]
-    assert queue.ready[0].redelivered is False
+    assert bodies(queue.ready_entries()) == [b"m1"]
+    assert next(queue.ready_entries()).redelivered is False
 
 
 def test_requeue_random_interleavings_keep_publish_order() -> None:
@@ -141,10 +141,10 @@ def test_requeue_random_interleavings_keep_publish_order() -> None:
                 count = rng.randint(1, len(held))
                 queue.requeue(held[:count])
                 del held[:count]
-            seqs = [entry.seq for entry in queue.ready]
+            seqs = [entry.seq for entry in queue.ready_entries()]
             assert seqs == sorted(seqs)
         # every message is either ready or held, exactly once
-        everything = sorted(entry.seq for entry in [*queue.ready, *held])
+        everything = sorted(entry.seq for entry in [*queue.ready_entries(), *held])
         assert everything == list(range(1, published + 1))
 
 
@@ -177,7 +177,7 @@ def test_round_robin_skips_consumers_without_room() -> None:
         ("c2", b"m3"),
         ("c2", b"m4"),
     ]
-    assert bodies(queue.ready) == [b"m5"]
+    assert bodies(queue.ready_entries()) == [b"m5"]
 
 
 def test_dispatch_stops_without_room_and_resumes_on_dispatch() -> None:
@@ -210,7 +210,7 @@ def test_add_consumer_delivers_backlog() -> None:
     sink = FakeSink()
     add_consumer(queue, sink, "c1", credit=2)
     assert [body for _, body, _ in sink.delivered] == [b"m1", b"m2"]
-    assert bodies(queue.ready) == [b"m3"]
+    assert bodies(queue.ready_entries()) == [b"m3"]
     assert queue.had_consumer is True
 
 
@@ -285,7 +285,7 @@ def test_purge_returns_count_and_empties() -> None:
     assert queue.purge() == 0
     assert taken is not None
     queue.requeue([taken])
-    assert bodies(queue.ready) == [b"m1"]
+    assert bodies(queue.ready_entries()) == [b"m1"]
 
 
 def test_unused_auto_delete_needs_a_consumer_first() -> None:
@@ -335,5 +335,5 @@ def test_requeue_deep_in_a_long_queue_costs_a_binary_search() -> None:
     for entry in taken:  # each one lands at the tail of what was returned so far
         queue.requeue([entry])
     assert time.perf_counter() - started < 2.0
-    assert [entry.seq for entry in queue.ready] == sorted(entry.seq for entry in taken)
-    assert all(entry.redelivered for entry in queue.ready)
+    assert [entry.seq for entry in queue.ready_entries()] == sorted(entry.seq for entry in taken)
+    assert all(entry.redelivered for entry in queue.ready_entries())

@@ -1,0 +1,252 @@
+"""Dead-lettering: a message that leaves a queue rejected, expired or over a length limit is
+republished to the queue's dead-letter exchange, with the history RabbitMQ writes.
+
+The copy carries an `x-death` array (newest first, one table per (queue, reason), `count` bumped
+and the table moved to the front on a repeat) and `x-first-death-*` headers set once; `expiration`
+is removed and kept as `original-expiration`. With a dead-letter routing key the copy is routed
+by it and CC is removed; otherwise by the original routing key and CC. The bytes are what
+RabbitMQ writes (its types: `count` a signed 64-bit long, `time` a timestamp in seconds, strings
+long strings, headers sorted by key), since clients decode them by type. A copy that would come
+back to a queue it already died in, with no rejection in between, is dropped (RabbitMQ's cycle
+rule), so an expiry loop cannot spin forever.
+
+For a logged message moving to surviving queues, leaving the source and entering the targets is
+one log record (`MessageStore.moved`): after a crash the message is in exactly one of them,
+where RabbitMQ's classic queues can lose it between the two steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import TYPE_CHECKING
+
+from broker.core.header_edit import (
+    EXPIRATION,
+    header_entries,
+    join_properties,
+    set_header_entries,
+    split_properties,
+)
+from broker.core.message import Message, QueuedMessage
+from broker.core.persistence import LogUnavailable
+from broker.core.sender_selected import string_array
+from broker.core.tables import (
+    decode_table,
+    join_array,
+    join_entries,
+    raw_array_items,
+    raw_entries,
+)
+from broker.logs import fields
+
+if TYPE_CHECKING:
+    from broker.core.queue import Queue
+    from broker.core.vhost import VirtualHost
+
+log = logging.getLogger("warren.dead_letter")
+
+REJECTED = "rejected"
+_LONG = struct.Struct(">q")
+_TIMESTAMP = struct.Struct(">Q")
+
+
+def _short(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(1, "big") + raw
+
+
+def _longstr(text: str) -> bytes:
+    raw = text.encode()
+    return b"S" + len(raw).to_bytes(4, "big") + raw
+
+
+def route_bytes(exchange: str, routing_key: str) -> bytes:
+    return _short(exchange) + _short(routing_key)
+
+
+def _text_of(raw: bytes) -> str | None:
+    """A long string value's text (None for any other type)."""
+    if raw[:1] != b"S":
+        return None
+    return raw[5:].decode("utf-8", "replace")
+
+
+def _death_table(
+    queue: str, reason: str, now: int, exchange: str, keys: list[str], expiration: str | None
+) -> list[tuple[str, bytes]]:
+    """A new x-death table in the order RabbitMQ builds it: `count` first, then the event."""
+    entries = [
+        ("count", b"l" + _LONG.pack(1)),
+        ("reason", _longstr(reason)),
+        ("queue", _longstr(queue)),
+        ("time", b"T" + _TIMESTAMP.pack(now)),
+        ("exchange", _longstr(exchange)),
+        ("routing-keys", join_array([_longstr(key) for key in keys])),
+    ]
+    if expiration is not None:
+        entries.append(("original-expiration", _longstr(expiration)))
+    return entries
+
+
+def _bumped(table: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """A repeat of (queue, reason): the same table, its count one higher (a signed 64-bit
+    long whatever type it had), every other field as first recorded, keys sorted."""
+    out = []
+    for key, raw in table:
+        if key == "count":
+            count = decode_table(join_entries([(key, raw)]))[1][key]
+            raw = b"l" + _LONG.pack((count if isinstance(count, int) else 0) + 1)
+        out.append((key, raw))
+    return sorted(out)
+
+
+def dead_letter_header(
+    header: bytes, queue: str, reason: str, now: int, exchange: str, routing_key: str,
+    new_key: str | None,
+) -> tuple[bytes, list[str]]:  # fmt: skip
+    """The copy's content header and the routing keys its deaths record (as RabbitMQ's
+    rabbit_dead_letter:make_msg builds them)."""
+    prefix, props = split_properties(header)
+    entries = dict(header_entries(props))
+    keys = [routing_key, *string_array(entries.get("CC"))]
+    expiration_raw = props.pop(EXPIRATION, None)
+    expiration = expiration_raw[1:].decode("utf-8", "replace") if expiration_raw else None
+    info = _death_table(queue, reason, now, exchange, keys, expiration)
+    deaths_raw = entries.get("x-death")
+    if deaths_raw is None:
+        # The first death sets x-first-death-*; its table keeps RabbitMQ's build order.
+        entries["x-first-death-reason"] = _longstr(reason)
+        entries["x-first-death-queue"] = _longstr(queue)
+        entries["x-first-death-exchange"] = _longstr(exchange)
+        deaths = [b"F" + join_entries(info)]
+    elif deaths_raw[:1] != b"A":
+        deaths = [b"F" + join_entries(info)]  # a client's x-death that is not an array
+    else:
+        deaths = []
+        match = None
+        for item in raw_array_items(deaths_raw):
+            table = raw_entries(item, 1)[1] if item[:1] == b"F" else None
+            if table is not None and match is None:
+                values = dict(table)
+                if _text_of(values.get("queue", b"")) == queue and (
+                    _text_of(values.get("reason", b"")) == reason
+                ):
+                    match = table
+                    continue
+            deaths.append(item)  # other deaths stay byte for byte
+        first = _bumped(match) if match is not None else sorted(info)
+        deaths.insert(0, b"F" + join_entries(first))
+    entries["x-death"] = join_array(deaths)
+    if new_key is not None:
+        entries.pop("CC", None)
+    entries.pop("BCC", None)
+    set_header_entries(props, sorted(entries.items()))  # RabbitMQ re-sorts the top level
+    return join_properties(prefix, props), keys
+
+
+def _queue_names(header: bytes) -> list[tuple[str | None, str | None]]:
+    """(queue, reason) of each x-death table, newest first."""
+    _, props = split_properties(header)
+    deaths_raw = dict(header_entries(props)).get("x-death")
+    if deaths_raw is None or deaths_raw[:1] != b"A":
+        return []
+    out: list[tuple[str | None, str | None]] = []
+    for item in raw_array_items(deaths_raw):
+        if item[:1] != b"F":
+            out.append((None, None))
+            continue
+        values = dict(raw_entries(item, 1)[1])
+        out.append((_text_of(values.get("queue", b"")), _text_of(values.get("reason", b""))))
+    return out
+
+
+def is_cycle(target: str, deaths: list[tuple[str | None, str | None]]) -> bool:
+    """RabbitMQ's rule: the target already appears in the history, and no death up to and
+    including that one was a rejection (something the broker did alone, in a loop)."""
+    for queue, reason in deaths:
+        if reason is None or reason == REJECTED:
+            return False  # a rejection, or something a client wrote: not automatic
+        if queue == target:
+            return True
+    return False
+
+
+class DeadLetters:
+    """Republishes messages that die in the queues of one virtual host."""
+
+    def __init__(self, vhost: VirtualHost) -> None:
+        self.vhost = vhost
+
+    def publish(
+        self, queue: Queue, entries: list[QueuedMessage], reason: str, logged: bool
+    ) -> None:
+        """Dead-letter `entries` leaving `queue`; `logged`: the queue's own log holds them
+        (their removal goes in the same record as the copies)."""
+        for entry in entries:
+            try:
+                self._publish_one(queue, entry, reason, logged)
+            except LogUnavailable as error:
+                # The log failed: nothing more is confirmed anyway, and the message is still
+                # in the source queue's log, so a restart brings it back.
+                log.error(
+                    "dead_letter.not_logged",
+                    extra=fields(queue=queue.name, vhost=queue.vhost_name, error=error),
+                )
+
+    def _publish_one(self, queue: Queue, entry: QueuedMessage, reason: str, logged: bool) -> None:
+        source = entry.message
+        store = self.vhost.store
+        in_log = logged and source.msg_id != 0
+        copy, targets = self._copy(queue, source, reason)
+        surviving = [target for target in targets if target.store_id]
+        if copy is not None and surviving and copy.persistent:
+            if in_log:
+                store.moved(queue, entry, copy, surviving)
+            else:
+                store.persist(copy, surviving)
+        elif in_log:
+            store.settled(queue, (entry,))
+        if copy is not None:
+            for target in targets:
+                target.publish(copy)
+
+    def _copy(
+        self, queue: Queue, source: Message, reason: str
+    ) -> tuple[Message | None, list[Queue]]:
+        """The dead-lettered copy and the queues that take it (None, [] when it goes nowhere)."""
+        settings = queue.settings
+        exchange_name = settings.dead_letter_exchange or ""
+        vhost = self.vhost
+        exchange = vhost.exchanges.get(exchange_name)
+        if exchange is None:
+            return None, []  # a missing dead-letter exchange drops the message
+        new_key = settings.dead_letter_routing_key
+        now = vhost.clock.now()
+        header, keys = dead_letter_header(
+            source.header, queue.name, reason, int(now), source.exchange, source.routing_key,
+            new_key,
+        )  # fmt: skip
+        routing_key = new_key if new_key is not None else source.routing_key
+        body = source.body if source.body is not None else vhost.store.read_body(source)
+        copy = Message(
+            exchange_name, routing_key, route_bytes(exchange_name, routing_key), header, body
+        )
+        copy.published_at = now
+        # Without a dead-letter routing key the copy goes by every key the original was
+        # published with: its routing key, CC and (never shown to consumers) BCC.
+        route_keys = [*keys, *source.bcc] if new_key is None else None
+        found = vhost.route(exchange, copy, route_keys)
+        targets = list(found)
+        if reason != REJECTED and targets:
+            deaths = _queue_names(header)
+            cycling = [target for target in targets if is_cycle(target.name, deaths)]
+            if cycling:
+                log.warning(
+                    "dead_letter.cycle_dropped",
+                    extra=fields(queue=queue.name, vhost=queue.vhost_name,
+                                 targets=",".join(target.name for target in cycling)),
+                )  # fmt: skip
+                targets = [target for target in targets if target not in cycling]
+        targets = [target for target in targets if not target.deleted and target.admits(copy)]
+        return copy, targets

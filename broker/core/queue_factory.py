@@ -1,0 +1,52 @@
+"""The one place queues are built, for declares and for recovery alike.
+
+The arguments decide the variant: the ready store (FIFO, or one FIFO per priority level for
+x-max-priority) and the pieces a queue calls at its named points (dead-lettering when it has a
+dead-letter exchange). Later, policies feed the same settings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from broker.core.arguments import QueueSettings, queue_settings
+from broker.core.queue import Queue
+from broker.core.ready import FifoStore, PriorityStore, ReadyStore
+
+if TYPE_CHECKING:
+    from broker.core.vhost import VirtualHost
+
+
+def ready_store(settings: QueueSettings) -> ReadyStore:
+    if settings.max_priority:
+        return PriorityStore(settings.max_priority)
+    return FifoStore()
+
+
+def build_queue(
+    vhost: VirtualHost,
+    name: str,
+    *,
+    durable: bool = False,
+    exclusive_owner: object | None = None,
+    auto_delete: bool = False,
+    arguments: dict[str, Any] | None = None,
+) -> Queue:
+    """A queue of `vhost` as its arguments describe it; raises 406 for a bad argument."""
+    arguments = arguments or {}
+    queue_type = str(arguments.get("x-queue-type") or "classic")
+    settings = queue_settings(arguments, f"queue '{name}' in vhost '{vhost.name}'", queue_type)
+    return Queue(
+        name,
+        vhost.name,
+        durable=durable,
+        exclusive_owner=exclusive_owner,
+        auto_delete=auto_delete,
+        arguments=arguments,
+        store=vhost.store,
+        settings=settings,
+        ready=ready_store(settings),
+        clock=vhost.clock,
+        dead_letters=vhost.dead_letters if settings.dead_letter_exchange is not None else None,
+        on_expired=vhost.remove_queue,
+    )

@@ -1,0 +1,254 @@
+"""The ready messages of one queue, behind a small interface with one implementation per order.
+
+A queue hands its ready messages to a store and asks it for the next one; it never touches the
+collection itself, and neither does anyone else (metrics, admin and the log read counts and
+iterate). FIFO is the default; a priority queue keeps one FIFO per level. Both keep messages
+that are requeued at their original place (by their sequence number in the queue), as RabbitMQ's
+classic queues do.
+
+Each store also indexes the deadlines of the messages that have one (TTL), so a queue keeps one
+timer for its earliest deadline and can expire a message wherever it sits, not only at the head.
+A message removed away from the head becomes a tombstone that the next pass over the head (or a
+compaction, once tombstones are the majority) drops: removing from the middle of a deque would
+cost a walk per message.
+
+The interface leaves room for a store whose tail lives on disk: entries carry their message,
+whose body may be None until the queue loads it for delivery.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from broker.core.message import GONE, OUT, READY, QueuedMessage
+
+# Tombstones are dropped in one pass once there are this many and they outnumber live entries.
+COMPACT_MIN_TOMBSTONES = 1024
+
+
+def _seq_of(entry: QueuedMessage) -> int:
+    return entry.seq
+
+
+class _SeqDeque:
+    """Entries in sequence order, with tombstones for entries removed away from the head."""
+
+    __slots__ = ("entries", "tombstones")
+
+    def __init__(self) -> None:
+        self.entries: deque[QueuedMessage] = deque()
+        self.tombstones = 0
+
+    def __len__(self) -> int:
+        return len(self.entries) - self.tombstones
+
+    def head(self) -> QueuedMessage | None:
+        entries = self.entries
+        while entries:
+            entry = entries[0]
+            if entry.state == READY:
+                return entry
+            entries.popleft()  # a tombstone: its entry was removed earlier
+            self.tombstones -= 1
+        return None
+
+    def put_back(self, returned: list[QueuedMessage]) -> None:
+        """Entries (sorted by seq) go back to their places: at the head in one C call when
+        they all precede it, else each found by binary search (a Python walk to a reject deep
+        in a long queue cost seconds); the insert itself moves entries in C."""
+        entries = self.entries
+        if not entries or returned[-1].seq < entries[0].seq:
+            entries.extendleft(reversed(returned))
+            return
+        for entry in returned:
+            entries.insert(bisect.bisect_left(entries, entry.seq, key=_seq_of), entry)
+
+    def forget(self) -> None:
+        """One entry in the deque became a tombstone; compact when they are the majority."""
+        self.tombstones += 1
+        if self.tombstones >= COMPACT_MIN_TOMBSTONES and self.tombstones * 2 > len(self.entries):
+            self.entries = deque(entry for entry in self.entries if entry.state == READY)
+            self.tombstones = 0
+
+    def __iter__(self) -> Iterator[QueuedMessage]:
+        return (entry for entry in self.entries if entry.state == READY)
+
+
+class ReadyStore:
+    """What every store shares: counts, body bytes and the deadline index.
+
+    Subclasses decide the order (`_lane` picks the FIFO an entry belongs to, `_next_lane` the
+    one to serve next)."""
+
+    __slots__ = ("_count", "_deadlines", "body_bytes")
+
+    def __init__(self) -> None:
+        self._count = 0
+        # Body bytes of the ready messages (x-max-length-bytes counts bodies only).
+        self.body_bytes = 0
+        # (deadline, seq, entry) for ready entries with a deadline. Entries handed out stay in
+        # the heap until they reach its top; a requeue pushes them again (the duplicate finds
+        # the entry gone or out and is skipped).
+        self._deadlines: list[tuple[float, int, QueuedMessage]] = []
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    # ---------------------------------------------------------------- order (per store kind)
+    def _lane(self, entry: QueuedMessage) -> _SeqDeque:
+        raise NotImplementedError
+
+    def _next_lane(self) -> _SeqDeque | None:
+        """The lane whose head is delivered next, or None when nothing is ready."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[QueuedMessage]:
+        """Ready entries in delivery order."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- the interface
+    def push(self, entry: QueuedMessage) -> None:
+        """A new message at the tail (of its level)."""
+        self._lane(entry).entries.append(entry)
+        self._add(entry)
+
+    def peek(self) -> QueuedMessage | None:
+        lane = self._next_lane()
+        return lane.head() if lane is not None else None
+
+    def pop(self) -> QueuedMessage | None:
+        """The next entry to deliver, now out of the store."""
+        lane = self._next_lane()
+        if lane is None:
+            return None
+        entry = lane.entries.popleft()  # _next_lane left a ready entry at its head
+        self._take(entry, OUT)
+        return entry
+
+    def requeue(self, entries: list[QueuedMessage]) -> None:
+        """Entries handed out earlier (sorted by seq) go back to their original places."""
+        by_lane: dict[int, tuple[_SeqDeque, list[QueuedMessage]]] = {}
+        for entry in entries:
+            lane = self._lane(entry)
+            by_lane.setdefault(id(lane), (lane, []))[1].append(entry)
+            self._add(entry)
+        for lane, returned in by_lane.values():
+            lane.put_back(returned)
+
+    def remove(self, entry: QueuedMessage) -> None:
+        """Take one ready entry out wherever it is (an expiry away from the head)."""
+        self._take(entry, GONE)
+        self._lane(entry).forget()
+
+    def drop_while(self, predicate: Callable[[QueuedMessage], bool]) -> list[QueuedMessage]:
+        """Take entries from the head while `predicate` holds for the head."""
+        dropped = []
+        while True:
+            entry = self.peek()
+            if entry is None or not predicate(entry):
+                return dropped
+            dropped.append(self.pop())  # type: ignore[arg-type]
+
+    def purge(self) -> list[QueuedMessage]:
+        """Everything ready, now out of the store."""
+        taken = list(self)
+        for entry in taken:
+            entry.state = GONE
+        self._clear()
+        self._count = self.body_bytes = 0
+        self._deadlines.clear()
+        return taken
+
+    def next_due(self) -> float:
+        """The earliest deadline of a ready entry (infinity when none has one)."""
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, _, entry = deadlines[0]
+            if entry.state == READY and entry.expires_at == deadline:
+                return deadline
+            heapq.heappop(deadlines)
+        return float("inf")
+
+    def due(self, now: float) -> list[QueuedMessage]:
+        """Remove and return the ready entries whose deadline has passed, earliest first."""
+        expired = []
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            deadline, _, entry = heapq.heappop(deadlines)
+            if entry.state == READY and entry.expires_at == deadline:
+                self.remove(entry)
+                expired.append(entry)
+        return expired
+
+    # ---------------------------------------------------------------- bookkeeping
+    def _add(self, entry: QueuedMessage) -> None:
+        entry.state = READY
+        self._count += 1
+        self.body_bytes += entry.message.body_size
+        if entry.expires_at:
+            heapq.heappush(self._deadlines, (entry.expires_at, entry.seq, entry))
+
+    def _take(self, entry: QueuedMessage, state: int) -> None:
+        entry.state = state
+        self._count -= 1
+        self.body_bytes -= entry.message.body_size
+
+    def _clear(self) -> None:
+        raise NotImplementedError
+
+
+class FifoStore(ReadyStore):
+    """Publish order: RabbitMQ's classic queue."""
+
+    __slots__ = ("_fifo",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fifo = _SeqDeque()
+
+    def _lane(self, entry: QueuedMessage) -> _SeqDeque:
+        return self._fifo
+
+    def _next_lane(self) -> _SeqDeque | None:
+        return self._fifo if self._fifo.head() is not None else None
+
+    def __iter__(self) -> Iterator[QueuedMessage]:
+        return iter(self._fifo)
+
+    def _clear(self) -> None:
+        self._fifo = _SeqDeque()
+
+
+class PriorityStore(ReadyStore):
+    """x-max-priority: one FIFO per level, highest level first (LavinMQ's PriorityMessageStore,
+    RabbitMQ's priority backing queue). A message without a priority is at level 0; one above
+    the queue's maximum counts as the maximum."""
+
+    __slots__ = ("_levels", "max_priority")
+
+    def __init__(self, max_priority: int) -> None:
+        super().__init__()
+        self.max_priority = max_priority
+        self._levels = [_SeqDeque() for _ in range(max_priority + 1)]
+
+    def _lane(self, entry: QueuedMessage) -> _SeqDeque:
+        return self._levels[min(entry.message.priority, self.max_priority)]
+
+    def _next_lane(self) -> _SeqDeque | None:
+        for lane in reversed(self._levels):
+            if lane.head() is not None:
+                return lane
+        return None
+
+    def __iter__(self) -> Iterator[QueuedMessage]:
+        for lane in reversed(self._levels):
+            yield from lane
+
+    def _clear(self) -> None:
+        self._levels = [_SeqDeque() for _ in range(self.max_priority + 1)]

@@ -1,0 +1,365 @@
+"""Queue features in the model, with a clock the tests move: message TTL (at the head and away
+from it, TTL 0, requeue keeps the deadline), queue expiry, length limits and their overflow
+modes, dead-lettering with x-death, cycles, priorities."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from broker.core.errors import ChannelException
+from broker.core.properties import decode_properties
+from broker.core.queue import Queue
+from broker.core.vhost import VirtualHost
+from tests.unit.helpers import FakeSink, ManualClock, add_consumer, make_message
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def vhost(clock: ManualClock) -> VirtualHost:
+    return VirtualHost("/", clock=clock)
+
+
+def _publish(vhost: VirtualHost, queue: str, body: bytes, **properties: Any) -> Any:
+    return vhost.publish(vhost.exchanges[""], make_message(queue, body, **properties))
+
+
+def _bodies(queue: Queue) -> list[bytes]:
+    return [entry.message.body for entry in queue.ready_entries()]  # type: ignore[misc]
+
+
+def _get_all(queue: Queue) -> list[Any]:
+    out = []
+    while (entry := queue.get(ack_required=False)) is not None:
+        out.append(entry.message)
+    return out
+
+
+def _dlx_pair(vhost: VirtualHost, **arguments: Any) -> tuple[Queue, Queue]:
+    dead = vhost.declare_queue("dead", None)
+    source = vhost.declare_queue(
+        "work",
+        None,
+        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead", **arguments},
+    )
+    return source, dead
+
+
+# ------------------------------------------------------------------------------ message TTL
+
+
+def test_queue_ttl_expires_at_the_deadline_with_one_timer(
+    vhost: VirtualHost, clock: ManualClock
+) -> None:
+    queue = vhost.declare_queue("q", None, arguments={"x-message-ttl": 1000})
+    for index in range(100):
+        _publish(vhost, "q", b"m%d" % index)
+        clock.advance(0.001)
+    assert len(clock.pending) == 1  # one timer per queue, never one per message
+    clock.advance(0.95)
+    assert queue.message_count == 50
+    clock.advance(0.1)
+    assert queue.message_count == 0
+    assert queue.expired_total == 100
+    assert clock.pending == []
+
+
+def test_per_message_expiration_away_from_the_head_is_expired_by_the_timer(
+    vhost: VirtualHost, clock: ManualClock
+) -> None:
+    """RabbitMQ leaves it until it reaches the head; Warren expires it where it is."""
+    queue = vhost.declare_queue("q", None)
+    _publish(vhost, "q", b"long", expiration="60000")
+    _publish(vhost, "q", b"short", expiration="100")
+    _publish(vhost, "q", b"none")
+    clock.advance(0.2)
+    assert _bodies(queue) == [b"long", b"none"]
+    assert queue.message_count == 2
+
+
+def test_effective_ttl_is_the_lower_of_queue_and_message(
+    vhost: VirtualHost, clock: ManualClock
+) -> None:
+    queue = vhost.declare_queue("q", None, arguments={"x-message-ttl": 500})
+    _publish(vhost, "q", b"message-wins", expiration="100")
+    _publish(vhost, "q", b"queue-wins", expiration="5000")
+    clock.advance(0.2)
+    assert _bodies(queue) == [b"queue-wins"]
+    clock.advance(0.4)
+    assert _bodies(queue) == []
+
+
+def test_an_expired_head_is_never_handed_out_even_before_its_timer_runs(
+    vhost: VirtualHost, clock: ManualClock
+) -> None:
+    queue = vhost.declare_queue("q", None)
+    _publish(vhost, "q", b"old", expiration="10")
+    _publish(vhost, "q", b"fresh")
+    clock.time += 1  # time passes, the timer has not fired yet
+    assert [m.body for m in _get_all(queue)] == [b"fresh"]
+    assert queue.expired_total == 1
+
+
+def test_a_requeued_message_keeps_its_original_deadline(
+    vhost: VirtualHost, clock: ManualClock
+) -> None:
+    queue = vhost.declare_queue("q", None, arguments={"x-message-ttl": 1000})
+    _publish(vhost, "q", b"m")
+    clock.advance(0.6)
+    entry = queue.get(ack_required=True)
+    assert entry is not None
+    clock.advance(0.3)
+    queue.requeue([entry])
+    assert _bodies(queue) == [b"m"]
+    clock.advance(0.15)  # 1.05 s after the publish, 0.15 s after the requeue
+    assert queue.message_count == 0
+
+
+def test_ttl_zero_delivers_only_to_a_consumer_with_room_now(vhost: VirtualHost) -> None:
+    queue = vhost.declare_queue("q", None, arguments={"x-message-ttl": 0})
+    _publish(vhost, "q", b"nobody")
+    assert queue.message_count == 0 and queue.expired_total == 1
+    sink = FakeSink()
+    add_consumer(queue, sink, "c", credit=1)
+    _publish(vhost, "q", b"taken")
+    _publish(vhost, "q", b"no-room")
+    assert [body for _, body, _ in sink.delivered] == [b"taken"]
+    assert queue.message_count == 0 and queue.expired_total == 2
+
+
+def test_an_invalid_expiration_is_refused_at_publish() -> None:
+    for text in ("abc", "-1", "1.5", "315360000001"):
+        with pytest.raises(ChannelException) as info:
+            make_message("q", b"", expiration=text)
+        assert info.value.code == 406
+        assert f"invalid expiration '{text}'" in info.value.reply_text
+
+
+# ------------------------------------------------------------------------------ queue expiry
+
+
+def test_an_unused_queue_expires_and_use_restarts_its_clock(
+    vhost: VirtualHost, clock: ManualClock
+) -> None:
+    queue = vhost.declare_queue("q", None, arguments={"x-expires": 1000})
+    clock.advance(0.8)
+    queue.get(ack_required=False)  # a Basic.Get is use
+    clock.advance(0.8)
+    vhost.declare_queue("q", None, arguments={"x-expires": 1000})  # so is a redeclare
+    clock.advance(0.8)
+    sink = FakeSink()
+    consumer = add_consumer(queue, sink, "c")
+    clock.advance(5)  # a consumer keeps it alive however long
+    assert "q" in vhost.queues
+    queue.remove_consumer(consumer)
+    clock.advance(0.9)
+    assert "q" in vhost.queues
+    clock.advance(0.2)
+    assert "q" not in vhost.queues and queue.deleted
+
+
+def test_an_expired_queue_does_not_dead_letter_its_messages(
+    vhost: VirtualHost, clock: ManualClock
+) -> None:
+    _, dead = _dlx_pair(vhost, **{"x-expires": 100})
+    _publish(vhost, "work", b"m")
+    clock.advance(0.2)
+    assert "work" not in vhost.queues
+    assert dead.message_count == 0
+
+
+# ------------------------------------------------------------------------------ length limits
+
+
+def test_drop_head_drops_the_oldest_and_dead_letters_them_as_maxlen(vhost: VirtualHost) -> None:
+    source, dead = _dlx_pair(vhost, **{"x-max-length": 2})
+    for body in (b"a", b"b", b"c", b"d"):
+        _publish(vhost, "work", body)
+    assert _bodies(source) == [b"c", b"d"]
+    assert _bodies(dead) == [b"a", b"b"]
+    assert source.dead_lettered_total == {"maxlen": 2}
+
+
+def test_max_length_bytes_counts_bodies_and_a_huge_body_empties_the_queue(
+    vhost: VirtualHost,
+) -> None:
+    queue = vhost.declare_queue("q", None, arguments={"x-max-length-bytes": 10})
+    for body in (b"12345", b"123", b"12"):
+        _publish(vhost, "q", body)
+    assert _bodies(queue) == [b"12345", b"123", b"12"]
+    _publish(vhost, "q", b"x")
+    assert _bodies(queue) == [b"123", b"12", b"x"]
+    _publish(vhost, "q", b"y" * 11)
+    assert _bodies(queue) == []
+
+
+def test_reject_publish_refuses_while_other_queues_keep_the_message(vhost: VirtualHost) -> None:
+    vhost.declare_exchange("fan", "fanout")
+    full = vhost.declare_queue(
+        "full", None, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+    )
+    other = vhost.declare_queue("other", None)
+    vhost.bind("fan", "full", "", None)
+    vhost.bind("fan", "other", "", None)
+    first = vhost.publish(vhost.exchanges["fan"], make_message("", b"1"))
+    second = vhost.publish(vhost.exchanges["fan"], make_message("", b"2"))
+    assert (first.refused, second.refused) == (False, True)
+    assert second.routed
+    assert (_bodies(full), _bodies(other)) == ([b"1"], [b"1", b"2"])
+
+
+def test_reject_publish_dlx_dead_letters_the_refused_message(vhost: VirtualHost) -> None:
+    source, dead = _dlx_pair(vhost, **{"x-max-length": 1, "x-overflow": "reject-publish-dlx"})
+    _publish(vhost, "work", b"kept")
+    result = _publish(vhost, "work", b"refused")
+    assert result.refused
+    assert (_bodies(source), _bodies(dead)) == ([b"kept"], [b"refused"])
+    (death,) = dead.ready_entries()
+    headers = decode_properties(death.message.header)["headers"]
+    assert headers["x-death"][0]["reason"] == "maxlen"
+
+
+def test_limits_count_ready_messages_and_a_requeue_over_the_limit_drops_the_head(
+    vhost: VirtualHost,
+) -> None:
+    source, dead = _dlx_pair(vhost, **{"x-max-length": 2})
+    for body in (b"a", b"b"):
+        _publish(vhost, "work", body)
+    taken = [source.get(ack_required=True), source.get(ack_required=True)]
+    for body in (b"c", b"d"):
+        _publish(vhost, "work", body)
+    assert (_bodies(source), source.unacked_count) == ([b"c", b"d"], 2)
+    source.requeue(taken)  # type: ignore[arg-type]
+    assert _bodies(source) == [b"c", b"d"]
+    assert _bodies(dead) == [b"a", b"b"]
+
+
+# ------------------------------------------------------------------------------ dead letters
+
+
+def test_x_death_records_each_queue_and_reason_newest_first_and_counts_repeats(
+    vhost: VirtualHost, clock: ManualClock
+) -> None:
+    """The retry loop: work rejects into retry, whose TTL sends it back to work."""
+    vhost.declare_queue(
+        "work", None, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "retry"}
+    )
+    vhost.declare_queue(
+        "retry",
+        None,
+        arguments={
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "work",
+            "x-message-ttl": 100,
+        },
+    )
+    work = vhost.queues["work"]
+    _publish(vhost, "work", b"order", expiration="60000")
+    for _ in range(3):
+        entry = work.get(ack_required=True)
+        assert entry is not None
+        work.reject([entry])
+        clock.advance(0.15)
+    (entry,) = work.ready_entries()
+    properties = decode_properties(entry.message.header)
+    assert "expiration" not in properties
+    headers = properties["headers"]
+    deaths = [(d["queue"], d["reason"], d["count"]) for d in headers["x-death"]]
+    assert deaths == [("retry", "expired", 3), ("work", "rejected", 3)]
+    assert headers["x-death"][1]["original-expiration"] == "60000"
+    assert (headers["x-first-death-queue"], headers["x-first-death-reason"]) == (
+        "work",
+        "rejected",
+    )
+    assert entry.redelivered is False
+
+
+def test_an_expiry_cycle_without_a_rejection_is_dropped(
+    vhost: VirtualHost, clock: ManualClock
+) -> None:
+    queue = vhost.declare_queue(
+        "loop",
+        None,
+        arguments={
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "loop",
+            "x-message-ttl": 10,
+        },
+    )
+    _publish(vhost, "loop", b"m")
+    clock.advance(1)
+    assert queue.message_count == 0
+    assert clock.pending == []
+
+
+def test_a_missing_dead_letter_exchange_drops_the_message(vhost: VirtualHost) -> None:
+    queue = vhost.declare_queue("q", None, arguments={"x-dead-letter-exchange": "nowhere"})
+    _publish(vhost, "q", b"m")
+    entry = queue.get(ack_required=True)
+    queue.reject([entry])  # type: ignore[list-item]
+    assert (queue.message_count, queue.unacked_count) == (0, 0)
+
+
+def test_cc_routes_and_bcc_is_removed_but_routes_the_dead_letter_too(vhost: VirtualHost) -> None:
+    for name in ("main", "cc", "bcc", "dead-main", "dead-cc", "dead-bcc"):
+        vhost.declare_queue(name, None)
+    vhost.declare_exchange("dlx", "direct")
+    for key in ("main", "cc", "bcc"):
+        vhost.bind("dlx", f"dead-{key}", key, None)
+    vhost.declare_queue("src", None, arguments={"x-dead-letter-exchange": "dlx"})
+    vhost.bind("amq.direct", "src", "main", None)
+    vhost.bind("amq.direct", "cc", "cc", None)
+    vhost.bind("amq.direct", "bcc", "bcc", None)
+    message = make_message(
+        "main", b"m", exchange="amq.direct", headers={"CC": ["cc"], "BCC": ["bcc"]}
+    )
+    vhost.publish(vhost.exchanges["amq.direct"], message)
+    assert [q.message_count for q in (vhost.queues["cc"], vhost.queues["bcc"])] == [1, 1]
+    (stored,) = vhost.queues["src"].ready_entries()
+    assert decode_properties(stored.message.header)["headers"] == {"CC": ["cc"]}
+    entry = vhost.queues["src"].get(ack_required=True)
+    vhost.queues["src"].reject([entry])  # type: ignore[list-item]
+    counts = [vhost.queues[f"dead-{key}"].message_count for key in ("main", "cc", "bcc")]
+    assert counts == [1, 1, 1]
+
+
+# ------------------------------------------------------------------------------ priorities
+
+
+def test_priority_queue_order_and_requeue_within_the_level(vhost: VirtualHost) -> None:
+    queue = vhost.declare_queue("q", None, arguments={"x-max-priority": 5})
+    for body, priority in ((b"low", None), (b"top-1", 9), (b"mid", 3), (b"top-2", 5)):
+        props = {} if priority is None else {"priority": priority}
+        _publish(vhost, "q", body, **props)
+    first = queue.get(ack_required=True)
+    assert first is not None and first.message.body == b"top-1"
+    queue.requeue([first])
+    assert [m.body for m in _get_all(queue)] == [b"top-1", b"top-2", b"mid", b"low"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        ({"x-message-ttl": -1}, "{value_negative,-1}"),
+        ({"x-message-ttl": 315360000001}, "{value_too_large,315360000001}"),
+        ({"x-expires": 0}, "{value_zero,0}"),
+        ({"x-max-priority": 256}, "{max_value_exceeded,256}"),
+        ({"x-overflow": "bogus"}, "invalid_overflow"),
+        ({"x-dead-letter-routing-key": "k"}, "routing_key_but_no_dlx_defined"),
+    ],
+)
+def test_bad_arguments_get_rabbitmq_reasons(
+    vhost: VirtualHost, arguments: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(ChannelException) as info:
+        vhost.declare_queue("q", None, arguments=arguments)
+    key = next(iter(arguments))
+    assert info.value.reply_text.endswith(
+        f"invalid arg '{key}' for queue 'q' in vhost '/': {reason}"
+    )
+    assert "q" not in vhost.queues

@@ -19,7 +19,7 @@ from broker.core.arguments import QueueSettings
 from broker.core.clock import SYSTEM_CLOCK, Clock, Timer
 from broker.core.consumer import Consumer
 from broker.core.message import Message, QueuedMessage
-from broker.core.persistence import MessageStore
+from broker.core.persistence import LogUnavailable, MessageStore
 from broker.core.ready import FifoStore, ReadyStore
 from broker.logs import fields
 
@@ -375,7 +375,13 @@ class Queue:
         now = self._clock.now()
         if self._unused_until <= now and not self.consumers:
             if self._on_expired is not None:
-                self._on_expired(self)  # deleted: its messages are not dead-lettered
+                try:
+                    self._on_expired(self)  # deleted: its messages are not dead-lettered
+                except LogUnavailable as error:  # the log failed: the queue stays
+                    log.error(
+                        "queue.expiry_not_logged",
+                        extra=fields(queue=self.name, vhost=self.vhost_name, error=error),
+                    )
             return
         expired = self._ready.due(now)
         if expired:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.core.clock import SYSTEM_CLOCK, Clock
 from broker.core.errors import INTERNAL_ERROR, ChannelException
 from broker.core.message import QueuedMessage
 from broker.core.persistence import LogUnavailable
@@ -51,13 +52,16 @@ class Node:
 
 
 async def start_node(
-    directory: Path, segment_size: int = 1 << 20, names: tuple[str, ...] = ("/",)
+    directory: Path,
+    segment_size: int = 1 << 20,
+    names: tuple[str, ...] = ("/",),
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Node:
     """Open the log and rebuild the model from it, in Broker._recover's order."""
     wal = WriteAheadLog(directory, segment_size=segment_size)
     vhosts: dict[str, VirtualHost] = {}
     store = DurableStore(wal, vhosts.values)
-    vhosts.update({name: VirtualHost(name, store) for name in names})
+    vhosts.update({name: VirtualHost(name, store, clock) for name in names})
     state = recover(wal)
     restored = restore(state, vhosts, store)
     await wal.start()
@@ -79,9 +83,9 @@ async def stop_node(node: Node) -> None:
     await node.wal.close()
 
 
-async def restart(node: Node, segment_size: int = 1 << 20) -> Node:
+async def restart(node: Node, segment_size: int = 1 << 20, clock: Clock = SYSTEM_CLOCK) -> Node:
     await stop_node(node)
-    return await start_node(node.directory, segment_size)
+    return await start_node(node.directory, segment_size, clock=clock)
 
 
 def log_records(directory: Path) -> list[Record]:

@@ -1,0 +1,140 @@
+"""Queue features over the write-ahead log: TTL deadlines survive restarts (a message that
+expired while the broker was down is dead-lettered at recovery, not delivered), queue expiry and
+priority order survive restarts, and a dead-lettered message moves with one record, so no cut
+of the log finds it in both queues or in neither."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from broker.core.properties import decode_properties
+from broker.core.queue import Queue
+from broker.core.vhost import VirtualHost
+from broker.store import records
+from tests.unit.helpers import ManualClock, make_message
+from tests.unit.test_durable_store import (
+    log_records,
+    restart,
+    start_node,
+    stop_node,
+    synced,
+)
+
+DLX_TO_DEAD = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"}
+
+
+def _publish(vhost: VirtualHost, queue: str, body: bytes, **properties: object) -> None:
+    message = make_message(queue, body, delivery_mode=2, **properties)
+    vhost.publish(vhost.exchanges[""], message)
+
+
+def _bodies(queue: Queue) -> list[bytes]:
+    return [
+        entry.message.body
+        if entry.message.body is not None
+        else queue.store.read_body(entry.message)
+        for entry in queue.ready_entries()
+    ]
+
+
+def _declare_pair(vhost: VirtualHost, **arguments: object) -> None:
+    vhost.declare_queue("dead", None, durable=True)
+    vhost.declare_queue("work", None, durable=True, arguments={**DLX_TO_DEAD, **arguments})
+
+
+async def test_a_message_that_expired_while_down_is_dead_lettered_at_recovery(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    node = await start_node(tmp_path, clock=clock)
+    _declare_pair(node.vhost, **{"x-message-ttl": 1000})
+    _publish(node.vhost, "work", b"order", expiration="60000")
+    clock = ManualClock(clock.time + 0.5)  # a new process: the old one's timers are gone
+    node = await restart(node, clock=clock)
+    work, dead = node.vhost.queues["work"], node.vhost.queues["dead"]
+    clock.advance(0.4)  # 0.9 s after the publish: the deadline came through the restart
+    assert (work.message_count, dead.message_count) == (1, 0)
+    await stop_node(node)
+    clock = ManualClock(clock.time + 5)  # the broker is down when the deadline passes
+    node = await start_node(tmp_path, clock=clock)
+    work, dead = node.vhost.queues["work"], node.vhost.queues["dead"]
+    assert work.get(ack_required=False) is None  # never delivered, even before the timer
+    clock.advance(0)
+    assert (work.message_count, dead.message_count) == (0, 1)
+    node = await restart(node, clock=ManualClock(clock.time))
+    work, dead = node.vhost.queues["work"], node.vhost.queues["dead"]
+    assert (work.message_count, dead.message_count) == (0, 1)
+    (entry,) = dead.ready_entries()
+    headers = decode_properties(entry.message.header)["headers"]
+    assert headers["x-death"][0]["reason"] == "expired"
+    assert headers["x-death"][0]["original-expiration"] == "60000"
+    assert entry.redelivered is False
+    await stop_node(node)
+
+
+async def test_queue_expiry_and_priority_order_survive_a_restart(tmp_path: Path) -> None:
+    clock = ManualClock()
+    node = await start_node(tmp_path, clock=clock)
+    node.vhost.declare_queue("short-lived", None, durable=True, arguments={"x-expires": 1000})
+    node.vhost.declare_queue("prio", None, durable=True, arguments={"x-max-priority": 9})
+    for body, priority in ((b"low", 1), (b"high", 9), (b"none", None), (b"mid", 5)):
+        props = {} if priority is None else {"priority": priority}
+        _publish(node.vhost, "prio", body, **props)
+    clock = ManualClock(clock.time)
+    node = await restart(node, clock=clock)
+    assert "short-lived" in node.vhost.queues
+    prio = node.vhost.queues["prio"]
+    assert _bodies(prio) == [b"high", b"mid", b"low", b"none"]
+    clock.advance(1.1)  # unused since the restart: deleted, and the log says so
+    assert "short-lived" not in node.vhost.queues
+    node = await restart(node, clock=ManualClock(clock.time))
+    assert "short-lived" not in node.vhost.queues
+    await stop_node(node)
+
+
+async def _moved_log(directory: Path) -> None:
+    """A rejected persistent message dead-lettered from one durable queue to another."""
+    node = await start_node(directory)
+    _declare_pair(node.vhost)
+    _publish(node.vhost, "work", b"order")
+    work = node.vhost.queues["work"]
+    entry = work.get(ack_required=True)
+    assert entry is not None
+    work.reject([entry])
+    assert await synced(node.store) is None
+    await node.wal.close()  # a crash: no clean shutdown record
+
+
+async def test_a_dead_letter_move_is_one_record_and_no_cut_of_the_log_splits_it(
+    tmp_path: Path,
+) -> None:
+    """Cut the log after every record (as a crash at that point leaves it): each recovery finds
+    the message in exactly one queue, the source before the MOVE record and the target after."""
+    source_dir = tmp_path / "source"
+    await _moved_log(source_dir)
+    log = log_records(source_dir)
+    kinds = [record_type for _, _, record_type, _ in log]
+    assert kinds.count(records.MOVE) == 1
+    move_at = kinds.index(records.MOVE)
+    assert records.SETTLE not in kinds[move_at:]  # the settle travels inside the MOVE
+    published_at = kinds.index(records.MESSAGE_AT)
+    for cut, (segment, offset, _, _) in enumerate(log):
+        end = offset + 1  # inside this record: a torn tail recovery truncates
+        copy = tmp_path / f"cut-{cut}"
+        shutil.copytree(source_dir, copy)
+        cut_segment = copy / f"{segment:010d}.wal"
+        for later in copy.glob("*.wal"):
+            if later.name > cut_segment.name:
+                later.unlink()
+        with cut_segment.open("r+b") as handle:
+            handle.truncate(end)
+        (copy / "synced").unlink(missing_ok=True)
+        node = await start_node(copy)
+        queues = node.vhost.queues
+        if cut > published_at:  # the message was confirmed: it must be somewhere, once
+            held = queues["work"].message_count + queues["dead"].message_count
+            where = "work" if queues["work"].message_count else "dead"
+            assert held == 1, f"cut inside record {cut}: the message is in {held} queues"
+            assert where == ("work" if cut <= move_at else "dead"), f"cut {cut}"
+        await node.wal.close()

@@ -63,7 +63,8 @@ class Message:
         # BCC keys it was published with: removed from the header, but a dead-lettered copy
         # is routed by them too (RabbitMQ keeps them in its message record).
         self.bcc: tuple[str, ...] = ()
-        # Wall-clock seconds when the message was routed; TTL deadlines count from it.
+        # Wall-clock seconds when the message was routed; TTL deadlines count from it. Read from
+        # the clock only when needed (the message is logged, or a queue gives it a TTL).
         self.published_at = 0.0
         # Estimated memory while queued, computed once: the memory alarm's unit of account.
         self.footprint = ENTRY_OVERHEAD + len(header) + (len(body) if body is not None else 0)

@@ -59,6 +59,11 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
         self.settings = settings
+        # x-overflow reject-publish(-dlx) with a limit: publishes must ask `admits` first.
+        self.may_refuse = settings.limited and settings.overflow != "drop-head"
+        # Neither a message TTL nor a length limit: a publish without an expiration property
+        # takes the short path.
+        self._plain = settings.message_ttl is None and not settings.limited
         self.queue_type = str(self.arguments.get("x-queue-type") or "classic")
         # Durable, non-exclusive, non-auto-delete queues survive a restart (as in RabbitMQ);
         # only they log persistent messages. The store assigns store_id when it logs the queue.
@@ -128,9 +133,9 @@ class Queue:
     # ------------------------------------------------------------------ messages in
     def admits(self, message: Message) -> bool:
         """False when x-overflow refuses this publish (reject-publish*, queue at its limit)."""
-        settings = self.settings
-        if settings.overflow == "drop-head" or not settings.limited:
+        if not self.may_refuse:
             return True
+        settings = self.settings
         ready = self._ready
         if settings.max_length is not None and len(ready) >= settings.max_length:
             return False
@@ -149,8 +154,15 @@ class Queue:
         self.memory_bytes += message.footprint
         self._next_seq += 1
         entry = QueuedMessage(message, self._next_seq)
+        if self._plain and message.ttl < 0:
+            self._ready.push(entry)
+            if self.consumers:
+                self.dispatch()
+            return
         ttl = self._ttl_of(message)
         if ttl >= 0:
+            if not message.published_at:  # the first queue with a TTL that takes it
+                message.published_at = self._clock.now()
             if ttl == 0:  # deliver only if a consumer can take it now (RabbitMQ's TTL 0)
                 if not self._ready and self._deliver_now(entry):
                     return
@@ -206,33 +218,30 @@ class Queue:
     # ------------------------------------------------------------------ messages out
     def get(self, ack_required: bool) -> QueuedMessage | None:
         """Take the head message for Basic.Get."""
-        self.touch()
+        if self.settings.expires is not None:
+            self.touch()
         entry = self._next_ready()
         if entry is not None:
             self._hand_out(entry, ack_required)
         return entry
 
     def _next_ready(self) -> QueuedMessage | None:
-        """Pop the head, expiring what is due there and loading bodies that live in the log."""
+        """Pop the head that can be handed out (see `_usable`)."""
         ready = self._ready
-        expired: list[QueuedMessage] = []
-        now = 0.0
-        try:
-            while True:
-                entry = ready.pop()
-                if entry is None:
-                    return None
-                if entry.expires_at:
-                    now = now or self._clock.now()
-                    if entry.expires_at <= now:
-                        expired.append(entry)
-                        continue
-                if entry.message.body is None and not self._load_body(entry):
-                    continue
-                return entry
-        finally:
-            if expired:
-                self._discard(expired, EXPIRED)
+        while (entry := ready.pop()) is not None:
+            if (entry.expires_at or entry.message.body is None) and not self._usable(entry):
+                continue
+            return entry
+        return None
+
+    def _usable(self, entry: QueuedMessage) -> bool:
+        """A head just popped: expired (and dead-lettered) when past its deadline, as
+        RabbitMQ expires at the head; its body read from the log when it lives there. False
+        when it cannot be handed out."""
+        if entry.expires_at and entry.expires_at <= self._clock.now():
+            self._discard([entry], EXPIRED)
+            return False
+        return entry.message.body is not None or self._load_body(entry)
 
     def _load_body(self, entry: QueuedMessage) -> bool:
         """Read a body that lives only in the log, before the message is handed out. If the log
@@ -266,7 +275,11 @@ class Queue:
     def settle(self, entries: list[QueuedMessage]) -> None:
         """Acked: the messages leave this queue for good."""
         self.acked_total += len(entries)
-        self._release(entries)
+        freed = 0
+        for entry in entries:
+            freed += entry.message.footprint
+        self.memory_bytes -= freed
+        self._outstanding.difference_update(entries)
         if self.store_id:
             logged = [entry for entry in entries if entry.message.msg_id]
             if logged:
@@ -276,23 +289,15 @@ class Queue:
 
     def reject(self, entries: list[QueuedMessage]) -> None:
         """Rejected or nacked without requeue: dead-lettered (reason rejected) or dropped."""
-        self._release(entries)
-        self._discard(entries, REJECTED, released=True)
+        self._outstanding.difference_update(entries)
+        self._discard(entries, REJECTED)
         if self.consumers:
             self.dispatch()
 
-    def _release(self, entries: list[QueuedMessage]) -> None:
-        freed = 0
-        for entry in entries:
-            freed += entry.message.footprint
-        self.memory_bytes -= freed
-        self._outstanding.difference_update(entries)
-
-    def _discard(self, entries: list[QueuedMessage], reason: str, released: bool = False) -> None:
+    def _discard(self, entries: list[QueuedMessage], reason: str) -> None:
         """Messages that left without an ack: to the dead-letter exchange when there is one, in
         the same log record that takes them out of this queue, else settled and dropped."""
-        if not released:
-            self.memory_bytes -= sum(entry.message.footprint for entry in entries)
+        self.memory_bytes -= sum(entry.message.footprint for entry in entries)
         if reason == EXPIRED:
             self.expired_total += len(entries)
         logged = bool(self.store_id)
@@ -472,14 +477,17 @@ class Queue:
         if self._dispatching:
             return
         self._dispatching = True
+        ready = self._ready
         try:
-            while self._ready and self.consumers:
+            while ready.count and self.consumers:
                 consumer = self._pick_consumer()
                 if consumer is None:
                     return
-                entry = self._next_ready()
+                entry = ready.pop()
                 if entry is None:
                     return
+                if (entry.expires_at or entry.message.body is None) and not self._usable(entry):
+                    continue
                 self._hand_out(entry, not consumer.no_ack)
                 consumer.sink.deliver(consumer, self, entry)
         finally:

@@ -83,10 +83,10 @@ class ReadyStore:
     Subclasses decide the order (`_lane` picks the FIFO an entry belongs to, `_next_lane` the
     one to serve next)."""
 
-    __slots__ = ("_count", "_deadlines", "body_bytes")
+    __slots__ = ("_deadlines", "body_bytes", "count")
 
     def __init__(self) -> None:
-        self._count = 0
+        self.count = 0  # ready entries (len() of the store, read directly on the hot path)
         # Body bytes of the ready messages (x-max-length-bytes counts bodies only).
         self.body_bytes = 0
         # (deadline, seq, entry) for ready entries with a deadline. Entries handed out stay in
@@ -95,10 +95,10 @@ class ReadyStore:
         self._deadlines: list[tuple[float, int, QueuedMessage]] = []
 
     def __len__(self) -> int:
-        return self._count
+        return self.count
 
     def __bool__(self) -> bool:
-        return self._count > 0
+        return self.count > 0
 
     # ---------------------------------------------------------------- order (per store kind)
     def _lane(self, entry: QueuedMessage) -> _SeqDeque:
@@ -161,7 +161,7 @@ class ReadyStore:
         for entry in taken:
             entry.state = GONE
         self._clear()
-        self._count = self.body_bytes = 0
+        self.count = self.body_bytes = 0
         self._deadlines.clear()
         return taken
 
@@ -189,14 +189,14 @@ class ReadyStore:
     # ---------------------------------------------------------------- bookkeeping
     def _add(self, entry: QueuedMessage) -> None:
         entry.state = READY
-        self._count += 1
+        self.count += 1
         self.body_bytes += entry.message.body_size
         if entry.expires_at:
             heapq.heappush(self._deadlines, (entry.expires_at, entry.seq, entry))
 
     def _take(self, entry: QueuedMessage, state: int) -> None:
         entry.state = state
-        self._count -= 1
+        self.count -= 1
         self.body_bytes -= entry.message.body_size
 
     def _clear(self) -> None:
@@ -217,6 +217,31 @@ class FifoStore(ReadyStore):
 
     def _next_lane(self) -> _SeqDeque | None:
         return self._fifo if self._fifo.head() is not None else None
+
+    def push(self, entry: QueuedMessage) -> None:
+        """The base class's push, inlined: every publish to a plain queue comes here."""
+        self._fifo.entries.append(entry)
+        self.count += 1
+        self.body_bytes += entry.message.body_size
+        if entry.expires_at:
+            heapq.heappush(self._deadlines, (entry.expires_at, entry.seq, entry))
+
+    def pop(self) -> QueuedMessage | None:
+        """The base class's pop, inlined: every delivery from a plain queue comes here."""
+        fifo = self._fifo
+        entries = fifo.entries
+        if not entries:
+            return None
+        entry = entries.popleft()
+        while entry.state != READY:  # a tombstone of an entry removed earlier
+            fifo.tombstones -= 1
+            if not entries:
+                return None
+            entry = entries.popleft()
+        entry.state = OUT
+        self.count -= 1
+        self.body_bytes -= entry.message.body_size
+        return entry
 
     def __iter__(self) -> Iterator[QueuedMessage]:
         return iter(self._fifo)

@@ -31,6 +31,11 @@ def string_array(raw: bytes | None) -> list[str]:
         return []
 
 
+def may_select(header: bytes) -> bool:
+    """Whether a header with a headers table may carry CC or BCC (a byte search)."""
+    return _CC in header or _BCC in header
+
+
 def routing_keys(message: Message) -> tuple[list[str], list[str] | None]:
     """([routing key, CC..., BCC...], the BCC keys when there is a BCC header), or
     ([], None) when the message has neither header (route by its routing key alone)."""

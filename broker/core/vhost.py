@@ -11,7 +11,7 @@ import base64
 import logging
 import os
 from collections.abc import Collection
-from typing import Any, NamedTuple
+from typing import Any
 
 from broker.core import sender_selected
 from broker.core.arguments import IGNORED_QUEUE_ARGS, check_alternate_exchange
@@ -38,6 +38,7 @@ from broker.core.message import Message
 from broker.core.persistence import MessageStore
 from broker.core.queue import MEMORY_STORE, Queue
 from broker.core.queue_factory import build_queue
+from broker.core.sender_selected import HEADERS_FLAG
 from broker.core.tables import encode_table
 from broker.logs import fields
 
@@ -117,6 +118,7 @@ class VirtualHost:
         self.name = name
         self.store = store
         self.clock = clock
+        self._now = clock.now
         self.dead_letters = DeadLetters(self)
         self.queues: dict[str, Queue] = {}
         self.default_exchange = DefaultExchange(self.queues)
@@ -514,21 +516,21 @@ class VirtualHost:
 
     # ----------------------------------------------------------------------------- routing
     def publish(self, exchange: Exchange, message: Message) -> Publication:
-        """Route and enqueue a message published to `exchange`."""
-        message.published_at = self.clock.now()
-        keys, bcc = sender_selected.routing_keys(message)
-        if bcc is not None:
-            message = sender_selected.without_bcc(message, bcc)
-        return self.enqueue(message, self.route(exchange, message, keys))
-
-    def enqueue(self, message: Message, routed: Collection[Queue]) -> Publication:
-        """Put a routed message into the queues that admit it (x-overflow reject-publish*
-        refuses it where a queue is full; those dead-letter it with reject-publish-dlx), after
-        logging it for the surviving ones."""
+        """Route a message published to `exchange` and put it into the queues that admit it
+        (x-overflow reject-publish* refuses it where a queue is full; those dead-letter it
+        with reject-publish-dlx), after logging it for the surviving ones."""
+        header = message.header
+        if header[12] & HEADERS_FLAG and sender_selected.may_select(header):
+            keys, bcc = sender_selected.routing_keys(message)
+            if bcc is not None:
+                message = sender_selected.without_bcc(message, bcc)
+            routed = self.route(exchange, message, keys)
+        else:
+            routed = self.route(exchange, message)
         queues: Collection[Queue] = routed
         refused = False
         for queue in routed:
-            if queue.settings.limited and not queue.admits(message):
+            if queue.may_refuse and not queue.admits(message):
                 refused = True
         if refused:
             queues = [queue for queue in routed if queue.admits(message)]
@@ -536,6 +538,7 @@ class VirtualHost:
         if queues and message.persistent:
             surviving = [queue for queue in queues if queue.store_id]
             if surviving:
+                message.published_at = self._now()  # logged with it: deadlines count from it
                 self.store.persist(message, surviving)
                 logged = True
         if refused:
@@ -544,7 +547,7 @@ class VirtualHost:
                     queue.refuse(message)
         for queue in queues:
             queue.publish(message)
-        return Publication(bool(routed), logged, refused)
+        return bool(routed), logged, refused
 
     def route(
         self, exchange: Exchange, message: Message, keys: list[str] | None = None
@@ -592,10 +595,6 @@ class VirtualHost:
         return queues
 
 
-class Publication(NamedTuple):
-    """What became of a publish: routed anywhere, logged (a confirm waits for the fsync),
-    refused by a full queue (a confirm becomes a nack)."""
-
-    routed: bool
-    logged: bool
-    refused: bool
+# What became of a publish: routed anywhere, logged (a confirm waits for the fsync), refused by
+# a full queue (a confirm becomes a nack). A plain tuple: one is made per publish.
+Publication = tuple[bool, bool, bool]

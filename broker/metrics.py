@@ -37,6 +37,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from broker import __version__
+from broker.core.dead_letter import DROPPED, MOVED
 from broker.core.queue import Queue
 from broker.core.stats import LatencyHistogram
 from broker.http import HttpServer, HttpService, Request, Response
@@ -149,6 +150,15 @@ GLOBAL_QUEUE_TYPE_COUNTERS = (
     ("get_empty_total", ("get_empty",), "times basic.get fetched no message"),
     ("redelivered_total", ("redelivered",), "messages redelivered to consumers"),
     ("acknowledged_total", ("acked",), "messages acknowledged by consumers"),
+)
+
+
+# rabbitmq_global_messages_dead_lettered_<reason>_total: (reason, what it counts).
+DEAD_LETTER_REASONS = (
+    ("expired", "message TTL exceeded"),
+    ("rejected", "basic.reject or basic.nack"),
+    ("maxlen", "overflow drop-head or reject-publish-dlx"),
+    ("delivery_limit", "delivery-limit exceeded"),
 )
 
 
@@ -333,11 +343,48 @@ class BrokerCollector(Collector):
             )
             family.add_metric((PROTOCOL, QUEUE_TYPE), sum(getattr(counters, a) for a in attributes))
             yield family
+        yield from self._dead_lettered()
         consumers = GaugeMetricFamily(
             "rabbitmq_global_consumers", "Current number of consumers", labels=("protocol",)
         )
         consumers.add_metric((PROTOCOL,), sum(len(q.consumers) for q in self._all_queues()))
         yield consumers
+
+    def _dead_lettered(self) -> Iterator[Metric]:
+        """rabbitmq_global_messages_dead_lettered_*_total as RabbitMQ 3.10+ names them: every
+        message that died, by reason, with dead_letter_strategy "disabled" where it was dropped
+        (no dead-letter exchange) and "at_least_once" where it moved; "confirmed" counts the
+        copies that reached a queue. Zero series are present, as RabbitMQ lists them."""
+        counts: dict[tuple[str, str, str], int] = {}
+        confirmed: dict[str, int] = {}
+        for vhost in self.broker.vhosts.values():
+            for key, value in vhost.dead_letters.counts.items():
+                counts[key] = counts.get(key, 0) + value
+            for queue_type, value in vhost.dead_letters.confirmed.items():
+                confirmed[queue_type] = confirmed.get(queue_type, 0) + value
+        queue_types = sorted({"classic", *(key[0] for key in counts), *confirmed})
+        labels = ("queue_type", "dead_letter_strategy")
+        for reason, text in DEAD_LETTER_REASONS:
+            family = CounterMetricFamily(
+                f"rabbitmq_global_messages_dead_lettered_{reason}_total",
+                f"Total number of messages dead-lettered due to {text}",
+                labels=labels,
+            )
+            for queue_type in queue_types:
+                for strategy in (DROPPED, MOVED):
+                    family.add_metric(
+                        (f"rabbit_{queue_type}_queue", strategy),
+                        counts.get((queue_type, reason, strategy), 0),
+                    )
+            yield family
+        family = CounterMetricFamily(
+            "rabbitmq_global_messages_dead_lettered_confirmed_total",
+            "Total number of messages dead-lettered and confirmed by target queues",
+            labels=labels,
+        )
+        for queue_type in queue_types:
+            family.add_metric((f"rabbit_{queue_type}_queue", MOVED), confirmed.get(queue_type, 0))
+        yield family
 
     def _storage(self) -> Iterator[Metric]:
         wal = self.broker.wal

@@ -172,17 +172,32 @@ def is_cycle(target: str, deaths: list[tuple[str | None, str | None]]) -> bool:
     return False
 
 
+# rabbitmq_global_messages_dead_lettered_*_total's dead_letter_strategy label: a queue without a
+# dead-letter exchange drops ("disabled"); Warren's moves lose nothing ("at_least_once", the name
+# RabbitMQ gives its safe strategy).
+DROPPED, MOVED = "disabled", "at_least_once"
+
+
 class DeadLetters:
-    """Republishes messages that die in the queues of one virtual host."""
+    """Republishes messages that die in the queues of one virtual host, and counts every message
+    that dies (RabbitMQ's dead-lettered counters, by queue type, reason and strategy)."""
 
     def __init__(self, vhost: VirtualHost) -> None:
         self.vhost = vhost
+        # (queue type, reason, strategy) -> messages; and copies that reached a queue.
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.confirmed: dict[str, int] = {}  # queue type -> messages
+
+    def count(self, queue: Queue, reason: str, messages: int, dropped: bool) -> None:
+        key = (queue.queue_type, reason, DROPPED if dropped else MOVED)
+        self.counts[key] = self.counts.get(key, 0) + messages
 
     def publish(
         self, queue: Queue, entries: list[QueuedMessage], reason: str, logged: bool
     ) -> None:
         """Dead-letter `entries` leaving `queue`; `logged`: the queue's own log holds them
         (their removal goes in the same record as the copies)."""
+        self.count(queue, reason, len(entries), dropped=False)
         for entry in entries:
             try:
                 self._publish_one(queue, entry, reason, logged)
@@ -207,7 +222,8 @@ class DeadLetters:
                 store.persist(copy, surviving)
         elif in_log:
             store.settled(queue, (entry,))
-        if copy is not None:
+        if copy is not None and targets:
+            self.confirmed[queue.queue_type] = self.confirmed.get(queue.queue_type, 0) + 1
             for target in targets:
                 target.publish(copy)
 

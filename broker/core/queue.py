@@ -79,8 +79,6 @@ class Queue:
         self.published_total = 0
         self.delivered_total = 0
         self.acked_total = 0
-        self.expired_total = 0
-        self.dead_lettered_total: dict[str, int] = {}  # reason -> messages
         # Estimated memory of what this queue holds (ready and unacked), for the memory alarm.
         self.memory_bytes = 0
         self.consumers: list[Consumer] = []
@@ -144,7 +142,11 @@ class Queue:
 
     def refuse(self, message: Message) -> None:
         """A publish this queue did not admit: reject-publish-dlx dead-letters it."""
-        if self.settings.overflow == "reject-publish-dlx" and self._dead_letters is not None:
+        if (
+            self.settings.overflow == "reject-publish-dlx"
+            and self._dead_letters is not None
+            and self.settings.dead_letter_exchange is not None
+        ):
             entry = QueuedMessage(message, 0)
             self._dead_letters.publish(self, [entry], MAXLEN, logged=False)
 
@@ -298,15 +300,14 @@ class Queue:
         """Messages that left without an ack: to the dead-letter exchange when there is one, in
         the same log record that takes them out of this queue, else settled and dropped."""
         self.memory_bytes -= sum(entry.message.footprint for entry in entries)
-        if reason == EXPIRED:
-            self.expired_total += len(entries)
         logged = bool(self.store_id)
-        if self._dead_letters is not None:
-            self.dead_lettered_total[reason] = self.dead_lettered_total.get(reason, 0) + len(
-                entries
-            )
-            self._dead_letters.publish(self, entries, reason, logged=logged)
-        elif logged:
+        dead_letters = self._dead_letters
+        if dead_letters is not None and self.settings.dead_letter_exchange is not None:
+            dead_letters.publish(self, entries, reason, logged=logged)
+            return
+        if dead_letters is not None:
+            dead_letters.count(self, reason, len(entries), dropped=True)
+        if logged:
             settled = [entry for entry in entries if entry.message.msg_id]
             if settled:
                 self.store.settled(self, settled)

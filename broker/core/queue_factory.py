@@ -47,6 +47,6 @@ def build_queue(
         settings=settings,
         ready=ready_store(settings),
         clock=vhost.clock,
-        dead_letters=vhost.dead_letters if settings.dead_letter_exchange is not None else None,
+        dead_letters=vhost.dead_letters,
         on_expired=vhost.remove_queue,
     )

@@ -219,3 +219,48 @@ async def test_scrapes_within_a_second_share_one_rendering(tmp_path: Path) -> No
         assert await asyncio.to_thread(scrape, port) == first
         assert first[("rabbitmq_resident_memory_limit_bytes", ())] == running.memory.limit
         assert first[("rabbitmq_alarms_memory_used_watermark", ())] == 0
+
+
+def dead_letter_workload(url: str, port: int) -> Samples:
+    """Three messages expire into a dead-letter queue, two fall off a length limit without one,
+    one is rejected without one."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare("dl-target")
+        to_target = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dl-target"}
+        channel.queue_declare("dl-ttl", arguments={"x-message-ttl": 0, **to_target})
+        channel.queue_declare("dl-capped", arguments={"x-max-length": 1})
+        channel.queue_declare("dl-plain")
+        for body in (b"a", b"b", b"c"):
+            channel.basic_publish("", "dl-ttl", body)
+            channel.basic_publish("", "dl-capped", body)
+        channel.basic_publish("", "dl-plain", b"refused")
+        method, _, _ = channel.basic_get("dl-plain")
+        channel.basic_reject(method.delivery_tag, requeue=False)
+        assert channel.queue_declare("dl-target", passive=True).method.message_count == 3
+    finally:
+        connection.close()
+    return scrape(port)
+
+
+async def test_dead_lettered_counters_have_rabbitmq_names_reasons_and_strategies(
+    broker: Broker,
+) -> None:
+    samples = await asyncio.to_thread(dead_letter_workload, broker.url, broker.config.metrics_port)
+    classic = {"queue_type": "rabbit_classic_queue"}
+    moved, dropped = (
+        {**classic, "dead_letter_strategy": "at_least_once"},
+        {
+            **classic,
+            "dead_letter_strategy": "disabled",
+        },
+    )
+    prefix = "rabbitmq_global_messages_dead_lettered_"
+    assert value(samples, prefix + "expired_total", **moved) == 3
+    assert value(samples, prefix + "expired_total", **dropped) == 0
+    assert value(samples, prefix + "maxlen_total", **dropped) == 2
+    assert value(samples, prefix + "rejected_total", **dropped) == 1
+    assert value(samples, prefix + "delivery_limit_total", **moved) == 0
+    assert value(samples, prefix + "confirmed_total", **moved) == 3

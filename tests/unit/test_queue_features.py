@@ -40,6 +40,11 @@ def _get_all(queue: Queue) -> list[Any]:
     return out
 
 
+def _died(vhost: VirtualHost, reason: str) -> int:
+    """Messages that died for `reason` in this vhost, dropped or dead-lettered."""
+    return sum(n for (_, why, _), n in vhost.dead_letters.counts.items() if why == reason)
+
+
 def _dlx_pair(vhost: VirtualHost, **arguments: Any) -> tuple[Queue, Queue]:
     dead = vhost.declare_queue("dead", None)
     source = vhost.declare_queue(
@@ -65,7 +70,7 @@ def test_queue_ttl_expires_at_the_deadline_with_one_timer(
     assert queue.message_count == 50
     clock.advance(0.1)
     assert queue.message_count == 0
-    assert queue.expired_total == 100
+    assert _died(vhost, "expired") == 100
     assert clock.pending == []
 
 
@@ -102,7 +107,7 @@ def test_an_expired_head_is_never_handed_out_even_before_its_timer_runs(
     _publish(vhost, "q", b"fresh")
     clock.time += 1  # time passes, the timer has not fired yet
     assert [m.body for m in _get_all(queue)] == [b"fresh"]
-    assert queue.expired_total == 1
+    assert _died(vhost, "expired") == 1
 
 
 def test_a_requeued_message_keeps_its_original_deadline(
@@ -123,13 +128,13 @@ def test_a_requeued_message_keeps_its_original_deadline(
 def test_ttl_zero_delivers_only_to_a_consumer_with_room_now(vhost: VirtualHost) -> None:
     queue = vhost.declare_queue("q", None, arguments={"x-message-ttl": 0})
     _publish(vhost, "q", b"nobody")
-    assert queue.message_count == 0 and queue.expired_total == 1
+    assert queue.message_count == 0 and _died(vhost, "expired") == 1
     sink = FakeSink()
     add_consumer(queue, sink, "c", credit=1)
     _publish(vhost, "q", b"taken")
     _publish(vhost, "q", b"no-room")
     assert [body for _, body, _ in sink.delivered] == [b"taken"]
-    assert queue.message_count == 0 and queue.expired_total == 2
+    assert queue.message_count == 0 and _died(vhost, "expired") == 2
 
 
 def test_an_invalid_expiration_is_refused_at_publish() -> None:
@@ -182,7 +187,8 @@ def test_drop_head_drops_the_oldest_and_dead_letters_them_as_maxlen(vhost: Virtu
         _publish(vhost, "work", body)
     assert _bodies(source) == [b"c", b"d"]
     assert _bodies(dead) == [b"a", b"b"]
-    assert source.dead_lettered_total == {"maxlen": 2}
+    assert vhost.dead_letters.counts == {("classic", "maxlen", "at_least_once"): 2}
+    assert vhost.dead_letters.confirmed == {"classic": 2}
 
 
 def test_max_length_bytes_counts_bodies_and_a_huge_body_empties_the_queue(

@@ -220,6 +220,8 @@ class Broker:
         if self._tls_server is not None:
             await self._tls_server.wait_closed()
             self._tls_server = None
+        for vhost in self.vhosts.values():
+            vhost.stop_timers()  # no expiry may reach the log once it is closing
         if isinstance(self.store, DurableStore):
             self.store.shutdown()
         if self.wal is not None:

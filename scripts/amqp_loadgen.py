@@ -35,12 +35,19 @@ def _short(text: str) -> bytes:
 
 
 def publish_frames(
-    channel: int, exchange: str, routing_key: str, body: bytes, persistent: bool
+    channel: int,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    persistent: bool,
+    priority: int | None = None,
 ) -> bytes:
     """Publish + header + body frames for one message, built once and sent many times."""
     method = b"\x00\x3c\x00\x28\x00\x00" + _short(exchange) + _short(routing_key) + b"\x00"
     if persistent:  # delivery-mode property only
         header = struct.pack(">HHQH", 60, 0, len(body), 0x1000) + b"\x02"
+    elif priority is not None:  # priority property only
+        header = struct.pack(">HHQH", 60, 0, len(body), 0x0800) + bytes((priority,))
     else:
         header = struct.pack(">HHQH", 60, 0, len(body), 0)
     return _frame(1, channel, method) + _frame(2, channel, header) + _frame(3, channel, body)

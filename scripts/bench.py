@@ -5,6 +5,11 @@ Scenarios (256-byte messages):
               message; msgs/s from the first publish to the last delivery.
   persistent  a durable queue, delivery-mode 2, publisher confirms with up to 1000 unconfirmed;
               confirmed msgs/s (RabbitMQ: a classic queue, its default).
+  ttl         a queue with x-message-ttl 50 ms and a dead-letter exchange, no consumer on it:
+              every message expires into a dead-letter queue whose consumer acks it; msgs/s
+              from the first publish to the last dead letter consumed.
+  priority    a queue with x-max-priority 10: messages with priorities 0-9 published as a
+              backlog, then consumed with prefetch 1000 and manual acks; msgs/s overall.
   metrics     Warren only: transient throughput with /metrics scraped every 100 ms vs not.
   disk        Warren only: --disk-messages persistent messages through a durable queue
               (publisher with confirms, consumer acking), then the size of the log left behind.
@@ -39,7 +44,8 @@ Stress scenarios, Warren only (no comparison; RabbitMQ is not started), not part
 Both print the command line and the seed (--seed to replay the same random choices; thread and
 kill timing still vary).
 
-    scripts/bench [--scenario all|transient|persistent|recovery|disk|metrics|soak|crash]
+    scripts/bench [--scenario all|transient|persistent|ttl|priority|recovery|disk|metrics|
+                              soak|crash]
                   [--messages N] [--rounds 3] [--recovery-messages 200000]
                   [--disk-messages 1000000] [--no-rabbitmq] [--seed N]
                   [--soak-seconds 600] [--soak-rate 300] [--soak-segment-size 1048576]
@@ -67,11 +73,16 @@ sys.path.insert(0, str(ROOT))
 
 from pamqp import commands  # noqa: E402
 
-from scripts.amqp_loadgen import LoadClient, ack_frame, connect, publish_frames  # noqa: E402
+from scripts.amqp_loadgen import LoadClient, connect, publish_frames  # noqa: E402
 from scripts.bench_crash import crash_cycles  # noqa: E402
+from scripts.bench_queues import priority_round, ttl_round  # noqa: E402
 from scripts.bench_soak import soak  # noqa: E402
 from scripts.bench_support import (  # noqa: E402
+    BODY,
     CONFIRM_WINDOW,
+    PREFETCH,
+    PUBLISH_BATCH,
+    acking_consumer,
     one_call,
     queue_depth,
     resident_bytes,
@@ -80,35 +91,6 @@ from scripts.bench_support import (  # noqa: E402
 from tests.support import BrokerProcess, free_port  # noqa: E402
 
 RABBITMQ = ("127.0.0.1", 5672)
-BODY = b"x" * 256
-PREFETCH = 1000
-PUBLISH_BATCH = 200
-
-
-async def acking_consumer(
-    consumer: LoadClient, queue: str, messages: int, durable: bool
-) -> asyncio.Future[float]:
-    """Declare `queue`, consume with prefetch and a manual ack per message; the future holds
-    the time the last of `messages` arrived."""
-    await consumer.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
-    declare = commands.Queue.Declare(queue=queue, durable=durable, auto_delete=not durable)
-    await consumer.call(1, declare, commands.Queue.DeclareOk)
-    await consumer.call(1, commands.Basic.Qos(prefetch_count=PREFETCH), commands.Basic.QosOk)
-    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-    received = 0
-
-    def on_deliver(channel: int, tag: int) -> None:
-        nonlocal received
-        received += 1
-        consumer.send(ack_frame(channel, tag))
-        if received == messages and not done.done():
-            done.set_result(time.perf_counter())
-
-    consumer.on_deliver = on_deliver
-    await consumer.call(
-        1, commands.Basic.Consume(queue=queue, consumer_tag="bench"), commands.Basic.ConsumeOk
-    )
-    return done
 
 
 async def transient_round(host: str, port: int, messages: int) -> float:
@@ -319,7 +301,12 @@ def report(title: str, unit: str, results: dict[str, list[float]], higher_is_bet
 def throughput(
     name: str, rounds: int, messages: int, warren_port: int, with_rabbitmq: bool
 ) -> None:
-    scenario = {"transient": transient_round, "persistent": persistent_round}[name]
+    scenario = {
+        "transient": transient_round,
+        "persistent": persistent_round,
+        "ttl": ttl_round,
+        "priority": priority_round,
+    }[name]
     results: dict[str, list[float]] = {"warren": [], "rabbitmq": []}
     run(scenario("127.0.0.1", warren_port, min(messages, 20_000)))  # warm-up
     for round_number in range(1, rounds + 1):
@@ -333,6 +320,8 @@ def throughput(
     detail = {
         "transient": f"prefetch {PREFETCH}, manual acks, transient",
         "persistent": f"durable queue, delivery-mode 2, confirms (window {CONFIRM_WINDOW})",
+        "ttl": "x-message-ttl 50 ms, all expire into a dead-letter queue, consumed there",
+        "priority": "x-max-priority 10, priorities 0-9, published as a backlog, then consumed",
     }[name]
     report(f"scenario {name}: {messages} x 256 B, 1 queue, {detail}", "msg/s", results, True)
 
@@ -384,7 +373,18 @@ def main() -> int:
     parser.add_argument(
         "--scenario",
         default="all",
-        choices=["all", "transient", "persistent", "recovery", "disk", "metrics", "soak", "crash"],
+        choices=[
+            "all",
+            "transient",
+            "persistent",
+            "ttl",
+            "priority",
+            "recovery",
+            "disk",
+            "metrics",
+            "soak",
+            "crash",
+        ],
     )
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
@@ -415,7 +415,7 @@ def main() -> int:
         if not rabbitmq_available():
             print("RabbitMQ is not answering on 127.0.0.1:5672", file=sys.stderr)
             return 1
-    everything = ["transient", "persistent", "recovery", "disk", "metrics"]
+    everything = ["transient", "persistent", "ttl", "priority", "recovery", "disk", "metrics"]
     wanted = everything if args.scenario == "all" else [args.scenario]
     with tempfile.TemporaryDirectory(prefix="warren-bench-") as data_dir:
         for name in wanted:

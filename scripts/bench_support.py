@@ -8,15 +8,19 @@ it there), like `scripts.amqp_loadgen` and `tests.support`.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 from pamqp import commands
 
-from scripts.amqp_loadgen import connect
+from scripts.amqp_loadgen import LoadClient, ack_frame, connect
 from tests.support import shipped_config, write_config
 
 CONFIRM_WINDOW = 1000  # unconfirmed publishes a confirming publisher keeps in flight at most
+BODY = b"x" * 256
+PREFETCH = 1000
+PUBLISH_BATCH = 200
 
 
 def run(coroutine: Any) -> Any:
@@ -56,3 +60,35 @@ def stress_config(data_dir: Path, segment_size: int) -> Path:
     config["store"]["segment_size"] = segment_size
     data_dir.mkdir(parents=True)
     return write_config(data_dir, config)
+
+
+async def acking_consumer(
+    consumer: LoadClient,
+    queue: str,
+    messages: int,
+    durable: bool,
+    arguments: dict[str, Any] | None = None,
+) -> asyncio.Future[float]:
+    """Declare `queue`, consume with prefetch and a manual ack per message; the future holds
+    the time the last of `messages` arrived."""
+    await consumer.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
+    declare = commands.Queue.Declare(
+        queue=queue, durable=durable, auto_delete=not durable, arguments=arguments
+    )
+    await consumer.call(1, declare, commands.Queue.DeclareOk)
+    await consumer.call(1, commands.Basic.Qos(prefetch_count=PREFETCH), commands.Basic.QosOk)
+    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    received = 0
+
+    def on_deliver(channel: int, tag: int) -> None:
+        nonlocal received
+        received += 1
+        consumer.send(ack_frame(channel, tag))
+        if received == messages and not done.done():
+            done.set_result(time.perf_counter())
+
+    consumer.on_deliver = on_deliver
+    await consumer.call(
+        1, commands.Basic.Consume(queue=queue, consumer_tag="bench"), commands.Basic.ConsumeOk
+    )
+    return done

@@ -176,6 +176,8 @@ def is_cycle(target: str, deaths: list[tuple[str | None, str | None]]) -> bool:
 # dead-letter exchange drops ("disabled"); Warren's moves lose nothing ("at_least_once", the name
 # RabbitMQ gives its safe strategy).
 DROPPED, MOVED = "disabled", "at_least_once"
+# Rewritten headers kept for reuse (see DeadLetters._made_header); cleared when full.
+MADE_CACHE_SIZE = 256
 
 
 class DeadLetters:
@@ -187,6 +189,7 @@ class DeadLetters:
         # (queue type, reason, strategy) -> messages; and copies that reached a queue.
         self.counts: dict[tuple[str, str, str], int] = {}
         self.confirmed: dict[str, int] = {}  # queue type -> messages
+        self._made: dict[tuple, tuple[bytes, list[str], list, bytes]] = {}
 
     def count(self, queue: Queue, reason: str, messages: int, dropped: bool) -> None:
         key = (queue.queue_type, reason, DROPPED if dropped else MOVED)
@@ -227,6 +230,36 @@ class DeadLetters:
             for target in targets:
                 target.publish(copy)
 
+    def _made_header(
+        self,
+        queue: Queue,
+        source: Message,
+        reason: str,
+        now: int,
+        exchange_name: str,
+        new_key: str | None,
+    ) -> tuple[bytes, list[str], list[tuple[str | None, str | None]], bytes]:
+        """The copy's header, the keys its death records, its x-death (queue, reason) pairs
+        and its route bytes. Messages of one publisher share their header, and a batch that
+        expires together shares the second: the rewrite is made once for them all."""
+        key = (
+            source.header, queue.name, reason, now, source.exchange, source.routing_key,
+            exchange_name, new_key,
+        )  # fmt: skip
+        made = self._made.get(key)
+        if made is None:
+            header, keys = dead_letter_header(
+                source.header, queue.name, reason, now, source.exchange, source.routing_key,
+                new_key,
+            )  # fmt: skip
+            routing_key = new_key if new_key is not None else source.routing_key
+            deaths = _queue_names(header) if reason != REJECTED else []
+            made = (header, keys, deaths, route_bytes(exchange_name, routing_key))
+            if len(self._made) >= MADE_CACHE_SIZE:
+                self._made.clear()
+            self._made[key] = made
+        return made
+
     def _copy(
         self, queue: Queue, source: Message, reason: str
     ) -> tuple[Message | None, list[Queue]]:
@@ -239,23 +272,19 @@ class DeadLetters:
             return None, []  # a missing dead-letter exchange drops the message
         new_key = settings.dead_letter_routing_key
         now = vhost.clock.now()
-        header, keys = dead_letter_header(
-            source.header, queue.name, reason, int(now), source.exchange, source.routing_key,
-            new_key,
-        )  # fmt: skip
+        made = self._made_header(queue, source, reason, int(now), exchange_name, new_key)
+        header, keys, deaths, route = made
         routing_key = new_key if new_key is not None else source.routing_key
         body = source.body if source.body is not None else vhost.store.read_body(source)
-        copy = Message(
-            exchange_name, routing_key, route_bytes(exchange_name, routing_key), header, body
-        )
+        copy = Message(exchange_name, routing_key, route, header, body)
         copy.published_at = now
         # Without a dead-letter routing key the copy goes by every key the original was
         # published with: its routing key, CC and (never shown to consumers) BCC.
-        route_keys = [*keys, *source.bcc] if new_key is None else None
-        found = vhost.route(exchange, copy, route_keys)
-        targets = list(found)
+        route_keys = None
+        if new_key is None and (len(keys) > 1 or source.bcc):
+            route_keys = [*keys, *source.bcc]
+        targets = list(vhost.route(exchange, copy, route_keys))
         if reason != REJECTED and targets:
-            deaths = _queue_names(header)
             cycling = [target for target in targets if is_cycle(target.name, deaths)]
             if cycling:
                 log.warning(

@@ -31,6 +31,10 @@ log = logging.getLogger("warren.queue")
 MEMORY_STORE = MessageStore()
 DEFAULT_SETTINGS = QueueSettings()
 NEVER = float("inf")
+# A timer is set at least this far ahead: a queue whose messages come due one after another
+# expires them in batches, not with one timer per message. Nothing expired is delivered
+# meanwhile (the head is checked at each delivery).
+TIMER_SLACK = 0.002
 
 # Why a message left a queue without an ack: x-death's reasons.
 REJECTED, EXPIRED, MAXLEN = "rejected", "expired", "maxlen"
@@ -344,7 +348,7 @@ class Queue:
         held = [*self._ready.purge(), *self._outstanding]
         self._outstanding.clear()
         self.memory_bytes = 0
-        self._disarm()
+        self.stop_timer()
         return held
 
     # ------------------------------------------------------------------ time
@@ -362,12 +366,14 @@ class Queue:
         due = min(self._ready.next_due(), self._unused_until)
         if due == self._timer_at:
             return
-        self._disarm()
+        self.stop_timer()
         if due != NEVER and not self.deleted:
             self._timer_at = due
-            self._timer = self._clock.call_later(due - self._clock.now(), self._on_timer)
+            delay = max(due - self._clock.now(), TIMER_SLACK)
+            self._timer = self._clock.call_later(delay, self._on_timer)
 
-    def _disarm(self) -> None:
+    def stop_timer(self) -> None:
+        """No timer until something arms it again (deleted, or the broker stopping)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -434,6 +434,12 @@ class VirtualHost:
                 )
         return count
 
+    def stop_timers(self) -> None:
+        """The broker is stopping: TTL and queue expiry stop with it (they resume, from the
+        deadlines in the log, at the next start)."""
+        for queue in self.queues.values():
+            queue.stop_timer()
+
     def purge_queue(self, name: str, owner: object | None) -> int:
         return self.get_queue(name, owner).purge()
 

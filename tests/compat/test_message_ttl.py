@@ -403,3 +403,17 @@ def test_expired_queue_messages_are_not_dead_lettered(
     assert not queue_exists(connection, name)
     pump(connection, 0.2)
     assert message_count(channel, dead) == 0
+
+
+@pytest.mark.warren_only
+def test_an_expired_message_behind_a_live_one_is_removed_where_it_is(
+    connection: BlockingConnection, channel: BlockingChannel, name: str, cleanup: Cleanup
+) -> None:
+    """Warren expires a message wherever it sits in its queue; RabbitMQ leaves it (counted, in
+    memory) until it reaches the head (rabbitmq-server issues 2074, 2007)."""
+    queue = cleanup.queue(name)
+    channel.queue_declare(queue)
+    publish_confirmed(connection, queue, [b"long"], pika.BasicProperties(expiration="60000"))
+    publish_confirmed(connection, queue, [b"short"], pika.BasicProperties(expiration="50"))
+    wait_message_count(connection, queue, 1)
+    assert [d.body for d in get_all(channel, queue)] == [b"long"]

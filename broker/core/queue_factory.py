@@ -7,14 +7,19 @@ dead-letter exchange). Later, policies feed the same settings.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from broker.core.arguments import QueueSettings, queue_settings
+from broker.core.errors import ChannelException
 from broker.core.queue import Queue
 from broker.core.ready import FifoStore, PriorityStore, ReadyStore
+from broker.logs import fields
 
 if TYPE_CHECKING:
     from broker.core.vhost import VirtualHost
+
+log = logging.getLogger("warren.queue")
 
 
 def ready_store(settings: QueueSettings) -> ReadyStore:
@@ -31,11 +36,25 @@ def build_queue(
     exclusive_owner: object | None = None,
     auto_delete: bool = False,
     arguments: dict[str, Any] | None = None,
+    restoring: bool = False,
 ) -> Queue:
-    """A queue of `vhost` as its arguments describe it; raises 406 for a bad argument."""
+    """A queue of `vhost` as its arguments describe it; raises 406 for a bad argument, except
+    for a queue `restoring` from the log: an older Warren accepted arguments it did not check,
+    and refusing them now would keep the broker from starting on its data (and its messages
+    out of reach). Such a queue acts on none of its arguments, and the log says so."""
     arguments = arguments or {}
     queue_type = str(arguments.get("x-queue-type") or "classic")
-    settings = queue_settings(arguments, f"queue '{name}' in vhost '{vhost.name}'", queue_type)
+    where = f"queue '{name}' in vhost '{vhost.name}'"
+    try:
+        settings = queue_settings(arguments, where, queue_type)
+    except ChannelException as error:
+        if not restoring:
+            raise
+        log.warning(
+            "recovery.queue_arguments_ignored",
+            extra=fields(queue=name, vhost=vhost.name, reason=error.reply_text),
+        )
+        settings = QueueSettings()
     return Queue(
         name,
         vhost.name,

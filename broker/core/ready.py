@@ -27,6 +27,9 @@ from broker.core.message import GONE, OUT, READY, QueuedMessage
 
 # Tombstones are dropped in one pass once there are this many and they outnumber live entries.
 COMPACT_MIN_TOMBSTONES = 1024
+# The deadline heap is rebuilt from the ready entries once its stale items (entries delivered,
+# acked or removed before their deadline) are this many and the majority.
+COMPACT_MIN_DEADLINES = 1024
 
 
 def _seq_of(entry: QueuedMessage) -> int:
@@ -192,7 +195,23 @@ class ReadyStore:
         self.count += 1
         self.body_bytes += entry.message.body_size
         if entry.expires_at:
-            heapq.heappush(self._deadlines, (entry.expires_at, entry.seq, entry))
+            self._index_deadline(entry)
+
+    def _index_deadline(self, entry: QueuedMessage) -> None:
+        """Index a ready entry's deadline. Items of entries that left stay in the heap until
+        they reach its top; when they are the majority the heap is rebuilt, so a queue whose
+        consumers keep up (a long TTL, messages delivered long before it) does not hold every
+        delivered message, and its body, until its deadline."""
+        deadlines = self._deadlines
+        heapq.heappush(deadlines, (entry.expires_at, entry.seq, entry))
+        if len(deadlines) >= COMPACT_MIN_DEADLINES and len(deadlines) > 2 * self.count:
+            live = [
+                item
+                for item in deadlines
+                if item[2].state == READY and item[2].expires_at == item[0]
+            ]
+            heapq.heapify(live)
+            self._deadlines = live
 
     def _take(self, entry: QueuedMessage, state: int) -> None:
         entry.state = state
@@ -224,7 +243,7 @@ class FifoStore(ReadyStore):
         self.count += 1
         self.body_bytes += entry.message.body_size
         if entry.expires_at:
-            heapq.heappush(self._deadlines, (entry.expires_at, entry.seq, entry))
+            self._index_deadline(entry)
 
     def pop(self) -> QueuedMessage | None:
         """The base class's pop, inlined: every delivery from a plain queue comes here."""
@@ -255,25 +274,40 @@ class PriorityStore(ReadyStore):
     RabbitMQ's priority backing queue). A message without a priority is at level 0; one above
     the queue's maximum counts as the maximum."""
 
-    __slots__ = ("_levels", "max_priority")
+    __slots__ = ("_levels", "_top", "max_priority")
 
     def __init__(self, max_priority: int) -> None:
         super().__init__()
         self.max_priority = max_priority
-        self._levels = [_SeqDeque() for _ in range(max_priority + 1)]
+        # A level's FIFO is made when a message first needs it: x-max-priority 255 costs an
+        # empty queue 256 list slots, not 256 deques.
+        self._levels: list[_SeqDeque | None] = [None] * (max_priority + 1)
+        self._top = 0  # no level above this one holds an entry: pops start here, not at 255
 
     def _lane(self, entry: QueuedMessage) -> _SeqDeque:
-        return self._levels[min(entry.message.priority, self.max_priority)]
+        level = min(entry.message.priority, self.max_priority)
+        if level > self._top:
+            self._top = level
+        lane = self._levels[level]
+        if lane is None:
+            lane = self._levels[level] = _SeqDeque()
+        return lane
 
     def _next_lane(self) -> _SeqDeque | None:
-        for lane in reversed(self._levels):
-            if lane.head() is not None:
+        levels = self._levels
+        for level in range(self._top, -1, -1):
+            lane = levels[level]
+            if lane is not None and lane.head() is not None:
+                self._top = level
                 return lane
+        self._top = 0
         return None
 
     def __iter__(self) -> Iterator[QueuedMessage]:
         for lane in reversed(self._levels):
-            yield from lane
+            if lane is not None:
+                yield from lane
 
     def _clear(self) -> None:
-        self._levels = [_SeqDeque() for _ in range(self.max_priority + 1)]
+        self._levels = [None] * (self.max_priority + 1)
+        self._top = 0

@@ -333,7 +333,7 @@ class VirtualHost:
     def restore_queue(self, name: str, arguments: dict[str, Any], store_id: int) -> Queue:
         """Recreate a durable queue from the log: no reserved-name check (a server-named
         amq.gen- queue may be durable) and nothing logged again."""
-        queue = build_queue(self, name, durable=True, arguments=arguments)
+        queue = build_queue(self, name, durable=True, arguments=arguments, restoring=True)
         queue.store_id = store_id
         self.queues[name] = queue
         return queue

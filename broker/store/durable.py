@@ -10,6 +10,7 @@ snapshot of the durable metadata, so deleting old segments never loses a declara
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,9 @@ class DurableStore(MessageStore):
         self._deliveries: dict[int, list[int]] = {}
         self._ids_scheduled = False
         self._gc_scheduled = False
+        # Messages dead-lettered away (MOVE records) whose release waits for the MOVE's write.
+        self._moved_sources: list[Message] = []
+        self._moves_scheduled = False
         wal.on_segment_roll = self._on_segment_roll
 
     # ------------------------------------------------------------------ metadata
@@ -219,7 +223,23 @@ class DurableStore(MessageStore):
             moved_from=(queue.store_id, source.msg_id),
         )
         self._append_message(copy, records.MOVE, payload)
-        self._release((source,))
+        # The source's record may go only once the MOVE is written: a segment deletion whose
+        # sync was already under way must not find the source released while the MOVE is
+        # still in memory (a crash then would lose both). So the release waits for a sync
+        # requested after this append.
+        self._moved_sources.append(source)
+        if not self._moves_scheduled:
+            self._moves_scheduled = True
+            asyncio.get_running_loop().call_soon(self._release_moved)
+
+    def _release_moved(self) -> None:
+        self._moves_scheduled = False
+        batch, self._moved_sources = self._moved_sources, []
+        if not batch:
+            return
+        # A closing log raises: the sources then stay in it, which is always safe.
+        with contextlib.suppress(RuntimeError):
+            self.wal.sync(lambda error: None if error is not None else self._release(batch))
 
     def delivered(self, queue: Queue, entry: QueuedMessage) -> None:
         pending = self._deliveries.get(queue.store_id)
@@ -330,22 +350,15 @@ class DurableStore(MessageStore):
         message id (recovery orders by it, and takes the latest record of an id), lists only
         the queues still holding the message, and repeats their delivered marks.
 
-        Ready messages are ordered by message id in each queue, so only each queue's head up
-        to the segment's last id is looked at (and its unacked ones): the work is what the
-        segment holds, not every message queued."""
+        FIFO queues mostly hold logged messages in message id order, so each queue's head up
+        to the segment's last id is looked at first (and its unacked ones): the work is what
+        the segment holds, not every message queued. Priority queues, and dead-lettered copies
+        (new ids) that a queue took ahead of older messages, break that order: when the first
+        pass finds fewer messages than the segment holds, every queued message is looked at."""
         upto = self.last_msg_id.get(segment, self.next_msg_id)
-        holders: dict[int, tuple[Message, list[Queue], list[Queue]]] = {}
-        for vhost in self._vhosts():
-            for queue in vhost.queues.values():
-                if not queue.store_id:
-                    continue
-                for entry in _head_upto(queue, upto):
-                    message = entry.message
-                    if message.msg_id and message.location[0] == segment:
-                        found = holders.setdefault(message.msg_id, (message, [], []))
-                        found[1].append(queue)
-                        if entry.redelivered or queue.is_unacked(entry):
-                            found[2].append(queue)
+        holders = self._holders(segment, lambda queue: _head_upto(queue, upto))
+        if len(holders) < self.live.get(segment, 0):
+            holders = self._holders(segment, _everything_in)
         for msg_id in sorted(holders):
             message, queues, delivered = holders[msg_id]
             body = message.body if message.body is not None else self.read_body(message)
@@ -363,7 +376,35 @@ class DurableStore(MessageStore):
             for queue in delivered:
                 self.wal.append(records.DELIVERED, records.encode_ids(queue.store_id, [msg_id]))
         log.info("wal.segment_compacted", extra=fields(segment=segment, moved=len(holders)))
-        self._schedule_gc()
+        if holders:  # nothing found (a bug elsewhere) must not turn into a loop of passes
+            self._schedule_gc()
+
+    def _holders(
+        self, segment: int, entries_of: Callable[[Queue], Iterable[QueuedMessage]]
+    ) -> dict[int, tuple[Message, list[Queue], list[Queue]]]:
+        """Message id -> (message, the surviving queues holding it, those that delivered it)
+        for the messages logged in `segment`, found among `entries_of` each durable queue."""
+        holders: dict[int, tuple[Message, list[Queue], list[Queue]]] = {}
+        for vhost in self._vhosts():
+            for queue in vhost.queues.values():
+                if not queue.store_id:
+                    continue
+                for entry in entries_of(queue):
+                    message = entry.message
+                    if message.msg_id and message.location[0] == segment:
+                        found = holders.setdefault(message.msg_id, (message, [], []))
+                        if queue not in found[1]:
+                            found[1].append(queue)
+                        if (entry.redelivered or queue.is_unacked(entry)) and (
+                            queue not in found[2]
+                        ):
+                            found[2].append(queue)
+        return holders
+
+
+def _everything_in(queue: Queue) -> Iterator[QueuedMessage]:
+    yield from queue.unacked_entries()
+    yield from queue.ready_entries()
 
 
 def _head_upto(queue: Queue, upto: int) -> Iterator[QueuedMessage]:

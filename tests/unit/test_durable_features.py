@@ -5,6 +5,7 @@ of the log finds it in both queues or in neither."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from broker.core.vhost import VirtualHost
 from broker.store import records
 from tests.unit.helpers import ManualClock, make_message
 from tests.unit.test_durable_store import (
+    SEGMENT,
+    _publish_and_ack,
+    _settle_and_collect,
     log_records,
     restart,
     start_node,
@@ -138,3 +142,66 @@ async def test_a_dead_letter_move_is_one_record_and_no_cut_of_the_log_splits_it(
             assert held == 1, f"cut inside record {cut}: the message is in {held} queues"
             assert where == ("work" if cut <= move_at else "dead"), f"cut {cut}"
         await node.wal.close()
+
+
+async def test_a_moved_message_keeps_its_segment_until_the_move_is_written(
+    tmp_path: Path,
+) -> None:
+    """The source of a dead-letter move is released (its segment may be deleted) only after a
+    sync requested once the MOVE record was appended: a segment deletion already under way
+    must not see it released while the MOVE is still in memory."""
+    node = await start_node(tmp_path)
+    _declare_pair(node.vhost)
+    _publish(node.vhost, "work", b"order")
+    work = node.vhost.queues["work"]
+    entry = work.get(ack_required=True)
+    assert entry is not None
+    segment = entry.message.location[0]
+    live = node.store.live[segment]
+    work.reject([entry])
+    await asyncio.sleep(0)  # the turn ends: the release waits for the sync it requested
+    assert node.store.live[segment] == live + 1  # the copy counts, the source still does
+    assert await synced(node.store) is None
+    assert node.store.live[segment] == live  # the copy lives in this segment too; source gone
+    await stop_node(node)
+
+
+async def test_compaction_finds_old_messages_behind_newer_ones_in_priority_order(
+    tmp_path: Path,
+) -> None:
+    """A priority queue serves a newer high-priority message before an older one: compaction
+    of the older one's segment still finds it (the head-first scan falls back to a full one)
+    and the segment goes; both messages survive the restart."""
+    node = await start_node(tmp_path, segment_size=SEGMENT)
+    prio = node.vhost.declare_queue("prio", None, durable=True, arguments={"x-max-priority": 9})
+    work = node.vhost.declare_queue("filler", None, durable=True)
+    _publish(node.vhost, "prio", b"old-low", priority=0)
+    first_segment = next(iter(prio.ready_entries())).message.location[0]
+    await _publish_and_ack(node, work, 100)
+    _publish(node.vhost, "prio", b"new-high", priority=9)
+    for _ in range(3):
+        await _publish_and_ack(node, work, 100)
+        await _settle_and_collect(node)
+    assert first_segment not in node.wal.segment_ids()
+    node = await restart(node, segment_size=SEGMENT)
+    assert _bodies(node.vhost.queues["prio"]) == [b"new-high", b"old-low"]
+    await stop_node(node)
+
+
+async def test_a_queue_logged_with_arguments_now_refused_still_starts(tmp_path: Path) -> None:
+    """Older Warrens accepted arguments without checking them: a data directory holding such a
+    durable queue starts, the queue keeps its messages and acts on none of its arguments."""
+    node = await start_node(tmp_path)
+    queue_id = node.store.next_queue_id
+    node.store.next_queue_id += 1
+    bad = {"x-message-ttl": "60000", "x-delivery-limit": 3}
+    node.store._append_table(
+        records.QUEUE_DECLARE, {"vhost": "/", "name": "legacy", "id": queue_id, "arguments": bad}
+    )
+    node = await restart(node)
+    legacy = node.vhost.queues["legacy"]
+    assert legacy.arguments == bad and legacy.settings.message_ttl is None
+    _publish(node.vhost, "legacy", b"kept")
+    node = await restart(node)
+    assert _bodies(node.vhost.queues["legacy"]) == [b"kept"]
+    await stop_node(node)

@@ -8,7 +8,13 @@ import random
 import pytest
 
 from broker.core.message import GONE, OUT, READY, QueuedMessage
-from broker.core.ready import COMPACT_MIN_TOMBSTONES, FifoStore, PriorityStore, ReadyStore
+from broker.core.ready import (
+    COMPACT_MIN_DEADLINES,
+    COMPACT_MIN_TOMBSTONES,
+    FifoStore,
+    PriorityStore,
+    ReadyStore,
+)
 from tests.unit.helpers import make_message
 
 
@@ -163,3 +169,26 @@ def test_random_operations_match_a_sorted_model(seed: int) -> None:
             assert all(not e.expires_at or e.expires_at > now for e in model.values())
         assert len(store) == len(model)
         assert store.body_bytes == sum(e.message.body_size for e in model.values())
+
+
+def test_deadlines_of_delivered_entries_do_not_pile_up() -> None:
+    """A long TTL with consumers that keep up: the heap items of delivered entries are dropped
+    once they are the majority, so the heap (and the messages it references) stays the size of
+    what is ready, not of everything delivered within the TTL."""
+    store = FifoStore()
+    for seq in range(20_000):
+        store.push(_entry(seq, expires_at=1e9 + seq))
+        assert store.pop() is not None  # delivered at once
+    assert len(store._deadlines) < 2 * COMPACT_MIN_DEADLINES
+    store.push(_entry(20_000, expires_at=5.0))
+    assert store.next_due() == 5.0
+
+
+def test_priority_pops_start_at_the_highest_level_in_use() -> None:
+    store = PriorityStore(255)
+    store.push(_entry(1, 3))
+    store.push(_entry(2, 200))
+    assert [store.pop().seq, store.pop().seq] == [2, 1]  # type: ignore[union-attr]
+    assert store.pop() is None and store._top == 0
+    store.push(_entry(3, 7))
+    assert store.peek().seq == 3  # type: ignore[union-attr]

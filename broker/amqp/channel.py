@@ -891,14 +891,18 @@ class Channel:
     def _on_tx_commit(self, method: commands.Tx.Commit) -> None:
         tx = self._require_tx()
         self.tx = Transaction()
-        logged = False
+        logged = refused = False
         for exchange, message, mandatory in tx.publishes:
             if self.vhost.exchanges.get(exchange.name) is exchange:
-                logged = self._route(exchange, message, mandatory)[0] or logged
+                routed_logged, routed_refused = self._route(exchange, message, mandatory)
+                logged = logged or routed_logged
+                refused = refused or routed_refused
         for requeue in (None, True, False):
             entries = [entry for _, entry, wanted in tx.settlements if wanted is requeue]
             if entries:
                 self._settle(entries, requeue=requeue)
+        if refused:  # a full queue refused a publish (x-overflow reject-publish), as RabbitMQ
+            raise ChannelException(PRECONDITION_FAILED, "partial tx completion")
         # Committed acks of logged messages must be on disk too before Commit-Ok says so.
         logged = logged or any(entry[1].message.msg_id for _, entry, _ in tx.settlements)
         if not logged:

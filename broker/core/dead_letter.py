@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections import deque
 from typing import TYPE_CHECKING
 
 from broker.core.header_edit import (
@@ -125,8 +126,11 @@ def dead_letter_header(
     else:
         deaths = []
         match = None
+        queue_bytes, reason_bytes = _longstr(queue), _longstr(reason)
         for item in raw_array_items(deaths_raw):
-            table = raw_entries(item, 1)[1] if item[:1] == b"F" else None
+            # Most tables are another (queue, reason): a byte search skips parsing them.
+            maybe = item[:1] == b"F" and queue_bytes in item and reason_bytes in item
+            table = raw_entries(item, 1)[1] if maybe else None
             if table is not None and match is None:
                 values = dict(table)
                 if _text_of(values.get("queue", b"")) == queue and (
@@ -145,31 +149,25 @@ def dead_letter_header(
     return join_properties(prefix, props), keys
 
 
-def _queue_names(header: bytes) -> list[tuple[str | None, str | None]]:
-    """(queue, reason) of each x-death table, newest first."""
+def cycle_queues(header: bytes) -> frozenset[str]:
+    """The queues a copy with this x-death must not reach again (RabbitMQ's cycle rule): those
+    named in the history before its first rejection, including the rejected one; a death that
+    is not a table (something a client wrote) ends the automatic part too."""
     _, props = split_properties(header)
     deaths_raw = dict(header_entries(props)).get("x-death")
     if deaths_raw is None or deaths_raw[:1] != b"A":
-        return []
-    out: list[tuple[str | None, str | None]] = []
+        return frozenset()
+    seen: set[str] = set()
     for item in raw_array_items(deaths_raw):
         if item[:1] != b"F":
-            out.append((None, None))
-            continue
+            break
         values = dict(raw_entries(item, 1)[1])
-        out.append((_text_of(values.get("queue", b"")), _text_of(values.get("reason", b""))))
-    return out
-
-
-def is_cycle(target: str, deaths: list[tuple[str | None, str | None]]) -> bool:
-    """RabbitMQ's rule: the target already appears in the history, and no death up to and
-    including that one was a rejection (something the broker did alone, in a loop)."""
-    for queue, reason in deaths:
-        if reason is None or reason == REJECTED:
-            return False  # a rejection, or something a client wrote: not automatic
-        if queue == target:
-            return True
-    return False
+        if _text_of(values.get("reason", b"")) == REJECTED:
+            break  # a cycle through here had a rejection in it: a client chose, not a loop
+        queue = _text_of(values.get("queue", b""))
+        if queue is not None:
+            seen.add(queue)
+    return frozenset(seen)
 
 
 # rabbitmq_global_messages_dead_lettered_*_total's dead_letter_strategy label: a queue without a
@@ -178,6 +176,8 @@ def is_cycle(target: str, deaths: list[tuple[str | None, str | None]]) -> bool:
 DROPPED, MOVED = "disabled", "at_least_once"
 # Rewritten headers kept for reuse (see DeadLetters._made_header); cleared when full.
 MADE_CACHE_SIZE = 256
+# Dead letters handled per turn of the event loop; the rest wait for the next turn.
+DRAIN_BUDGET = 1000
 
 
 class DeadLetters:
@@ -189,7 +189,10 @@ class DeadLetters:
         # (queue type, reason, strategy) -> messages; and copies that reached a queue.
         self.counts: dict[tuple[str, str, str], int] = {}
         self.confirmed: dict[str, int] = {}  # queue type -> messages
-        self._made: dict[tuple, tuple[bytes, list[str], list, bytes]] = {}
+        self._made: dict[tuple, tuple[bytes, list[str], frozenset[str], bytes]] = {}
+        self._pending: deque[tuple[Queue, QueuedMessage, str, bool]] = deque()
+        self._draining = False
+        self._drain_scheduled = False
 
     def count(self, queue: Queue, reason: str, messages: int, dropped: bool) -> None:
         key = (queue.queue_type, reason, DROPPED if dropped else MOVED)
@@ -199,18 +202,47 @@ class DeadLetters:
         self, queue: Queue, entries: list[QueuedMessage], reason: str, logged: bool
     ) -> None:
         """Dead-letter `entries` leaving `queue`; `logged`: the queue's own log holds them
-        (their removal goes in the same record as the copies)."""
+        (their removal goes in the same record as the copies).
+
+        The work goes through one queue per vhost, drained at most DRAIN_BUDGET messages per
+        turn of the loop: a copy that dies at once in its target (TTL 0, a full queue, a
+        chain of them, or fan-out that multiplies) is queued, not recursed into, so no
+        topology can exhaust the stack or hold the loop. A message waiting here is in the
+        log of its source queue still, so a crash loses nothing."""
         self.count(queue, reason, len(entries), dropped=False)
-        for entry in entries:
-            try:
-                self._publish_one(queue, entry, reason, logged)
-            except LogUnavailable as error:
-                # The log failed: nothing more is confirmed anyway, and the message is still
-                # in the source queue's log, so a restart brings it back.
-                log.error(
-                    "dead_letter.not_logged",
-                    extra=fields(queue=queue.name, vhost=queue.vhost_name, error=error),
-                )
+        self._pending.extend((queue, entry, reason, logged) for entry in entries)
+        if not self._draining:
+            self._drain()
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        self._draining = True
+        pending = self._pending
+        try:
+            for _ in range(DRAIN_BUDGET):
+                if not pending:
+                    break
+                queue, entry, reason, logged = pending.popleft()
+                try:
+                    self._publish_one(queue, entry, reason, logged)
+                except LogUnavailable as error:
+                    # The log failed: nothing more is confirmed anyway, and the message is
+                    # still in the source queue's log, so a restart brings it back.
+                    log.error(
+                        "dead_letter.not_logged",
+                        extra=fields(queue=queue.name, vhost=queue.vhost_name, error=error),
+                    )
+                except Exception:  # a bug must not stop the queue's expiry or lose others
+                    log.exception(
+                        "dead_letter.failed",
+                        extra=fields(queue=queue.name, vhost=queue.vhost_name,
+                                     consequence="left in the source queue's log"),
+                    )  # fmt: skip
+        finally:
+            self._draining = False
+        if pending and not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.vhost.clock.call_later(0, self._drain)
 
     def _publish_one(self, queue: Queue, entry: QueuedMessage, reason: str, logged: bool) -> None:
         source = entry.message
@@ -223,6 +255,8 @@ class DeadLetters:
                 store.moved(queue, entry, copy, surviving)
             else:
                 store.persist(copy, surviving)
+            if source.lazy:
+                copy.evict_body()  # read back from the log for this: it lives there again
         elif in_log:
             store.settled(queue, (entry,))
         if copy is not None and targets:
@@ -238,9 +272,9 @@ class DeadLetters:
         now: int,
         exchange_name: str,
         new_key: str | None,
-    ) -> tuple[bytes, list[str], list[tuple[str | None, str | None]], bytes]:
-        """The copy's header, the keys its death records, its x-death (queue, reason) pairs
-        and its route bytes. Messages of one publisher share their header, and a batch that
+    ) -> tuple[bytes, list[str], frozenset[str], bytes]:
+        """The copy's header, the keys its death records, the queues it must not reach again
+        (cycles) and its route bytes. Messages of one publisher share their header, and a batch that
         expires together shares the second: the rewrite is made once for them all."""
         key = (
             source.header, queue.name, reason, now, source.exchange, source.routing_key,
@@ -253,8 +287,8 @@ class DeadLetters:
                 new_key,
             )  # fmt: skip
             routing_key = new_key if new_key is not None else source.routing_key
-            deaths = _queue_names(header) if reason != REJECTED else []
-            made = (header, keys, deaths, route_bytes(exchange_name, routing_key))
+            cycles = cycle_queues(header) if reason != REJECTED else frozenset()
+            made = (header, keys, cycles, route_bytes(exchange_name, routing_key))
             if len(self._made) >= MADE_CACHE_SIZE:
                 self._made.clear()
             self._made[key] = made
@@ -273,7 +307,7 @@ class DeadLetters:
         new_key = settings.dead_letter_routing_key
         now = vhost.clock.now()
         made = self._made_header(queue, source, reason, int(now), exchange_name, new_key)
-        header, keys, deaths, route = made
+        header, keys, cycles, route = made
         routing_key = new_key if new_key is not None else source.routing_key
         body = source.body if source.body is not None else vhost.store.read_body(source)
         copy = Message(exchange_name, routing_key, route, header, body)
@@ -282,10 +316,10 @@ class DeadLetters:
         # published with: its routing key, CC and (never shown to consumers) BCC.
         route_keys = None
         if new_key is None and (len(keys) > 1 or source.bcc):
-            route_keys = [*keys, *source.bcc]
+            route_keys = list(dict.fromkeys((*keys, *source.bcc)))
         targets = list(vhost.route(exchange, copy, route_keys))
         if reason != REJECTED and targets:
-            cycling = [target for target in targets if is_cycle(target.name, deaths)]
+            cycling = [target for target in targets if target.name in cycles]
             if cycling:
                 log.warning(
                     "dead_letter.cycle_dropped",

@@ -49,6 +49,9 @@ class Exchange(ABC):
     """Base exchange: bindings bookkeeping shared by every type."""
 
     type_name = ""
+    # False where routing ignores the routing key: a publish with CC / BCC keys is routed
+    # once, not once per key.
+    routes_by_key = True
 
     def __init__(
         self,
@@ -141,6 +144,7 @@ class DirectExchange(Exchange):
 
 class FanoutExchange(Exchange):
     type_name = "fanout"
+    routes_by_key = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -360,6 +364,7 @@ def headers_match(arguments: dict[str, Any], headers: dict[str, Any]) -> bool:
 
 class HeadersExchange(Exchange):
     type_name = "headers"
+    routes_by_key = False
 
     def _index_add(self, binding: Binding) -> None:
         """Headers routing tests every binding's arguments, so there is no index to keep."""

@@ -10,7 +10,7 @@ so the property list is split into raw fields and only the changed ones are rebu
 from __future__ import annotations
 
 from broker.core.properties import PropertyError, decode_properties
-from broker.core.tables import TableError, decode_table, join_entries, raw_entries
+from broker.core.tables import join_entries, raw_entries
 
 HEADERS = 0x2000  # the headers property's flag bit
 EXPIRATION = 0x0100
@@ -33,14 +33,22 @@ _KINDS = (
 
 
 def split_properties(header: bytes) -> tuple[bytes, dict[int, bytes]]:
-    """(class, weight and body size, {flag bit: the property's raw bytes})."""
-    if len(header) < 14 or header[13] & 1:
+    """(class, weight and body size, {flag bit: the property's raw bytes}).
+
+    Flag continuation words (Basic has no properties past the first word) are read as
+    `decode_properties` reads them and not written back: the rebuilt header has one."""
+    if len(header) < 14:
         decode_properties(header)  # raises for what is malformed
-        raise PropertyError("property flag continuations are not supported")
     flags = header[12] << 8 | header[13]
     offset = 14
     fields: dict[int, bytes] = {}
     try:
+        while flags & 1:
+            more = header[offset : offset + 2]
+            if len(more) < 2:
+                raise PropertyError("truncated property flags")
+            offset += 2
+            flags = int.from_bytes(more, "big") | (flags & 0xFFFE)
         for mask, kind in _KINDS:
             if not flags & mask:
                 continue
@@ -51,10 +59,12 @@ def split_properties(header: bytes) -> tuple[bytes, dict[int, bytes]]:
                 offset += 1
             elif kind == "timestamp":
                 offset += 8
-            else:
-                offset = decode_table(header, offset)[0]
+            else:  # the table's own length: its contents were checked at publish
+                offset += 4 + int.from_bytes(header[offset : offset + 4], "big")
+            if offset > len(header):
+                raise PropertyError("content header properties run past the end of the header")
             fields[mask] = header[start:offset]
-    except (IndexError, TableError) as error:
+    except IndexError as error:
         raise PropertyError(f"malformed content header properties: {error}") from error
     return header[:12], fields
 

@@ -77,6 +77,14 @@ class Message:
         self.location: tuple[int, int] = (0, 0)
         self.refs = 0
 
+    def evict_body(self) -> None:
+        """The body is in the log now: drop it from memory and read it back for each delivery
+        (as a recovered message does), before any queue counted it."""
+        if self.body is not None:
+            self.footprint -= len(self.body)
+            self.body = None
+            self.lazy = True
+
     @property
     def properties(self) -> dict[str, Any]:
         """Decoded basic properties, decoded again at each use and never kept: a decoded

@@ -170,6 +170,7 @@ class Queue:
             if not message.published_at:  # the first queue with a TTL that takes it
                 message.published_at = self._clock.now()
             if ttl == 0:  # deliver only if a consumer can take it now (RabbitMQ's TTL 0)
+                entry.expires_at = message.published_at  # expired if it is ever requeued
                 if not self._ready and self._deliver_now(entry):
                     return
                 self._discard([entry], EXPIRED)
@@ -395,10 +396,12 @@ class Queue:
                         extra=fields(queue=self.name, vhost=self.vhost_name, error=error),
                     )
             return
-        expired = self._ready.due(now)
-        if expired:
-            self._discard(expired, EXPIRED)
-        self._arm()
+        try:
+            expired = self._ready.due(now)
+            if expired:
+                self._discard(expired, EXPIRED)
+        finally:
+            self._arm()  # whatever happened, the next deadline keeps its timer
 
     # ------------------------------------------------------------------ consumers
     def add_consumer(self, consumer: Consumer) -> None:

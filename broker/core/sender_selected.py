@@ -47,7 +47,7 @@ def routing_keys(message: Message) -> tuple[list[str], list[str] | None]:
     has_bcc = bcc if "BCC" in entries else None
     if not cc and not bcc:
         return [], has_bcc
-    return [message.routing_key, *cc, *bcc], has_bcc
+    return list(dict.fromkeys((message.routing_key, *cc, *bcc))), has_bcc
 
 
 def without_bcc(message: Message, bcc: list[str]) -> Message:

@@ -243,10 +243,10 @@ def install() -> None:
 
 
 def raw_entries(data: bytes, offset: int = 0) -> tuple[int, list[tuple[str, bytes]]]:
-    """The table at `offset` as (key, type letter + value bytes) pairs, checked like
-    `decode_table` but not decoded: a header rewritten by the broker (dead-lettering) keeps
-    every field it does not change byte for byte, with the type its publisher chose."""
-    budget = _Budget(MAX_DEPTH)
+    """The table at `offset` as (key, type letter + value bytes) pairs, not decoded: a header
+    rewritten by the broker (dead-lettering) keeps every field it does not change byte for
+    byte, with the type its publisher chose. Nested values are stepped over by their lengths
+    (the bytes were checked when they were published), so this costs the table's top level."""
     position, end = _span(data, offset, len(data), "field table")
     entries: list[tuple[str, bytes]] = []
     while position < end:
@@ -257,21 +257,45 @@ def raw_entries(data: bytes, offset: int = 0) -> tuple[int, list[tuple[str, byte
             key = data[position + 1 : key_end].decode("utf-8")
         except UnicodeDecodeError:
             raise TableError("field table key is not UTF-8") from None
-        position, _ = _value(data, key_end, end, 1, budget)
+        position = _value_end(data, key_end, end)
         entries.append((key, bytes(data[key_end:position])))
     return end, entries
 
 
 def raw_array_items(raw: bytes) -> list[bytes]:
     """The items (type letter + value bytes) of an 'A' value as `raw_entries` returns it."""
-    budget = _Budget(MAX_DEPTH)
     position, end = _span(raw, 1, len(raw), "field array")
     items = []
     while position < end:
         start = position
-        position, _ = _value(raw, position, end, 1, budget)
+        position = _value_end(raw, position, end)
         items.append(raw[start:position])
     return items
+
+
+_LENGTH_PREFIXED = frozenset(b"SFAx")
+_SIZES = {kind: size for kind, (size, _) in _FIXED.items()} | {
+    ord("t"): 1,
+    ord("V"): 0,
+    0: 0,
+    ord("D"): 5,
+    ord("T"): 8,
+}
+
+
+def _value_end(data: bytes, offset: int, end: int) -> int:
+    """Where the typed value at `offset` ends, from its type and length alone."""
+    if offset >= end:
+        raise TableError("field value type missing at the end of its table")
+    kind = data[offset]
+    if kind in _LENGTH_PREFIXED:
+        return _span(data, offset + 1, end, "field value")[1]
+    size = _SIZES.get(kind)
+    if size is None:
+        raise TableError(f"unknown field value type {kind:#04x}")
+    if offset + 1 + size > end:
+        raise TableError(f"field value {chr(kind)!r} runs past the end of its table")
+    return offset + 1 + size
 
 
 def join_entries(entries: list[tuple[str, bytes]]) -> bytes:

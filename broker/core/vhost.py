@@ -587,7 +587,7 @@ class VirtualHost:
                 continue
             visited.add(current.name)
             found: dict[Any, None] = {}
-            for key in route_keys:
+            for key in route_keys if current.routes_by_key else route_keys[:1]:
                 found.update(dict.fromkeys(current.route(message, key)))
             if not found and current.alternate_exchange:
                 alternate = self.exchanges.get(current.alternate_exchange)

@@ -456,3 +456,19 @@ def test_invalid_limit_arguments_are_406(
     with expect_channel_close(channel, 406, detail.format(q=name)):
         channel.queue_declare(name, arguments=arguments)
     assert not queue_exists(connection, name)
+
+
+def test_reject_publish_in_a_transaction_fails_the_commit(
+    channel: BlockingChannel, name: str, cleanup: Cleanup
+) -> None:
+    """A tx commit whose publish a full reject-publish queue refused: the channel closes with
+    406 "partial tx completion"; what the queue took stays."""
+    queue = cleanup.queue(name)
+    channel.queue_declare(queue, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    channel.tx_select()
+    channel.basic_publish("", queue, b"1")
+    channel.basic_publish("", queue, b"2")
+    with expect_channel_close(channel, 406, "partial tx completion"):
+        channel.tx_commit()
+    other = channel.connection.channel()
+    assert other.queue_declare(queue, passive=True).method.message_count == 1

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from broker.core.dead_letter import DRAIN_BUDGET
 from broker.core.errors import ChannelException
+from broker.core.message import Message
 from broker.core.properties import decode_properties
 from broker.core.queue import TIMER_SLACK, Queue
 from broker.core.vhost import VirtualHost
@@ -370,3 +372,103 @@ def test_bad_arguments_get_rabbitmq_reasons(
         f"invalid arg '{key}' for queue 'q' in vhost '/': {reason}"
     )
     assert "q" not in vhost.queues
+
+
+def test_cc_keys_route_a_key_blind_exchange_once_and_repeated_keys_once(
+    vhost: VirtualHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of CC keys on a headers (or fanout) exchange: routing ignores the key there, so
+    the exchange routes once, not once per key (each call decodes the whole header: quadratic);
+    a direct exchange looks each distinct key up once."""
+    calls = {"headers": 0, "direct": 0}
+    for kind in calls:
+        cls = type(vhost.exchanges[f"amq.{kind}"])
+        original = cls.route
+
+        def counting(self: Any, message: Any, key: str, kind: str = kind, original=original) -> Any:
+            calls[kind] += 1
+            return original(self, message, key)
+
+        monkeypatch.setattr(cls, "route", counting)
+    vhost.declare_queue("q", None)
+    vhost.bind("amq.headers", "q", "", {"x-match": "any", "a": 1})
+    vhost.bind("amq.direct", "q", "k7", None)
+    keys = [f"k{n % 1000}" for n in range(4000)]
+    for kind in calls:
+        message = make_message("k0", b"", exchange=f"amq.{kind}", headers={"a": 1, "CC": keys})
+        vhost.publish(vhost.exchanges[f"amq.{kind}"], message)
+    assert calls == {"headers": 1, "direct": 1000}
+    assert vhost.queues["q"].message_count == 2
+
+
+def test_a_long_chain_of_ttl_zero_queues_neither_recurses_nor_loses_the_message(
+    vhost: VirtualHost,
+) -> None:
+    """400 queues that each expire at once into the next: dead letters are queued, not
+    recursed into (RecursionError lost the message and closed the publisher's connection)."""
+    hops = 400
+    for n in range(hops):
+        arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"q{n + 1}"}
+        vhost.declare_queue(f"q{n}", None, arguments={"x-message-ttl": 0, **arguments})
+    last = vhost.declare_queue(f"q{hops}", None)
+    _publish(vhost, "q0", b"m")
+    (entry,) = last.ready_entries()
+    deaths = decode_properties(entry.message.header)["headers"]["x-death"]
+    assert len(deaths) == hops and deaths[0]["queue"] == f"q{hops - 1}"
+
+
+def test_dead_letter_fan_out_is_worked_through_a_budget_per_turn(
+    vhost: VirtualHost, clock: ManualClock
+) -> None:
+    """Layers of TTL-0 queues fanning out double the copies per layer (RabbitMQ does the
+    same): at most DRAIN_BUDGET are handled per turn of the loop, the rest on later turns."""
+    layers = 11
+    for layer in range(layers):
+        vhost.declare_exchange(f"fan{layer}", "fanout")
+        for side in "ab":
+            name = f"l{layer}{side}"
+            vhost.declare_queue(
+                name,
+                None,
+                arguments={"x-message-ttl": 0, "x-dead-letter-exchange": f"fan{layer + 1}"},
+            )
+            if layer:
+                vhost.bind(f"fan{layer}", name, "", None)
+    vhost.declare_exchange(f"fan{layers}", "fanout")
+    sink = vhost.declare_queue("sink", None)
+    vhost.bind(f"fan{layers}", "sink", "", None)
+    _publish(vhost, "l0a", b"m")
+    assert sink.message_count < 2**layers
+    assert sink.message_count <= DRAIN_BUDGET
+    clock.advance(0)
+    assert sink.message_count == 2 ** (layers - 1)
+
+
+def test_a_header_with_flag_continuation_words_is_dead_lettered(vhost: VirtualHost) -> None:
+    """Property flags with the continuation bit set (allowed, as RabbitMQ parses them): the
+    copy's header is rebuilt with one flag word, its properties intact."""
+    source, dead = _dlx_pair(vhost)
+    plain = make_message("work", b"m", content_type="text/plain").header
+    continued = plain[:13] + bytes((plain[13] | 1,)) + b"\x00\x00" + plain[14:]
+    message = Message("", "work", b"\x00\x04work", continued, b"m")
+    vhost.publish(vhost.exchanges[""], message)
+    entry = source.get(ack_required=True)
+    source.reject([entry])  # type: ignore[list-item]
+    (copy,) = dead.ready_entries()
+    properties = decode_properties(copy.message.header)
+    assert properties["content_type"] == "text/plain"
+    assert properties["headers"]["x-death"][0]["reason"] == "rejected"
+
+
+def test_a_ttl_zero_message_delivered_then_requeued_expires(
+    vhost: VirtualHost, clock: ManualClock
+) -> None:
+    queue = vhost.declare_queue("q", None, arguments={"x-message-ttl": 0})
+    sink = FakeSink()
+    consumer = add_consumer(queue, sink, "c", credit=1)
+    _publish(vhost, "q", b"m")
+    (entry,) = sink.entries
+    queue.remove_consumer(consumer)
+    queue.requeue([entry])
+    clock.advance(0.01)
+    assert queue.message_count == 0 and _died(vhost, "expired") == 1

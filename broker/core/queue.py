@@ -180,7 +180,7 @@ class Queue:
         if self.consumers:
             self.dispatch()  # first: a consumer with room takes it even at x-max-length 0
         if self.settings.limited:
-            self._enforce_limits()
+            self.enforce_limits()
         if entry.expires_at and entry.expires_at < self._timer_at:
             self._arm()
 
@@ -207,11 +207,11 @@ class Queue:
         if entry.expires_at and entry.expires_at < self._timer_at:
             self._arm()
 
-    def _enforce_limits(self) -> None:
+    def enforce_limits(self) -> None:
         """drop-head: the oldest ready messages go (dead-lettered as maxlen) until within the
         limits; the other modes refused the publish instead (see `admits`)."""
         settings = self.settings
-        if settings.overflow != "drop-head":
+        if settings.overflow != "drop-head" or not settings.limited:
             return
         max_length = settings.max_length if settings.max_length is not None else NEVER
         max_bytes = settings.max_length_bytes if settings.max_length_bytes is not None else NEVER
@@ -327,7 +327,7 @@ class Queue:
             entry.redelivered = True
         self._ready.requeue(returned)
         if self.settings.limited:
-            self._enforce_limits()  # drop-head drops the requeued ones first, as RabbitMQ
+            self.enforce_limits()  # drop-head drops the requeued ones first, as RabbitMQ
         if self._ready.next_due() < self._timer_at:
             self._arm()
         if self.consumers:

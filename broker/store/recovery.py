@@ -235,6 +235,10 @@ def restore(
     store.next_queue_id = max(store.next_queue_id, state.next_queue_id)
     store.redelivered_upto = max(store.redelivered_upto, state.redelivered_upto)
     store.last_msg_id.update(state.last_msg_id)
+    for queue in queues.values():
+        # Drops past a length limit are logged lazily, like acks: a crash can leave a queue
+        # over its limit, and drop-head trims it now (logging what it drops).
+        queue.enforce_limits()
     return len(queues), restored
 
 

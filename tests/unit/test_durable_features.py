@@ -205,3 +205,22 @@ async def test_a_queue_logged_with_arguments_now_refused_still_starts(tmp_path: 
     node = await restart(node)
     assert _bodies(node.vhost.queues["legacy"]) == [b"kept"]
     await stop_node(node)
+
+
+async def test_a_queue_left_over_its_length_limit_by_a_crash_is_trimmed_at_recovery(
+    tmp_path: Path,
+) -> None:
+    """Drops past x-max-length are logged lazily, like acks: a crash before that leaves the
+    queue over its limit in the log. Recovery trims it (drop-head) and logs the drop."""
+    node = await start_node(tmp_path)
+    node.vhost.declare_queue("capped", None, durable=True, arguments={"x-max-length": 2})
+    for body in (b"a", b"b", b"c"):
+        _publish(node.vhost, "capped", body)
+    node.store._settles.clear()  # the crash: the drop's SETTLE never reached the log
+    assert await synced(node.store) is None
+    await node.wal.close()
+    node = await start_node(tmp_path)
+    assert _bodies(node.vhost.queues["capped"]) == [b"b", b"c"]
+    node = await restart(node)
+    assert _bodies(node.vhost.queues["capped"]) == [b"b", b"c"]
+    await stop_node(node)

@@ -29,7 +29,7 @@ from broker.core.header_edit import (
     set_header_entries,
     split_properties,
 )
-from broker.core.message import Message, QueuedMessage
+from broker.core.message import Message, QueuedMessage, bcc_keys
 from broker.core.persistence import LogUnavailable
 from broker.core.sender_selected import string_array
 from broker.core.tables import (
@@ -315,8 +315,9 @@ class DeadLetters:
         # Without a dead-letter routing key the copy goes by every key the original was
         # published with: its routing key, CC and (never shown to consumers) BCC.
         route_keys = None
-        if new_key is None and (len(keys) > 1 or source.bcc):
-            route_keys = list(dict.fromkeys((*keys, *source.bcc)))
+        bcc = bcc_keys(source)
+        if new_key is None and (len(keys) > 1 or bcc):
+            route_keys = list(dict.fromkeys((*keys, *bcc)))
         targets = list(vhost.route(exchange, copy, route_keys))
         if reason != REJECTED and targets:
             cycling = [target for target in targets if target.name in cycles]

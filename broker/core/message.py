@@ -20,7 +20,6 @@ ENTRY_OVERHEAD = 400
 
 class Message:
     __slots__ = (
-        "bcc",
         "body",
         "body_size",
         "exchange",
@@ -60,9 +59,6 @@ class Message:
         self.ttl = -1
         if header[12] & 0x09:
             self.priority, self.ttl = timing(header)
-        # BCC keys it was published with: removed from the header, but a dead-lettered copy
-        # is routed by them too (RabbitMQ keeps them in its message record).
-        self.bcc: tuple[str, ...] = ()
         # Wall-clock seconds when the message was routed; TTL deadlines count from it. Read from
         # the clock only when needed (the message is logged, or a queue gives it a TTL).
         self.published_at = 0.0
@@ -100,6 +96,30 @@ class Message:
     @property
     def persistent(self) -> bool:
         return delivery_mode(self.header) == 2
+
+
+class BccMessage(Message):
+    """A message published with a BCC header, which is removed from the header before it is
+    stored; a dead-lettered copy is routed by its keys too (RabbitMQ keeps them in its message
+    record). Rare, so kept off every other message."""
+
+    __slots__ = ("bcc",)
+
+    def __init__(
+        self,
+        exchange: str,
+        routing_key: str,
+        route_bytes: bytes,
+        header: bytes,
+        body: bytes | None,
+        bcc: tuple[str, ...],
+    ) -> None:
+        super().__init__(exchange, routing_key, route_bytes, header, body)
+        self.bcc = bcc
+
+
+def bcc_keys(message: Message) -> tuple[str, ...]:
+    return message.bcc if isinstance(message, BccMessage) else ()
 
 
 class QueuedMessage:

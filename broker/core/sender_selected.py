@@ -13,7 +13,7 @@ from broker.core.header_edit import (
     set_header_entries,
     split_properties,
 )
-from broker.core.message import Message
+from broker.core.message import BccMessage, Message
 from broker.core.tables import TableError, decode_array
 
 HEADERS_FLAG = 0x20  # the headers property's bit in the high byte of the property flags
@@ -55,13 +55,13 @@ def without_bcc(message: Message, bcc: list[str]) -> Message:
     a dead-lettered copy's routing)."""
     prefix, props = split_properties(message.header)
     set_header_entries(props, [item for item in header_entries(props) if item[0] != "BCC"])
-    copy = Message(
+    copy = BccMessage(
         message.exchange,
         message.routing_key,
         message.route_bytes,
         join_properties(prefix, props),
         message.body,
+        tuple(bcc),
     )
     copy.published_at = message.published_at
-    copy.bcc = tuple(bcc)
     return copy

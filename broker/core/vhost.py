@@ -119,6 +119,9 @@ class VirtualHost:
         self.store = store
         self.clock = clock
         self._now = clock.now
+        # Queues with x-overflow reject-publish(-dlx) and a limit: while there are none, a
+        # publish does not ask each queue whether it admits the message.
+        self.refusing_queues = 0
         self.dead_letters = DeadLetters(self)
         self.queues: dict[str, Queue] = {}
         self.default_exchange = DefaultExchange(self.queues)
@@ -321,7 +324,7 @@ class VirtualHost:
         )
         if queue.survives_restart:
             self.store.queue_declared(queue)  # first: a refused log write leaves no queue behind
-        self.queues[name] = queue
+        self._add_queue(queue)
         ignored = sorted(IGNORED_QUEUE_ARGS.intersection(arguments))
         if ignored:
             log.warning(
@@ -330,12 +333,16 @@ class VirtualHost:
             )
         return queue
 
+    def _add_queue(self, queue: Queue) -> None:
+        self.queues[queue.name] = queue
+        self.refusing_queues += queue.may_refuse
+
     def restore_queue(self, name: str, arguments: dict[str, Any], store_id: int) -> Queue:
         """Recreate a durable queue from the log: no reserved-name check (a server-named
         amq.gen- queue may be durable) and nothing logged again."""
         queue = build_queue(self, name, durable=True, arguments=arguments, restoring=True)
         queue.store_id = store_id
-        self.queues[name] = queue
+        self._add_queue(queue)
         return queue
 
     def _validate_queue_arguments(
@@ -419,6 +426,7 @@ class VirtualHost:
             self.store.queue_deleted(queue, [*queue.ready_entries(), *queue.unacked_entries()])
         queue.deleted = True
         self.queues.pop(queue.name, None)
+        self.refusing_queues -= queue.may_refuse
         for binding in list(queue.incoming.values()):
             self._drop_binding(binding)
         count = queue.message_count
@@ -535,9 +543,10 @@ class VirtualHost:
             routed = self.route(exchange, message)
         queues: Collection[Queue] = routed
         refused = False
-        for queue in routed:
-            if queue.may_refuse and not queue.admits(message):
-                refused = True
+        if self.refusing_queues:
+            for queue in routed:
+                if queue.may_refuse and not queue.admits(message):
+                    refused = True
         if refused:
             queues = [queue for queue in routed if queue.admits(message)]
         logged = False

@@ -193,7 +193,7 @@ class DurableStore(MessageStore):
             message.route_bytes,
             message.header,
             body,
-            message.published_at,
+            records.timed(message.published_at),
         )
         self._append_message(message, records.MESSAGE_AT, payload)
 
@@ -219,8 +219,7 @@ class DurableStore(MessageStore):
             copy.route_bytes,
             copy.header,
             copy.body if copy.body is not None else b"",
-            copy.published_at,
-            moved_from=(queue.store_id, source.msg_id),
+            records.moved(queue.store_id, source.msg_id, copy.published_at),
         )
         self._append_message(copy, records.MOVE, payload)
         # The source's record may go only once the MOVE is written: a segment deletion whose
@@ -368,7 +367,7 @@ class DurableStore(MessageStore):
                 message.route_bytes,
                 message.header,
                 body,
-                message.published_at,
+                records.timed(message.published_at),
             )
             message.location = self.wal.append(records.MESSAGE_AT, payload)
             self.live[segment] -= 1

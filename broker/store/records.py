@@ -66,21 +66,14 @@ def decode_table(payload: bytes | memoryview) -> dict[str, Any]:
 
 
 def encode_message(
-    msg_id: int,
-    queue_ids: list[int],
-    route: bytes,
-    header: bytes,
-    body: bytes,
-    published_at: float | None = None,
-    moved_from: tuple[int, int] | None = None,
+    msg_id: int, queue_ids: list[int], route: bytes, header: bytes, body: bytes, prefix: bytes = b""
 ) -> bytes:
-    """A MESSAGE payload; with `published_at` a MESSAGE_AT one; with `moved_from` (queue id,
-    message id) too, a MOVE one. The body is copied once, into the record."""
+    """A MESSAGE payload after `prefix` (`timed` for MESSAGE_AT, `moved` for MOVE). The body
+    is copied once, into the record."""
     ids = _ONE_ID.pack(queue_ids[0]) if len(queue_ids) == 1 else _pack_ids(queue_ids)
     return b"".join(
         (
-            _MOVE_HEAD.pack(*moved_from) if moved_from is not None else b"",
-            _PUBLISHED_AT.pack(published_at) if published_at is not None else b"",
+            prefix,
             _MESSAGE_HEAD.pack(msg_id, len(queue_ids)),
             ids,
             _ROUTE_LEN.pack(len(route)),
@@ -90,6 +83,16 @@ def encode_message(
             body,
         )
     )
+
+
+def timed(published_at: float) -> bytes:
+    """The prefix of a MESSAGE_AT payload: when the message was routed."""
+    return _PUBLISHED_AT.pack(published_at)
+
+
+def moved(queue_id: int, msg_id: int, published_at: float) -> bytes:
+    """The prefix of a MOVE payload: the (queue, message) it settles, then `timed`'s."""
+    return _MOVE_HEAD.pack(queue_id, msg_id) + _PUBLISHED_AT.pack(published_at)
 
 
 def decode_message(payload: memoryview) -> tuple[int, tuple[int, ...], bytes, bytes, int]:

@@ -443,7 +443,7 @@ class Channel:
                 frames.deliver_payload(
                     consumer.wire_tag, tag, entry.redelivered, message.route_bytes
                 ),
-                message.header,
+                queue.delivery_header(entry) if entry.returns else message.header,
                 body,
                 connection.frame_max,
             )
@@ -839,7 +839,7 @@ class Channel:
                 frames.get_ok_payload(
                     tag, entry.redelivered, message.route_bytes, queue.message_count
                 ),
-                message.header,
+                queue.delivery_header(entry) if entry.returns else message.header,
                 message.body or b"",
                 self.connection.frame_max,
             )

@@ -21,8 +21,8 @@ MAX_PRIORITY = 255
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_MODES = ("default", "lazy")
 # Arguments of quorum and stream queues that RabbitMQ refuses on a classic queue.
+# x-delivery-limit is not among them: Warren gives every queue type a delivery limit.
 NOT_FOR_CLASSIC_QUEUES = (
-    "x-delivery-limit",
     "x-max-in-memory-length",
     "x-max-in-memory-bytes",
     "x-quorum-initial-group-size",
@@ -40,7 +40,6 @@ IGNORED_QUEUE_ARGS = frozenset(
         "x-queue-mode",
         "x-queue-master-locator",
         "x-ha-policy",
-        "x-delivery-limit",
         "x-max-in-memory-length",
         "x-max-in-memory-bytes",
         "x-quorum-initial-group-size",
@@ -72,6 +71,7 @@ class QueueSettings:
     dead_letter_routing_key: str | None = None
     max_priority: int | None = None
     single_active_consumer: bool = False
+    delivery_limit: int | None = None
 
     @property
     def limited(self) -> bool:
@@ -163,6 +163,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "x-overflow": ("overflow", _overflow),
     "x-queue-mode": ("", _queue_mode),
     "x-single-active-consumer": ("single_active_consumer", _boolean),
+    "x-delivery-limit": ("delivery_limit", _non_negative),
 }
 
 

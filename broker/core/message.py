@@ -125,7 +125,7 @@ def bcc_keys(message: Message) -> tuple[str, ...]:
 class QueuedMessage:
     """A message's place in one queue: its order there and whether it was delivered before."""
 
-    __slots__ = ("expires_at", "message", "redelivered", "seq", "state")
+    __slots__ = ("expires_at", "message", "redelivered", "returns", "seq", "state")
 
     def __init__(self, message: Message, seq: int, expires_at: float = 0.0) -> None:
         self.message = message
@@ -135,3 +135,5 @@ class QueuedMessage:
         # Wall-clock deadline in this queue (0.0: none): the TTL counts from the enqueue into
         # each queue and survives a requeue.
         self.expires_at = expires_at
+        # Times it came back to this queue after a delivery (x-delivery-count, delivery limit).
+        self.returns = 0

@@ -70,7 +70,11 @@ class MessageStore:
         (and logs nothing) when it cannot."""
 
     def delivered(self, queue: Queue, entry: QueuedMessage) -> None:
-        """A logged message was handed to a consumer that must ack it (for redelivered flags)."""
+        """A logged message was handed to a consumer that must ack it (for redelivered flags;
+        every delivery, where the queue counts them)."""
+
+    def returned(self, queue: Queue, entries: Iterable[QueuedMessage]) -> None:
+        """Logged messages came back to a queue that counts deliveries (delivery limit)."""
 
     def settled(self, queue: Queue, entries: Iterable[QueuedMessage]) -> None:
         """Logged messages left the queue for good (ack, reject, purge, no-ack delivery)."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from broker.core.arguments import QueueSettings
 from broker.core.clock import SYSTEM_CLOCK, Clock, Timer
 from broker.core.consumer import Consumer
+from broker.core.delivery_count import with_delivery_count
 from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import LogUnavailable, MessageStore
 from broker.core.ready import FifoStore, ReadyStore
@@ -37,7 +38,7 @@ NEVER = float("inf")
 TIMER_SLACK = 0.002
 
 # Why a message left a queue without an ack: x-death's reasons.
-REJECTED, EXPIRED, MAXLEN = "rejected", "expired", "maxlen"
+REJECTED, EXPIRED, MAXLEN, DELIVERY_LIMIT = "rejected", "expired", "maxlen", "delivery_limit"
 
 
 class Queue:
@@ -69,6 +70,10 @@ class Queue:
         # takes the short path.
         self._plain = settings.message_ttl is None and not settings.limited
         self.queue_type = str(self.arguments.get("x-queue-type") or "classic")
+        # Quorum queues count deliveries (x-delivery-count), as RabbitMQ's do; any queue with a
+        # delivery limit does too. Their every delivery and return is logged, so a restart,
+        # even after kill -9, keeps the count.
+        self.counts_deliveries = self.queue_type == "quorum" or settings.delivery_limit is not None
         # Durable, non-exclusive, non-auto-delete queues survive a restart (as in RabbitMQ);
         # only they log persistent messages. The store assigns store_id when it logs the queue.
         self.survives_restart = durable and exclusive_owner is None and not auto_delete
@@ -272,7 +277,11 @@ class Queue:
         self.delivered_total += 1
         if ack_required:
             self._outstanding.add(entry)
-            if entry.message.msg_id and self.store_id and not entry.redelivered:
+            if (
+                entry.message.msg_id
+                and self.store_id
+                and (not entry.redelivered or self.counts_deliveries)
+            ):
                 self.store.delivered(self, entry)
         else:
             self.memory_bytes -= entry.message.footprint
@@ -325,6 +334,10 @@ class Queue:
         self._outstanding.difference_update(returned)
         for entry in returned:
             entry.redelivered = True
+        if self.counts_deliveries:
+            returned, over = self._count_returns(returned)
+            if over:
+                self._discard(over, DELIVERY_LIMIT)
         self._ready.requeue(returned)
         if self.settings.limited:
             self.enforce_limits()  # drop-head drops the requeued ones first, as RabbitMQ
@@ -332,6 +345,43 @@ class Queue:
             self._arm()
         if self.consumers:
             self.dispatch()
+
+    def _count_returns(
+        self, returned: list[QueuedMessage]
+    ) -> tuple[list[QueuedMessage], list[QueuedMessage]]:
+        """Count a return for each entry (logged); split them into those that may go back and
+        those returned more often than the delivery limit (dead-lettered: delivery_limit)."""
+        if self.store_id:
+            logged = [entry for entry in returned if entry.message.msg_id]
+            if logged:
+                self.store.returned(self, logged)
+        for entry in returned:
+            entry.returns += 1
+        limit = self.settings.delivery_limit
+        if limit is None:
+            return returned, []
+        over = [entry for entry in returned if entry.returns > limit]
+        if not over:
+            return returned, []
+        return [entry for entry in returned if entry.returns <= limit], over
+
+    def returned_by_restart(self, entries: list[QueuedMessage]) -> None:
+        """Restored entries that were out with a consumer when the broker stopped: the restart
+        returned them, and that counts (logged), so a poison message that brings the broker
+        down cannot get a fresh budget; past the delivery limit they are dead-lettered now."""
+        _, over = self._count_returns(entries)
+        for entry in over:
+            self._ready.remove(entry)
+        if over:
+            self._discard(over, DELIVERY_LIMIT)
+
+    def delivery_header(self, entry: QueuedMessage) -> bytes:
+        """The content header a delivery carries: with x-delivery-count once the message came
+        back to a queue that counts deliveries, as RabbitMQ's quorum queues add it."""
+        header = entry.message.header
+        if not entry.returns or not self.counts_deliveries:
+            return header
+        return with_delivery_count(header, entry.returns)
 
     def purge(self) -> int:
         """Drop the ready messages (not the unacked ones), as Queue.Purge does: not

@@ -112,6 +112,7 @@ class DurableStore(MessageStore):
         self.replaying = False
         self._settles: dict[int, list[int]] = {}
         self._deliveries: dict[int, list[int]] = {}
+        self._returns: dict[int, list[int]] = {}
         self._ids_scheduled = False
         self._gc_scheduled = False
         # Messages dead-lettered away (MOVE records) whose release waits for the MOVE's write.
@@ -247,6 +248,13 @@ class DurableStore(MessageStore):
         pending.append(entry.message.msg_id)
         self._schedule_ids()
 
+    def returned(self, queue: Queue, entries: Iterable[QueuedMessage]) -> None:
+        pending = self._returns.get(queue.store_id)
+        if pending is None:
+            self._returns[queue.store_id] = pending = []
+        pending.extend(entry.message.msg_id for entry in entries)
+        self._schedule_ids()
+
     def settled(self, queue: Queue, entries: Iterable[QueuedMessage]) -> None:
         pending = self._settles.get(queue.store_id)
         if pending is None:
@@ -278,6 +286,7 @@ class DurableStore(MessageStore):
         for kind, pending in (
             (records.SETTLE, self._settles),
             (records.DELIVERED, self._deliveries),
+            (records.RETURNED, self._returns),
         ):
             if pending and self.wal.failed is None:  # after a failure nothing can be made safe
                 for queue_id, msg_ids in pending.items():
@@ -354,16 +363,17 @@ class DurableStore(MessageStore):
         the segment holds, not every message queued. Priority queues, and dead-lettered copies
         (new ids) that a queue took ahead of older messages, break that order: when the first
         pass finds fewer messages than the segment holds, every queued message is looked at."""
+        self._write_ids()  # marks still pending go first: the copy's counts include them
         upto = self.last_msg_id.get(segment, self.next_msg_id)
         holders = self._holders(segment, lambda queue: _head_upto(queue, upto))
         if len(holders) < self.live.get(segment, 0):
             holders = self._holders(segment, _everything_in)
         for msg_id in sorted(holders):
-            message, queues, delivered = holders[msg_id]
+            message, held = holders[msg_id]
             body = message.body if message.body is not None else self.read_body(message)
             payload = records.encode_message(
                 msg_id,
-                [q.store_id for q in queues],
+                [queue.store_id for queue, _ in held],
                 message.route_bytes,
                 message.header,
                 body,
@@ -372,18 +382,35 @@ class DurableStore(MessageStore):
             message.location = self.wal.append(records.MESSAGE_AT, payload)
             self.live[segment] -= 1
             self.live[message.location[0]] = self.live.get(message.location[0], 0) + 1
-            for queue in delivered:
-                self.wal.append(records.DELIVERED, records.encode_ids(queue.store_id, [msg_id]))
+            for queue, entry in held:
+                self._repeat_marks(queue, entry)
         log.info("wal.segment_compacted", extra=fields(segment=segment, moved=len(holders)))
         if holders:  # nothing found (a bug elsewhere) must not turn into a loop of passes
             self._schedule_gc()
 
+    def _repeat_marks(self, queue: Queue, entry: QueuedMessage) -> None:
+        """After a relocated copy (recovery forgets the marks logged before it), the marks
+        that say what the queue did with the message: delivered at all (redelivered flag),
+        and, where the queue counts deliveries, every return and delivery."""
+        out = queue.is_unacked(entry)
+        if queue.counts_deliveries:
+            returns, deliveries = entry.returns, entry.returns + out
+        else:
+            returns, deliveries = 0, int(entry.redelivered or out)
+        msg_id = entry.message.msg_id
+        if deliveries:
+            ids = [msg_id] * deliveries
+            self.wal.append(records.DELIVERED, records.encode_ids(queue.store_id, ids))
+        if returns:
+            ids = [msg_id] * returns
+            self.wal.append(records.RETURNED, records.encode_ids(queue.store_id, ids))
+
     def _holders(
         self, segment: int, entries_of: Callable[[Queue], Iterable[QueuedMessage]]
-    ) -> dict[int, tuple[Message, list[Queue], list[Queue]]]:
-        """Message id -> (message, the surviving queues holding it, those that delivered it)
-        for the messages logged in `segment`, found among `entries_of` each durable queue."""
-        holders: dict[int, tuple[Message, list[Queue], list[Queue]]] = {}
+    ) -> dict[int, tuple[Message, list[tuple[Queue, QueuedMessage]]]]:
+        """Message id -> (message, the surviving queues holding it with their entries) for
+        the messages logged in `segment`, found among `entries_of` each durable queue."""
+        holders: dict[int, tuple[Message, list[tuple[Queue, QueuedMessage]]]] = {}
         for vhost in self._vhosts():
             for queue in vhost.queues.values():
                 if not queue.store_id:
@@ -391,13 +418,7 @@ class DurableStore(MessageStore):
                 for entry in entries_of(queue):
                     message = entry.message
                     if message.msg_id and message.location[0] == segment:
-                        found = holders.setdefault(message.msg_id, (message, [], []))
-                        if queue not in found[1]:
-                            found[1].append(queue)
-                        if (entry.redelivered or queue.is_unacked(entry)) and (
-                            queue not in found[2]
-                        ):
-                            found[2].append(queue)
+                        holders.setdefault(message.msg_id, (message, []))[1].append((queue, entry))
         return holders
 
 

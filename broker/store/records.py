@@ -34,6 +34,9 @@ MESSAGE_AT = 14
 # the message in both queues or in neither.
 MOVE = 15
 MESSAGE_TYPES = frozenset((MESSAGE, MESSAGE_AT, MOVE))
+# Messages that came back to a queue counting deliveries (as SETTLE: queue id and message ids;
+# an id repeated n times is n returns).
+RETURNED = 16
 
 METADATA_TYPES = frozenset(
     (SNAPSHOT, EXCHANGE_DECLARE, EXCHANGE_DELETE, QUEUE_DECLARE, QUEUE_DELETE, BIND, UNBIND)

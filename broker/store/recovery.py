@@ -45,7 +45,10 @@ class RecoveredState:
     _binding_ends: dict[tuple[str, str, str], set[tuple]] = field(default_factory=dict)
     # message id -> (message, ids of the queues that still hold it)
     messages: dict[int, tuple[Message, tuple[int, ...]]] = field(default_factory=dict)
-    delivered: set[tuple[int, int]] = field(default_factory=set)  # (message id, queue id)
+    # (message id, queue id) -> deliveries logged (queues that count deliveries log each one;
+    # others only the first) and returns logged (RETURNED).
+    delivered: dict[tuple[int, int], int] = field(default_factory=dict)
+    returned: dict[tuple[int, int], int] = field(default_factory=dict)
     next_queue_id: int = 1
     next_msg_id: int = 1
     last_msg_id: dict[int, int] = field(default_factory=dict)  # segment -> highest id logged there
@@ -66,9 +69,12 @@ class RecoveredState:
             self._apply_message(segment, offset, message_payload, published_at)
         elif record_type == records.SETTLE:
             self._settle(*records.decode_ids(payload))
-        elif record_type == records.DELIVERED:
+        elif record_type == records.DELIVERED or record_type == records.RETURNED:
             queue_id, msg_ids = records.decode_ids(payload)
-            self.delivered.update((msg_id, queue_id) for msg_id in msg_ids)
+            counts = self.delivered if record_type == records.DELIVERED else self.returned
+            for msg_id in msg_ids:
+                key = (msg_id, queue_id)
+                counts[key] = counts.get(key, 0) + 1
         elif record_type in records.METADATA_TYPES:
             self._apply_metadata(record_type, records.decode_table(payload))
         elif record_type != records.CLEAN_SHUTDOWN:
@@ -80,8 +86,10 @@ class RecoveredState:
     def _settle(self, queue_id: int, msg_ids: tuple[int, ...]) -> None:
         messages = self.messages
         delivered = self.delivered
+        returned = self.returned
         for msg_id in msg_ids:
-            delivered.discard((msg_id, queue_id))
+            delivered.pop((msg_id, queue_id), None)
+            returned.pop((msg_id, queue_id), None)
             held = messages.get(msg_id)
             if held is not None:
                 remaining = tuple(q for q in held[1] if q != queue_id)
@@ -103,6 +111,12 @@ class RecoveredState:
         message.published_at = published_at
         message.msg_id = msg_id
         message.location = (segment, offset)
+        if msg_id in self.messages:
+            # A relocated copy: the marks that follow it say everything the queues did with
+            # the message, and those logged before it are superseded (see DurableStore).
+            for queue_id in queue_ids:
+                self.delivered.pop((msg_id, queue_id), None)
+                self.returned.pop((msg_id, queue_id), None)
         self.messages[msg_id] = (message, queue_ids)
         if msg_id >= self.next_msg_id:
             self.next_msg_id = msg_id + 1
@@ -226,15 +240,21 @@ def restore(
 ) -> tuple[int, int]:
     """Recreate durable definitions and queued messages; returns (queues, messages) restored."""
     store.replaying = True  # what is restored is already in the log: do not log it again
+    out_at_stop: dict[Queue, list[QueuedMessage]] = {}
     try:
         queues = _restore_definitions(state, vhosts)
-        restored = _restore_messages(state, queues, store)
+        restored = _restore_messages(state, queues, store, out_at_stop)
     finally:
         store.replaying = False
     store.next_msg_id = max(store.next_msg_id, state.next_msg_id)
     store.next_queue_id = max(store.next_queue_id, state.next_queue_id)
     store.redelivered_upto = max(store.redelivered_upto, state.redelivered_upto)
     store.last_msg_id.update(state.last_msg_id)
+    for queue, entries in out_at_stop.items():
+        # Delivered more often than returned: out with a consumer when the broker stopped, so
+        # the restart returned it. Logged as such, so a poison message that brings the broker
+        # down cannot get a fresh budget: past the delivery limit it is dead-lettered now.
+        queue.returned_by_restart(entries)
     for queue in queues.values():
         # Drops past a length limit are logged lazily, like acks: a crash can leave a queue
         # over its limit, and drop-head trims it now (logging what it drops).
@@ -293,7 +313,14 @@ def _restore_definitions(state: RecoveredState, vhosts: dict[str, VirtualHost]) 
     return queues
 
 
-def _restore_messages(state: RecoveredState, queues: dict[int, Queue], store: DurableStore) -> int:
+def _restore_messages(
+    state: RecoveredState,
+    queues: dict[int, Queue],
+    store: DurableStore,
+    out_at_stop: dict[Queue, list[QueuedMessage]],
+) -> int:
+    """Put the recovered messages back in their queues; `out_at_stop` collects, per queue
+    counting deliveries, those that were out with a consumer when the broker stopped."""
     restored = 0
     live = store.live
     delivered = state.delivered
@@ -308,7 +335,12 @@ def _restore_messages(state: RecoveredState, queues: dict[int, Queue], store: Du
         live[segment] = live.get(segment, 0) + 1
         for queue in holders:
             entry = QueuedMessage(message, 0)
-            entry.redelivered = msg_id <= upto or (msg_id, queue.store_id) in delivered
+            key = (msg_id, queue.store_id)
+            entry.redelivered = msg_id <= upto or key in delivered
+            if queue.counts_deliveries:
+                entry.returns = state.returned.get(key, 0)
+                if delivered.get(key, 0) > entry.returns:
+                    out_at_stop.setdefault(queue, []).append(entry)
             queue.restore(entry)
         restored += 1
     return restored

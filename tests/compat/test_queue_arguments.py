@@ -246,7 +246,6 @@ def test_dead_letter_exchange_of_wrong_type_is_406(
 @pytest.mark.parametrize(
     "arguments",
     [
-        {"x-delivery-limit": 5},
         {"x-max-in-memory-length": 5},
         {"x-max-in-memory-bytes": 5},
         {"x-quorum-initial-group-size": 3},
@@ -268,6 +267,26 @@ def test_quorum_or_stream_only_argument_on_classic_queue_is_406(
         channel.queue_declare(cleanup.queue(name), arguments=arguments)
     assert close.text == (
         f"{PF}invalid arg '{arg}' for queue '{name}' in vhost '/' of queue type"
+        " rabbit_classic_queue"
+    )
+
+
+def test_delivery_limit_on_a_classic_queue(
+    channel: BlockingChannel, name: str, cleanup: Cleanup, target_is_warren: bool
+) -> None:
+    """x-delivery-limit is a quorum-queue argument in RabbitMQ 3.10, refused on a classic queue
+    like the others above. Warren gives every queue type a delivery limit (a deliberate
+    difference, in README), so it accepts it there."""
+    queue = cleanup.queue(name)
+    if target_is_warren:
+        channel.queue_declare(queue, arguments={"x-delivery-limit": 5})
+        return
+    with expect_channel_close(
+        channel, 406, "invalid arg 'x-delivery-limit'", timeout=SYNC
+    ) as close:
+        channel.queue_declare(queue, arguments={"x-delivery-limit": 5})
+    assert close.text == (
+        f"{PF}invalid arg 'x-delivery-limit' for queue '{name}' in vhost '/' of queue type"
         " rabbit_classic_queue"
     )
 

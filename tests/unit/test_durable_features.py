@@ -224,3 +224,36 @@ async def test_a_queue_left_over_its_length_limit_by_a_crash_is_trimmed_at_recov
     node = await restart(node)
     assert _bodies(node.vhost.queues["capped"]) == [b"b", b"c"]
     await stop_node(node)
+
+
+async def test_delivery_counts_survive_restarts_and_a_crash_counts_as_a_return(
+    tmp_path: Path,
+) -> None:
+    """A poison message that takes the broker down with it while out: each crash counts as a
+    return (its deliveries were logged), so it cannot get a fresh budget; past the limit it is
+    dead-lettered at recovery. Returns by consumers survive clean restarts too."""
+    node = await start_node(tmp_path)
+    _declare_pair(node.vhost, **{"x-delivery-limit": 2})
+    _publish(node.vhost, "work", b"poison")
+    work = node.vhost.queues["work"]
+    work.requeue([work.get(ack_required=True)])  # type: ignore[list-item]
+    node = await restart(node)
+    (entry,) = node.vhost.queues["work"].ready_entries()
+    assert entry.returns == 1
+    for crash in range(2):
+        work = node.vhost.queues["work"]
+        assert work.get(ack_required=True) is not None  # out when the broker dies
+        assert await synced(node.store) is None
+        await node.wal.close()  # kill -9: no clean shutdown
+        node = await start_node(tmp_path)
+        if crash == 0:
+            (entry,) = node.vhost.queues["work"].ready_entries()
+            assert entry.returns == 2
+    assert node.vhost.queues["work"].message_count == 0
+    assert await synced(node.store) is None
+    node = await restart(node)
+    assert node.vhost.queues["work"].message_count == 0
+    (copy,) = node.vhost.queues["dead"].ready_entries()
+    headers = decode_properties(copy.message.header)["headers"]
+    assert headers["x-death"][0]["reason"] == "delivery_limit"
+    await stop_node(node)

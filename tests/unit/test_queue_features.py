@@ -472,3 +472,37 @@ def test_a_ttl_zero_message_delivered_then_requeued_expires(
     queue.requeue([entry])
     clock.advance(0.01)
     assert queue.message_count == 0 and _died(vhost, "expired") == 1
+
+
+# ------------------------------------------------------------------------------ delivery limit
+
+
+def test_delivery_limit_counts_returns_and_dead_letters_past_it(vhost: VirtualHost) -> None:
+    """x-delivery-limit 2 on a classic queue (Warren gives every queue type one): each return
+    counts, the delivery carries x-delivery-count from the first return on, and the third
+    return dead-letters the message with reason delivery_limit."""
+    source, dead = _dlx_pair(vhost, **{"x-delivery-limit": 2})
+    _publish(vhost, "work", b"poison", headers={"app": "x"})
+    counts = []
+    for _ in range(3):
+        entry = source.get(ack_required=True)
+        assert entry is not None
+        headers = decode_properties(source.delivery_header(entry)).get("headers", {})
+        counts.append(headers.get("x-delivery-count"))
+        source.requeue([entry])
+    assert counts == [None, 1, 2]
+    assert (source.message_count, source.unacked_count) == (0, 0)
+    (copy,) = dead.ready_entries()
+    headers = decode_properties(copy.message.header)["headers"]
+    assert headers["x-death"][0]["reason"] == "delivery_limit"
+    assert headers["app"] == "x"
+
+
+def test_queues_without_a_limit_or_quorum_type_do_not_count(vhost: VirtualHost) -> None:
+    queue = vhost.declare_queue("plain", None)
+    _publish(vhost, "plain", b"m")
+    entry = queue.get(ack_required=True)
+    queue.requeue([entry])  # type: ignore[list-item]
+    again = queue.get(ack_required=True)
+    assert again is not None and again.returns == 0
+    assert queue.delivery_header(again) == again.message.header

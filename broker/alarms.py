@@ -13,13 +13,13 @@ log's unwritten records.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from broker.logs import fields
+from broker.periodic import Periodic
 
 log = logging.getLogger("warren.alarms")
 
@@ -75,25 +75,15 @@ class MemoryMonitor:
         self.baseline = 0  # the process's own memory, without what queues hold
         self._on_change = on_change
         self._accounted = accounted
-        self._task: asyncio.Task[None] | None = None
+        # The alarm must keep being checked, or it could never clear.
+        self._periodic = Periodic(CHECK_INTERVAL, self.check, "alarm.memory.check_failed")
 
     def start(self) -> None:
         self.baseline = max(0, resident_memory() - self._accounted())
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                self.check()
-            except Exception:  # the alarm must keep being checked, or it can never clear
-                log.exception("alarm.memory.check_failed")
-            await asyncio.sleep(CHECK_INTERVAL)
+        await self._periodic.stop()
 
     def check(self) -> None:
         self.used = self.baseline + self._accounted()

@@ -73,6 +73,11 @@ class Limits:
     # Above this memory use, publishing connections are blocked (connection.blocked). A value
     # up to 1 is a fraction of the machine's (or container's) memory, above 1 a number of bytes.
     memory_high_watermark: float = 0.4
+    # A delivery not acknowledged within this many milliseconds closes its channel with 406
+    # and requeues what it held (RabbitMQ's consumer_timeout); 0 disables. Queues can set their
+    # own with x-consumer-timeout. Checked every consumer_timeout_check seconds.
+    consumer_timeout: int = 1_800_000
+    consumer_timeout_check: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -281,6 +286,12 @@ def _parse_limits(raw: Any) -> Limits:
             get("max_message_size"), "limits.max_message_size", 1, 512 * 1024 * 1024
         ),
         memory_high_watermark=_watermark(get("memory_high_watermark")),
+        consumer_timeout=_integer(
+            get("consumer_timeout"), "limits.consumer_timeout", 0, 315_360_000_000
+        ),
+        consumer_timeout_check=_number(
+            get("consumer_timeout_check"), "limits.consumer_timeout_check", 0.05, 3600
+        ),
     )
 
 

@@ -319,6 +319,12 @@ class BrokerCollector(Collector):
             "Total number of messages published to queues",
             labels=labels,
         )
+        timeouts = CounterMetricFamily(
+            "warren_queue_consumer_timeouts_total",
+            "Channels closed because a delivery from this queue was not acknowledged in time"
+            " (consumer_timeout / x-consumer-timeout)",
+            labels=labels,
+        )
         for queue in self._all_queues():
             key = (queue.vhost_name, queue.name)
             ready.add_metric(key, queue.message_count)
@@ -326,7 +332,8 @@ class BrokerCollector(Collector):
             depth.add_metric(key, queue.message_count + queue.unacked_count)
             consumers.add_metric(key, len(queue.consumers))
             published.add_metric(key, queue.published_total)
-        yield from (ready, unacked, depth, consumers, published)
+            timeouts.add_metric(key, queue.consumer_timeouts)
+        yield from (ready, unacked, depth, consumers, published, timeouts)
 
     def _global(self) -> Iterator[Metric]:
         counters = self.broker.counters

@@ -15,6 +15,7 @@ from types import TracebackType
 
 from broker.admin import AdminServer
 from broker.alarms import MemoryMonitor, watermark_bytes
+from broker.amqp.ack_timeout import AckTimeouts
 from broker.amqp.channel import Channel
 from broker.amqp.connection import AMQPConnection
 from broker.auth import Authenticator, User
@@ -81,6 +82,7 @@ class Broker:
             self._memory_alarm_changed,
             self.accounted_bytes,
         )
+        self.ack_timeouts = AckTimeouts(self)
 
     @property
     def port(self) -> int:
@@ -165,6 +167,7 @@ class Broker:
                 extra=fields(protocol="amqps", host=tls.host, port=self.tls_port),
             )
         self.memory.start()
+        self.ack_timeouts.start()
         for server in self.http_servers:
             await server.start()
 
@@ -204,6 +207,7 @@ class Broker:
         for server in self.http_servers:
             await server.stop()
         await self.memory.stop()
+        await self.ack_timeouts.stop()
         self._server.close()
         if self._tls_server is not None:
             self._tls_server.close()

@@ -839,7 +839,7 @@ class Channel:
                 frames.get_ok_payload(
                     tag, entry.redelivered, message.route_bytes, queue.message_count
                 ),
-                queue.delivery_header(entry) if entry.returns else message.header,
+                queue.delivery_header(entry, get=True),
                 message.body or b"",
                 self.connection.frame_max,
             )

@@ -72,6 +72,7 @@ class QueueSettings:
     max_priority: int | None = None
     single_active_consumer: bool = False
     delivery_limit: int | None = None
+    consumer_timeout: int | None = None  # ms
 
     @property
     def limited(self) -> bool:
@@ -164,6 +165,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "x-queue-mode": ("", _queue_mode),
     "x-single-active-consumer": ("single_active_consumer", _boolean),
     "x-delivery-limit": ("delivery_limit", _non_negative),
+    "x-consumer-timeout": ("consumer_timeout", _expires),
 }
 
 
@@ -179,6 +181,14 @@ def check_alternate_exchange(arguments: dict[str, Any], where: str) -> None:
     value = arguments.get("alternate-exchange")
     if value is not None and not isinstance(value, str | bytes):
         raise invalid_type("alternate-exchange", field_type_name(value), where)
+
+
+def _quorum_delivery_limit(value: Any) -> int | None:
+    """RabbitMQ's quorum queues take any x-delivery-limit: a negative integer acts as 0, and
+    anything that is not an integer sets no limit (it compares above every count)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return max(value, 0)
 
 
 def queue_settings(
@@ -202,7 +212,7 @@ def queue_settings(
                 )
     values: dict[str, Any] = {}
     for key, (field, parse) in _PARSERS.items():
-        if key not in arguments:
+        if key not in arguments or (key == "x-delivery-limit" and queue_type == "quorum"):
             continue
         value = arguments[key]
         try:
@@ -215,4 +225,6 @@ def queue_settings(
             ) from None
         if field:
             values[field] = parsed
+    if queue_type == "quorum" and "x-delivery-limit" in arguments:
+        values["delivery_limit"] = _quorum_delivery_limit(arguments["x-delivery-limit"])
     return QueueSettings(**values)

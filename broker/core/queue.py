@@ -88,6 +88,7 @@ class Queue:
         self.published_total = 0
         self.delivered_total = 0
         self.acked_total = 0
+        self.consumer_timeouts = 0  # channels closed for holding this queue's deliveries
         # Estimated memory of what this queue holds (ready and unacked), for the memory alarm.
         self.memory_bytes = 0
         self.consumers: list[Consumer] = []
@@ -375,11 +376,12 @@ class Queue:
         if over:
             self._discard(over, DELIVERY_LIMIT)
 
-    def delivery_header(self, entry: QueuedMessage) -> bytes:
-        """The content header a delivery carries: with x-delivery-count once the message came
-        back to a queue that counts deliveries, as RabbitMQ's quorum queues add it."""
+    def delivery_header(self, entry: QueuedMessage, get: bool = False) -> bytes:
+        """The content header a delivery carries: in a queue that counts deliveries, with
+        x-delivery-count once the message came back, and on every Basic.Get-Ok (as RabbitMQ's
+        quorum queues write it)."""
         header = entry.message.header
-        if not entry.returns or not self.counts_deliveries:
+        if not self.counts_deliveries or not (entry.returns or get):
             return header
         return with_delivery_count(header, entry.returns)
 

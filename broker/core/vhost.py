@@ -69,6 +69,7 @@ EQUIVALENT_QUEUE_ARGS = (
     "x-queue-mode",
     "x-single-active-consumer",
     "x-queue-type",
+    "x-delivery-limit",
 )
 
 

@@ -98,7 +98,7 @@ class Broker:
 
     def queued_bytes(self) -> int:
         """Estimated memory of every queued message."""
-        return sum(q.memory_bytes for vhost in self.vhosts.values() for q in vhost.queues.values())
+        return sum(q.memory_bytes for vhost in self.vhosts.values() for q in vhost.all_queues())
 
     def accounted_bytes(self) -> int:
         """The memory alarm's moving part: queued messages, definitions, and everything clients

@@ -331,13 +331,15 @@ class Channel:
             counters.unroutable_dropped += 1
         else:
             counters.unroutable_returned += 1
-            self.connection.count_output(len(message.body or b"") + 64)
+            # A delayed message waiting in the log keeps its body only there.
+            body = message.body if message.body is not None else self.vhost.store.read_body(message)
+            self.connection.count_output(len(body) + 64)
             self.connection.send_parts(
                 frames.content_frames(
                     self.number,
                     frames.return_payload(312, "NO_ROUTE", message.route_bytes),
                     message.header,
-                    message.body or b"",
+                    body,
                     self.connection.frame_max,
                 )
             )

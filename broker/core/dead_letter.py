@@ -39,6 +39,7 @@ from broker.core.tables import (
     raw_array_items,
     raw_entries,
 )
+from broker.core.transfer import transfer
 from broker.logs import fields
 
 if TYPE_CHECKING:
@@ -245,24 +246,10 @@ class DeadLetters:
             self.vhost.clock.call_later(0, self._drain)
 
     def _publish_one(self, queue: Queue, entry: QueuedMessage, reason: str, logged: bool) -> None:
-        source = entry.message
-        store = self.vhost.store
-        in_log = logged and source.msg_id != 0
-        copy, targets = self._copy(queue, source, reason)
-        surviving = [target for target in targets if target.store_id]
-        if copy is not None and surviving and copy.persistent:
-            if in_log:
-                store.moved(queue, entry, copy, surviving)
-            else:
-                store.persist(copy, surviving)
-            if source.lazy:
-                copy.evict_body()  # read back from the log for this: it lives there again
-        elif in_log:
-            store.settled(queue, (entry,))
+        copy, targets = self._copy(queue, entry.message, reason)
+        transfer(self.vhost.store, queue, entry, copy, targets, logged)
         if copy is not None and targets:
             self.confirmed[queue.queue_type] = self.confirmed.get(queue.queue_type, 0) + 1
-            for target in targets:
-                target.publish(copy)
 
     def _made_header(
         self,

@@ -36,6 +36,9 @@ NEVER = float("inf")
 # expires them in batches, not with one timer per message. Nothing expired is delivered
 # meanwhile (the head is checked at each delivery).
 TIMER_SLACK = 0.002
+# Delayed messages routed per timer pass: a backlog that came due while the broker was down
+# goes out over several turns of the loop, not in one.
+DUE_BATCH = 1000
 
 # Why a message left a queue without an ack: x-death's reasons.
 REJECTED, EXPIRED, MAXLEN, DELIVERY_LIMIT = "rejected", "expired", "maxlen", "delivery_limit"
@@ -56,6 +59,8 @@ class Queue:
         clock: Clock = SYSTEM_CLOCK,
         dead_letters: DeadLetters | None = None,
         on_expired: Callable[[Queue], None] | None = None,
+        due_of: Callable[[Message], float] | None = None,
+        on_due: Callable[[Queue, list[QueuedMessage]], None] | None = None,
     ) -> None:
         self.name = name
         self.vhost_name = vhost_name
@@ -79,11 +84,16 @@ class Queue:
         self.survives_restart = durable and exclusive_owner is None and not auto_delete
         self.store = store
         self.store_id = 0
+        self.holds_for: str | None = None  # a delayed exchange's holding queue: its exchange
         self._ready = ready if ready is not None else FifoStore()
         self._outstanding: set[QueuedMessage] = set()  # delivered, waiting for ack/reject
         self._clock = clock
         self._dead_letters = dead_letters
         self._on_expired = on_expired
+        # A delayed exchange's holding queue: each message's deadline is when it comes due
+        # (`due_of`), and then it is handed to `on_due` (routed) instead of expiring.
+        self._due_of = due_of
+        self._on_due = on_due
         # Totals for metrics, plain integers read at scrape time.
         self.published_total = 0
         self.delivered_total = 0
@@ -166,6 +176,9 @@ class Queue:
         self.memory_bytes += message.footprint
         self._next_seq += 1
         entry = QueuedMessage(message, self._next_seq)
+        if self._due_of is not None:
+            self._hold(entry)
+            return
         if self._plain and message.ttl < 0:
             self._ready.push(entry)
             if self.consumers:
@@ -206,11 +219,21 @@ class Queue:
         self.memory_bytes += entry.message.footprint
         self._next_seq += 1
         entry.seq = self._next_seq
+        if self._due_of is not None:
+            self._hold(entry)
+            return
         ttl = self._ttl_of(entry.message)
         if ttl >= 0 and entry.message.published_at:
             entry.expires_at = entry.message.published_at + ttl / 1000
         self._ready.push(entry)
         if entry.expires_at and entry.expires_at < self._timer_at:
+            self._arm()
+
+    def _hold(self, entry: QueuedMessage) -> None:
+        """A delayed message waits for its deadline (a holding queue has no consumers)."""
+        entry.expires_at = self._due_of(entry.message)  # type: ignore[misc]
+        self._ready.push(entry)
+        if entry.expires_at < self._timer_at:
             self._arm()
 
     def enforce_limits(self) -> None:
@@ -449,9 +472,15 @@ class Queue:
                     )
             return
         try:
-            expired = self._ready.due(now)
-            if expired:
-                self._discard(expired, EXPIRED)
+            if self._on_due is not None:
+                came_due = self._ready.due(now, DUE_BATCH)
+                if came_due:
+                    self.memory_bytes -= sum(entry.message.footprint for entry in came_due)
+                    self._on_due(self, came_due)
+            else:
+                expired = self._ready.due(now)
+                if expired:
+                    self._discard(expired, EXPIRED)
         finally:
             self._arm()  # whatever happened, the next deadline keeps its timer
 

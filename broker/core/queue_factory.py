@@ -11,9 +11,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from broker.core.arguments import QueueSettings, queue_settings
+from broker.core.delayed import DelayedExchange, due_time, release
 from broker.core.errors import ChannelException
 from broker.core.queue import Queue
-from broker.core.ready import FifoStore, PriorityStore, ReadyStore
+from broker.core.ready import FifoStore, PriorityStore, ReadyStore, TimeOrderedStore
 from broker.logs import fields
 
 if TYPE_CHECKING:
@@ -69,3 +70,21 @@ def build_queue(
         dead_letters=vhost.dead_letters,
         on_expired=vhost.remove_queue,
     )
+
+
+def build_holding_queue(vhost: VirtualHost, exchange: DelayedExchange) -> Queue:
+    """The queue a delayed exchange keeps its waiting messages in: invisible to clients,
+    time-ordered, durable with its exchange; what comes due is routed by the exchange."""
+    queue = Queue(
+        f"amq.delayed.{exchange.name}",
+        vhost.name,
+        durable=exchange.durable,
+        auto_delete=False,
+        store=vhost.store,
+        ready=TimeOrderedStore(),
+        clock=vhost.clock,
+        due_of=due_time,
+        on_due=lambda holding, entries: release(vhost, holding, entries),
+    )
+    queue.holds_for = exchange.name
+    return queue

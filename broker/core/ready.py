@@ -178,11 +178,12 @@ class ReadyStore:
             heapq.heappop(deadlines)
         return float("inf")
 
-    def due(self, now: float) -> list[QueuedMessage]:
-        """Remove and return the ready entries whose deadline has passed, earliest first."""
-        expired = []
+    def due(self, now: float, limit: int = -1) -> list[QueuedMessage]:
+        """Remove and return the ready entries whose deadline has passed, earliest first (at
+        most `limit` of them when it is not negative)."""
+        expired: list[QueuedMessage] = []
         deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
+        while deadlines and deadlines[0][0] <= now and len(expired) != limit:
             deadline, _, entry = heapq.heappop(deadlines)
             if entry.state == READY and entry.expires_at == deadline:
                 self.remove(entry)
@@ -311,3 +312,40 @@ class PriorityStore(ReadyStore):
     def _clear(self) -> None:
         self._levels = [None] * (self.max_priority + 1)
         self._top = 0
+
+
+class TimeOrderedStore(ReadyStore):
+    """Entries in deadline order, held only in the deadline heap: the store of a delayed
+    exchange's pending messages, which leave when they come due (`due`), never from the head
+    to a consumer. No deque and no tombstones: a million pending messages cost a heap item
+    each."""
+
+    __slots__ = ()
+
+    def push(self, entry: QueuedMessage) -> None:
+        self._add(entry)
+
+    def requeue(self, entries: list[QueuedMessage]) -> None:
+        for entry in entries:
+            self._add(entry)
+
+    def remove(self, entry: QueuedMessage) -> None:
+        self._take(entry, GONE)  # its heap item is skipped when it reaches the top
+
+    def peek(self) -> QueuedMessage | None:
+        deadline = self.next_due()
+        return self._deadlines[0][2] if deadline != float("inf") else None
+
+    def pop(self) -> QueuedMessage | None:
+        entry = self.peek()
+        if entry is not None:
+            heapq.heappop(self._deadlines)
+            self._take(entry, OUT)
+        return entry
+
+    def __iter__(self) -> Iterator[QueuedMessage]:
+        live = (item for item in self._deadlines if item[2].state == READY)
+        return (item[2] for item in sorted(live, key=lambda item: (item[0], item[1])))
+
+    def _clear(self) -> None:
+        pass  # purge emptied the heap

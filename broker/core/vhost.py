@@ -17,6 +17,7 @@ from broker.core import sender_selected
 from broker.core.arguments import IGNORED_QUEUE_ARGS, check_alternate_exchange
 from broker.core.clock import SYSTEM_CLOCK, Clock
 from broker.core.dead_letter import DeadLetters
+from broker.core.delayed import DELAYED_TYPE, DelayedExchange, delay_of
 from broker.core.errors import (
     ACCESS_REFUSED,
     NOT_FOUND,
@@ -37,7 +38,7 @@ from broker.core.fields import field_type_name
 from broker.core.message import Message
 from broker.core.persistence import MessageStore
 from broker.core.queue import MEMORY_STORE, Queue
-from broker.core.queue_factory import build_queue
+from broker.core.queue_factory import build_holding_queue, build_queue
 from broker.core.sender_selected import HEADERS_FLAG
 from broker.core.tables import encode_table
 from broker.logs import fields
@@ -51,6 +52,7 @@ STANDARD_EXCHANGES = (
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
 )
+ALL_EXCHANGE_TYPES: dict[str, type[Exchange]] = {**EXCHANGE_TYPES, DELAYED_TYPE: DelayedExchange}
 # Encoded size of one declare's or binding's arguments: every log snapshot repeats them.
 MAX_ARGUMENTS_BYTES = 16 * 1024
 BUILTIN_EXCHANGES = frozenset(["", *(name for name, _ in STANDARD_EXCHANGES)])
@@ -210,7 +212,7 @@ class VirtualHost:
         existing = self.exchanges.get(name)
         if existing is None:
             self._check_reserved("exchange", name)
-        cls = EXCHANGE_TYPES.get(kind)
+        cls = ALL_EXCHANGE_TYPES.get(kind)
         if cls is None:
             # RabbitMQ 3.10 closes the connection with 503 here; newer releases close only the
             # channel with 406, which is kinder to the other channels: Warren does that.
@@ -227,6 +229,10 @@ class VirtualHost:
         exchange = cls(name, durable, auto_delete, internal, arguments)
         if durable:
             self.store.exchange_declared(self.name, exchange)  # first, as for queues
+        if isinstance(exchange, DelayedExchange):
+            exchange.holding = build_holding_queue(self, exchange)
+            if exchange.holding.survives_restart:
+                self.store.queue_declared(exchange.holding)
         self.exchanges[name] = exchange
         return exchange
 
@@ -275,6 +281,8 @@ class VirtualHost:
         if exchange.durable:
             self.store.exchange_deleted(self.name, exchange)  # first, as for every change
         del self.exchanges[exchange.name]
+        if isinstance(exchange, DelayedExchange) and exchange.holding is not None:
+            self.remove_queue(exchange.holding)  # its pending messages go with it
         for binding in list(exchange.bindings.values()):
             self._drop_binding(binding, cascade=False)
         for binding in list(exchange.incoming.values()):
@@ -333,6 +341,19 @@ class VirtualHost:
                 extra=fields(queue=name, vhost=self.name, arguments=",".join(ignored)),
             )
         return queue
+
+    def restore_holding(self, exchange_name: str, store_id: int) -> Queue | None:
+        """The holding queue of a durable delayed exchange restored from the log, given the
+        id its messages are logged under (None, logged, if the exchange is not there)."""
+        exchange = self.exchanges.get(exchange_name)
+        if not isinstance(exchange, DelayedExchange) or exchange.holding is None:
+            log.warning(
+                "recovery.delayed_without_exchange",
+                extra=fields(vhost=self.name, exchange=exchange_name),
+            )
+            return None
+        exchange.holding.store_id = store_id
+        return exchange.holding
 
     def _add_queue(self, queue: Queue) -> None:
         self.queues[queue.name] = queue
@@ -535,6 +556,8 @@ class VirtualHost:
         (x-overflow reject-publish* refuses it where a queue is full; those dead-letter it
         with reject-publish-dlx), after logging it for the surviving ones."""
         header = message.header
+        if exchange.type_name == DELAYED_TYPE and delay_of(message):
+            return self._hold(exchange, message)  # type: ignore[arg-type]
         if header[12] & HEADERS_FLAG and sender_selected.may_select(header):
             keys, bcc = sender_selected.routing_keys(message)
             if bcc is not None:
@@ -564,6 +587,30 @@ class VirtualHost:
         for queue in queues:
             queue.publish(message)
         return bool(routed), logged, refused
+
+    def _hold(self, exchange: DelayedExchange, message: Message) -> Publication:
+        """A delayed message waits in its exchange's holding queue, logged first when it is
+        persistent and the exchange durable. Not routed now: a mandatory publish is returned,
+        as the delayed-message plugin does."""
+        holding = exchange.holding
+        assert holding is not None
+        message.published_at = self._now()
+        logged = False
+        if message.persistent and holding.store_id:
+            self.store.persist(message, [holding])
+            message.evict_body()  # it waits in the log: memory keeps the index entry
+            logged = True
+        holding.publish(message)
+        return False, logged, False
+
+    def all_queues(self) -> list[Queue]:
+        """Every queue, with the delayed exchanges' holding queues that clients do not see."""
+        holding = [
+            exchange.holding
+            for exchange in self.exchanges.values()
+            if isinstance(exchange, DelayedExchange) and exchange.holding is not None
+        ]
+        return [*self.queues.values(), *holding]
 
     def route(
         self, exchange: Exchange, message: Message, keys: list[str] | None = None

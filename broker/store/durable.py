@@ -41,12 +41,15 @@ def exchange_table(vhost: str, exchange: Exchange) -> dict[str, Any]:
 
 
 def queue_table(queue: Queue) -> dict[str, Any]:
-    return {
+    table = {
         "vhost": queue.vhost_name,
         "name": queue.name,
         "id": queue.store_id,
         "arguments": queue.arguments,
     }
+    if queue.holds_for is not None:
+        table["holds_for"] = queue.holds_for  # a delayed exchange's pending messages
+    return table
 
 
 def binding_table(vhost: str, binding: Binding) -> dict[str, Any]:
@@ -73,7 +76,7 @@ def durable_definitions(vhosts: Iterable[VirtualHost]) -> dict[str, list[dict[st
                 for binding in exchange.bindings.values()
                 if binding_is_durable(binding)
             ]
-        queues += [queue_table(queue) for queue in vhost.queues.values() if queue.store_id]
+        queues += [queue_table(queue) for queue in vhost.all_queues() if queue.store_id]
     return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
 
 
@@ -412,7 +415,7 @@ class DurableStore(MessageStore):
         the messages logged in `segment`, found among `entries_of` each durable queue."""
         holders: dict[int, tuple[Message, list[tuple[Queue, QueuedMessage]]]] = {}
         for vhost in self._vhosts():
-            for queue in vhost.queues.values():
+            for queue in vhost.all_queues():
                 if not queue.store_id:
                     continue
                 for entry in entries_of(queue):

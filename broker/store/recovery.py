@@ -293,9 +293,13 @@ def _restore_definitions(state: RecoveredState, vhosts: dict[str, VirtualHost]) 
         )
     queues: dict[int, Queue] = {}
     for queue_id, table in state.queues.items():
-        queues[queue_id] = vhosts[table["vhost"]].restore_queue(
-            table["name"], table["arguments"], queue_id
-        )
+        vhost = vhosts[table["vhost"]]
+        if "holds_for" in table:  # a delayed exchange's pending messages (restored above)
+            holding = vhost.restore_holding(table["holds_for"], queue_id)
+            if holding is not None:
+                queues[queue_id] = holding
+            continue
+        queues[queue_id] = vhost.restore_queue(table["name"], table["arguments"], queue_id)
     for table in state.bindings.values():
         try:
             vhosts[table["vhost"]].bind(

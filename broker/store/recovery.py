@@ -111,12 +111,13 @@ class RecoveredState:
         message.published_at = published_at
         message.msg_id = msg_id
         message.location = (segment, offset)
-        if msg_id in self.messages:
-            # A relocated copy: the marks that follow it say everything the queues did with
-            # the message, and those logged before it are superseded (see DurableStore).
-            for queue_id in queue_ids:
-                self.delivered.pop((msg_id, queue_id), None)
-                self.returned.pop((msg_id, queue_id), None)
+        # A relocated copy (compaction) is followed by marks that say everything the queues
+        # did with the message, so the marks logged before it are superseded, including
+        # those written just before the copy while the original's segment is already gone.
+        # (A message's first record has no marks before it: nothing to drop.)
+        for queue_id in queue_ids:
+            self.delivered.pop((msg_id, queue_id), None)
+            self.returned.pop((msg_id, queue_id), None)
         self.messages[msg_id] = (message, queue_ids)
         if msg_id >= self.next_msg_id:
             self.next_msg_id = msg_id + 1

@@ -257,3 +257,26 @@ async def test_delivery_counts_survive_restarts_and_a_crash_counts_as_a_return(
     headers = decode_properties(copy.message.header)["headers"]
     assert headers["x-death"][0]["reason"] == "delivery_limit"
     await stop_node(node)
+
+
+async def test_three_crashes_with_compaction_between_dead_letter_a_poison_message(
+    tmp_path: Path,
+) -> None:
+    """Each restart relocates the pinned message (compaction) and logs the restart's return;
+    marks written just before a relocated copy, whose original segment is already gone, must
+    not be counted twice: the third crash takes it past x-delivery-limit 2, not the second."""
+    node = await start_node(tmp_path)
+    _declare_pair(node.vhost, **{"x-delivery-limit": 2})
+    _publish(node.vhost, "work", b"poison")
+    counts = []
+    for _ in range(3):
+        entry = node.vhost.queues["work"].get(ack_required=True)
+        assert entry is not None
+        counts.append(entry.returns)
+        assert await synced(node.store) is None
+        await node.wal.close()  # kill -9 while it is out
+        node = await start_node(tmp_path)
+    assert counts == [0, 1, 2]
+    assert node.vhost.queues["work"].message_count == 0
+    assert _bodies(node.vhost.queues["dead"]) == [b"poison"]
+    await stop_node(node)

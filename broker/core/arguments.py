@@ -73,6 +73,7 @@ class QueueSettings:
     single_active_consumer: bool = False
     delivery_limit: int | None = None
     consumer_timeout: int | None = None  # ms
+    deduplicate: bool = False  # x-message-deduplication (the deduplication plugin's)
 
     @property
     def limited(self) -> bool:
@@ -166,6 +167,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "x-single-active-consumer": ("single_active_consumer", _boolean),
     "x-delivery-limit": ("delivery_limit", _non_negative),
     "x-consumer-timeout": ("consumer_timeout", _expires),
+    "x-message-deduplication": ("deduplicate", _boolean),
 }
 
 

@@ -69,6 +69,10 @@ class MessageStore:
         queues: one record, so a crash leaves it in exactly one place; raises LogUnavailable
         (and logs nothing) when it cannot."""
 
+    def dedup_remembered(self, vhost: str, exchange: str, key: str, expires: float) -> None:
+        """A deduplication exchange with disk persistence routed a message with this value
+        (logged after the message, never before)."""
+
     def delivered(self, queue: Queue, entry: QueuedMessage) -> None:
         """A logged message was handed to a consumer that must ack it (for redelivered flags;
         every delivery, where the queue counts them)."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from broker.core.arguments import QueueSettings
 from broker.core.clock import SYSTEM_CLOCK, Clock, Timer
 from broker.core.consumer import Consumer
+from broker.core.dedup import dedup_key
 from broker.core.delivery_count import with_delivery_count
 from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import LogUnavailable, MessageStore
@@ -71,9 +72,14 @@ class Queue:
         self.settings = settings
         # x-overflow reject-publish(-dlx) with a limit: publishes must ask `admits` first.
         self.may_refuse = settings.limited and settings.overflow != "drop-head"
-        # Neither a message TTL nor a length limit: a publish without an expiration property
-        # takes the short path.
-        self._plain = settings.message_ttl is None and not settings.limited
+        # x-message-deduplication: how many held messages carry each x-deduplication-header
+        # value (None: the queue does not deduplicate).
+        self._held_keys: dict[str, int] | None = {} if settings.deduplicate else None
+        # Neither a message TTL nor a length limit nor deduplication: a publish without an
+        # expiration property takes the short path.
+        self._plain = (
+            settings.message_ttl is None and not settings.limited and not settings.deduplicate
+        )
         self.queue_type = str(self.arguments.get("x-queue-type") or "classic")
         # Quorum queues count deliveries (x-delivery-count), as RabbitMQ's do; any queue with a
         # delivery limit does too. Their every delivery and return is logged, so a restart,
@@ -184,6 +190,8 @@ class Queue:
             if self.consumers:
                 self.dispatch()
             return
+        if self._held_keys is not None:
+            self._hold_key(message, 1)
         ttl = self._ttl_of(message)
         if ttl >= 0:
             if not message.published_at:  # the first queue with a TTL that takes it
@@ -222,12 +230,37 @@ class Queue:
         if self._due_of is not None:
             self._hold(entry)
             return
+        if self._held_keys is not None:
+            self._hold_key(entry.message, 1)
         ttl = self._ttl_of(entry.message)
         if ttl >= 0 and entry.message.published_at:
             entry.expires_at = entry.message.published_at + ttl / 1000
         self._ready.push(entry)
         if entry.expires_at and entry.expires_at < self._timer_at:
             self._arm()
+
+    def holds_duplicate(self, message: Message) -> bool:
+        """x-message-deduplication: a message with this x-deduplication-header value is held."""
+        if self._held_keys is None:
+            return False
+        key = dedup_key(message)
+        return key is not None and key in self._held_keys
+
+    def _hold_key(self, message: Message, change: int) -> None:
+        key = dedup_key(message)
+        if key is None:
+            return
+        held = self._held_keys
+        assert held is not None
+        count = held.get(key, 0) + change
+        if count > 0:
+            held[key] = count
+        else:
+            held.pop(key, None)
+
+    def _forget_keys(self, entries: Iterable[QueuedMessage]) -> None:
+        for entry in entries:
+            self._hold_key(entry.message, -1)
 
     def _hold(self, entry: QueuedMessage) -> None:
         """A delayed message waits for its deadline (a holding queue has no consumers)."""
@@ -309,6 +342,8 @@ class Queue:
                 self.store.delivered(self, entry)
         else:
             self.memory_bytes -= entry.message.footprint
+            if self._held_keys is not None:
+                self._hold_key(entry.message, -1)
             if entry.message.msg_id and self.store_id:
                 self.store.settled(self, (entry,))
 
@@ -320,6 +355,8 @@ class Queue:
             freed += entry.message.footprint
         self.memory_bytes -= freed
         self._outstanding.difference_update(entries)
+        if self._held_keys is not None:
+            self._forget_keys(entries)
         if self.store_id:
             logged = [entry for entry in entries if entry.message.msg_id]
             if logged:
@@ -338,6 +375,8 @@ class Queue:
         """Messages that left without an ack: to the dead-letter exchange when there is one, in
         the same log record that takes them out of this queue, else settled and dropped."""
         self.memory_bytes -= sum(entry.message.footprint for entry in entries)
+        if self._held_keys is not None:
+            self._forget_keys(entries)
         logged = bool(self.store_id)
         dead_letters = self._dead_letters
         if dead_letters is not None and self.settings.dead_letter_exchange is not None:
@@ -413,6 +452,8 @@ class Queue:
         dead-lettered."""
         dropped = self._ready.purge()
         self.memory_bytes -= sum(entry.message.footprint for entry in dropped)
+        if self._held_keys is not None:
+            self._forget_keys(dropped)
         if self.store_id:
             logged = [entry for entry in dropped if entry.message.msg_id]
             if logged:
@@ -423,6 +464,8 @@ class Queue:
         """The queue is being deleted: every message it holds, ready and unacked, now gone."""
         held = [*self._ready.purge(), *self._outstanding]
         self._outstanding.clear()
+        if self._held_keys is not None:
+            self._held_keys.clear()
         self.memory_bytes = 0
         self.stop_timer()
         return held

@@ -17,6 +17,7 @@ from broker.core import sender_selected
 from broker.core.arguments import IGNORED_QUEUE_ARGS, check_alternate_exchange
 from broker.core.clock import SYSTEM_CLOCK, Clock
 from broker.core.dead_letter import DeadLetters
+from broker.core.dedup import DEDUP_TYPE, DedupExchange, dedup_key
 from broker.core.delayed import DELAYED_TYPE, DelayedExchange, delay_of
 from broker.core.errors import (
     ACCESS_REFUSED,
@@ -52,7 +53,13 @@ STANDARD_EXCHANGES = (
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
 )
-ALL_EXCHANGE_TYPES: dict[str, type[Exchange]] = {**EXCHANGE_TYPES, DELAYED_TYPE: DelayedExchange}
+ALL_EXCHANGE_TYPES: dict[str, type[Exchange]] = {
+    **EXCHANGE_TYPES,
+    DELAYED_TYPE: DelayedExchange,
+    DEDUP_TYPE: DedupExchange,
+}
+# The exchange types of RabbitMQ plugins that a publish treats specially.
+PLUGIN_TYPES = frozenset((DELAYED_TYPE, DEDUP_TYPE))
 # Encoded size of one declare's or binding's arguments: every log snapshot repeats them.
 MAX_ARGUMENTS_BYTES = 16 * 1024
 BUILTIN_EXCHANGES = frozenset(["", *(name for name, _ in STANDARD_EXCHANGES)])
@@ -122,9 +129,10 @@ class VirtualHost:
         self.store = store
         self.clock = clock
         self._now = clock.now
-        # Queues with x-overflow reject-publish(-dlx) and a limit: while there are none, a
-        # publish does not ask each queue whether it admits the message.
+        # Queues with x-overflow reject-publish(-dlx) and a limit, and queues that deduplicate:
+        # while there are none, a publish does not ask each queue about the message.
         self.refusing_queues = 0
+        self.deduplicating_queues = 0
         self.dead_letters = DeadLetters(self)
         self.queues: dict[str, Queue] = {}
         self.default_exchange = DefaultExchange(self.queues)
@@ -358,6 +366,7 @@ class VirtualHost:
     def _add_queue(self, queue: Queue) -> None:
         self.queues[queue.name] = queue
         self.refusing_queues += queue.may_refuse
+        self.deduplicating_queues += queue.settings.deduplicate
 
     def restore_queue(self, name: str, arguments: dict[str, Any], store_id: int) -> Queue:
         """Recreate a durable queue from the log: no reserved-name check (a server-named
@@ -449,6 +458,7 @@ class VirtualHost:
         queue.deleted = True
         self.queues.pop(queue.name, None)
         self.refusing_queues -= queue.may_refuse
+        self.deduplicating_queues -= queue.settings.deduplicate
         for binding in list(queue.incoming.values()):
             self._drop_binding(binding)
         count = queue.message_count
@@ -556,8 +566,14 @@ class VirtualHost:
         (x-overflow reject-publish* refuses it where a queue is full; those dead-letter it
         with reject-publish-dlx), after logging it for the surviving ones."""
         header = message.header
-        if exchange.type_name == DELAYED_TYPE and delay_of(message):
-            return self._hold(exchange, message)  # type: ignore[arg-type]
+        dedup: str | None = None
+        if exchange.type_name in PLUGIN_TYPES:
+            if exchange.type_name == DELAYED_TYPE and delay_of(message):
+                return self._hold(exchange, message)  # type: ignore[arg-type]
+            if exchange.type_name == DEDUP_TYPE:
+                dedup = dedup_key(message)
+                if dedup is not None and exchange.seen(dedup, self._now()):  # type: ignore[attr-defined]
+                    return False, False, False  # routed before, within its TTL
         if header[12] & HEADERS_FLAG and sender_selected.may_select(header):
             keys, bcc = sender_selected.routing_keys(message)
             if bcc is not None:
@@ -573,6 +589,8 @@ class VirtualHost:
                     refused = True
         if refused:
             queues = [queue for queue in routed if queue.admits(message)]
+        if self.deduplicating_queues:
+            queues = [queue for queue in queues if not queue.holds_duplicate(message)]
         logged = False
         if queues and message.persistent:
             surviving = [queue for queue in queues if queue.store_id]
@@ -586,7 +604,19 @@ class VirtualHost:
                     queue.refuse(message)
         for queue in queues:
             queue.publish(message)
+        if dedup is not None and routed:
+            self._remember(exchange, message, dedup)  # type: ignore[arg-type]
         return bool(routed), logged, refused
+
+    def _remember(self, exchange: DedupExchange, message: Message, key: str) -> None:
+        """A value routed through a deduplication exchange; with disk persistence its record
+        follows the message's, so a crash never keeps the key without the message."""
+        now = self._now()
+        ttl = exchange.ttl_of(message)
+        expires = now + ttl / 1000 if ttl is not None else float("inf")
+        if exchange.persistent_cache:
+            self.store.dedup_remembered(self.name, exchange.name, key, expires)
+        exchange.remember(key, expires, now)
 
     def _hold(self, exchange: DelayedExchange, message: Message) -> Publication:
         """A delayed message waits in its exchange's holding queue, logged first when it is

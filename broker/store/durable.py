@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from broker.core.dedup import DedupExchange
 from broker.core.exchange import Binding, Exchange
 from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import LogUnavailable, MessageStore, SyncCallback
@@ -66,18 +67,21 @@ def binding_table(vhost: str, binding: Binding) -> dict[str, Any]:
 
 def durable_definitions(vhosts: Iterable[VirtualHost]) -> dict[str, list[dict[str, Any]]]:
     """Everything that survives a restart, as a snapshot record holds it."""
-    exchanges, queues, bindings = [], [], []
+    exchanges, queues, bindings, dedup = [], [], [], []
     for vhost in vhosts:
         for name, exchange in vhost.exchanges.items():
             if exchange.durable and name not in BUILTIN_EXCHANGES:
                 exchanges.append(exchange_table(vhost.name, exchange))
+            if isinstance(exchange, DedupExchange) and exchange.persistent_cache:
+                cache = [[key, expires] for key, expires in exchange.cache.items()]
+                dedup.append({"vhost": vhost.name, "exchange": name, "cache": cache})
             bindings += [
                 binding_table(vhost.name, binding)
                 for binding in exchange.bindings.values()
                 if binding_is_durable(binding)
             ]
         queues += [queue_table(queue) for queue in vhost.all_queues() if queue.store_id]
-    return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+    return {"exchanges": exchanges, "queues": queues, "bindings": bindings, "dedup": dedup}
 
 
 def binding_is_durable(binding: Binding) -> bool:
@@ -151,6 +155,10 @@ class DurableStore(MessageStore):
         self._write_ids()  # settles logged before the delete stay in order
         self._append_table(records.QUEUE_DELETE, {"vhost": queue.vhost_name, "id": queue.store_id})
         self._release(entry.message for entry in held if entry.message.msg_id)
+
+    def dedup_remembered(self, vhost: str, exchange: str, key: str, expires: float) -> None:
+        table = {"vhost": vhost, "exchange": exchange, "key": key, "expires": expires}
+        self._append_table(records.DEDUP, table)
 
     def binding_changed(self, vhost: str, binding: Binding, added: bool) -> None:
         if getattr(binding.destination, "deleted", False):

@@ -37,9 +37,11 @@ MESSAGE_TYPES = frozenset((MESSAGE, MESSAGE_AT, MOVE))
 # Messages that came back to a queue counting deliveries (as SETTLE: queue id and message ids;
 # an id repeated n times is n returns).
 RETURNED = 16
+# A value a deduplication exchange (disk persistence) routed: vhost, exchange, key, expiry.
+DEDUP = 17
 
 METADATA_TYPES = frozenset(
-    (SNAPSHOT, EXCHANGE_DECLARE, EXCHANGE_DELETE, QUEUE_DECLARE, QUEUE_DELETE, BIND, UNBIND)
+    (SNAPSHOT, EXCHANGE_DECLARE, EXCHANGE_DELETE, QUEUE_DECLARE, QUEUE_DELETE, BIND, UNBIND, DEDUP)
 )
 
 _MESSAGE_HEAD = struct.Struct(">QH")  # message id, number of queue ids

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.core.dedup import DedupExchange
 from broker.core.errors import AMQPError
 from broker.core.message import Message, QueuedMessage
 from broker.core.queue import Queue
@@ -40,6 +41,8 @@ class RecoveredState:
     exchanges: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     queues: dict[int, dict[str, Any]] = field(default_factory=dict)  # store id -> definition
     bindings: dict[tuple, dict[str, Any]] = field(default_factory=dict)
+    # (vhost, exchange) -> {value: expiry} of deduplication exchanges with disk persistence
+    dedup: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     # (vhost, "source" | "exchange" | "queue", name) -> keys of the bindings with that end, so a
     # delete drops its bindings without scanning them all (that made recovery quadratic).
     _binding_ends: dict[tuple[str, str, str], set[tuple]] = field(default_factory=dict)
@@ -127,6 +130,10 @@ class RecoveredState:
     def _apply_metadata(self, record_type: int, table: dict[str, Any]) -> None:
         if record_type == records.SNAPSHOT:
             self.exchanges = {(e["vhost"], e["name"]): e for e in table.get("exchanges", [])}
+            self.dedup = {
+                (d["vhost"], d["exchange"]): {key: expires for key, expires in d["cache"]}
+                for d in table.get("dedup", [])
+            }
             self.queues = {q["id"]: q for q in table.get("queues", [])}
             self.bindings = {}
             self._binding_ends = {}
@@ -137,8 +144,13 @@ class RecoveredState:
             self.redelivered_upto = max(self.redelivered_upto, table.get("redelivered_upto", 0))
         elif record_type == records.EXCHANGE_DECLARE:
             self.exchanges[(table["vhost"], table["name"])] = table
+        elif record_type == records.DEDUP:
+            cache = self.dedup.setdefault((table["vhost"], table["exchange"]), {})
+            cache.pop(table["key"], None)  # re-inserted last: the cache keeps insertion order
+            cache[table["key"]] = table["expires"]
         elif record_type == records.EXCHANGE_DELETE:
             self.exchanges.pop((table["vhost"], table["name"]), None)
+            self.dedup.pop((table["vhost"], table["name"]), None)
             self._drop_bindings(table["vhost"], table["name"], to_exchange=True)
         elif record_type == records.QUEUE_DECLARE:
             self.queues[table["id"]] = table
@@ -292,6 +304,11 @@ def _restore_definitions(state: RecoveredState, vhosts: dict[str, VirtualHost]) 
             internal=table["internal"],
             arguments=table["arguments"],
         )
+    for (vhost_name, exchange_name), cache in state.dedup.items():
+        exchange = vhosts[vhost_name].exchanges.get(exchange_name)
+        if isinstance(exchange, DedupExchange):
+            for key, expires in cache.items():
+                exchange.cache[key] = expires
     queues: dict[int, Queue] = {}
     for queue_id, table in state.queues.items():
         vhost = vhosts[table["vhost"]]

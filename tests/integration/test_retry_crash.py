@@ -165,3 +165,78 @@ def test_kill_9_with_delayed_messages_pending_loses_none_and_routes_none_early_o
         f"seed {seed}: {len(lost)} lost, {len(early)} early, {len(twice_without_flag)} twice"
         " without redelivered"
     )
+
+
+@pytest.mark.timeout(180)
+def test_kill_9_never_makes_deduplication_drop_a_message_that_was_not_kept(
+    tmp_path: Path,
+) -> None:
+    """Publishers retry what was not confirmed before a kill -9, with the same
+    x-deduplication-header (the deduplication plugin's exchange, disk persistence): every order
+    ends in the queue, and each confirmed one exactly once."""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    data_dir = tmp_path / "broker"
+    broker = BrokerProcess(data_dir)
+    setup = pika.BlockingConnection(pika.URLParameters(broker.url))
+    channel = setup.channel()
+    channel.exchange_declare(
+        "once",
+        "x-message-deduplication",
+        durable=True,
+        arguments={"x-cache-size": 100_000, "x-cache-persistence": "disk"},
+    )
+    channel.queue_declare("orders", durable=True)
+    channel.queue_bind("orders", "once", "")
+    setup.close()
+    confirmed: set[int] = set()
+    pending = list(range(2000))
+    for _ in range(3):
+        done = threading.Event()
+
+        def publish(url: str = broker.url, done: threading.Event = done) -> None:
+            try:
+                connection = pika.BlockingConnection(pika.URLParameters(url))
+                publishing = connection.channel()
+                publishing.confirm_delivery()
+                for order in list(pending):
+                    headers = {"x-deduplication-header": f"order-{order}"}
+                    properties = pika.BasicProperties(delivery_mode=PERSISTENT, headers=headers)
+                    publishing.basic_publish("once", "", str(order).encode(), properties)
+                    confirmed.add(order)
+                connection.close()
+            except pika.exceptions.AMQPError:
+                pass  # killed under it: what was not confirmed is retried
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=publish)
+        worker.start()
+        time.sleep(rng.uniform(0.05, 0.6))
+        broker.kill()
+        done.wait(10)
+        worker.join(10)
+        broker = BrokerProcess(data_dir)
+        pending[:] = [order for order in range(2000) if order not in confirmed]
+    # the last retry, with everything still unconfirmed and some confirmed ones again
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    publishing = connection.channel()
+    publishing.confirm_delivery()
+    for order in [*pending, *rng.sample(sorted(confirmed), min(200, len(confirmed)))]:
+        headers = {"x-deduplication-header": f"order-{order}"}
+        properties = pika.BasicProperties(delivery_mode=PERSISTENT, headers=headers)
+        publishing.basic_publish("once", "", str(order).encode(), properties)
+    queued: list[int] = []
+    while True:
+        method, _, body = publishing.basic_get("orders", auto_ack=True)
+        if method is None:
+            break
+        queued.append(int(body))
+    connection.close()
+    broker.stop()
+    missing = set(range(2000)) - set(queued)
+    twice = [order for order in confirmed if queued.count(order) > 1]
+    assert not missing and not twice, (
+        f"seed {seed}: {len(missing)} orders never kept, {len(twice)} confirmed ones twice"
+    )

@@ -228,6 +228,11 @@ def test_record_types_are_distinct_and_metadata_set_is_exact() -> None:
         "MESSAGE": records.MESSAGE,
         "SETTLE": records.SETTLE,
         "DELIVERED": records.DELIVERED,
+        "CLEAN_SHUTDOWN": records.CLEAN_SHUTDOWN,
+        "MESSAGE_AT": records.MESSAGE_AT,
+        "MOVE": records.MOVE,
+        "RETURNED": records.RETURNED,
+        "DEDUP": records.DEDUP,
     }
     assert len(set(types.values())) == len(types)
     assert all(0 < value < 256 for value in types.values())
@@ -239,4 +244,5 @@ def test_record_types_are_distinct_and_metadata_set_is_exact() -> None:
         records.QUEUE_DELETE,
         records.BIND,
         records.UNBIND,
+        records.DEDUP,
     } == records.METADATA_TYPES

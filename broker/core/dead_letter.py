@@ -103,6 +103,38 @@ def _bumped(table: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     return sorted(out)
 
 
+def _death_key(item: bytes) -> tuple[str | None, str | None] | None:
+    """(queue, reason) of an x-death table; None for an item that is not a table."""
+    if item[:1] != b"F":
+        return None
+    values = dict(raw_entries(item, 1)[1])
+    return _text_of(values.get("queue", b"")), _text_of(values.get("reason", b""))
+
+
+def _regrouped(items: list[bytes]) -> list[bytes]:
+    """RabbitMQ's group_by_queue_and_reason, applied from two tables on: the first table of
+    each (queue, reason) is kept (given a count, as many as there were, if it had none), and
+    the fold that builds the list reverses it. Clients walking x-death see this order."""
+    if len(items) < 2:
+        return items
+    keys = [_death_key(item) for item in items]
+    grouped: list[bytes] = []
+    seen: set[tuple[str | None, str | None]] = set()
+    for item, key in zip(items, keys, strict=True):
+        if key is None:
+            grouped.insert(0, item)  # not a table: RabbitMQ has no rule for it; kept
+            continue
+        if key in seen:
+            continue
+        seen.add(key)
+        table = raw_entries(item, 1)[1]
+        if not any(name == "count" for name, _ in table):
+            table = [("count", b"l" + _LONG.pack(keys.count(key))), *table]
+            item = b"F" + join_entries(table)
+        grouped.insert(0, item)
+    return grouped
+
+
 def dead_letter_header(
     header: bytes, queue: str, reason: str, now: int, exchange: str, routing_key: str,
     new_key: str | None,
@@ -128,7 +160,7 @@ def dead_letter_header(
         deaths = []
         match = None
         queue_bytes, reason_bytes = _longstr(queue), _longstr(reason)
-        for item in raw_array_items(deaths_raw):
+        for item in _regrouped(raw_array_items(deaths_raw)):
             # Most tables are another (queue, reason): a byte search skips parsing them.
             maybe = item[:1] == b"F" and queue_bytes in item and reason_bytes in item
             table = raw_entries(item, 1)[1] if maybe else None

@@ -950,3 +950,32 @@ def test_invalid_dead_letter_arguments_are_406(
     with expect_channel_close(channel, 406, mention.format(q=name)):
         channel.queue_declare(name, arguments=arguments)
     assert not queue_exists(connection, name)
+
+
+def test_x_death_of_three_hops_is_regrouped_as_rabbitmq_does(
+    connection: BlockingConnection, channel: BlockingChannel, name: str, cleanup: Cleanup
+) -> None:
+    """q0 -expired-> q1 -expired-> q2 -expired-> q3. From two tables on, RabbitMQ regroups
+    the history by (queue, reason) before adding the new death, and its fold reverses the
+    older ones: the third death reads [q2, q0, q1], not [q2, q1, q0]. Clients that walk
+    x-death see this order, so Warren writes it too."""
+    queues = [cleanup.queue(f"{name}-{n}") for n in range(4)]
+    channel.queue_declare(queues[3])
+    for n in range(3):
+        channel.queue_declare(
+            queues[n],
+            arguments={
+                "x-message-ttl": 30,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queues[n + 1],
+            },
+        )
+    publish_confirmed(connection, queues[0], [b"m"])
+    wait_message_count(connection, queues[3], 1)
+    _, properties, _ = channel.basic_get(queues[3], auto_ack=True)
+    deaths = [(d["queue"], d["reason"]) for d in properties.headers["x-death"]]
+    assert deaths == [
+        (queues[2], "expired"),
+        (queues[0], "expired"),
+        (queues[1], "expired"),
+    ]

@@ -41,10 +41,14 @@ def publish_frames(
     body: bytes,
     persistent: bool,
     priority: int | None = None,
+    headers: bytes | None = None,
 ) -> bytes:
-    """Publish + header + body frames for one message, built once and sent many times."""
+    """Publish + header + body frames for one message, built once and sent many times;
+    `headers` is an encoded field table (the headers property), sent with delivery-mode 2."""
     method = b"\x00\x3c\x00\x28\x00\x00" + _short(exchange) + _short(routing_key) + b"\x00"
-    if persistent:  # delivery-mode property only
+    if headers is not None:  # headers and delivery-mode 2
+        header = struct.pack(">HHQH", 60, 0, len(body), 0x3000) + headers + b"\x02"
+    elif persistent:  # delivery-mode property only
         header = struct.pack(">HHQH", 60, 0, len(body), 0x1000) + b"\x02"
     elif priority is not None:  # priority property only
         header = struct.pack(">HHQH", 60, 0, len(body), 0x0800) + bytes((priority,))

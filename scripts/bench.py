@@ -20,6 +20,10 @@ Each round runs every broker once, alternating; figures are medians per broker a
 Warren / RabbitMQ. Absolute numbers on a shared 2-core machine are noise; the ratio is the result.
 
 Stress scenarios, Warren only (no comparison; RabbitMQ is not started), not part of `all`:
+  delayed     --delayed-messages (1M) persistent messages to a durable x-delayed-message
+              exchange with random delays within --delayed-window seconds (60): publish rate,
+              resident memory per pending message, kill -9 and the restart time with them
+              pending, then lateness p50/p99 as they come due; exits 1 if one is lost or twice.
   soak        --soak-seconds (600) of everything at once against one broker: publishers
               (persistent with confirms to durable queues; transient with and without
               confirms), consumers with manual acks (prefetch 100; one nacking 10% back to the
@@ -73,8 +77,9 @@ sys.path.insert(0, str(ROOT))
 
 from pamqp import commands  # noqa: E402
 
-from scripts.amqp_loadgen import LoadClient, connect, publish_frames  # noqa: E402
+from scripts.amqp_loadgen import connect, publish_frames  # noqa: E402
 from scripts.bench_crash import crash_cycles  # noqa: E402
+from scripts.bench_delayed import delayed_scale  # noqa: E402
 from scripts.bench_queues import priority_round, ttl_round  # noqa: E402
 from scripts.bench_soak import soak  # noqa: E402
 from scripts.bench_support import (  # noqa: E402
@@ -84,6 +89,7 @@ from scripts.bench_support import (  # noqa: E402
     PUBLISH_BATCH,
     acking_consumer,
     one_call,
+    publish_confirmed,
     queue_depth,
     resident_bytes,
     run,
@@ -132,47 +138,6 @@ async def persistent_round(host: str, port: int, messages: int) -> float:
         with contextlib.suppress(RuntimeError, TimeoutError):
             await publisher.call(1, commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk)
         await publisher.close()
-
-
-async def publish_confirmed(publisher: LoadClient, queue: str, messages: int) -> None:
-    """Publish `messages` persistent messages, keeping the confirm window full."""
-    await publisher.call(1, commands.Confirm.Select(), commands.Confirm.SelectOk)
-    unconfirmed: set[int] = set()
-    low = 1
-    room = asyncio.Event()
-    done = asyncio.get_running_loop().create_future()
-
-    def on_confirm(tag: int, multiple: bool, ack: bool) -> None:
-        nonlocal low
-        if not ack:
-            raise RuntimeError(f"broker nacked message {tag}")
-        if multiple:
-            for settled in range(low, tag + 1):
-                unconfirmed.discard(settled)
-            low = max(low, tag + 1)
-        else:
-            unconfirmed.discard(tag)
-        if len(unconfirmed) < CONFIRM_WINDOW:
-            room.set()
-        if not unconfirmed and sent == messages and not done.done():
-            done.set_result(None)
-
-    publisher.on_confirm = on_confirm
-    one = publish_frames(1, "", queue, BODY, persistent=True)
-    sent = 0
-    started = time.perf_counter()
-    while sent < messages:
-        if len(unconfirmed) >= CONFIRM_WINDOW:
-            room.clear()
-            await room.wait()
-        count = min(PUBLISH_BATCH, messages - sent, CONFIRM_WINDOW - len(unconfirmed))
-        publisher.send(one * count)
-        unconfirmed.update(range(sent + 1, sent + count + 1))
-        sent += count
-        await publisher.drain()
-    if unconfirmed:
-        await asyncio.wait_for(done, timeout=max(60, messages / 500))
-    publisher.elapsed = time.perf_counter() - started
 
 
 async def fill_durable_queue(host: str, port: int, queue: str, messages: int) -> None:
@@ -379,6 +344,7 @@ def main() -> int:
             "persistent",
             "ttl",
             "priority",
+            "delayed",
             "recovery",
             "disk",
             "metrics",
@@ -400,13 +366,15 @@ def main() -> int:
     parser.add_argument("--crash-body-bytes", type=int, default=2048)
     parser.add_argument("--crash-publishers", type=int, default=3)
     parser.add_argument("--crash-park-cycles", type=int, default=5)
+    parser.add_argument("--delayed-messages", type=int, default=1_000_000)
+    parser.add_argument("--delayed-window", type=float, default=60.0, help="seconds")
     args = parser.parse_args()
-    if args.scenario in ("soak", "crash"):
+    if args.scenario in ("soak", "crash", "delayed"):
         if args.seed is None:
             args.seed = random.randrange(2**32)
         print(f"command: scripts/bench {shlex.join(sys.argv[1:])}")
         print(f"seed: {args.seed}", flush=True)
-        stress = soak if args.scenario == "soak" else crash_cycles
+        stress = {"soak": soak, "crash": crash_cycles, "delayed": delayed_scale}[args.scenario]
         with tempfile.TemporaryDirectory(prefix="warren-bench-") as data_dir:
             return stress(Path(data_dir) / args.scenario, args, random.Random(args.seed))
     with_rabbitmq = not args.no_rabbitmq

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pamqp import commands
 
-from scripts.amqp_loadgen import LoadClient, ack_frame, connect
+from scripts.amqp_loadgen import LoadClient, ack_frame, connect, publish_frames
 from tests.support import shipped_config, write_config
 
 CONFIRM_WINDOW = 1000  # unconfirmed publishes a confirming publisher keeps in flight at most
@@ -92,3 +93,51 @@ async def acking_consumer(
         1, commands.Basic.Consume(queue=queue, consumer_tag="bench"), commands.Basic.ConsumeOk
     )
     return done
+
+
+async def publish_confirmed(
+    publisher: LoadClient,
+    queue: str,
+    messages: int,
+    frames: Callable[[int, int], bytes] | None = None,
+) -> None:
+    """Publish `messages` persistent messages, keeping the confirm window full; `frames(first,
+    count)` builds messages first..first+count-1 (default: the same one to `queue`)."""
+    await publisher.call(1, commands.Confirm.Select(), commands.Confirm.SelectOk)
+    unconfirmed: set[int] = set()
+    low = 1
+    room = asyncio.Event()
+    done = asyncio.get_running_loop().create_future()
+
+    def on_confirm(tag: int, multiple: bool, ack: bool) -> None:
+        nonlocal low
+        if not ack:
+            raise RuntimeError(f"broker nacked message {tag}")
+        if multiple:
+            for settled in range(low, tag + 1):
+                unconfirmed.discard(settled)
+            low = max(low, tag + 1)
+        else:
+            unconfirmed.discard(tag)
+        if len(unconfirmed) < CONFIRM_WINDOW:
+            room.set()
+        if not unconfirmed and sent == messages and not done.done():
+            done.set_result(None)
+
+    publisher.on_confirm = on_confirm
+    one = publish_frames(1, "", queue, BODY, persistent=True)
+    build = frames or (lambda first, count: one * count)
+    sent = 0
+    started = time.perf_counter()
+    while sent < messages:
+        if len(unconfirmed) >= CONFIRM_WINDOW:
+            room.clear()
+            await room.wait()
+        count = min(PUBLISH_BATCH, messages - sent, CONFIRM_WINDOW - len(unconfirmed))
+        publisher.send(build(sent, count))
+        unconfirmed.update(range(sent + 1, sent + count + 1))
+        sent += count
+        await publisher.drain()
+    if unconfirmed:
+        await asyncio.wait_for(done, timeout=max(60, messages / 500))
+    publisher.elapsed = time.perf_counter() - started

@@ -69,7 +69,12 @@ class BrokerProcess:
     """A Warren broker started as a real subprocess on a free loopback port."""
 
     def __init__(
-        self, data_dir: Path, config: Path | None = None, *extra: str, port: int | None = None
+        self,
+        data_dir: Path,
+        config: Path | None = None,
+        *extra: str,
+        port: int | None = None,
+        start_timeout: float = 15.0,
     ) -> None:
         self.port = port or free_port()
         self.data_dir = data_dir
@@ -85,7 +90,7 @@ class BrokerProcess:
         self.proc = subprocess.Popen(
             args, cwd=PROJECT_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
-        wait_for_port(self.port, proc=self.proc)
+        wait_for_port(self.port, start_timeout, proc=self.proc)
 
     @property
     def url(self) -> str:

@@ -20,11 +20,13 @@ broker was down is routed at recovery.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from broker.core.errors import PRECONDITION_FAILED, ChannelException
 from broker.core.exchange import EMPTY, EXCHANGE_TYPES, Binding, Exchange
+from broker.core.header_edit import header_entries, split_properties
 from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import LogUnavailable
 from broker.core.transfer import transfer
@@ -57,15 +59,26 @@ def check_delayed_type(arguments: dict[str, Any]) -> str:
     return delayed_type
 
 
+# Integer field types (letter -> struct) an x-delay may come in; other types mean no delay.
+_INTEGERS = {
+    ord(letter): struct.Struct(">" + code)
+    for letter, code in (("b", "b"), ("B", "B"), ("s", "h"), ("u", "H"), ("I", "i"),
+                         ("i", "I"), ("l", "q"), ("L", "q"))
+}  # fmt: skip
+
+
 def delay_of(message: Message) -> int:
-    """The message's x-delay in milliseconds, or 0 when it is routed at once."""
+    """The message's x-delay in milliseconds, or 0 when it is routed at once. Read from the
+    raw headers table (recovery reads it for every pending message)."""
     header = message.header
     if not header[12] & HEADERS_FLAG or _X_DELAY not in header:
         return 0
-    delay = message.headers.get("x-delay")
-    if isinstance(delay, bool) or not isinstance(delay, int) or not 0 < delay <= MAX_DELAY_MS:
+    raw = dict(header_entries(split_properties(header)[1])).get("x-delay")
+    unpack = _INTEGERS.get(raw[0]) if raw else None
+    if unpack is None:
         return 0
-    return delay
+    delay = unpack.unpack_from(raw, 1)[0]  # type: ignore[arg-type]
+    return delay if 0 < delay <= MAX_DELAY_MS else 0
 
 
 def due_time(message: Message) -> float:

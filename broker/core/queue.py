@@ -142,6 +142,10 @@ class Queue:
         """Ready messages in delivery order."""
         return iter(self._ready)
 
+    def ready_unordered(self) -> Iterator[QueuedMessage]:
+        """Ready messages in no particular order (cheaper where the store is not a list)."""
+        return self._ready.unordered()
+
     def unacked_entries(self) -> list[QueuedMessage]:
         return list(self._outstanding)
 

@@ -98,6 +98,9 @@ def binding_is_durable(binding: Binding) -> bool:
 # most this fraction of the messages first logged in it (a backlog is not copied around).
 COMPACT_MAX_MESSAGES = 10_000
 COMPACT_MAX_LIVE_FRACTION = 0.1
+# Messages copied per compaction pass: each is a read and a write on the event loop, so a
+# segment with thousands of survivors is compacted over several passes, not in one stall.
+RELOCATE_BATCH = 500
 
 
 class DurableStore(MessageStore):
@@ -379,7 +382,8 @@ class DurableStore(MessageStore):
         holders = self._holders(segment, lambda queue: _head_upto(queue, upto))
         if len(holders) < self.live.get(segment, 0):
             holders = self._holders(segment, _everything_in)
-        for msg_id in sorted(holders):
+        moving = sorted(holders)[:RELOCATE_BATCH]  # the rest on the next pass
+        for msg_id in moving:
             message, held = holders[msg_id]
             body = message.body if message.body is not None else self.read_body(message)
             payload = records.encode_message(
@@ -395,7 +399,10 @@ class DurableStore(MessageStore):
             self.live[message.location[0]] = self.live.get(message.location[0], 0) + 1
             for queue, entry in held:
                 self._repeat_marks(queue, entry)
-        log.info("wal.segment_compacted", extra=fields(segment=segment, moved=len(holders)))
+        log.info(
+            "wal.segment_compacted",
+            extra=fields(segment=segment, moved=len(moving), left=len(holders) - len(moving)),
+        )
         if holders:  # nothing found (a bug elsewhere) must not turn into a loop of passes
             self._schedule_gc()
 
@@ -435,12 +442,16 @@ class DurableStore(MessageStore):
 
 def _everything_in(queue: Queue) -> Iterator[QueuedMessage]:
     yield from queue.unacked_entries()
-    yield from queue.ready_entries()
+    yield from queue.ready_unordered()
 
 
 def _head_upto(queue: Queue, upto: int) -> Iterator[QueuedMessage]:
     """The queue's unacked messages, then its ready ones until a logged message past `upto`
-    (transient ones, id 0, may sit in between and are passed over)."""
+    (transient ones, id 0, may sit in between and are passed over). A delayed exchange's
+    holding queue is in due order, not id order: all of it."""
+    if queue.holds_for is not None:
+        yield from _everything_in(queue)
+        return
     yield from queue.unacked_entries()
     for entry in queue.ready_entries():
         msg_id = entry.message.msg_id

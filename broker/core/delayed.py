@@ -12,8 +12,9 @@ Unlike the plugin, pending messages live in the write-ahead log like queued ones
 exchange holds them in a holding queue of its own (invisible to clients) whose ready store is
 time-ordered and whose one timer is set for the next message due. A persistent message on a
 durable exchange is logged before the publisher's confirm and kept there, body included, while
-memory keeps only its index entry; when it comes due it moves to the queues it routes to with
-one MOVE record, so kill -9 neither loses it nor routes it twice. One that came due while the
+memory keeps only its index entry; when it comes due it moves, unchanged, to the queues it
+routes to with one REROUTE record (its message record stays, and deliveries read the body from
+it), so kill -9 neither loses it nor routes it twice. One that came due while the
 broker was down is routed at recovery.
 """
 
@@ -29,7 +30,6 @@ from broker.core.exchange import EMPTY, EXCHANGE_TYPES, Binding, Exchange
 from broker.core.header_edit import header_entries, split_properties
 from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import LogUnavailable
-from broker.core.transfer import transfer
 from broker.logs import fields
 
 if TYPE_CHECKING:
@@ -117,32 +117,56 @@ class DelayedExchange(Exchange):
 
 
 def release(vhost: VirtualHost, holding: Queue, entries: list[QueuedMessage]) -> None:
-    """Messages of `holding` came due: route each through its exchange now (a message whose
-    exchange is gone is dropped, as the plugin drops them with the exchange)."""
+    """Messages of `holding` came due: each is routed through its exchange now, unchanged (a
+    message whose exchange is gone is dropped, as the plugin drops them with the exchange)."""
     exchange = vhost.exchanges.get(holding.holds_for or "")
-    store = vhost.store
     logged = bool(holding.store_id)
     now = vhost.clock.now()
     for entry in entries:
-        source = entry.message
+        message = entry.message
         try:
-            copy = None
             targets: list[Queue] = []
             if isinstance(exchange, DelayedExchange):
-                body = source.body if source.body is not None else store.read_body(source)
-                copy = Message(
-                    source.exchange, source.routing_key, source.route_bytes, source.header, body
-                )
-                copy.published_at = now
-                routed = vhost.route(exchange, copy)
-                targets = [queue for queue in routed if not queue.deleted and queue.admits(copy)]
+                routed = vhost.route(exchange, message)
+                targets = [queue for queue in routed if not queue.deleted and queue.admits(message)]
                 for queue in routed:
                     if queue not in targets and not queue.deleted:
-                        queue.refuse(copy)
-            transfer(store, holding, entry, copy, targets, logged)
+                        queue.refuse(message)
+            _reroute(vhost, holding, entry, targets, logged, now)
         except LogUnavailable as error:
             # The log failed: the message stays in the holding queue's log for a restart.
             log.error(
                 "delayed.not_logged",
                 extra=fields(exchange=holding.holds_for, vhost=vhost.name, error=error),
             )
+
+
+def _reroute(
+    vhost: VirtualHost,
+    holding: Queue,
+    entry: QueuedMessage,
+    targets: list[Queue],
+    logged: bool,
+    now: float,
+) -> None:
+    """Move one message from the holding queue to its targets without copying it: where it
+    is logged and goes to surviving queues, one REROUTE record (its message record stays and
+    its body is read from there on delivery, as for any recovered message)."""
+    message = entry.message
+    store = vhost.store
+    in_log = logged and message.msg_id != 0
+    surviving = [target for target in targets if target.store_id]
+    if surviving and message.persistent and not in_log:
+        message.published_at = now
+        store.persist(message, surviving)  # held in memory only (a transient exchange)
+    elif surviving and message.persistent:
+        if len(surviving) < len(targets) and message.body is None:
+            message.keep_body(store.read_body(message))  # a transient queue holds it too
+        store.rerouted(holding, entry, surviving, now)
+    elif in_log:
+        if targets and message.body is None:
+            message.keep_body(store.read_body(message))  # its record is settled below
+        store.settled(holding, (entry,))
+    message.published_at = now  # TTLs in its new queues count from here
+    for target in targets:
+        target.publish(message)

@@ -81,6 +81,14 @@ class Message:
             self.body = None
             self.lazy = True
 
+    def keep_body(self, body: bytes) -> None:
+        """The body read back from the log is kept in memory from now on (its record may go
+        while a queue still holds the message), before any queue counted it."""
+        if self.body is None:
+            self.body = body
+            self.footprint += len(body)
+            self.lazy = False
+
     @property
     def properties(self) -> dict[str, Any]:
         """Decoded basic properties, decoded again at each use and never kept: a decoded

@@ -73,6 +73,12 @@ class MessageStore:
         """A deduplication exchange with disk persistence routed a message with this value
         (logged after the message, never before)."""
 
+    def rerouted(
+        self, queue: Queue, entry: QueuedMessage, targets: list[Queue], routed_at: float
+    ) -> None:
+        """A logged message left `queue` for these surviving queues unchanged (a delayed
+        message came due): one record, its message record kept; raises LogUnavailable."""
+
     def delivered(self, queue: Queue, entry: QueuedMessage) -> None:
         """A logged message was handed to a consumer that must ack it (for redelivered flags;
         every delivery, where the queue counts them)."""

@@ -1,6 +1,7 @@
-"""Moving a message out of one queue into others: dead-lettering, and a delayed exchange's
-message coming due. Where the message is logged in its source and goes to surviving queues,
-leaving and arriving are one MOVE record, so after a crash it is in exactly one place.
+"""Moving a changed copy of a message out of one queue into others (dead-lettering). Where the
+message is logged in its source and the copy goes to surviving queues, leaving and arriving
+are one MOVE record, so after a crash it is in exactly one place. (A delayed message moves
+unchanged, with a REROUTE record: see delayed.py.)
 """
 
 from __future__ import annotations

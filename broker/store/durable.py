@@ -241,7 +241,24 @@ class DurableStore(MessageStore):
         # sync was already under way must not find the source released while the MOVE is
         # still in memory (a crash then would lose both). So the release waits for a sync
         # requested after this append.
-        self._moved_sources.append(source)
+        self._defer_release(source)
+
+    def rerouted(
+        self, queue: Queue, entry: QueuedMessage, targets: list[Queue], routed_at: float
+    ) -> None:
+        message = entry.message
+        payload = records.encode_reroute(
+            queue.store_id, message.msg_id, routed_at, [target.store_id for target in targets]
+        )
+        try:
+            self.wal.append(records.REROUTE, payload)
+        except (OSError, RuntimeError) as error:
+            raise LogUnavailable("delayed messages", error) from error
+        message.refs += len(targets)
+        self._defer_release(message)  # the source's hold goes once the record is written
+
+    def _defer_release(self, message: Message) -> None:
+        self._moved_sources.append(message)
         if not self._moves_scheduled:
             self._moves_scheduled = True
             asyncio.get_running_loop().call_soon(self._release_moved)

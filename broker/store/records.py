@@ -39,6 +39,9 @@ MESSAGE_TYPES = frozenset((MESSAGE, MESSAGE_AT, MOVE))
 RETURNED = 16
 # A value a deduplication exchange (disk persistence) routed: vhost, exchange, key, expiry.
 DEDUP = 17
+# A logged message moved, unchanged, from one queue to others (a delayed message coming due):
+# source queue id, message id, when it was routed, target queue ids. Its MESSAGE record stays.
+REROUTE = 18
 
 METADATA_TYPES = frozenset(
     (SNAPSHOT, EXCHANGE_DECLARE, EXCHANGE_DELETE, QUEUE_DECLARE, QUEUE_DELETE, BIND, UNBIND, DEDUP)
@@ -124,6 +127,19 @@ def message_part(record_type: int, payload: memoryview) -> tuple[float, memoryvi
     if record_type == MOVE:
         payload = payload[_MOVE_HEAD.size :]
     return _PUBLISHED_AT.unpack_from(payload, 0)[0], payload[_PUBLISHED_AT.size :]
+
+
+_REROUTE_HEAD = struct.Struct(">QQdH")
+
+
+def encode_reroute(queue_id: int, msg_id: int, routed_at: float, targets: list[int]) -> bytes:
+    return _REROUTE_HEAD.pack(queue_id, msg_id, routed_at, len(targets)) + _pack_ids(targets)
+
+
+def decode_reroute(payload: memoryview) -> tuple[int, int, float, tuple[int, ...]]:
+    queue_id, msg_id, routed_at, count = _REROUTE_HEAD.unpack_from(payload, 0)
+    targets = struct.unpack_from(f">{count}Q", payload, _REROUTE_HEAD.size)
+    return queue_id, msg_id, routed_at, targets
 
 
 def decode_move(payload: memoryview) -> tuple[int, int]:

@@ -72,6 +72,14 @@ class RecoveredState:
             self._apply_message(segment, offset, message_payload, published_at)
         elif record_type == records.SETTLE:
             self._settle(*records.decode_ids(payload))
+        elif record_type == records.REROUTE:
+            queue_id, msg_id, routed_at, targets = records.decode_reroute(payload)
+            held = self.messages.get(msg_id)
+            self._settle(queue_id, (msg_id,))
+            if held is not None:
+                message, queue_ids = self.messages.get(msg_id, (held[0], ()))
+                message.published_at = routed_at  # TTLs in its new queues count from here
+                self.messages[msg_id] = (message, (*queue_ids, *targets))
         elif record_type == records.DELIVERED or record_type == records.RETURNED:
             queue_id, msg_ids = records.decode_ids(payload)
             counts = self.delivered if record_type == records.DELIVERED else self.returned

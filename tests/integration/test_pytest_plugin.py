@@ -1,0 +1,49 @@
+"""Warren's pytest plugin as another project uses it: a test file with no conftest, in an empty
+directory, gets a broker from the `amqp_url` / `amqp_broker` fixtures (the `pytest11` entry
+point), session-scoped by default and per test with `warren_scope = function`."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SAMPLE = Path(__file__).parent.parent / "plugin_sample" / "orders_check.py"
+
+
+def _run_pytest(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--durations=0", "-vv"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_project_gets_a_session_broker_from_the_plugin(tmp_path: Path) -> None:
+    shutil.copy(SAMPLE, tmp_path / "test_orders.py")
+    result = _run_pytest(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+    total = re.search(r"2 passed in ([\d.]+)s", result.stdout)
+    print("the whole run, broker start included:", total.group(1) if total else "?", "s")
+
+
+def test_warren_scope_function_gives_each_test_its_own_broker(tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\nwarren_scope = function\n")
+    (tmp_path / "test_fresh.py").write_text(
+        "import pika, pika.exceptions, pytest\n\n\n"
+        "def test_one(amqp_url):\n"
+        "    channel = pika.BlockingConnection(pika.URLParameters(amqp_url)).channel()\n"
+        "    channel.queue_declare('only-here')\n\n\n"
+        "def test_two(amqp_url):\n"
+        "    channel = pika.BlockingConnection(pika.URLParameters(amqp_url)).channel()\n"
+        "    with pytest.raises(pika.exceptions.ChannelClosedByBroker):\n"
+        "        channel.queue_declare('only-here', passive=True)  # a new broker: 404\n"
+    )
+    result = _run_pytest(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout

@@ -167,6 +167,8 @@ def _reroute(
         if targets and message.body is None:
             message.keep_body(store.read_body(message))  # its record is settled below
         store.settled(holding, (entry,))
+    # After an unclean restart, the release before the crash may have reached a consumer.
+    again = store.uncertain(message)
     message.published_at = now  # TTLs in its new queues count from here
     for target in targets:
-        target.publish(message)
+        target.publish(message, again)

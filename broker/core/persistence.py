@@ -89,6 +89,12 @@ class MessageStore:
     def settled(self, queue: Queue, entries: Iterable[QueuedMessage]) -> None:
         """Logged messages left the queue for good (ack, reject, purge, no-ack delivery)."""
 
+    def uncertain(self, message: Message) -> bool:
+        """Whether a logged message came back after an unclean shutdown, when whatever moved
+        it before the crash (a dead-letter, a delayed release) may have reached a consumer
+        without its record reaching the disk: where it goes next, it goes redelivered."""
+        return False
+
     def sync(self, callback: SyncCallback) -> None:
         """Call back once everything logged so far is on disk (or failed to get there)."""
         callback(None)

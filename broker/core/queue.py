@@ -180,12 +180,15 @@ class Queue:
             entry = QueuedMessage(message, 0)
             self._dead_letters.publish(self, [entry], MAXLEN, logged=False)
 
-    def publish(self, message: Message) -> None:
-        """Append a message and hand it to a consumer if one has room."""
+    def publish(self, message: Message, redelivered: bool = False) -> None:
+        """Append a message and hand it to a consumer if one has room; `redelivered` when it
+        may have reached a consumer already (moved again after an unclean restart)."""
         self.published_total += 1
         self.memory_bytes += message.footprint
         self._next_seq += 1
         entry = QueuedMessage(message, self._next_seq)
+        if redelivered:
+            entry.redelivered = True
         if self._due_of is not None:
             self._hold(entry)
             return

@@ -28,6 +28,8 @@ def transfer(
     refuses the record."""
     original = entry.message
     in_log = logged and original.msg_id != 0
+    # After an unclean restart, a move before the crash may have reached a consumer.
+    again = store.uncertain(original)
     surviving = [target for target in targets if target.store_id]
     if copy is not None and surviving and copy.persistent:
         if in_log:
@@ -40,4 +42,4 @@ def transfer(
         store.settled(source, (entry,))
     if copy is not None:
         for target in targets:
-            target.publish(copy)
+            target.publish(copy, again)

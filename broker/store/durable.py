@@ -324,6 +324,9 @@ class DurableStore(MessageStore):
                     self.wal.append(kind, records.encode_ids(queue_id, msg_ids))
             pending.clear()
 
+    def uncertain(self, message: Message) -> bool:
+        return message.msg_id != 0 and message.msg_id <= self.redelivered_upto
+
     def sync(self, callback: SyncCallback) -> None:
         self._write_ids()
         self.wal.sync(callback)

@@ -161,3 +161,38 @@ async def test_durable_delayed_messages_survive_restarts_and_come_due_once(
     node.vhost.clock.advance(0.01)  # type: ignore[attr-defined]
     assert _bodies(node.vhost, "q") == [b"soon", b"late"]  # never twice
     await stop_node(node)
+
+
+async def test_released_again_after_a_crash_lost_the_release_it_comes_redelivered(
+    tmp_path: Path,
+) -> None:
+    """A delayed message came due and was delivered, but the crash took its REROUTE record:
+    after the restart it comes due again, and this delivery says redelivered (the consumer
+    may have seen it), as every message recovered after an unclean shutdown does."""
+    from broker.store import records
+    from tests.unit.test_durable_store import log_records
+
+    clock = ManualClock()
+    node = await start_node(tmp_path, clock=clock)
+    _delayed(node.vhost, durable=True)
+    node.vhost.declare_queue("q", None, durable=True)
+    node.vhost.bind("later", "q", "k", None)
+    _publish(node.vhost, "k", b"m", 100, delivery_mode=2)
+    assert await synced(node.store) is None
+    clock.advance(0.2)
+    first = node.vhost.queues["q"].get(ack_required=True)
+    assert first is not None and first.redelivered is False
+    assert await synced(node.store) is None
+    await node.wal.close()  # kill -9 ...
+    reroute = next(r for r in log_records(tmp_path) if r[2] == records.REROUTE)
+    segment = tmp_path / f"{reroute[0]:010d}.wal"
+    with segment.open("r+b") as handle:  # ... before the REROUTE record reached the disk
+        handle.truncate(reroute[1])
+    (tmp_path / "synced").unlink(missing_ok=True)
+    clock = ManualClock(clock.time + 1)
+    node = await start_node(tmp_path, clock=clock)
+    clock.advance(0.01)
+    again = node.vhost.queues["q"].get(ack_required=True)
+    assert again is not None and again.message.headers == {"x-delay": 100}
+    assert again.redelivered is True
+    await stop_node(node)

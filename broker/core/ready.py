@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -80,11 +81,9 @@ class _SeqDeque:
         return (entry for entry in self.entries if entry.state == READY)
 
 
-class ReadyStore:
-    """What every store shares: counts, body bytes and the deadline index.
-
-    Subclasses decide the order (`_lane` picks the FIFO an entry belongs to, `_next_lane` the
-    one to serve next)."""
+class ReadyStore(ABC):
+    """What every store shares: counts, body bytes and the deadline index; subclasses decide
+    the order."""
 
     __slots__ = ("_deadlines", "body_bytes", "count")
 
@@ -103,55 +102,34 @@ class ReadyStore:
     def __bool__(self) -> bool:
         return self.count > 0
 
-    # ---------------------------------------------------------------- order (per store kind)
-    def _lane(self, entry: QueuedMessage) -> _SeqDeque:
-        raise NotImplementedError
-
-    def _next_lane(self) -> _SeqDeque | None:
-        """The lane whose head is delivered next, or None when nothing is ready."""
-        raise NotImplementedError
-
+    # ---------------------------------------------------------------- the interface
+    @abstractmethod
     def __iter__(self) -> Iterator[QueuedMessage]:
         """Ready entries in delivery order."""
-        raise NotImplementedError
 
     def unordered(self) -> Iterator[QueuedMessage]:
         """Ready entries in whatever order is cheapest (the log's compaction looks at all)."""
         return iter(self)
 
-    # ---------------------------------------------------------------- the interface
+    @abstractmethod
     def push(self, entry: QueuedMessage) -> None:
         """A new message at the tail (of its level)."""
-        self._lane(entry).entries.append(entry)
-        self._add(entry)
 
+    @abstractmethod
     def peek(self) -> QueuedMessage | None:
-        lane = self._next_lane()
-        return lane.head() if lane is not None else None
+        """The entry delivered next, still in the store."""
 
+    @abstractmethod
     def pop(self) -> QueuedMessage | None:
         """The next entry to deliver, now out of the store."""
-        lane = self._next_lane()
-        if lane is None:
-            return None
-        entry = lane.entries.popleft()  # _next_lane left a ready entry at its head
-        self._take(entry, OUT)
-        return entry
 
+    @abstractmethod
     def requeue(self, entries: list[QueuedMessage]) -> None:
         """Entries handed out earlier (sorted by seq) go back to their original places."""
-        by_lane: dict[int, tuple[_SeqDeque, list[QueuedMessage]]] = {}
-        for entry in entries:
-            lane = self._lane(entry)
-            by_lane.setdefault(id(lane), (lane, []))[1].append(entry)
-            self._add(entry)
-        for lane, returned in by_lane.values():
-            lane.put_back(returned)
 
+    @abstractmethod
     def remove(self, entry: QueuedMessage) -> None:
         """Take one ready entry out wherever it is (an expiry away from the head)."""
-        self._take(entry, GONE)
-        self._lane(entry).forget()
 
     def drop_while(self, predicate: Callable[[QueuedMessage], bool]) -> list[QueuedMessage]:
         """Take entries from the head while `predicate` holds for the head."""
@@ -223,11 +201,60 @@ class ReadyStore:
         self.count -= 1
         self.body_bytes -= entry.message.body_size
 
+    @abstractmethod
     def _clear(self) -> None:
-        raise NotImplementedError
+        """Forget every entry (purge has taken them)."""
 
 
-class FifoStore(ReadyStore):
+class LaneStore(ReadyStore):
+    """Stores made of FIFO lanes (`_SeqDeque`): `_lane` picks the lane an entry belongs to,
+    `_next_lane` the one served next."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def _lane(self, entry: QueuedMessage) -> _SeqDeque:
+        """The lane `entry` belongs to."""
+
+    @abstractmethod
+    def _next_lane(self) -> _SeqDeque | None:
+        """The lane whose head is delivered next, or None when nothing is ready."""
+
+    def push(self, entry: QueuedMessage) -> None:
+        """A new message at the tail (of its level)."""
+        self._lane(entry).entries.append(entry)
+        self._add(entry)
+
+    def peek(self) -> QueuedMessage | None:
+        lane = self._next_lane()
+        return lane.head() if lane is not None else None
+
+    def pop(self) -> QueuedMessage | None:
+        """The next entry to deliver, now out of the store."""
+        lane = self._next_lane()
+        if lane is None:
+            return None
+        entry = lane.entries.popleft()  # _next_lane left a ready entry at its head
+        self._take(entry, OUT)
+        return entry
+
+    def requeue(self, entries: list[QueuedMessage]) -> None:
+        """Entries handed out earlier (sorted by seq) go back to their original places."""
+        by_lane: dict[int, tuple[_SeqDeque, list[QueuedMessage]]] = {}
+        for entry in entries:
+            lane = self._lane(entry)
+            by_lane.setdefault(id(lane), (lane, []))[1].append(entry)
+            self._add(entry)
+        for lane, returned in by_lane.values():
+            lane.put_back(returned)
+
+    def remove(self, entry: QueuedMessage) -> None:
+        """Take one ready entry out wherever it is (an expiry away from the head)."""
+        self._take(entry, GONE)
+        self._lane(entry).forget()
+
+
+class FifoStore(LaneStore):
     """Publish order: RabbitMQ's classic queue."""
 
     __slots__ = ("_fifo",)
@@ -274,7 +301,7 @@ class FifoStore(ReadyStore):
         self._fifo = _SeqDeque()
 
 
-class PriorityStore(ReadyStore):
+class PriorityStore(LaneStore):
     """x-max-priority: one FIFO per level, highest level first (LavinMQ's PriorityMessageStore,
     RabbitMQ's priority backing queue). A message without a priority is at level 0; one above
     the queue's maximum counts as the maximum."""

@@ -70,9 +70,10 @@ class EmbeddedBroker:
         return self
 
     def stop(self) -> None:
-        if self._stop is not None:
+        if self._stop is not None and self._failure is None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(START_TIMEOUT)
+        if self._thread.is_alive():
+            self._thread.join(START_TIMEOUT)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)

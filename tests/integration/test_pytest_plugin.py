@@ -47,3 +47,29 @@ def test_warren_scope_function_gives_each_test_its_own_broker(tmp_path: Path) ->
     result = _run_pytest(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_a_broker_that_cannot_start_says_why_instead_of_hanging() -> None:
+    """The failure path: the port is taken, so the fixture's broker cannot listen; start()
+    raises with the reason (the test using it errors at once) and leaves no thread behind."""
+    import dataclasses
+    import socket
+    import threading
+
+    from broker.config import Listener
+    from broker.pytest_plugin import EmbeddedBroker, embedded_config
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = dataclasses.replace(embedded_config(), listener=Listener("127.0.0.1", port))
+        embedded = EmbeddedBroker(config)
+        try:
+            embedded.start()
+        except RuntimeError as error:
+            assert "failed to start" in str(error)
+        else:
+            raise AssertionError("a broker on a taken port started")
+    embedded.stop()
+    assert not any(thread.name == "warren-broker" for thread in threading.enumerate())

@@ -15,7 +15,7 @@ import os
 import re
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from broker.config import Permission
 from broker.core.errors import ACCESS_REFUSED, ChannelException
@@ -49,12 +49,17 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
+# RabbitMQ's user tags, each granting more of the management API (see broker/management).
+KNOWN_TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
+
+
 @dataclass(frozen=True)
 class User:
     name: str
-    password_hash: str
+    password_hash: str  # "" for a user that cannot log in with a password
     permissions: Mapping[str, Permission]  # vhost -> configure/write/read regexes
     loopback_only: bool = False
+    tags: tuple[str, ...] = ()
 
 
 def _matcher(pattern: str) -> Callable[[str], bool]:
@@ -91,8 +96,43 @@ class VhostAccess:
 
 
 class Authenticator:
-    def __init__(self, users: list[User]) -> None:
+    """The broker's users. The management API changes them (`put_user`, `set_permission`...);
+    `on_change` is told of each change so the log can keep it."""
+
+    def __init__(self, users: list[User], on_change: Callable[[], None] | None = None) -> None:
         self.users = {user.name: user for user in users}
+        self.on_change = on_change or (lambda: None)
+
+    def put_user(self, user: User) -> None:
+        self.users[user.name] = user
+        self.on_change()
+
+    def delete_user(self, name: str) -> bool:
+        if self.users.pop(name, None) is None:
+            return False
+        self.on_change()
+        return True
+
+    def set_permission(self, name: str, vhost: str, permission: Permission) -> None:
+        user = self.users[name]
+        self.users[name] = replace(user, permissions={**user.permissions, vhost: permission})
+        self.on_change()
+
+    def clear_permission(self, name: str, vhost: str) -> bool:
+        user = self.users.get(name)
+        if user is None or vhost not in user.permissions:
+            return False
+        remaining = {v: p for v, p in user.permissions.items() if v != vhost}
+        self.users[name] = replace(user, permissions=remaining)
+        self.on_change()
+        return True
+
+    def forget_vhost(self, vhost: str) -> None:
+        """A deleted vhost takes every permission in it along."""
+        for name, user in list(self.users.items()):
+            if vhost in user.permissions:
+                remaining = {v: p for v, p in user.permissions.items() if v != vhost}
+                self.users[name] = replace(user, permissions=remaining)
 
     @staticmethod
     def parse_response(mechanism: str, response: str | bytes | None) -> tuple[str, str] | None:
@@ -124,7 +164,11 @@ class Authenticator:
     ) -> str | None:
         """None when the login is accepted, else the refusal text RabbitMQ would give."""
         user = self.users.get(username)
-        if user is None or not check_password(password, user.password_hash):
+        if (
+            user is None
+            or not user.password_hash
+            or not check_password(password, user.password_hash)
+        ):
             return (
                 f"Login was refused using authentication mechanism {mechanism}."
                 " For details see the broker logfile."

@@ -21,13 +21,13 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             data_dir=args.data_dir,
             metrics_port=args.metrics_port,
-            admin_port=args.admin_port,
+            management_port=args.management_port,
         )
     except ConfigError as error:
         print(f"warren: invalid configuration: {error}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
-    from broker.server import Broker
+    from broker.server import Broker, DefinitionsFileError
     from broker.store.recovery import UnknownVhostError
     from broker.store.wal import CorruptLogError
 
@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
         if not runner(Broker(config).serve_forever()):
             print("warren: the write-ahead log failed; see the log above", file=sys.stderr)
             return 1
-    except (CorruptLogError, UnknownVhostError) as error:
+    except (CorruptLogError, UnknownVhostError, DefinitionsFileError) as error:
         print(f"warren: cannot start: {error}", file=sys.stderr)
         return 3
     except OSError as error:
@@ -62,7 +62,11 @@ def _serving_options(default: object) -> argparse.ArgumentParser:
     options.add_argument("--port", type=int, help="override listeners.amqp.port")
     options.add_argument("--data-dir", type=Path, help="override data_dir")
     options.add_argument("--metrics-port", type=int, help="override metrics_port (0 disables)")
-    options.add_argument("--admin-port", type=int, help="override admin_port (0 disables)")
+    options.add_argument(
+        "--management-port",
+        type=int,
+        help="override management.listener.port (the HTTP API and console; 0 disables)",
+    )
     return options
 
 

@@ -45,6 +45,24 @@ class TlsListener(Listener):
 
 
 @dataclass(frozen=True)
+class HttpListener:
+    """The management API and web console's listener: loopback unless an operator exposes it;
+    HTTPS when certfile and keyfile are set."""
+
+    host: str = "127.0.0.1"
+    port: int = 15672  # 0 disables the management API and console
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    cafile: Path | None = None
+    verify_peer: bool = False
+
+
+@dataclass(frozen=True)
+class ManagementConfig:
+    listener: HttpListener = field(default_factory=HttpListener)
+
+
+@dataclass(frozen=True)
 class Permission:
     """RabbitMQ's per-vhost permissions: regexes over resource names (searched, not anchored;
     an empty pattern matches nothing)."""
@@ -60,6 +78,7 @@ class UserConfig:
     password_hash: str
     permissions: Mapping[str, Permission] = field(default_factory=dict)  # vhost -> permission
     loopback_only: bool = False
+    tags: tuple[str, ...] = ()  # RabbitMQ's: administrator, monitoring, policymaker, management
 
 
 @dataclass(frozen=True)
@@ -101,7 +120,8 @@ class BrokerConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     data_dir: Path | None = Path("data")  # None: nothing is written, nothing survives a restart
     metrics_port: int = 15692  # 0 disables the Prometheus endpoint
-    admin_port: int = 15672  # loopback-only HTTP API for `warren ctl`; 0 disables it
+    management: ManagementConfig = field(default_factory=ManagementConfig)
+    load_definitions: Path | None = None  # RabbitMQ definitions (JSON) imported at every boot
     log_level: str = "info"
     cluster_name: str = "warren"
 
@@ -117,8 +137,10 @@ class BrokerConfig:
             result = replace(result, data_dir=Path(changes["data_dir"]))
         if changes.get("metrics_port") is not None:
             result = replace(result, metrics_port=_port(changes["metrics_port"], "--metrics-port"))
-        if changes.get("admin_port") is not None:
-            result = replace(result, admin_port=_port(changes["admin_port"], "--admin-port"))
+        if changes.get("management_port") is not None:
+            port = _port(changes["management_port"], "--management-port")
+            listener = replace(self.management.listener, port=port)
+            result = replace(result, management=ManagementConfig(listener))
         return result
 
 
@@ -217,6 +239,32 @@ def _parse_listeners(raw: Any, base_dir: Path) -> tuple[Listener, TlsListener | 
     )
 
 
+def _parse_management(raw: Any, base_dir: Path) -> ManagementConfig:
+    data = _mapping(raw, "management", ("listener",))
+    path = "management.listener"
+    keys = ("host", "port", "certfile", "keyfile", "cafile", "verify_peer")
+    values = _mapping(data.get("listener"), path, keys)
+    files = {
+        key: None
+        if values.get(key) is None
+        else _readable_file(values[key], f"{path}.{key}", base_dir)
+        for key in ("certfile", "keyfile", "cafile")
+    }
+    if (files["certfile"] is None) != (files["keyfile"] is None):
+        raise ConfigError(f"{path}: HTTPS needs both certfile and keyfile (PEM files)")
+    verify_peer = _bool(values.get("verify_peer", False), f"{path}.verify_peer")
+    if verify_peer and files["cafile"] is None:
+        raise ConfigError(f"{path}.cafile: verify_peer needs the CA that signs client certificates")
+    return ManagementConfig(
+        HttpListener(
+            host=_string(values.get("host", HttpListener.host), f"{path}.host"),
+            port=_port(values.get("port", HttpListener.port), f"{path}.port"),
+            verify_peer=verify_peer,
+            **files,
+        )
+    )
+
+
 def _parse_permissions(raw: Any, path: str, vhosts: tuple[str, ...]) -> dict[str, Permission]:
     """Only the vhosts listed; omitted, none at all: as in RabbitMQ, a user can open no vhost
     until permissions are set for it (Connection.Open is refused with 530)."""
@@ -247,7 +295,9 @@ def _parse_users(raw: Any, vhosts: tuple[str, ...]) -> tuple[UserConfig, ...]:
                 f"{path}.password: plain-text passwords are not accepted;"
                 " put the output of `warren hash-password` in password_hash"
             )
-        data = _mapping(item, path, ("name", "password_hash", "permissions", "loopback_only"))
+        data = _mapping(
+            item, path, ("name", "password_hash", "permissions", "loopback_only", "tags")
+        )
         name = _string(data.get("name"), f"{path}.name")
         password_hash = _string(data.get("password_hash"), f"{path}.password_hash")
         if len(password_hash) != 48:
@@ -263,9 +313,19 @@ def _parse_users(raw: Any, vhosts: tuple[str, ...]) -> tuple[UserConfig, ...]:
                     data.get("permissions"), f"{path}.permissions", vhosts
                 ),
                 loopback_only=_bool(data.get("loopback_only", False), f"{path}.loopback_only"),
+                tags=_tags(data.get("tags", []), f"{path}.tags"),
             )
         )
     return tuple(users)
+
+
+def _tags(value: Any, path: str) -> tuple[str, ...]:
+    """A list of tag names (or RabbitMQ's comma-separated string)."""
+    if isinstance(value, str):
+        value = [tag.strip() for tag in value.split(",") if tag.strip()]
+    if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+        raise ConfigError(f"{path}: must be a list of tags such as [administrator]")
+    return tuple(value)
 
 
 def _parse_limits(raw: Any) -> Limits:
@@ -333,7 +393,8 @@ TOP_LEVEL_KEYS = (
     "store",
     "data_dir",
     "metrics_port",
-    "admin_port",
+    "management",
+    "load_definitions",
     "log_level",
     "cluster_name",
 )
@@ -341,6 +402,8 @@ TOP_LEVEL_KEYS = (
 
 def parse_config(raw: Any, base_dir: Path) -> BrokerConfig:
     """Validate a parsed YAML document; relative paths are relative to `base_dir`."""
+    if isinstance(raw, dict) and "admin_port" in raw:
+        raise ConfigError("admin_port: renamed; set management.listener.port instead")
     data = _mapping(raw, "", TOP_LEVEL_KEYS)
     vhosts = data.get("vhosts", ["/"])
     if not isinstance(vhosts, list) or not vhosts or not all(isinstance(v, str) for v in vhosts):
@@ -354,14 +417,20 @@ def parse_config(raw: Any, base_dir: Path) -> BrokerConfig:
         data_dir = base_dir / data_dir
     listener, tls_listener = _parse_listeners(data.get("listeners"), base_dir)
     metrics_port = _port(data.get("metrics_port", 15692), "metrics_port")
-    admin_port = _port(data.get("admin_port", 15672), "admin_port")
+    management = _parse_management(data.get("management"), base_dir)
     _check_ports_distinct(
         {
             "listeners.amqp.port": listener.port,
             "listeners.amqps.port": tls_listener.port if tls_listener else 0,
             "metrics_port": metrics_port,
-            "admin_port": admin_port,
+            "management.listener.port": management.listener.port,
         }
+    )
+    raw_definitions = data.get("load_definitions")
+    definitions = (
+        None
+        if raw_definitions is None
+        else _readable_file(raw_definitions, "load_definitions", base_dir)
     )
     users = _parse_users(data.get("users"), tuple(vhosts))
     names = [user.name for user in users]
@@ -377,7 +446,8 @@ def parse_config(raw: Any, base_dir: Path) -> BrokerConfig:
         store=_parse_store(data.get("store")),
         data_dir=data_dir,
         metrics_port=metrics_port,
-        admin_port=admin_port,
+        management=management,
+        load_definitions=definitions,
         log_level=log_level,
         cluster_name=_string(data.get("cluster_name", "warren"), "cluster_name"),
     )

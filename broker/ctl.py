@@ -16,8 +16,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from broker.admin import DEFAULT_ADMIN_PORT
-
+DEFAULT_MANAGEMENT_PORT = 15672
 EX_UNAVAILABLE = 69
 EX_NOPERM = 77
 TIMEOUT = 10.0
@@ -43,7 +42,7 @@ LISTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "list_channels": (
         "/api/channels",
         (
-            "connection",
+            "name",
             "number",
             "user",
             "vhost",
@@ -79,11 +78,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--host", dest="api_host", default="127.0.0.1", help="admin API host (loopback)"
     )
     ctl.add_argument(
-        "--admin-port",
+        "--management-port",
         dest="api_port",
         type=int,
-        default=DEFAULT_ADMIN_PORT,
-        help=f"the broker's admin_port (default {DEFAULT_ADMIN_PORT})",
+        default=DEFAULT_MANAGEMENT_PORT,
+        help=f"the broker's management.listener.port (default {DEFAULT_MANAGEMENT_PORT})",
     )
     ctl.add_argument("--user", default="guest")
     ctl.add_argument("--password", default="guest")
@@ -108,7 +107,7 @@ def fetch(
     """The rows of one admin API listing; CtlError says what went wrong in words."""
     url = f"http://{_url_host(host)}:{port}{path}"
     if vhost is not None:
-        url += "?" + urllib.parse.urlencode({"vhost": vhost})
+        url += "/" + urllib.parse.quote(vhost, safe="")
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
     try:
@@ -129,7 +128,7 @@ def fetch(
         cause = getattr(error, "reason", error)
         raise CtlError(
             f"cannot reach the broker's admin API at {url}: {cause}."
-            " Is the broker running, with admin_port set to this port?",
+            " Is the broker running, with management.listener.port set to this port?",
             EX_UNAVAILABLE,
         ) from None
 

@@ -1,254 +1,264 @@
-"""A tiny read-only HTTP/1.1 server on the broker's event loop, for /metrics and the admin API.
+"""HTTP endpoints (Prometheus /metrics, the management API and console) on the broker's loop.
 
-Both endpoints answer a few small GET requests a minute. Serving them on the loop that owns the
-broker's state means a handler reads queues and connections between two loop callbacks, never
-while they change, and costs the hot path nothing between requests; prometheus_client's threaded
-server would read that state from another thread. Keep-alive is supported (Prometheus reuses
-its connection); requests with a body and methods other than GET and HEAD are refused.
+aiohttp does the HTTP: routing, bodies, percent-decoding, keep-alive, TLS. It runs on the loop
+that owns the broker's state, so a handler reads queues and connections between two loop
+callbacks, never while they change, and costs the hot path nothing between requests.
 
-Nobody can hold the server with idle sockets (slowloris): a request head must arrive whole within
-HEAD_TIMEOUT of the connection (or, on a kept-alive connection, of its first byte); one peer
-address holds at most MAX_CLIENTS_PER_PEER connections; and when a peer, or the server, is at its
-cap, a newcomer takes the place of the connection that has waited longest for a request head (a
-scraper's head arrives within milliseconds; a socket that has sent nothing for a while is the one
-to go). Connections busy with a request are never displaced; a response a client does not read is
-dropped after WRITE_TIMEOUT. Bodies are never read, so there is no body timeout.
+What aiohttp leaves open is a peer that holds sockets without finishing requests (slowloris), so
+every connection passes through a guard protocol in front of aiohttp's:
+- a request head must arrive whole within `head_timeout` of the connection (or, on a kept-alive
+  connection, of its first byte); an idle kept-alive connection is closed after `idle_timeout`;
+- a request, from its head to the end of its response (body upload, handling, a client that
+  reads the response slowly), must finish within `request_timeout`;
+- one peer address holds at most `max_clients_per_peer` connections, the server `max_clients`;
+  at a cap, a newcomer takes the place of the connection that has waited longest for a request
+  head (a real client's head arrives within milliseconds; a socket that has sent nothing for a
+  while is the one to go). Connections busy with a request are never displaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from http import HTTPStatus
-from urllib.parse import parse_qs, unquote, urlsplit
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
 
 from broker.logs import fields
 
 log = logging.getLogger("warren.http")
+# aiohttp logs a client's malformed request with a traceback at ERROR: bad input is the
+# client's problem, answered with a 400, not the broker's. Handler errors are logged by
+# `_track` instead.
+_client_errors = logging.getLogger("warren.http.client_errors")
+_client_errors.setLevel(logging.CRITICAL)
 
-MAX_HEAD = 16 * 1024  # request line and headers
 HEAD_TIMEOUT = 5.0  # seconds to send a whole request head, from connect or from its first byte
 IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next request
-WRITE_TIMEOUT = 10.0  # seconds a client has to take a response before it is dropped
-MAX_CLIENTS = 32  # concurrent HTTP clients
-MAX_CLIENTS_PER_PEER = 8  # concurrent HTTP clients from one peer address
+REQUEST_TIMEOUT = 30.0  # seconds from a request's head to the end of its response
+MAX_CLIENTS = 32  # concurrent HTTP connections
+MAX_CLIENTS_PER_PEER = 8  # concurrent HTTP connections from one peer address
+MAX_BODY = 16 * 1024 * 1024  # request bodies (a definitions import is the largest)
+SWEEP_INTERVAL = 0.25  # seconds between checks of the timeouts
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str  # percent-decoded, without the query string
-    query: dict[str, str]  # the first value of each parameter
-    headers: dict[str, str]  # names lower-cased
-    peer_host: str
+class _GuardedConnection(asyncio.Protocol):
+    """aiohttp's protocol for one connection, wrapped to know when it waits and for what."""
+
+    def __init__(self, endpoint: HttpEndpoint, inner: asyncio.Protocol, now: float) -> None:
+        self.endpoint = endpoint
+        self.inner = inner
+        self.transport: asyncio.BaseTransport | None = None
+        self.peer_host = ""
+        self.busy_since: float | None = None  # a request is being answered since then
+        self.waiting_since = now  # for a request head (or, kept alive, for its first byte)
+        self.head_started = True  # a new connection owes its head at once
+        self.admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer_host = str(peer[0]) if peer else ""
+        if not self.endpoint.admit(self):
+            transport.abort()  # every slot is busy answering a request
+            return
+        self.admitted = True
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.busy_since is None and not self.head_started:
+            self.head_started = True  # a kept-alive connection starts its next head now
+            self.waiting_since = self.endpoint.now()
+        self.inner.data_received(data)  # type: ignore[attr-defined]
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.endpoint.forget(self)
+        if self.admitted:
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def request_started(self, now: float) -> None:
+        self.busy_since = now
+
+    def request_finished(self, now: float) -> None:
+        self.busy_since = None
+        self.head_started = False
+        self.waiting_since = now
+
+    def overdue(self, now: float, endpoint: HttpEndpoint) -> str | None:
+        """Why this connection should be closed now, or None."""
+        if self.busy_since is not None:
+            if now - self.busy_since > endpoint.request_timeout:
+                return "request_timeout"
+            return None
+        if self.head_started:
+            return "head_timeout" if now - self.waiting_since > endpoint.head_timeout else None
+        return "idle_timeout" if now - self.waiting_since > endpoint.idle_timeout else None
 
 
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-Handler = Callable[[Request], Response]
-
-
-class _Client:
-    """One open connection: its peer address and since when (loop time) it has been waiting for
-    a request head; None while a request is being answered."""
-
-    __slots__ = ("peer_host", "waiting_since", "writer")
-
-    def __init__(self, writer: asyncio.StreamWriter, peer_host: str, now: float) -> None:
-        self.writer = writer
-        self.peer_host = peer_host
-        self.waiting_since: float | None = now
-
-
-class HttpServer:
-    """Serves `handler` on host:port; port 0 picks a free port (see `port` once started).
+class HttpEndpoint:
+    """An aiohttp application served on host:port (port 0 picks a free one, see `port`).
 
     The limits are the module's constants; a test may lower them on one instance."""
 
     head_timeout = HEAD_TIMEOUT
     idle_timeout = IDLE_TIMEOUT
-    write_timeout = WRITE_TIMEOUT
+    request_timeout = REQUEST_TIMEOUT
     max_clients = MAX_CLIENTS
     max_clients_per_peer = MAX_CLIENTS_PER_PEER
 
-    def __init__(self, handler: Handler, host: str, port: int, name: str) -> None:
-        self.handler = handler
+    def __init__(
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        name: str,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.app = app
         self.host = host
         self.requested_port = port
         self.name = name
+        self.ssl_context = ssl_context
+        app.middlewares.insert(0, self._track)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            logger=_client_errors,
+            handle_signals=False,
+            keepalive_timeout=IDLE_TIMEOUT * 2,  # our sweep closes idle connections first
+            max_line_size=8190,
+            max_field_size=8190,
+        )
         self._server: asyncio.base_events.Server | None = None
-        self._clients: dict[asyncio.StreamWriter, _Client] = {}
+        self._clients: dict[asyncio.BaseTransport, _GuardedConnection] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
         assert self._server is not None, f"{self.name} server not started"
         return self._server.sockets[0].getsockname()[1]
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context is not None else "http"
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._serve_client, self.host, self.requested_port, reuse_address=True, limit=MAX_HEAD
+        await self._runner.setup()
+        factory = self._runner.server
+        assert factory is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _GuardedConnection(self, factory(), loop.time()),
+            self.host,
+            self.requested_port,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.head_timeout if self.ssl_context else None,
+            reuse_address=True,
         )
+        self._sweeper = asyncio.create_task(self._sweep())
         log.info(
             "listener.started",
-            extra=fields(protocol="http", service=self.name, host=self.host, port=self.port),
+            extra=fields(protocol=self.scheme, service=self.name, host=self.host, port=self.port),
         )
 
     async def stop(self) -> None:
-        """Stop listening and drop open (idle) client connections."""
+        """Stop listening and drop open client connections (a client that does not read must
+        not hold up the broker's stop)."""
         if self._server is None:
             return
         self._server.close()
-        for writer in list(self._clients):
-            writer.transport.abort()  # a client that does not read must not hold up the stop
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for transport in list(self._clients):
+            transport.abort()
         await self._server.wait_closed()
+        await self._runner.cleanup()
         self._server = None
 
-    async def _serve_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        peer = writer.get_extra_info("peername")
-        peer_host = str(peer[0]) if peer else ""
-        loop = asyncio.get_running_loop()
-        client = _Client(writer, peer_host, loop.time())
-        if not self._make_room(peer_host):
-            writer.transport.abort()  # every slot is busy answering a request
-            return
-        self._clients[writer] = client
-        try:
-            keep_alive = True
-            first = b""  # a new connection owes its whole head from the start
-            while keep_alive:
-                try:
-                    head = first + await asyncio.wait_for(
-                        reader.readuntil(b"\r\n\r\n"), self.head_timeout
-                    )
-                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-                    return
-                except asyncio.LimitOverrunError:
-                    await _write(writer, _plain(431, "request header too large"), False, False)
-                    return
-                client.waiting_since = None
-                request, keep_alive = _parse(head, peer_host)
-                if request is None:
-                    await _write(writer, _plain(400, "malformed request"), False, False)
-                    return
-                response = self._respond(request)
-                await asyncio.wait_for(
-                    _write(writer, response, keep_alive, request.method == "HEAD"),
-                    self.write_timeout,
-                )
-                if keep_alive:
-                    # Idle until the next request starts; its head is then owed within the
-                    # head timeout of that first byte.
-                    client.waiting_since = loop.time()
-                    try:
-                        first = await asyncio.wait_for(reader.readexactly(1), self.idle_timeout)
-                    except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-                        return
-                    client.waiting_since = loop.time()  # its head is on its way: the newest
-                    # waiter, so the last one to make room for a newcomer
-        except (ConnectionError, TimeoutError):  # gone, or not reading what we send
-            writer.transport.abort()
-            return
-        finally:
-            self._clients.pop(writer, None)
-            writer.close()
-
-    def _make_room(self, peer_host: str) -> bool:
-        """Whether a new connection from `peer_host` may be served: under both caps, or at one
-        of them once the longest-waiting idle connection (the peer's own, at the peer's cap) has
-        been dropped for it."""
-        same_peer = [c for c in self._clients.values() if c.peer_host == peer_host]
+    # ---------------------------------------------------------------------------- guards
+    def admit(self, client: _GuardedConnection) -> bool:
+        """Whether a new connection may be served: under both caps, or at one of them once the
+        longest-waiting idle connection (the peer's own, at the peer's cap) has been dropped."""
+        same_peer = [c for c in self._clients.values() if c.peer_host == client.peer_host]
         if len(same_peer) >= self.max_clients_per_peer:
             candidates = same_peer
         elif len(self._clients) >= self.max_clients:
             candidates = list(self._clients.values())
         else:
-            return True
-        idle = [c for c in candidates if c.waiting_since is not None]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda c: c.waiting_since or 0.0)
-        del self._clients[victim.writer]
-        victim.writer.transport.abort()
+            candidates = []
+        if candidates:
+            idle = [c for c in candidates if c.busy_since is None]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda c: c.waiting_since)
+            self._drop(victim, "displaced")
+        assert client.transport is not None
+        self._clients[client.transport] = client
         return True
 
-    def _respond(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, b"only GET and HEAD are served\n", headers={"Allow": "GET, HEAD"})
+    def forget(self, client: _GuardedConnection) -> None:
+        if client.transport is not None:
+            self._clients.pop(client.transport, None)
+
+    def _drop(self, client: _GuardedConnection, reason: str) -> None:
+        assert client.transport is not None
+        self._clients.pop(client.transport, None)
+        log.debug("http.connection_dropped", extra=fields(service=self.name, reason=reason))
+        client.transport.abort()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = self.now()
+            for client in list(self._clients.values()):
+                reason = client.overdue(now, self)
+                if reason is not None:
+                    self._drop(client, reason)
+
+    @web.middleware
+    async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Marks the connection busy from the request's head until its response is written (so
+        the request timeout covers a client that reads slowly); a bug costs one request (500),
+        never the broker."""
+        client = self._clients.get(request.transport) if request.transport else None
+        if client is not None:
+            client.request_started(self.now())
         try:
-            return self.handler(request)
-        except Exception:  # a bug must cost one request, never the broker
-            log.exception("http.internal_error", extra=fields(service=self.name, path=request.path))
-            return _plain(500, "internal error")
+            try:
+                response = await handler(request)
+            except web.HTTPException as error:  # the router's 404 and 405, a handler's refusal
+                response = web.Response(status=error.status, text=error.text, headers=error.headers)
+            except Exception:
+                log.exception(
+                    "http.internal_error", extra=fields(service=self.name, path=request.path)
+                )
+                response = web.json_response(
+                    {"error": "internal_error", "reason": "the broker failed; see its log"},
+                    status=500,
+                )
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        finally:
+            if client is not None:
+                client.request_finished(self.now())
 
 
-def _plain(status: int, text: str) -> Response:
-    return Response(status, f"{text}\n".encode())
-
-
-def _parse(head: bytes, peer_host: str) -> tuple[Request | None, bool]:
-    """The request and whether the connection may stay open after the response."""
-    try:
-        lines = head.decode("latin-1").split("\r\n")
-        method, target, version = lines[0].split(" ")
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                name, value = line.split(":", 1)
-                headers[name.strip().lower()] = value.strip()
-    except ValueError:
-        return None, False
-    if not version.startswith("HTTP/1."):
-        return None, False
-    try:
-        url = urlsplit(target)
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        return None, False
-    query = {key: values[0] for key, values in parse_qs(url.query).items()}
-    has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-    keep_alive = (
-        version == "HTTP/1.1" and headers.get("connection", "").lower() != "close" and not has_body
-    )
-    return Request(method, unquote(url.path), query, headers, peer_host), keep_alive
-
-
-async def _write(
-    writer: asyncio.StreamWriter, response: Response, keep_alive: bool, head_only: bool
-) -> None:
-    status = HTTPStatus(response.status)
-    lines = [
-        f"HTTP/1.1 {status.value} {status.phrase}",
-        f"Content-Type: {response.content_type}",
-        f"Content-Length: {len(response.body)}",
-        f"Connection: {'keep-alive' if keep_alive else 'close'}",
-        *(f"{name}: {value}" for name, value in response.headers.items()),
-    ]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    if not head_only:
-        writer.write(response.body)
-    await writer.drain()
-
-
-class HttpService:
-    """A broker endpoint served by an `HttpServer` (`self._http`): lifecycle and port."""
-
-    _http: HttpServer
-
-    @property
-    def port(self) -> int:
-        return self._http.port
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def stop(self) -> None:
-        await self._http.stop()
+def plain_text(status: int, text: str, **kwargs: Any) -> web.Response:
+    return web.Response(status=status, text=f"{text}\n", **kwargs)

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from importlib.metadata import version
 from typing import TYPE_CHECKING
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -40,7 +41,7 @@ from broker import __version__
 from broker.core.dead_letter import DROPPED, MOVED
 from broker.core.queue import Queue
 from broker.core.stats import LatencyHistogram
-from broker.http import HttpServer, HttpService, Request, Response
+from broker.http import HttpEndpoint
 
 if TYPE_CHECKING:
     from broker.amqp.channel import Channel
@@ -435,7 +436,7 @@ def _histogram(name: str, text: str, histogram: LatencyHistogram) -> HistogramMe
 RENDER_REUSE_SECONDS = 1.0
 
 
-class MetricsServer(HttpService):
+class MetricsServer(HttpEndpoint):
     """GET /metrics on host:port, answered on the running loop from a registry of our own."""
 
     def __init__(self, broker: Broker, host: str, port: int, node: str | None = None) -> None:
@@ -443,17 +444,18 @@ class MetricsServer(HttpService):
         self.registry.register(BrokerCollector(broker, node or default_node_name()))
         # rabbitmq_process_{resident_memory_bytes,open_fds,max_fds}: the dashboard's names.
         ProcessCollector(namespace="rabbitmq", registry=self.registry)
-        self._http = HttpServer(self._handle, host, port, "metrics")
         self._rendered = b""
         self._rendered_at = -RENDER_REUSE_SECONDS
+        app = web.Application(client_max_size=1024)
+        for path in METRICS_PATHS:
+            app.router.add_get(path, self._scrape)
+        super().__init__(app, host, port, "metrics")
 
-    def _handle(self, request: Request) -> Response:
-        if request.path not in METRICS_PATHS:
-            return Response(404, b"metrics are served on /metrics\n")
+    async def _scrape(self, request: web.Request) -> web.Response:
         # Rendering runs on the broker's loop and grows with the number of queues: several
         # scrapers (or an eager one) within a second share one rendering.
         now = time.monotonic()
         if now - self._rendered_at >= RENDER_REUSE_SECONDS:
             self._rendered = generate_latest(self.registry)
             self._rendered_at = now
-        return Response(200, self._rendered, CONTENT_TYPE)
+        return web.Response(body=self._rendered, headers={"Content-Type": CONTENT_TYPE})

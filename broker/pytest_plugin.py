@@ -19,7 +19,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.config import BrokerConfig, Listener, Permission, UserConfig
+from broker.config import (
+    BrokerConfig,
+    HttpListener,
+    Listener,
+    ManagementConfig,
+    Permission,
+    UserConfig,
+)
 from broker.server import Broker
 
 # guest/guest (RabbitMQ's salted SHA-256 hash format), allowed from loopback only, as the
@@ -35,13 +42,14 @@ def embedded_config() -> BrokerConfig:
         password_hash=GUEST_HASH,
         permissions={"/": Permission()},
         loopback_only=True,
+        tags=("administrator",),
     )
     return BrokerConfig(
         listener=Listener(host="127.0.0.1", port=0),
         users=(guest,),
         data_dir=None,
         metrics_port=0,
-        admin_port=0,
+        management=ManagementConfig(HttpListener(port=0)),
         log_level="warning",
     )
 

@@ -11,22 +11,26 @@ import logging
 import os
 import signal
 import ssl
+from pathlib import Path
 from types import TracebackType
 
-from broker.admin import AdminServer
+from broker import runtime
 from broker.alarms import MemoryMonitor, watermark_bytes
 from broker.amqp.ack_timeout import AckTimeouts
 from broker.amqp.channel import Channel
 from broker.amqp.connection import AMQPConnection
 from broker.auth import Authenticator, User
-from broker.config import BrokerConfig, TlsListener
+from broker.config import BrokerConfig
 from broker.core.footprint import definitions_bytes
 from broker.core.persistence import MessageStore
 from broker.core.queue import MEMORY_STORE
 from broker.core.stats import Counters
 from broker.core.vhost import VirtualHost
+from broker.definitions import DefinitionsError, import_definitions
 from broker.logs import fields
-from broker.metrics import MetricsServer
+from broker.management.server import ManagementServer
+from broker.metrics import MetricsServer, default_node_name
+from broker.policies import Policies
 from broker.store.durable import DurableStore
 from broker.store.recovery import recover, restore
 from broker.store.wal import WriteAheadLog
@@ -36,14 +40,20 @@ log = logging.getLogger("warren.server")
 SHUTDOWN_GRACE = 5.0
 
 
-def tls_context(listener: TlsListener) -> ssl.SSLContext:
-    """The amqps server context: our certificate, and client certificates if asked for."""
+def tls_context(
+    certfile: Path, keyfile: Path, cafile: Path | None, verify_peer: bool
+) -> ssl.SSLContext:
+    """A server context (amqps, https): our certificate, and client certificates if asked."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(listener.certfile, listener.keyfile)
-    if listener.cafile is not None:
-        context.load_verify_locations(listener.cafile)
-        context.verify_mode = ssl.CERT_REQUIRED if listener.verify_peer else ssl.CERT_OPTIONAL
+    context.load_cert_chain(certfile, keyfile)
+    if cafile is not None:
+        context.load_verify_locations(cafile)
+        context.verify_mode = ssl.CERT_REQUIRED if verify_peer else ssl.CERT_OPTIONAL
     return context
+
+
+class DefinitionsFileError(RuntimeError):
+    """`load_definitions` names a file that cannot be imported; the broker does not start."""
 
 
 class Broker:
@@ -59,10 +69,20 @@ class Broker:
                 sync_policy=settings.sync,
                 sync_interval=settings.sync_interval,
             )
-            self.store = DurableStore(self.wal, lambda: self.vhosts.values())
-        self.vhosts = {name: VirtualHost(name, self.store) for name in config.vhosts}
+            self.store = DurableStore(
+                self.wal, lambda: self.vhosts.values(), lambda: runtime.document(self)
+            )
+        self.policies = Policies(lambda: self.vhosts, self._runtime_changed)
+        self.vhosts: dict[str, VirtualHost] = {}
+        self.vhost_metadata: dict[str, dict] = {}  # name -> description and tags
+        for name in config.vhosts:
+            self._create_vhost(name)
         self.auth = Authenticator(
-            [User(u.name, u.password_hash, u.permissions, u.loopback_only) for u in config.users]
+            [
+                User(u.name, u.password_hash, u.permissions, u.loopback_only, u.tags)
+                for u in config.users
+            ],
+            self._runtime_changed,
         )
         self.connections: set[AMQPConnection] = set()
         self.reply_channels: dict[str, Channel] = {}  # direct reply-to address -> channel
@@ -70,19 +90,115 @@ class Broker:
         self._server: asyncio.base_events.Server | None = None
         self._tls_server: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
-        # HTTP endpoints served on the broker's loop: Prometheus /metrics and `warren ctl`'s API.
-        self.http_servers: list[MetricsServer | AdminServer] = []
+        self._restoring = False
+        self.node = default_node_name()
+        # HTTP endpoints served on the broker's loop: Prometheus /metrics and the management
+        # API with its console.
+        self.http_servers: list[MetricsServer | ManagementServer] = []
         if config.metrics_port:
             host = config.listener.host
-            self.http_servers.append(MetricsServer(self, host, config.metrics_port))
-        if config.admin_port:
-            self.http_servers.append(AdminServer(self, port=config.admin_port))
+            self.http_servers.append(MetricsServer(self, host, config.metrics_port, self.node))
+        listener = config.management.listener
+        if listener.port:
+            https = (
+                tls_context(listener.certfile, listener.keyfile, listener.cafile,
+                            listener.verify_peer)
+                if listener.certfile is not None and listener.keyfile is not None
+                else None
+            )  # fmt: skip
+            self.management = ManagementServer(self, listener.host, listener.port, self.node, https)
+            self.http_servers.append(self.management)
         self.memory = MemoryMonitor(
             watermark_bytes(config.limits.memory_high_watermark),
             self._memory_alarm_changed,
             self.accounted_bytes,
         )
         self.ack_timeouts = AckTimeouts(self)
+
+    # ---------------------------------------------------------------------------- vhosts
+    def _create_vhost(
+        self, name: str, description: str = "", tags: tuple[str, ...] = ()
+    ) -> VirtualHost:
+        vhost = VirtualHost(name, self.store)
+        vhost.on_queue_added = lambda queue: self.policies.apply_to_queue(vhost, queue)
+        vhost.on_exchange_added = lambda exchange: self.policies.apply_to_exchange(vhost, exchange)
+        self.vhosts[name] = vhost
+        self.vhost_metadata[name] = {"description": description, "tags": tags}
+        return vhost
+
+    def add_vhost(self, name: str, description: str = "", tags: tuple[str, ...] = ()) -> bool:
+        """Create a vhost (True), or update an existing one's description and tags (False)."""
+        created = name not in self.vhosts
+        if created:
+            self._create_vhost(name, description, tags)
+        else:
+            self.vhost_metadata[name] = {"description": description, "tags": tags}
+        self._runtime_changed()
+        return created
+
+    def delete_vhost(self, name: str) -> bool:
+        """Delete a vhost with everything in it: its clients are disconnected (320), its
+        queues, messages, exchanges, permissions and policies removed, in the log too."""
+        vhost = self.vhosts.get(name)
+        if vhost is None:
+            return False
+        for connection in list(self.connections):
+            if connection.vhost is vhost:
+                connection.force_close(320, f"vhost '{name}' is deleted")
+        for queue in list(vhost.all_queues()):
+            vhost.remove_queue(queue)
+        for exchange_name in list(vhost.exchanges):
+            if exchange_name and not exchange_name.startswith("amq."):
+                vhost.delete_exchange(exchange_name)
+        vhost.stop_timers()
+        del self.vhosts[name]
+        self.vhost_metadata.pop(name, None)
+        self.auth.forget_vhost(name)
+        self.policies.forget_vhost(name)
+        self._runtime_changed()
+        return True
+
+    def _runtime_changed(self) -> None:
+        """Users, vhosts, permissions or policies changed: the log keeps them whole."""
+        if isinstance(self.store, DurableStore) and not self._restoring:
+            self.store.runtime_changed(runtime.document(self))
+
+    def _adopt_runtime(self, document: dict) -> None:
+        """The log's users, vhosts and policies replace the config's seed (see broker.runtime)."""
+        self._restoring = True
+        try:
+            seeded = {u.name for u in self.config.users}, set(self.config.vhosts)
+            stored_users = runtime.users_of(document)
+            stored_vhosts = runtime.vhosts_of(document)
+            if seeded != ({u.name for u in stored_users}, {v[0] for v in stored_vhosts}):
+                log.info(
+                    "config.accounts_seeded_earlier",
+                    extra=fields(
+                        reason="users and vhosts come from the data directory, changed"
+                        " through the management API; the config's lists seed a new one only"
+                    ),
+                )
+            self.vhosts.clear()
+            self.vhost_metadata.clear()
+            for name, description, tags in stored_vhosts:
+                self._create_vhost(name, description, tags)
+            self.auth.users = {user.name: user for user in stored_users}
+            self.policies.replace_all(runtime.policies_of(document))
+        finally:
+            self._restoring = False
+
+    def _load_definitions(self) -> None:
+        path = self.config.load_definitions
+        if path is None:
+            return
+        import json
+
+        try:
+            document = json.loads(path.read_text())
+            applied = import_definitions(self, document)
+        except (OSError, ValueError, DefinitionsError) as error:
+            raise DefinitionsFileError(f"load_definitions: {path}: {error}") from error
+        log.info("definitions.loaded", extra=fields(path=str(path), **applied))
 
     @property
     def port(self) -> int:
@@ -140,6 +256,7 @@ class Broker:
             await self._recover()
         else:
             log.warning("store.disabled", extra=fields(reason="data_dir is null: nothing is kept"))
+        self._load_definitions()
         listener = self.config.listener
         self._server = await loop.create_server(
             lambda: AMQPConnection(self),
@@ -157,7 +274,7 @@ class Broker:
                 lambda: AMQPConnection(self),
                 host=tls.host,
                 port=tls.port,
-                ssl=tls_context(tls),
+                ssl=tls_context(tls.certfile, tls.keyfile, tls.cafile, tls.verify_peer),
                 ssl_handshake_timeout=self.config.limits.handshake_timeout,
                 reuse_address=True,
                 backlog=1024,
@@ -176,7 +293,11 @@ class Broker:
         assert self.wal is not None and isinstance(self.store, DurableStore)
         self.config.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
         state = await asyncio.get_running_loop().run_in_executor(None, recover, self.wal)
+        if state.runtime is not None:
+            self._adopt_runtime(state.runtime)
         queues, messages = restore(state, self.vhosts, self.store)
+        for name in self.vhosts:
+            self.policies.apply(name)
         report = state.report
         log.info(
             "recovery.finished",

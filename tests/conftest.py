@@ -2,7 +2,8 @@
 
 The compat tests run against whatever `WARREN_TEST_TARGET` names: unset or `warren` starts a Warren
 broker process on a free port for the session; an `amqp://` URL points them at another broker
-(CI runs them against Debian's rabbitmq-server too).
+(CI runs them against Debian's rabbitmq-server too). `WARREN_TEST_MANAGEMENT` is then that broker's
+management API (`http://user:password@host:port`); with Warren, the session's process serves it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from collections.abc import Iterator
 import pika
 import pytest
 
-from tests.support import BrokerProcess, unique
+from tests.support import BrokerProcess, free_port, unique
 
 TARGET = os.environ.get("WARREN_TEST_TARGET", "warren")
+MANAGEMENT_TARGET = os.environ.get("WARREN_TEST_MANAGEMENT", "")
 
 
 @pytest.fixture(scope="session")
 def warren_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     """One Warren process shared by the session's tests."""
-    broker = BrokerProcess(tmp_path_factory.mktemp("warren"))
+    broker = BrokerProcess(tmp_path_factory.mktemp("warren"), management_port=free_port())
     yield broker
     broker.stop()
 
@@ -32,6 +34,16 @@ def amqp_url(request: pytest.FixtureRequest) -> str:
     if TARGET == "warren":
         return request.getfixturevalue("warren_broker").url
     return TARGET
+
+
+@pytest.fixture(scope="session")
+def management_url(request: pytest.FixtureRequest) -> str:
+    """The management HTTP API of the broker under test, `http://user:password@host:port`."""
+    if TARGET == "warren":
+        return request.getfixturevalue("warren_broker").management_url
+    if not MANAGEMENT_TARGET:
+        pytest.skip("WARREN_TEST_MANAGEMENT names no management API for the target broker")
+    return MANAGEMENT_TARGET
 
 
 @pytest.fixture(scope="session")

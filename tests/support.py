@@ -75,11 +75,14 @@ class BrokerProcess:
         *extra: str,
         port: int | None = None,
         start_timeout: float = 15.0,
+        management_port: int = 0,
     ) -> None:
         self.port = port or free_port()
+        self.management_port = management_port  # the management API's; 0 when it is disabled
         self.data_dir = data_dir
         args = [sys.executable, "-m", "broker", "--port", str(self.port)]
-        args += ["--data-dir", str(data_dir), "--metrics-port", "0", "--admin-port", "0"]
+        args += ["--data-dir", str(data_dir), "--metrics-port", "0"]
+        args += ["--management-port", str(management_port)]
         if config is not None:
             args += ["--config", str(config)]
         args += list(extra)
@@ -95,6 +98,11 @@ class BrokerProcess:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    @property
+    def management_url(self) -> str:
+        assert self.management_port, "this broker was started without its management API"
+        return f"http://guest:guest@127.0.0.1:{self.management_port}"
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

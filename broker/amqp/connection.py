@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
@@ -91,6 +92,10 @@ class AMQPConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.local = "?"
+        self.name = "?"
+        self.connected_at = 0
+        self.tls = False
         self.state = AWAIT_HEADER
         self.buffer = bytearray()
         self.channels: dict[int, Channel] = {}
@@ -128,6 +133,11 @@ class AMQPConnection(asyncio.Protocol):
         self.flow.attach(self.transport)  # type: ignore[arg-type]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        local = transport.get_extra_info("sockname")
+        self.local = f"{local[0]}:{local[1]}" if local else "?"
+        self.name = f"{self.peer} -> {self.local}"  # RabbitMQ's connection name
+        self.connected_at = int(time.time() * 1000)  # ms since the epoch, as RabbitMQ
+        self.tls = transport.get_extra_info("sslcontext") is not None
         self.blocking = self.broker.memory_alarm
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

@@ -53,6 +53,7 @@ class AMQPError(Exception):
     def __init__(self, code: int, text: str, blame_method: bool = True) -> None:
         super().__init__(f"{REPLY_NAMES.get(code, str(code))} - {text}")
         self.code = code
+        self.text = text  # without the reply name, as RabbitMQ's management API reports it
         # A short string: at most 255 bytes of UTF-8, cut at a character boundary (names in
         # the text may be any UTF-8; cutting characters instead could leave 700 bytes).
         self.reply_text = str(self).encode("utf-8")[:255].decode("utf-8", "ignore")

@@ -71,11 +71,13 @@ class Exchange(ABC):
         self.incoming: dict[tuple, Binding] = {}
         # How many bindings lead to another exchange: zero means routing needs no expansion.
         self.exchange_destinations = 0
+        self.policy_alternate_exchange: str | None = None  # set by a policy
 
     @property
     def alternate_exchange(self) -> str | None:
+        """The argument's, else a policy's (RabbitMQ: the argument wins)."""
         value = self.arguments.get("alternate-exchange")
-        return value if isinstance(value, str) else None
+        return value if isinstance(value, str) else self.policy_alternate_exchange
 
     def add_binding(self, binding: Binding) -> bool:
         """Add a binding; False when an identical one exists (binding is idempotent)."""

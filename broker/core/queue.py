@@ -69,22 +69,12 @@ class Queue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
-        self.settings = settings
-        # x-overflow reject-publish(-dlx) with a limit: publishes must ask `admits` first.
-        self.may_refuse = settings.limited and settings.overflow != "drop-head"
+        self.declared_settings = settings  # from the arguments; a policy may add to them
+        self.queue_type = str(self.arguments.get("x-queue-type") or "classic")
         # x-message-deduplication: how many held messages carry each x-deduplication-header
         # value (None: the queue does not deduplicate).
         self._held_keys: dict[str, int] | None = {} if settings.deduplicate else None
-        # Neither a message TTL nor a length limit nor deduplication: a publish without an
-        # expiration property takes the short path.
-        self._plain = (
-            settings.message_ttl is None and not settings.limited and not settings.deduplicate
-        )
-        self.queue_type = str(self.arguments.get("x-queue-type") or "classic")
-        # Quorum queues count deliveries (x-delivery-count), as RabbitMQ's do; any queue with a
-        # delivery limit does too. Their every delivery and return is logged, so a restart,
-        # even after kill -9, keeps the count.
-        self.counts_deliveries = self.queue_type == "quorum" or settings.delivery_limit is not None
+        self._use_settings(settings)
         # Durable, non-exclusive, non-auto-delete queues survive a restart (as in RabbitMQ);
         # only they log persistent messages. The store assigns store_id when it logs the queue.
         self.survives_restart = durable and exclusive_owner is None and not auto_delete
@@ -123,6 +113,33 @@ class Queue:
         self._timer_at = NEVER
         self._unused_until = NEVER
         self.touch()
+
+    def _use_settings(self, settings: QueueSettings) -> None:
+        self.settings = settings
+        # x-overflow reject-publish(-dlx) with a limit: publishes must ask `admits` first.
+        self.may_refuse = settings.limited and settings.overflow != "drop-head"
+        # Neither a message TTL nor a length limit nor deduplication: a publish without an
+        # expiration property takes the short path.
+        self._plain = (
+            settings.message_ttl is None and not settings.limited and not settings.deduplicate
+        )
+        # Quorum queues count deliveries (x-delivery-count), as RabbitMQ's do; any queue with a
+        # delivery limit does too. Their every delivery and return is logged, so a restart,
+        # even after kill -9, keeps the count.
+        self.counts_deliveries = self.queue_type == "quorum" or settings.delivery_limit is not None
+
+    def apply_settings(self, settings: QueueSettings) -> None:
+        """New effective settings (a policy was set, changed or cleared): a new limit trims
+        the queue now, a new expiry restarts its clock; a new message TTL applies to messages
+        published from now on, as in RabbitMQ."""
+        self._use_settings(settings)
+        if settings.limited:
+            self.enforce_limits()
+        if settings.expires is None:
+            self._unused_until = NEVER
+            self._arm()
+        else:
+            self.touch()
 
     # ------------------------------------------------------------------ what it holds
     @property

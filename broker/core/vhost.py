@@ -10,11 +10,11 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from broker.core import sender_selected
-from broker.core.arguments import IGNORED_QUEUE_ARGS, check_alternate_exchange
+from broker.core.arguments import IGNORED_QUEUE_ARGS, QueueSettings, check_alternate_exchange
 from broker.core.clock import SYSTEM_CLOCK, Clock
 from broker.core.dead_letter import DeadLetters
 from broker.core.dedup import DEDUP_TYPE, DedupExchange, dedup_key
@@ -121,6 +121,10 @@ def server_generated_name(prefix: str) -> str:
     return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
+def _nothing(_: object) -> None:
+    return None
+
+
 class VirtualHost:
     def __init__(
         self, name: str, store: MessageStore = MEMORY_STORE, clock: Clock = SYSTEM_CLOCK
@@ -134,6 +138,9 @@ class VirtualHost:
         self.refusing_queues = 0
         self.deduplicating_queues = 0
         self.dead_letters = DeadLetters(self)
+        # Told of every new queue and exchange, so the broker's policies apply to them.
+        self.on_queue_added: Callable[[Queue], None] = _nothing
+        self.on_exchange_added: Callable[[Exchange], None] = _nothing
         self.queues: dict[str, Queue] = {}
         self.default_exchange = DefaultExchange(self.queues)
         self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
@@ -242,6 +249,7 @@ class VirtualHost:
             if exchange.holding.survives_restart:
                 self.store.queue_declared(exchange.holding)
         self.exchanges[name] = exchange
+        self.on_exchange_added(exchange)
         return exchange
 
     def _check_exchange_equivalent(
@@ -367,6 +375,14 @@ class VirtualHost:
         self.queues[queue.name] = queue
         self.refusing_queues += queue.may_refuse
         self.deduplicating_queues += queue.settings.deduplicate
+        self.on_queue_added(queue)
+
+    def resettle(self, queue: Queue, settings: QueueSettings) -> None:
+        """Give a queue new effective settings (a policy changed), keeping the vhost's count
+        of queues that may refuse publishes true."""
+        self.refusing_queues -= queue.may_refuse
+        queue.apply_settings(settings)
+        self.refusing_queues += queue.may_refuse
 
     def restore_queue(self, name: str, arguments: dict[str, Any], store_id: int) -> Queue:
         """Recreate a durable queue from the log: no reserved-name check (a server-named

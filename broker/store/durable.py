@@ -106,9 +106,15 @@ RELOCATE_BATCH = 500
 class DurableStore(MessageStore):
     """The model's persistence hooks, written to a `WriteAheadLog`."""
 
-    def __init__(self, wal: WriteAheadLog, vhosts: Callable[[], Iterable[VirtualHost]]) -> None:
+    def __init__(
+        self,
+        wal: WriteAheadLog,
+        vhosts: Callable[[], Iterable[VirtualHost]],
+        runtime: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.wal = wal
         self._vhosts = vhosts  # the model: definitions for snapshots, queues for compaction
+        self._runtime = runtime  # users, vhosts, permissions and policies, for snapshots
         self.next_msg_id = 1
         self.next_queue_id = 1
         self.live: dict[int, int] = {}  # segment id -> logged messages some queue still holds
@@ -159,6 +165,10 @@ class DurableStore(MessageStore):
         self._append_table(records.QUEUE_DELETE, {"vhost": queue.vhost_name, "id": queue.store_id})
         self._release(entry.message for entry in held if entry.message.msg_id)
 
+    def runtime_changed(self, document: dict[str, Any]) -> None:
+        """Users, vhosts, permissions or policies changed: log them whole."""
+        self._append_table(records.RUNTIME, document)
+
     def dedup_remembered(self, vhost: str, exchange: str, key: str, expires: float) -> None:
         table = {"vhost": vhost, "exchange": exchange, "key": key, "expires": expires}
         self._append_table(records.DEDUP, table)
@@ -186,6 +196,8 @@ class DurableStore(MessageStore):
         snapshot["next_queue_id"] = self.next_queue_id
         snapshot["next_msg_id"] = self.next_msg_id
         snapshot["redelivered_upto"] = self.redelivered_upto
+        if self._runtime is not None:
+            snapshot["runtime"] = self._runtime()
         self.wal.append(records.SNAPSHOT, records.encode_table(snapshot))
 
     def shutdown(self) -> None:

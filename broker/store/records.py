@@ -42,9 +42,22 @@ DEDUP = 17
 # A logged message moved, unchanged, from one queue to others (a delayed message coming due):
 # source queue id, message id, when it was routed, target queue ids. Its MESSAGE record stays.
 REROUTE = 18
+# Users, vhosts, permissions and policies, whole (they change rarely and are small): the last
+# one logged, or the last snapshot's, is the broker's.
+RUNTIME = 19
 
 METADATA_TYPES = frozenset(
-    (SNAPSHOT, EXCHANGE_DECLARE, EXCHANGE_DELETE, QUEUE_DECLARE, QUEUE_DELETE, BIND, UNBIND, DEDUP)
+    (
+        SNAPSHOT,
+        EXCHANGE_DECLARE,
+        EXCHANGE_DELETE,
+        QUEUE_DECLARE,
+        QUEUE_DELETE,
+        BIND,
+        UNBIND,
+        DEDUP,
+        RUNTIME,
+    )
 )
 
 _MESSAGE_HEAD = struct.Struct(">QH")  # message id, number of queue ids

@@ -57,6 +57,9 @@ class RecoveredState:
     last_msg_id: dict[int, int] = field(default_factory=dict)  # segment -> highest id logged there
     redelivered_upto: int = 0  # messages up to this id may have been delivered
     clean: bool = False  # the log ends with a clean shutdown's record
+    # Users, vhosts, permissions and policies (broker/runtime.py); None in a log older than
+    # them, whose users and vhosts come from the config.
+    runtime: dict[str, Any] | None = None
     report: RecoveryReport | None = None
     # Messages of one publisher mostly share route and header bytes: keep one copy of each.
     _routes: dict[bytes, tuple[bytes, str, str]] = field(default_factory=dict)
@@ -150,6 +153,9 @@ class RecoveredState:
             self.next_queue_id = max(self.next_queue_id, table.get("next_queue_id", 1))
             self.next_msg_id = max(self.next_msg_id, table.get("next_msg_id", 1))
             self.redelivered_upto = max(self.redelivered_upto, table.get("redelivered_upto", 0))
+            self.runtime = table.get("runtime", self.runtime)
+        elif record_type == records.RUNTIME:
+            self.runtime = table
         elif record_type == records.EXCHANGE_DECLARE:
             self.exchanges[(table["vhost"], table["name"])] = table
         elif record_type == records.DEDUP:

@@ -252,7 +252,7 @@ class FuzzBroker:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        self.metrics_port, self.admin_port = free_port(), free_port()
+        self.metrics_port, self.management_port = free_port(), free_port()
         # The smallest log segments: rolls, snapshots and segment GC happen during the fuzz.
         config = shipped_config()
         config["store"]["segment_size"] = SEGMENT_SIZE
@@ -261,8 +261,8 @@ class FuzzBroker:
             write_config(self.base, config, "fuzz-broker.yaml"),
             "--metrics-port",
             str(self.metrics_port),
-            "--admin-port",
-            str(self.admin_port),
+            "--management-port",
+            str(self.management_port),
         )
         self._log_offset = self.log_size()
         self.canary = Canary(self.process.url)
@@ -470,7 +470,7 @@ class FuzzBroker:
         return totals
 
     def admin(self, path: str) -> list[dict[str, object]]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}")
+        request = urllib.request.Request(f"http://127.0.0.1:{self.management_port}{path}")
         request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())

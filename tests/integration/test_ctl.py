@@ -1,4 +1,4 @@
-"""`warren ctl list_*` against a running broker's loopback admin API."""
+"""`warren ctl list_*` against a running broker's management API, and the API's guards."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from broker.admin import AdminServer
 from broker.config import load_config
-from broker.http import Request
 from broker.server import Broker
 from tests.support import PROJECT_ROOT, free_port
 
@@ -24,7 +22,7 @@ from tests.support import PROJECT_ROOT, free_port
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=free_port()
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, management_port=free_port()
     )
     async with Broker(config) as running:
         yield running
@@ -59,14 +57,14 @@ async def clients(broker: Broker) -> AsyncIterator[pika.BlockingConnection]:
 
 
 async def warren_ctl(broker: Broker, *args: str) -> tuple[int, str, str]:
-    port = str(broker.config.admin_port)
+    port = str(broker.config.management.listener.port)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "broker",
         "ctl",
         *args,
-        "--admin-port",
+        "--management-port",
         port,
         cwd=PROJECT_ROOT,
         stdout=asyncio.subprocess.PIPE,
@@ -149,11 +147,11 @@ async def test_list_connections_and_channels(
     code, out, _ = await warren_ctl(broker, "list_channels")
     assert code == 0
     channels = table(out)
-    peer = f"127.0.0.1:{connection['peer_port']}"
+    peer = f"127.0.0.1:{connection['peer_port']} -> 127.0.0.1:{broker.port}"
     assert [
-        (c["connection"], c["number"], c["consumer_count"], c["messages_unacknowledged"])
+        (c["name"], c["number"], c["consumer_count"], c["messages_unacknowledged"])
         for c in channels
-    ] == [(peer, "1", "0", "0"), (peer, "2", "1", "2")]
+    ] == [(f"{peer} (1)", "1", "0", "0"), (f"{peer} (2)", "2", "1", "2")]
     settings = [(c["confirm"], c["prefetch_count"]) for c in channels]
     assert settings == [("true", "0"), ("false", "5")]
 
@@ -172,7 +170,7 @@ async def test_unreachable_broker_exits_69() -> None:
         "broker",
         "ctl",
         "list_queues",
-        "--admin-port",
+        "--management-port",
         str(free_port()),
         cwd=PROJECT_ROOT,
         stderr=asyncio.subprocess.PIPE,
@@ -185,7 +183,7 @@ async def test_unreachable_broker_exits_69() -> None:
 async def test_api_refuses_a_foreign_host_header(broker: Broker) -> None:
     """Even with good credentials, a request naming another Host (DNS rebinding from a web
     page in a local browser) is refused."""
-    url = f"http://127.0.0.1:{broker.config.admin_port}/api/queues"
+    url = f"http://127.0.0.1:{broker.config.management.listener.port}/api/queues"
     token = base64.b64encode(b"guest:guest").decode()
     request = urllib.request.Request(
         url, headers={"Authorization": f"Basic {token}", "Host": "evil.example:15672"}
@@ -196,7 +194,7 @@ async def test_api_refuses_a_foreign_host_header(broker: Broker) -> None:
 
 
 async def test_api_requires_credentials(broker: Broker) -> None:
-    url = f"http://127.0.0.1:{broker.config.admin_port}/api/queues"
+    url = f"http://127.0.0.1:{broker.config.management.listener.port}/api/queues"
     with pytest.raises(urllib.error.HTTPError) as refused:
         await asyncio.to_thread(urllib.request.urlopen, url, None, 5)
     assert refused.value.code == 401
@@ -209,28 +207,31 @@ async def test_api_requires_credentials(broker: Broker) -> None:
         assert json.loads(response.read()) == []
 
 
-def unstarted_broker(tmp_path: Path) -> Broker:
-    config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
-    )
-    return Broker(config)
+def test_guest_is_refused_from_a_remote_peer(tmp_path: Path) -> None:
+    """guest is loopback-only, as in RabbitMQ: once an operator exposes the management
+    listener, a remote peer cannot use the well-known credentials."""
+    from unittest import mock
 
+    from aiohttp.test_utils import make_mocked_request
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "example.com"])
-def test_non_loopback_bind_is_refused(host: str, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="loopback"):
-        AdminServer(unstarted_broker(tmp_path), host=host, port=0)
+    from broker.management.access import authenticate
+    from broker.management.errors import ApiError
 
-
-@pytest.fixture
-def admin(tmp_path: Path) -> AdminServer:
-    return AdminServer(unstarted_broker(tmp_path))
-
-
-def test_non_loopback_peer_is_refused(admin: AdminServer) -> None:
+    config = load_config().with_overrides(port=0, data_dir=None, metrics_port=0)
+    auth = Broker(config).auth
     token = base64.b64encode(b"guest:guest").decode()
-    headers = {"authorization": f"Basic {token}", "host": "127.0.0.1:15672"}
-    remote = admin.handle(Request("GET", "/api/queues", {}, headers, "198.51.100.7"))
-    assert remote.status == 403
-    local = admin.handle(Request("GET", "/api/queues", {}, headers, "127.0.0.1"))
-    assert local.status == 200
+    for peer, accepted in (("198.51.100.7", False), ("127.0.0.1", True)):
+        transport = mock.Mock()
+        transport.get_extra_info.side_effect = lambda key, peer=peer: (
+            (peer, 40000) if key == "peername" else None
+        )
+        request = make_mocked_request(
+            "GET", "/api/queues", headers={"Authorization": f"Basic {token}"},
+            transport=transport,
+        )  # fmt: skip
+        if accepted:
+            assert authenticate(request, auth).name == "guest"
+        else:
+            with pytest.raises(ApiError) as refused:
+                authenticate(request, auth)
+            assert refused.value.status == 401

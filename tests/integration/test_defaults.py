@@ -21,9 +21,9 @@ import pika
 import pytest
 from pamqp import commands, constants, encode
 
-from broker.admin import MAX_JSON_DEPTH, TOO_DEEP
 from broker.auth import hash_password
 from broker.config import load_config
+from broker.management.rows import MAX_JSON_DEPTH, TOO_DEEP
 from broker.server import Broker
 from tests.compat.rawamqp import RawAMQP, plain_response
 from tests.support import free_port, shipped_config, write_config
@@ -34,13 +34,17 @@ ALL = {"configure": ".*", "write": ".*", "read": ".*"}
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    """Vhosts '/' and 'b'; guest may use both; bob is listed without permissions."""
+    """Vhosts '/' and 'b'; guest may use both; bob (a management user) is listed without
+    permissions; carol has neither permissions nor tags."""
     config = shipped_config()
     config["vhosts"] = ["/", "b"]
     config["users"][0]["permissions"] = {"/": ALL, "b": ALL}
-    config["users"].append({"name": "bob", "password_hash": hash_password("bob-secret")})
+    config["users"].append(
+        {"name": "bob", "password_hash": hash_password("bob-secret"), "tags": ["management"]}
+    )
+    config["users"].append({"name": "carol", "password_hash": hash_password("carol-secret")})
     loaded = load_config(write_config(tmp_path, config), environ={}).with_overrides(
-        port=0, metrics_port=0, admin_port=free_port()
+        port=0, metrics_port=0, management_port=free_port()
     )
     async with Broker(dataclasses.replace(loaded, data_dir=None)) as running:
         yield running
@@ -53,7 +57,7 @@ def url(broker: Broker, vhost: str, user: str = "guest", password: str = "guest"
 def admin_get(broker: Broker, path: str, user: str, password: str) -> tuple[int, bytes]:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     request = urllib.request.Request(
-        f"http://127.0.0.1:{broker.config.admin_port}{path}",
+        f"http://127.0.0.1:{broker.config.management.listener.port}{path}",
         headers={"Authorization": f"Basic {token}"},
     )
     try:
@@ -75,7 +79,8 @@ def strict_json(body: bytes) -> Any:
 # ------------------------------------------------------------------------ (a) no permissions
 async def test_user_without_permissions_opens_no_vhost_and_sees_nothing(broker: Broker) -> None:
     """A user listed without permissions gets nothing, as in RabbitMQ: Connection.Open of any
-    vhost is refused with 530 and RabbitMQ's text, and the admin API lists nothing to it."""
+    vhost is refused with 530 and RabbitMQ's text, and the management API lists nothing to it
+    (with the management tag; without one, the API refuses it with 401)."""
 
     def scenario() -> None:
         for vhost in ("/", "b"):
@@ -91,9 +96,15 @@ async def test_user_without_permissions_opens_no_vhost_and_sees_nothing(broker: 
             status, body = admin_get(broker, "/api/exchanges", "guest", "guest")
             assert status == 200 and strict_json(body)  # guest sees its vhosts
             for path in ("queues", "exchanges", "bindings", "connections", "channels"):
-                for query in ("", "?vhost=%2F", "?vhost=b"):
-                    status, body = admin_get(broker, f"/api/{path}{query}", "bob", "bob-secret")
-                    assert (status, strict_json(body)) == (200, []), f"/api/{path}{query}"
+                status, body = admin_get(broker, f"/api/{path}", "bob", "bob-secret")
+                assert (status, strict_json(body)) == (200, []), f"/api/{path}"
+            for path in ("queues", "exchanges", "bindings"):
+                for vhost in ("%2F", "b"):
+                    status, _ = admin_get(broker, f"/api/{path}/{vhost}", "bob", "bob-secret")
+                    assert status == 404, f"/api/{path}/{vhost}"  # as if it did not exist
+            status, body = admin_get(broker, "/api/queues", "carol", "carol-secret")
+            assert status == 401
+            assert strict_json(body)["reason"] == "Not management user"
         finally:
             guest.close()
 

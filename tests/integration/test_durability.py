@@ -121,7 +121,7 @@ async def test_fsync_failure_nacks_confirms(
 ) -> None:
     """A disk that fails fsync (ENOSPC) gets publishes nacked, never falsely confirmed."""
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "data"), metrics_port=0, admin_port=0
+        port=0, data_dir=str(tmp_path / "data"), metrics_port=0, management_port=0
     )
     async with Broker(config) as broker:
         synced = asyncio.get_running_loop().create_future()
@@ -151,9 +151,10 @@ async def test_fsync_failure_nacks_confirms(
         assert await asyncio.to_thread(publish) == "nacked"  # the failure sticks
 
 
-def test_start_refused_while_the_log_holds_an_unconfigured_vhost(tmp_path: Path) -> None:
-    """Dropping a vhost from the config must not drop its confirmed messages: the broker
-    refuses to start, names the vhost, and starts again once it is back."""
+def test_vhosts_live_in_the_data_directory_once_seeded(tmp_path: Path) -> None:
+    """The config seeds vhosts and users at the first start; then the log holds them. Dropping
+    a vhost from the config neither drops it nor its confirmed messages, and the log says the
+    config's lists were not read."""
     data_dir = tmp_path / "data"
     with_v2 = shipped_config()
     with_v2["vhosts"] = ["/", "v2"]
@@ -163,15 +164,7 @@ def test_start_refused_while_the_log_holds_an_unconfigured_vhost(tmp_path: Path)
     publish_persistent(f"amqp://guest:guest@127.0.0.1:{broker.port}/v2", "orders", [b"kept"])
     broker.stop()
 
-    refused = subprocess.run(
-        [sys.executable, "-m", "broker", "--data-dir", str(data_dir), "--metrics-port", "0",
-         "--admin-port", "0", "--port", "0"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert refused.returncode == 3
-    assert "vhost 'v2'" in refused.stderr and "add the vhost back" in refused.stderr
-
-    broker = BrokerProcess(data_dir, config)
+    broker = BrokerProcess(data_dir)  # the shipped config, which lists only "/"
     try:
         connection = pika.BlockingConnection(
             pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{broker.port}/v2")
@@ -180,6 +173,7 @@ def test_start_refused_while_the_log_holds_an_unconfigured_vhost(tmp_path: Path)
         connection.close()
     finally:
         broker.stop()
+    assert "config.accounts_seeded_earlier" in broker.log_text()
 
 
 def test_corrupt_record_stops_the_start_naming_segment_and_offset(tmp_path: Path) -> None:
@@ -198,7 +192,7 @@ def test_corrupt_record_stops_the_start_naming_segment_and_offset(tmp_path: Path
 
     result = subprocess.run(
         [sys.executable, "-m", "broker", "--data-dir", str(data_dir), "--metrics-port", "0",
-         "--admin-port", "0", "--port", "0"],
+         "--management-port", "0", "--port", "0"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 3
@@ -239,7 +233,7 @@ async def test_recovered_bodies_are_read_per_delivery_not_kept(tmp_path: Path) -
     """After a restart bodies stay in the log: delivering, requeueing and fetching them again
     does not keep them in memory, so the memory alarm's count (which excludes them) stays true."""
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "data"), metrics_port=0, admin_port=0
+        port=0, data_dir=str(tmp_path / "data"), metrics_port=0, management_port=0
     )
     body = b"b" * 100_000
 

@@ -165,7 +165,7 @@ async def test_non_table_capabilities_break_neither_the_alarm_nor_other_clients(
     queue delete (541, half done). As RabbitMQ, a capabilities value that is not a table
     announces nothing: the alarm blocks and unblocks, the other client's delete succeeds."""
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, management_port=0
     )
     async with Broker(config) as broker:
         raw = RawAMQP(broker.url)
@@ -319,7 +319,7 @@ async def test_memory_held_outside_queues_trips_the_alarm(tmp_path: Path) -> Non
     complete, on many channels) ran to the OOM killer. Both now count: the alarm trips and the
     publisher is blocked, and the memory is released when the channel goes."""
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, management_port=0
     )
     async with Broker(config) as broker:
         broker.memory.limit = broker.memory.baseline + 20_000_000
@@ -362,7 +362,7 @@ async def test_no_ack_covers_a_publish_the_log_never_wrote(tmp_path: Path) -> No
     by Basic.Ack(multiple) up to the tag below it, covering publishes the log then never wrote.
     Every publish now gets exactly one answer, and every ack is for a message on disk."""
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, management_port=0
     )
     config_small = dataclasses.replace(
         config, store=dataclasses.replace(config.store, segment_size=1 << 20)
@@ -576,7 +576,7 @@ async def test_the_first_snapshot_is_durable_before_clients_are_served(tmp_path:
     make the following start trust delivery marks this run had not written. The broker now
     listens only once that snapshot is on disk."""
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, management_port=0
     )
     async with Broker(config):
         pass  # a clean stop: the log ends with its clean-shutdown record
@@ -651,7 +651,7 @@ async def test_a_log_that_cannot_sync_at_start_keeps_the_broker_from_serving(
     """The first snapshot must be on disk before clients are served; if its fsync fails the
     start fails (nothing listens), rather than serving on a log that cannot keep promises."""
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, management_port=0
     )
 
     def failing_fsync(fd: int) -> None:
@@ -673,7 +673,7 @@ async def test_one_connection_failing_its_alarm_notice_leaves_the_others_blocked
     """Finding 3, the broker's side: notifying connections of the alarm goes on past one that
     raises, so every other publisher is still blocked (and unblocked later)."""
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, management_port=0
     )
     async with Broker(config) as broker:
         clients = [RawAMQP(broker.url) for _ in range(3)]

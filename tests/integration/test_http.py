@@ -1,4 +1,5 @@
-"""The tiny HTTP/1.1 server behind /metrics and the admin API: keep-alive, HEAD, refusals."""
+"""The HTTP endpoint behind /metrics and the management API (aiohttp behind our guards):
+keep-alive, HEAD, refusals, and the slowloris defences aiohttp does not have."""
 
 from __future__ import annotations
 
@@ -11,29 +12,28 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from broker.config import load_config
-from broker.http import (
-    MAX_CLIENTS,
-    MAX_CLIENTS_PER_PEER,
-    MAX_HEAD,
-    HttpServer,
-    Request,
-    Response,
-)
+from broker.http import MAX_CLIENTS, MAX_CLIENTS_PER_PEER, HttpEndpoint
 from broker.server import Broker
 from tests.support import free_port
 
 
-def handler(request: Request) -> Response:
-    if request.path == "/boom":
-        raise RuntimeError("a bug in a handler")
-    return Response(200, f"{request.path} {request.query}".encode())
+async def echo(request: web.Request) -> web.Response:
+    return web.Response(text=f"{request.path} {dict(request.query)}")
+
+
+async def boom(request: web.Request) -> web.Response:
+    raise RuntimeError("a bug in a handler")
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[HttpServer]:
-    running = HttpServer(handler, "127.0.0.1", 0, "test")
+async def server() -> AsyncIterator[HttpEndpoint]:
+    app = web.Application()
+    app.router.add_get("/boom", boom)
+    app.router.add_get("/{path:.*}", echo)
+    running = HttpEndpoint(app, "127.0.0.1", 0, "test")
     await running.start()
     yield running
     await running.stop()
@@ -42,7 +42,7 @@ async def server() -> AsyncIterator[HttpServer]:
 def requests_on_one_connection(port: int) -> list[tuple[int, bytes]]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     results = []
-    calls = (("GET", "/a?x=1&x=2"), ("HEAD", "/b"), ("GET", "/c%20d"), ("GET", "/boom"))
+    calls = (("GET", "/a?x=1"), ("HEAD", "/b"), ("GET", "/c%20d"), ("GET", "/boom"))
     for method, path in calls:
         connection.request(method, path)
         response = connection.getresponse()
@@ -51,14 +51,13 @@ def requests_on_one_connection(port: int) -> list[tuple[int, bytes]]:
     return results
 
 
-async def test_keep_alive_head_and_handler_errors(server: HttpServer) -> None:
+async def test_keep_alive_head_and_handler_errors(server: HttpEndpoint) -> None:
+    """Four requests on one connection: a handler's bug costs its request a 500, not the
+    connection or the server."""
     results = await asyncio.to_thread(requests_on_one_connection, server.port)
-    assert results == [
-        (200, b"/a {'x': '1'}"),
-        (200, b""),
-        (200, b"/c d {}"),
-        (500, b"internal error\n"),
-    ]
+    assert results[:3] == [(200, b"/a {'x': '1'}"), (200, b""), (200, b"/c d {}")]
+    assert results[3][0] == 500
+    assert b"see its log" in results[3][1]
 
 
 def raw_exchange(port: int, data: bytes) -> bytes:
@@ -73,24 +72,26 @@ def raw_exchange(port: int, data: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("data", "status"),
     [
-        (b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", b"405 Method Not Allowed"),
-        (b"nonsense\r\n\r\n", b"400 Bad Request"),
-        (b"GET /x SPDY/3\r\n\r\n", b"400 Bad Request"),
-        (b"GET /x HTTP/1.1\r\nX: " + b"y" * MAX_HEAD + b"\r\n\r\n", b"431 "),
+        (
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+            b"405 ",
+        ),
+        (b"nonsense\r\n\r\n", b"400 "),
+        (b"GET /x SPDY/3\r\n\r\n", b"400 "),
+        (b"GET /x HTTP/1.1\r\nHost: a\r\nX: " + b"y" * 20_000 + b"\r\n\r\n", b"400 "),
         (b"GET /x HTTP/1.0\r\n\r\n", b"200 OK"),  # HTTP/1.0: answered, then closed
     ],
 )
-async def test_refusals_close_the_connection(
-    server: HttpServer, data: bytes, status: bytes
+async def test_refusals_are_answered_and_the_connection_closed(
+    server: HttpEndpoint, data: bytes, status: bytes
 ) -> None:
     answer = await asyncio.to_thread(raw_exchange, server.port, data)
-    assert answer.startswith(b"HTTP/1.1 " + status)
-    assert b"\r\nConnection: close\r\n" in answer
+    assert answer.split(b" ", 1)[1].startswith(status), answer[:200]
 
 
-async def test_stop_drops_idle_keep_alive_clients(server: HttpServer) -> None:
+async def test_stop_drops_idle_keep_alive_clients(server: HttpEndpoint) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"GET /x HTTP/1.1\r\n\r\n")
+    writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
     await asyncio.wait_for(server.stop(), 5)
     await reader.read()  # the server hung up
@@ -136,7 +137,7 @@ async def trickle(writer: StreamWriter, data: bytes, interval: float) -> None:
         await asyncio.sleep(3600)
 
 
-async def test_heads_must_arrive_within_the_head_timeout(server: HttpServer) -> None:
+async def test_heads_must_arrive_within_the_head_timeout(server: HttpEndpoint) -> None:
     """A socket that sends nothing, one that trickles a head that never ends, and a kept-alive
     connection that starts its next head and never finishes it are all closed once the head
     timeout passes (it used to be 60 s, and a trickle could hold a slot that long); a kept-alive
@@ -146,11 +147,11 @@ async def test_heads_must_arrive_within_the_head_timeout(server: HttpServer) -> 
     silent, _silent = await connect(server.port)
     trickled, trickle_writer = await connect(server.port)
     kept, kept_writer = await connect(server.port)
-    kept_writer.write(b"GET /x HTTP/1.1\r\n\r\n")
+    kept_writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
     assert (await kept.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
     await kept.readexactly(len(b"/x {}"))
     idle, idle_writer = await connect(server.port)
-    idle_writer.write(b"GET /x HTTP/1.1\r\n\r\n")
+    idle_writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
     assert (await idle.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
     await idle.readexactly(len(b"/x {}"))
     slow = [
@@ -165,7 +166,7 @@ async def test_heads_must_arrive_within_the_head_timeout(server: HttpServer) -> 
         assert closed == [True, True, True]
         assert asyncio.get_running_loop().time() - started < 3
         # The quiet kept-alive connection outlived the head timeout and still serves.
-        idle_writer.write(b"GET /y HTTP/1.1\r\n\r\n")
+        idle_writer.write(b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n")
         answer = await asyncio.wait_for(idle.readuntil(b"\r\n\r\n"), 2)
         assert answer.startswith(b"HTTP/1.1 200 OK")
     finally:
@@ -175,7 +176,7 @@ async def test_heads_must_arrive_within_the_head_timeout(server: HttpServer) -> 
             writer.close()
 
 
-async def test_idle_peers_cannot_take_every_slot(server: HttpServer) -> None:
+async def test_idle_peers_cannot_take_every_slot(server: HttpEndpoint) -> None:
     """Four peers open ten silent sockets each (more than every slot, long before any head
     timeout): each keeps at most MAX_CLIENTS_PER_PEER, and a fifth peer is served at once, as
     is one of the hogging peers itself: a newcomer takes the place of the connection that has
@@ -211,7 +212,7 @@ async def test_metrics_scrape_is_served_while_idle_sockets_hog_the_port(tmp_path
     the scraper's own address, then a Prometheus scrape of /metrics answers at once (before
     the head timeout, which would eventually free the slots anyway)."""
     config = load_config().with_overrides(
-        port=0, metrics_port=free_port(), admin_port=0, data_dir=str(tmp_path / "data")
+        port=0, metrics_port=free_port(), management_port=0, data_dir=str(tmp_path / "data")
     )
     async with Broker(config) as broker:
         port = config.metrics_port

@@ -27,7 +27,7 @@ def publish_and_get(url: str) -> bytes:
 async def test_broker_runs_inside_the_test_loop(tmp_path: Path) -> None:
     """`async with Broker(...)` serves real clients and stops cleanly on exit."""
     config = load_config().with_overrides(
-        port=0, metrics_port=0, admin_port=0, data_dir=str(tmp_path / "data")
+        port=0, metrics_port=0, management_port=0, data_dir=str(tmp_path / "data")
     )
     async with Broker(config) as broker:
         assert broker.port != 0
@@ -39,7 +39,7 @@ async def test_broker_runs_inside_the_test_loop(tmp_path: Path) -> None:
 async def test_stop_closes_clients_with_connection_forced(tmp_path: Path) -> None:
     """Stopping the broker closes open client connections with 320 CONNECTION_FORCED."""
     config = load_config().with_overrides(
-        port=0, metrics_port=0, admin_port=0, data_dir=str(tmp_path / "data")
+        port=0, metrics_port=0, management_port=0, data_dir=str(tmp_path / "data")
     )
     broker = Broker(config)
     await broker.start()

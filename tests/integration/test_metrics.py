@@ -29,7 +29,7 @@ async def broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
     # These tests scrape several times a second and need each scrape fresh.
     monkeypatch.setattr(metrics, "RENDER_REUSE_SECONDS", 0.0)
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "d"), metrics_port=free_port(), admin_port=0
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=free_port(), management_port=0
     )
     async with Broker(config) as running:
         yield running
@@ -176,7 +176,7 @@ async def test_two_brokers_in_one_process_keep_their_own_metrics(tmp_path: Path)
     ports = free_port(), free_port()
     configs = [
         load_config().with_overrides(
-            port=0, data_dir=str(tmp_path / str(port)), metrics_port=port, admin_port=0
+            port=0, data_dir=str(tmp_path / str(port)), metrics_port=port, management_port=0
         )
         for port in ports
     ]
@@ -194,7 +194,7 @@ def publish_one(url: str) -> None:
 
 async def test_unknown_path_is_404_and_stop_closes_the_port(tmp_path: Path) -> None:
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, management_port=0
     )
     server = MetricsServer(Broker(config), "127.0.0.1", 0)
     await server.start()
@@ -210,7 +210,7 @@ async def test_unknown_path_is_404_and_stop_closes_the_port(tmp_path: Path) -> N
 async def test_scrapes_within_a_second_share_one_rendering(tmp_path: Path) -> None:
     """Rendering is reused for a second, so eager scrapers cannot keep the loop busy."""
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "d"), metrics_port=free_port(), admin_port=0
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=free_port(), management_port=0
     )
     async with Broker(config) as running:
         port = running.config.metrics_port

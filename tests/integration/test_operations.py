@@ -207,7 +207,7 @@ async def test_memory_alarm_blocks_publishers_until_queues_drain(tmp_path: Path)
     leaves their publishes unread; draining the queue (consumers are never blocked) clears the
     alarm, publishers get connection.unblocked and their publishes go through."""
     config = load_config().with_overrides(
-        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, admin_port=0
+        port=0, data_dir=str(tmp_path / "d"), metrics_port=0, management_port=0
     )
     async with Broker(config) as broker:
         broker.memory.limit = broker.memory.baseline + 2_000_000  # ~2 MB of queued messages

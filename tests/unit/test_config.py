@@ -12,6 +12,7 @@ from broker.config import (
     DEFAULT_CONFIG_PATH,
     BrokerConfig,
     ConfigError,
+    HttpListener,
     Limits,
     Listener,
     Permission,
@@ -52,7 +53,9 @@ def test_shipped_config_loads() -> None:
     assert config.vhosts == ("/",)
     assert config.limits == Limits()
     assert config.tls_listener is None
-    assert config.admin_port == 15672
+    assert config.management.listener == HttpListener("127.0.0.1", 15672)
+    assert config.load_definitions is None
+    assert config.users[0].tags == ("administrator",)
     assert config.metrics_port == 15692
     assert config.log_level == "info"
     assert config.cluster_name == "warren"
@@ -307,7 +310,13 @@ def test_with_overrides_validates(changes: dict[str, object], flag: str) -> None
     ("extra", "expected"),
     [
         ("metrics_port: 5672\n", "metrics_port: port 5672 is already used by listeners.amqp.port"),
-        ("admin_port: 15692\n", "admin_port: port 15692 is already used by metrics_port"),
+        (
+            "management:\n  listener:\n    port: 15692\n",
+            "management.listener.port: port 15692 is already used by metrics_port",
+        ),
+        ("admin_port: 15672\n", "admin_port: renamed; set management.listener.port instead"),
+        ("management:\n  listener:\n    certfile: /nope.pem\n", "/nope.pem is not a readable"),
+        ("load_definitions: /nope.json\n", "load_definitions: /nope.json is not a readable"),
         ("limits:\n  memory_high_watermark: 1.5\n", "is neither a fraction of memory"),
         ("data_dir: false\n", "data_dir: must be a non-empty string"),
     ],
@@ -326,3 +335,12 @@ def test_duplicate_users_and_empty_environment_values_are_refused(tmp_path: Path
     assert "users: 'app' is listed more than once" in _error(tmp_path, twice)
     with pytest.raises(ConfigError, match="WARREN_DATA_DIR: empty value"):
         load_config(_write(tmp_path, MINIMAL), {"WARREN_DATA_DIR": ""})
+
+
+def test_user_tags_are_a_list_or_rabbitmq_comma_string(tmp_path: Path) -> None:
+    """Tags decide what a user may do in the management API; a wrong type is named."""
+    text = MINIMAL.replace('"\n', '"\n    tags: "monitoring, policymaker"\n', 1)
+    config = load_config(_write(tmp_path, text), environ={})
+    assert config.users[0].tags == ("monitoring", "policymaker")
+    bad = MINIMAL.replace('"\n', '"\n    tags: 3\n', 1)
+    assert "users[0].tags: must be a list of tags" in _error(tmp_path, bad)

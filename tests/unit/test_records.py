@@ -233,6 +233,8 @@ def test_record_types_are_distinct_and_metadata_set_is_exact() -> None:
         "MOVE": records.MOVE,
         "RETURNED": records.RETURNED,
         "DEDUP": records.DEDUP,
+        "REROUTE": records.REROUTE,
+        "RUNTIME": records.RUNTIME,
     }
     assert len(set(types.values())) == len(types)
     assert all(0 < value < 256 for value in types.values())
@@ -245,4 +247,5 @@ def test_record_types_are_distinct_and_metadata_set_is_exact() -> None:
         records.BIND,
         records.UNBIND,
         records.DEDUP,
+        records.RUNTIME,
     } == records.METADATA_TYPES

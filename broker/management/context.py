@@ -1,0 +1,197 @@
+"""What the management API's handlers share: the broker (through a narrow view), the node name,
+the rate sampler, and the request helpers every handler needs (the caller, a vhost from the
+path, a JSON body, a listing shaped by the query string)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
+
+from broker.management.access import Caller
+from broker.management.errors import ApiError, bad_request, not_found
+from broker.management.rates import RateSampler
+from broker.management.rows import Row, json_ready
+
+if TYPE_CHECKING:
+    from broker.amqp.connection import AMQPConnection
+    from broker.auth import Authenticator
+    from broker.config import BrokerConfig
+    from broker.core.stats import Counters
+    from broker.core.vhost import VirtualHost
+    from broker.policies import Policies
+
+BODY_TIMEOUT = 30.0
+
+
+class ManagedBroker(Protocol):
+    """The part of the broker the management API uses."""
+
+    config: BrokerConfig
+    vhosts: dict[str, VirtualHost]
+    auth: Authenticator
+    connections: set[AMQPConnection]
+    counters: Counters
+    policies: Policies
+
+    def add_vhost(self, name: str, description: str = "", tags: tuple[str, ...] = ()) -> bool: ...
+
+    def delete_vhost(self, name: str) -> bool: ...
+
+    def accounted_bytes(self) -> int: ...
+
+    @property
+    def memory_alarm(self) -> bool: ...
+
+
+@dataclass
+class Context:
+    broker: ManagedBroker
+    node: str
+    rates: RateSampler
+
+
+def caller(request: web.Request) -> Caller:
+    return request["caller"]
+
+
+def vhost_of(request: web.Request, context: Context, key: str = "vhost") -> VirtualHost:
+    """The vhost named in the path; 404 when there is none or the caller may not see it."""
+    name = request.match_info[key]
+    vhost = context.broker.vhosts.get(name)
+    if vhost is None or not caller(request).may_see_vhost(name):
+        raise not_found()
+    return vhost
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; 400 with RabbitMQ's wording when it is not one."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("Malformed JSON") from None
+    if not isinstance(body, dict):
+        raise bad_request("Malformed JSON: expected an object")
+    return body
+
+
+def boolean(body: dict[str, Any], key: str, default: bool) -> bool:
+    """A flag from a JSON body; rabbitmqadmin sends them as "true"/"false" strings."""
+    value = body.get(key, default)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise bad_request(f"{key} must be true or false, got {json.dumps(value)}")
+    return value
+
+
+def respond(document: Any, status: int = 200) -> web.Response:
+    body = json.dumps(json_ready(document), allow_nan=False, separators=(",", ":"))
+    return web.Response(status=status, body=body.encode(), content_type="application/json")
+
+
+def no_content(status: int = 204) -> web.Response:
+    return web.Response(status=status)
+
+
+def listing(request: web.Request, rows: Iterable[Row]) -> web.Response:
+    """A listing shaped by RabbitMQ's query parameters: `name` (with `use_regex`), `sort`,
+    `sort_reverse`, `page`/`page_size` (which wrap the rows in a page object) and `columns`
+    (dotted paths into nested objects, as rabbitmqadmin asks for `queue_totals.messages`)."""
+    query = request.query
+    items = list(rows)
+    total = len(items)
+    wanted = query.get("name")
+    if wanted:
+        if query.get("use_regex", "false").lower() == "true":
+            try:
+                pattern = re.compile(wanted)
+            except re.error as error:
+                raise bad_request(f"invalid regular expression in name: {error}") from None
+            items = [row for row in items if pattern.search(str(row.get("name", "")))]
+        else:
+            items = [row for row in items if wanted in str(row.get("name", ""))]
+    sort = query.get("sort")
+    if sort:
+        items.sort(key=lambda row: _sort_key(_dig(row, sort)))
+    if query.get("sort_reverse", "false").lower() == "true":
+        items.reverse()
+    columns = [column for column in query.get("columns", "").split(",") if column]
+    if columns:
+        items = [_columns(row, columns) for row in items]
+    if "page" not in query:
+        return respond(items)
+    page, size = _page_numbers(query)
+    page_count = max(1, -(-len(items) // size))
+    if page > page_count:
+        raise bad_request(f"page {page} is past the last page, {page_count}")
+    return respond(
+        {
+            "filtered_count": len(items),
+            "item_count": len(items[(page - 1) * size : page * size]),
+            "items": items[(page - 1) * size : page * size],
+            "page": page,
+            "page_count": page_count,
+            "page_size": size,
+            "total_count": total,
+        }
+    )
+
+
+def one(request: web.Request, row: Row) -> web.Response:
+    """One object, with only the `columns` asked for when the query names some."""
+    columns = [column for column in request.query.get("columns", "").split(",") if column]
+    return respond(_columns(row, columns) if columns else row)
+
+
+def _page_numbers(query: Any) -> tuple[int, int]:
+    try:
+        page, size = int(query.get("page", "1")), int(query.get("page_size", "100"))
+    except ValueError:
+        raise bad_request("page and page_size must be integers") from None
+    if page < 1 or not 1 <= size <= 500:
+        raise ApiError(400, "bad_request", "page must be >= 1 and page_size 1 to 500")
+    return page, size
+
+
+def _dig(row: Row, path: str) -> Any:
+    value: Any = row
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, bool | int | float):
+        return (0, value)
+    return (1, "" if value is None else str(value))
+
+
+def _columns(row: Row, columns: list[str]) -> Row:
+    picked: Row = {}
+    for column in columns:
+        parts = column.split(".")
+        value = _dig(row, column)
+        if value is None and not _has(row, parts):
+            continue
+        target = picked
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return picked
+
+
+def _has(row: Row, parts: list[str]) -> bool:
+    value: Any = row
+    for part in parts:
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True

@@ -1,0 +1,135 @@
+"""The management listener: RabbitMQ's HTTP API under /api and the web console at /.
+
+Middlewares, outermost first: every refusal becomes RabbitMQ's JSON error; on a loopback
+listener the Host header must name a loopback address (no DNS rebinding from a local browser);
+/api calls need HTTP Basic credentials of a user with a management tag. The console's files are
+public (they hold no data); the console itself logs in to the API like any client.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+
+from broker.auth import is_loopback
+from broker.http import MAX_BODY, Handler, HttpEndpoint
+from broker.logs import fields
+from broker.management.access import authenticate, loopback_host_header
+from broker.management.accounts import Accounts
+from broker.management.context import Context, ManagedBroker
+from broker.management.definitions import Definitions
+from broker.management.errors import ApiError, not_found
+from broker.management.listings import Listings
+from broker.management.messages import Messages
+from broker.management.objects import Objects
+from broker.management.policy_api import PolicyApi
+from broker.management.rates import RateSampler
+from broker.management.rows import queue_counts
+
+log = logging.getLogger("warren.management")
+
+CONSOLE = Path(__file__).resolve().parent / "console"
+
+
+class ManagementServer(HttpEndpoint):
+    def __init__(
+        self,
+        broker: ManagedBroker,
+        host: str,
+        port: int,
+        node: str,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.broker = broker
+        self.rates = RateSampler(self._counts)
+        self.context = Context(broker, node, self.rates)
+        self.loopback_only = host == "localhost" or is_loopback(host)
+        app = web.Application(
+            client_max_size=MAX_BODY,
+            middlewares=[self._errors, self._host_check, self._authenticate],
+        )
+        for part in (
+            Listings(self.context),
+            Objects(self.context),
+            Messages(self.context),
+            Accounts(self.context),
+            Definitions(self.context),
+            PolicyApi(self.context),
+        ):
+            app.add_routes(part.routes())
+        app.router.add_get("/", self._console)
+        app.router.add_static("/console/", CONSOLE, append_version=True)
+        super().__init__(app, host, port, "management", ssl_context)
+
+    async def start(self) -> None:
+        await super().start()
+        self.rates.start()
+
+    async def stop(self) -> None:
+        await self.rates.stop()
+        await super().stop()
+
+    def _counts(self):
+        from broker.management.listings import node_counts
+
+        yield "node", node_counts(self.broker.counters)
+        for vhost in self.broker.vhosts.values():
+            for queue in vhost.queues.values():
+                yield queue, queue_counts(queue)
+
+    async def _console(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(CONSOLE / "index.html")
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as error:
+            if error.status >= 500:
+                log.error("management.failed", extra=fields(path=request.path, reason=error.reason))
+            return error.response()
+        except web.HTTPNotFound:
+            return not_found().response()
+        except web.HTTPMethodNotAllowed as error:
+            allowed = ", ".join(sorted(error.allowed_methods))
+            return ApiError(
+                405, "Method Not Allowed", f"allowed: {allowed}", {"Allow": allowed}
+            ).response()
+        except web.HTTPRequestEntityTooLarge:
+            return ApiError(413, "Request Entity Too Large", "request body too large").response()
+
+    @web.middleware
+    async def _host_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.loopback_only and not loopback_host_header(request.headers.get("Host", "")):
+            raise ApiError(403, "access_refused", "the Host header must name a loopback address")
+        return await handler(request)
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api/") or request.path == "/api":
+            try:
+                request["caller"] = authenticate(request, self.broker.auth)
+            except ApiError:
+                name = _basic_user(request)
+                log.warning(
+                    "management.login_refused",
+                    extra=fields(peer=request.remote or "", user=name),
+                )
+                raise
+        return await handler(request)
+
+
+def _basic_user(request: web.Request) -> str:
+    import base64
+    import binascii
+
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    try:
+        return base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return ""

@@ -1,7 +1,8 @@
 # Warren, the AMQP 0-9-1 broker, as a container.
 #
 #   docker build -t warren .
-#   docker run -d --name warren -p 5672:5672 -p 15692:15692 -v warren-data:/var/lib/warren warren
+#   docker run -d --name warren -p 5672:5672 -p 15672:15672 -p 15692:15692 \
+#     -v warren-data:/var/lib/warren warren
 #
 # BASE_IMAGE is any Debian-style image with Python >= 3.11 whose `python` has venv (the official
 # python:*-slim images; on machines without registry access, ../shared/docker/local-base.sh builds
@@ -44,8 +45,8 @@ ENV PATH=/opt/warren/bin:$PATH \
 USER 10001:10001
 WORKDIR /var/lib/warren
 VOLUME ["/var/lib/warren"]
-# 5672 AMQP, 5671 AMQPS (TLS), 15692 Prometheus /metrics
-EXPOSE 5672 5671 15692
+# 5672 AMQP, 5671 AMQPS (TLS), 15672 management API and web console, 15692 Prometheus /metrics
+EXPOSE 5672 5671 15672 15692
 # Healthy only when the AMQP listener answers a protocol header with a Connection.Start frame
 # (type 1, channel 0, class 10 method 10). It reads WARREN_LISTENERS__AMQP__PORT if the port was moved.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \

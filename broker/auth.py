@@ -11,8 +11,8 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
-import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -20,6 +20,10 @@ from dataclasses import dataclass, replace
 from broker.config import Permission
 from broker.core.errors import ACCESS_REFUSED, ChannelException
 from broker.core.tables import decode_table
+from broker.logs import fields
+from broker.patterns import BoundedPattern, PatternTooSlow
+
+log = logging.getLogger("warren.auth")
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -63,13 +67,23 @@ class User:
 
 
 def _matcher(pattern: str) -> Callable[[str], bool]:
-    """RabbitMQ searches the regex anywhere in the name; '' grants nothing, '.*' everything."""
+    """RabbitMQ searches the regex anywhere in the name; '' grants nothing, '.*' everything. A
+    pattern that takes too long on a name (catastrophic backtracking) denies, with a warning,
+    rather than stall the broker."""
     if pattern == ".*":
         return lambda name: True
     if pattern == "":
         return lambda name: False
-    search = re.compile(pattern).search
-    return lambda name: search(name) is not None
+    bounded = BoundedPattern(pattern)
+
+    def matches(name: str) -> bool:
+        try:
+            return bounded.search(name)
+        except PatternTooSlow:
+            log.warning("auth.permission_pattern_too_slow", extra=fields(pattern=pattern))
+            return False
+
+    return matches
 
 
 class VhostAccess:
@@ -103,28 +117,37 @@ class Authenticator:
         self.users = {user.name: user for user in users}
         self.on_change = on_change or (lambda: None)
 
+    def _change(self, users: dict[str, User]) -> None:
+        """Adopt `users` once `on_change` (the log) has taken them; if it refuses (the log has
+        failed), nothing changes and its error goes up: a user that cannot be saved must not
+        look saved."""
+        previous, self.users = self.users, users
+        try:
+            self.on_change()
+        except BaseException:
+            self.users = previous
+            raise
+
     def put_user(self, user: User) -> None:
-        self.users[user.name] = user
-        self.on_change()
+        self._change({**self.users, user.name: user})
 
     def delete_user(self, name: str) -> bool:
-        if self.users.pop(name, None) is None:
+        if name not in self.users:
             return False
-        self.on_change()
+        self._change({n: u for n, u in self.users.items() if n != name})
         return True
 
     def set_permission(self, name: str, vhost: str, permission: Permission) -> None:
         user = self.users[name]
-        self.users[name] = replace(user, permissions={**user.permissions, vhost: permission})
-        self.on_change()
+        changed = replace(user, permissions={**user.permissions, vhost: permission})
+        self._change({**self.users, name: changed})
 
     def clear_permission(self, name: str, vhost: str) -> bool:
         user = self.users.get(name)
         if user is None or vhost not in user.permissions:
             return False
         remaining = {v: p for v, p in user.permissions.items() if v != vhost}
-        self.users[name] = replace(user, permissions=remaining)
-        self.on_change()
+        self._change({**self.users, name: replace(user, permissions=remaining)})
         return True
 
     def forget_vhost(self, vhost: str) -> None:

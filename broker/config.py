@@ -9,7 +9,6 @@ sets limits.frame_max (the value is read as YAML, so lists and mappings work too
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from broker.patterns import BoundedPattern, PatternError
 from broker.store.wal import SYNC_POLICIES
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "broker.yaml"
@@ -202,8 +202,8 @@ def _regex(value: Any, path: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{path}: must be a regular expression string, got {value!r}")
     try:
-        re.compile(value)
-    except re.error as error:
+        BoundedPattern(value)  # the syntax permissions are matched with
+    except PatternError as error:
         raise ConfigError(f"{path}: not a valid regular expression: {error}") from error
     return value
 

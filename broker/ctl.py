@@ -1,8 +1,15 @@
-"""`warren ctl list_*`: what rabbitmqctl list_* shows, read from a running broker's admin API.
+"""`warren ctl`: rabbitmqctl's list_* and policy commands against a running broker, through its
+management API.
 
-Output is rabbitmqctl's: a header line of column names, then one tab-separated row per object,
-booleans as true/false. Exit codes follow sysexits, as rabbitmqctl's do: 69 when the broker's
-admin API cannot be reached, 77 when it refuses the credentials, 1 for other errors.
+    warren ctl list_queues [-p VHOST]
+    warren ctl set_policy [-p VHOST] [--priority N] [--apply-to queues|exchanges|all] \
+        NAME PATTERN DEFINITION
+    warren ctl clear_policy [-p VHOST] NAME
+
+Listings print as rabbitmqctl's do: a header line of column names, then one tab-separated row per
+object, booleans as true/false. Exit codes follow sysexits, as rabbitmqctl's do: 64 for a usage
+error, 69 when the broker's API cannot be reached, 77 when it refuses the credentials, 1 for
+other errors (the API's reason is printed).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import urllib.request
 from typing import Any
 
 DEFAULT_MANAGEMENT_PORT = 15672
+EX_USAGE = 64
 EX_UNAVAILABLE = 69
 EX_NOPERM = 77
 TIMEOUT = 10.0
@@ -39,6 +47,10 @@ LISTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
         "/api/connections",
         ("peer_host", "peer_port", "user", "vhost", "channels"),
     ),
+    "list_policies": (
+        "/api/policies",
+        ("vhost", "name", "pattern", "apply-to", "definition", "priority"),
+    ),
     "list_channels": (
         "/api/channels",
         (
@@ -55,6 +67,8 @@ LISTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
 }
 
+COMMANDS = [*LISTINGS, "set_policy", "clear_policy"]
+
 # The admin API is on loopback: never route it, or the credentials, through an HTTP proxy.
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -68,30 +82,70 @@ class CtlError(Exception):
 def add_parser(commands: argparse._SubParsersAction) -> None:
     ctl = commands.add_parser(
         "ctl",
-        help="list queues, exchanges, bindings, connections or channels of a running broker",
+        help="list objects of a running broker, set and clear policies (as rabbitmqctl)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ctl.add_argument("listing", choices=list(LISTINGS))
-    ctl.add_argument("--vhost", help="only this vhost (default: every vhost the user may open)")
-    ctl.add_argument(
-        "--host", dest="api_host", default="127.0.0.1", help="admin API host (loopback)"
+    ctl.add_argument("ctl_command", metavar="command", choices=COMMANDS)
+    # Options may come before or after the command's own arguments, as rabbitmqctl takes them.
+    ctl.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    _add_options(ctl)
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-p",
+        "--vhost",
+        help="the vhost (listings: default every vhost the user may open; policies: /)",
     )
-    ctl.add_argument(
+    parser.add_argument("--priority", type=int, default=0, help="set_policy: its priority")
+    parser.add_argument(
+        "--apply-to",
+        default="all",
+        choices=("queues", "exchanges", "all"),
+        help="set_policy: what it applies to",
+    )
+    parser.add_argument(
+        "--host", dest="api_host", default="127.0.0.1", help="the management API's host"
+    )
+    parser.add_argument(
         "--management-port",
         dest="api_port",
         type=int,
         default=DEFAULT_MANAGEMENT_PORT,
         help=f"the broker's management.listener.port (default {DEFAULT_MANAGEMENT_PORT})",
     )
-    ctl.add_argument("--user", default="guest")
-    ctl.add_argument("--password", default="guest")
+    parser.add_argument("--user", default="guest")
+    parser.add_argument("--password", default="guest")
+
+
+def _parse_rest(args: argparse.Namespace) -> argparse.Namespace:
+    """The options and arguments after the command, over the ones given before it."""
+    parser = argparse.ArgumentParser(prog=f"warren ctl {args.ctl_command}")
+    _add_options(parser)
+    parser.add_argument("arguments", nargs="*")
+    parser.set_defaults(**{k: v for k, v in vars(args).items() if k not in ("rest",)})
+    try:
+        parsed = parser.parse_intermixed_args(args.rest)
+    except SystemExit as exit_:
+        raise CtlError("see the usage above", EX_USAGE) from exit_
+    parsed.ctl_command = args.ctl_command
+    return parsed
 
 
 def run(args: argparse.Namespace) -> int:
-    path, columns = LISTINGS[args.listing]
     try:
-        rows = fetch(args.api_host, args.api_port, path, args.vhost, args.user, args.password)
+        args = _parse_rest(args)
+        if args.ctl_command == "set_policy":
+            return _set_policy(args)
+        if args.ctl_command == "clear_policy":
+            return _clear_policy(args)
+        if args.arguments:
+            raise CtlError(f"{args.ctl_command} takes no arguments", EX_USAGE)
+        path, columns = LISTINGS[args.ctl_command]
+        if args.vhost is not None:
+            path += "/" + _segment(args.vhost)
+        rows = call(args, "GET", path)
     except CtlError as error:
         print(f"warren ctl: {error}", file=sys.stderr)
         return error.exit_code
@@ -101,29 +155,63 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def fetch(
-    host: str, port: int, path: str, vhost: str | None, user: str, password: str
-) -> list[dict[str, Any]]:
-    """The rows of one admin API listing; CtlError says what went wrong in words."""
-    url = f"http://{_url_host(host)}:{port}{path}"
-    if vhost is not None:
-        url += "/" + urllib.parse.quote(vhost, safe="")
-    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+def _set_policy(args: argparse.Namespace) -> int:
+    if len(args.arguments) != 3:
+        raise CtlError("set_policy takes NAME PATTERN DEFINITION", EX_USAGE)
+    name, pattern, text = args.arguments
+    try:
+        definition = json.loads(text)
+    except ValueError:
+        raise CtlError(f"DEFINITION is not JSON: {text}", EX_USAGE) from None
+    vhost = args.vhost or "/"
+    body = {"pattern": pattern, "definition": definition, "priority": args.priority}
+    body["apply-to"] = args.apply_to
+    call(args, "PUT", f"/api/policies/{_segment(vhost)}/{_segment(name)}", body)
+    print(f'Setting policy "{name}" for pattern "{pattern}" to "{text}" with priority'
+          f' "{args.priority}" for vhost "{vhost}" ...')  # fmt: skip
+    return 0
+
+
+def _clear_policy(args: argparse.Namespace) -> int:
+    if len(args.arguments) != 1:
+        raise CtlError("clear_policy takes NAME", EX_USAGE)
+    [name] = args.arguments
+    vhost = args.vhost or "/"
+    call(args, "DELETE", f"/api/policies/{_segment(vhost)}/{_segment(name)}")
+    print(f'Clearing policy "{name}" on vhost "{vhost}" ...')
+    return 0
+
+
+def _segment(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    """One management API request; CtlError says what went wrong in words."""
+    user = args.user
+    url = f"http://{_url_host(args.api_host)}:{args.api_port}{path}"
+    token = base64.b64encode(f"{user}:{args.password}".encode()).decode("ascii")
+    headers = {"Authorization": f"Basic {token}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data, headers, method=method)
     try:
         with DIRECT.open(request, timeout=TIMEOUT) as response:
-            return json.loads(response.read())
+            raw = response.read()
+            return json.loads(raw) if raw else None
     except urllib.error.HTTPError as error:
         reason = _reason(error)
-        if error.code == 401:
+        if error.code == 401 and reason in ("Login failed", "Unauthorized"):
             raise CtlError(
                 f"access refused for user '{user}': wrong user name or password", EX_NOPERM
             ) from None
-        if error.code == 403:
+        if error.code in (401, 403):
             raise CtlError(f"access refused: {reason}", EX_NOPERM) from None
         if error.code == 404:
-            raise CtlError(reason, 1) from None
-        raise CtlError(f"the admin API answered {error.code}: {reason}", 1) from None
+            raise CtlError(f"{reason}: {path}", 1) from None
+        raise CtlError(f"the management API answered {error.code}: {reason}", 1) from None
     except (urllib.error.URLError, OSError) as error:
         cause = getattr(error, "reason", error)
         raise CtlError(

@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from broker.auth import User
+from broker.auth import User, hash_password
 from broker.config import Permission
 from broker.core.errors import AMQPError
 from broker.core.exchange import Exchange
 from broker.core.queue import Queue
+from broker.core.vhost import BUILTIN_EXCHANGES
 from broker.policies import PolicyError, parse_policy
 
 if TYPE_CHECKING:
@@ -27,12 +28,16 @@ if TYPE_CHECKING:
 
 RABBITMQ_VERSION = "3.10.8"
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
-BUILTIN_EXCHANGES = ("", "amq.direct", "amq.fanout", "amq.topic", "amq.headers", "amq.match")
-BUILTIN_EXCHANGES += ("amq.rabbitmq.trace",)
 
 
 class DefinitionsError(ValueError):
-    """The document cannot be imported; the message names the entry and what is wrong."""
+    """The document cannot be imported; the message names the entry and what is wrong, and
+    `reason` is how RabbitMQ's API words it (text, or a list such as
+    ["no_such_vhost", "v"])."""
+
+    def __init__(self, message: str, reason: Any = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
 
 
 def export(broker: ManagedBroker, vhost: str | None = None) -> dict[str, Any]:
@@ -50,7 +55,7 @@ def export(broker: ManagedBroker, vhost: str | None = None) -> dict[str, Any]:
         model = broker.vhosts[name]
         queues += [_queue(queue) for queue in _exported_queues(model.queues.values())]
         exchanges += [
-            _exchange(name, exchange)
+            exchange_definition(name, exchange)
             for exchange in sorted(model.exchanges.values(), key=lambda e: e.name)
             if exchange.name not in BUILTIN_EXCHANGES
         ]
@@ -62,7 +67,7 @@ def export(broker: ManagedBroker, vhost: str | None = None) -> dict[str, Any]:
         ]
     policies = [p.row() for p in broker.policies.all() if p.vhost in names]
     if vhost is not None:
-        for entry in (*queues, *exchanges, *bindings, *policies):
+        for entry in (*queues, *exchanges, *bindings):  # policies keep theirs, as RabbitMQ's
             entry.pop("vhost", None)
         return {**head, "parameters": [], "policies": policies, "queues": queues,
                 "exchanges": exchanges, "bindings": bindings}  # fmt: skip
@@ -122,7 +127,8 @@ def _queue(queue: Queue) -> dict[str, Any]:
     }
 
 
-def _exchange(vhost: str, exchange: Exchange) -> dict[str, Any]:
+def exchange_definition(vhost: str, exchange: Exchange) -> dict[str, Any]:
+    """An exchange as a definitions file (and, with more, the API's listing) holds it."""
     return {
         "name": exchange.name,
         "vhost": vhost,
@@ -147,10 +153,11 @@ def _binding(vhost: str, source: str, binding: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ import
 def import_definitions(
-    broker: ManagedBroker, document: Any, vhost: str | None = None
+    broker: ManagedBroker, document: Any, vhost: str | None = None, acting_user: str = ""
 ) -> dict[str, int]:
     """Apply a definitions document; returns how many entries of each section were applied.
-    With `vhost`, entries without a vhost field go to that vhost (a per-vhost export)."""
+    With `vhost`, entries without a vhost field go to that vhost (a per-vhost export). A vhost
+    the import creates is open to `acting_user` (the API's caller), as one created with PUT."""
     if not isinstance(document, dict):
         raise DefinitionsError("definitions must be a JSON object")
     sections = {}
@@ -159,12 +166,17 @@ def import_definitions(
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise DefinitionsError(f"{section} must be a list of objects")
         sections[section] = entries
+    declared = {v.get("name") for v in sections["vhosts"]}
     for section in ("queues", "exchanges", "bindings", "policies", "permissions"):
         for index, entry in enumerate(sections[section]):
             if vhost is not None:
                 entry.setdefault("vhost", vhost)
-            if not isinstance(entry.get("vhost"), str):
-                raise DefinitionsError(f"{section}[{index}]: vhost is missing")
+            name = entry.get("vhost")
+            if not isinstance(name, str) or (name not in broker.vhosts and name not in declared):
+                shown = name if isinstance(name, str) else "undefined"
+                raise DefinitionsError(
+                    f"{section}[{index}]: no vhost '{shown}'", ["no_such_vhost", shown]
+                )
     for index, entry in enumerate(sections["users"]):
         if not isinstance(entry.get("name"), str):
             raise DefinitionsError(f"users[{index}]: name is missing")
@@ -173,7 +185,10 @@ def import_definitions(
         apply = _APPLY[section]
         for index, entry in enumerate(sections[section]):
             try:
-                apply(broker, entry)
+                if section == "vhosts":
+                    _vhost_entry(broker, entry, acting_user)
+                else:
+                    apply(broker, entry)
             except (AMQPError, PolicyError, KeyError, TypeError, ValueError) as error:
                 reason = error.text if isinstance(error, AMQPError) else str(error)
                 raise DefinitionsError(f"{section}[{index}] ({_label(entry)}): {reason}") from None
@@ -198,7 +213,10 @@ def _user(broker: ManagedBroker, entry: dict[str, Any]) -> None:
     algorithm = entry.get("hashing_algorithm", HASHING_ALGORITHM)
     if algorithm != HASHING_ALGORITHM:
         raise ValueError(f"hashing_algorithm {algorithm!r} is not supported (only SHA-256)")
-    password_hash = entry.get("password_hash", "")
+    if isinstance(entry.get("password"), str):  # RabbitMQ takes a plain password here too
+        password_hash = hash_password(entry["password"])
+    else:
+        password_hash = entry.get("password_hash", "")
     if not isinstance(password_hash, str) or (password_hash and len(password_hash) != 48):
         raise ValueError("password_hash is not a rabbit_password_hashing_sha256 hash")
     tags = entry.get("tags", [])
@@ -216,11 +234,15 @@ def _user(broker: ManagedBroker, entry: dict[str, Any]) -> None:
     )
 
 
-def _vhost_entry(broker: ManagedBroker, entry: dict[str, Any]) -> None:
+def _vhost_entry(broker: ManagedBroker, entry: dict[str, Any], acting_user: str = "") -> None:
     metadata = entry.get("metadata") or {}
     description = metadata.get("description", entry.get("description", ""))
     tags = metadata.get("tags", entry.get("tags", []))
-    broker.add_vhost(entry["name"], str(description or ""), tuple(tags or ()))
+    if isinstance(tags, str):
+        tags = [tag for tag in tags.split(",") if tag]
+    created = broker.add_vhost(entry["name"], str(description or ""), tuple(tags or ()))
+    if created and acting_user in broker.auth.users:
+        broker.auth.set_permission(acting_user, entry["name"], Permission())
 
 
 def _permission(broker: ManagedBroker, entry: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ limit trims a queue that is already too long.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from broker.core.arguments import QueueSettings
 from broker.core.exchange import Exchange
 from broker.core.queue import Queue
 from broker.logs import fields
+from broker.patterns import BoundedPattern, PatternError, PatternTooSlow
 
 if TYPE_CHECKING:
     from broker.core.vhost import VirtualHost
@@ -31,63 +31,85 @@ APPLY_TO = ("queues", "exchanges", "all")
 OVERFLOW = ("drop-head", "reject-publish", "reject-publish-dlx")
 
 
-def _non_negative(value: Any) -> str | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    return None if ok else f"{value!r} is not a non-negative integer"
+def erlang_term(value: Any) -> str:
+    """A JSON value as RabbitMQ prints it in validation errors (strings are Erlang binaries)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'<<"{value}">>'
+    if isinstance(value, list):
+        return "[" + ",".join(erlang_term(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "[" + ",".join(f"{{{erlang_term(k)},{erlang_term(v)}}}" for k, v in value.items()) + "]"
+        )
+    return repr(value)
 
 
-def _positive(value: Any) -> str | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    return None if ok else f"{value!r} is not a positive integer"
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _string(value: Any) -> str | None:
-    return None if isinstance(value, str) else f"{value!r} is not a string"
+def _check(test: Callable[[Any], bool], what: str) -> Callable[[Any], str | None]:
+    """A check that words a refusal as RabbitMQ does: "<value> is not a valid <what>"."""
 
-
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        return None if value in choices else f"{value!r} is not one of {', '.join(choices)}"
+        return None if test(value) else f"{erlang_term(value)} is not a valid {what}"
 
     return check
 
 
+_non_negative = lambda value: _is_integer(value) and value >= 0  # noqa: E731
+_is_string = lambda value: isinstance(value, str)  # noqa: E731
+
 # Policy key -> (QueueSettings field, the smaller of argument and policy wins?, value check).
 QUEUE_KEYS: dict[str, tuple[str, bool, Callable[[Any], str | None]]] = {
-    "message-ttl": ("message_ttl", True, _non_negative),
-    "expires": ("expires", True, _positive),
-    "max-length": ("max_length", True, _non_negative),
-    "max-length-bytes": ("max_length_bytes", True, _non_negative),
-    "overflow": ("overflow", False, _one_of(OVERFLOW)),
-    "dead-letter-exchange": ("dead_letter_exchange", False, _string),
-    "dead-letter-routing-key": ("dead_letter_routing_key", False, _string),
-    "delivery-limit": ("delivery_limit", True, _non_negative),
-}
+    "message-ttl": ("message_ttl", True, _check(_non_negative, "message TTL")),
+    "expires": ("expires", True, _check(lambda v: _is_integer(v) and v >= 1, "queue expiry")),
+    "max-length": ("max_length", True, _check(_non_negative, "maximum length")),
+    "max-length-bytes": (
+        "max_length_bytes", True, _check(_non_negative, "maximum length in bytes")
+    ),
+    "overflow": ("overflow", False, _check(lambda v: v in OVERFLOW, "overflow value")),
+    "dead-letter-exchange": (
+        "dead_letter_exchange", False, _check(_is_string, "dead letter exchange name")
+    ),
+    "dead-letter-routing-key": (
+        "dead_letter_routing_key", False, _check(_is_string, "dead letter routing key")
+    ),
+    "delivery-limit": ("delivery_limit", True, _check(_non_negative, "delivery limit")),
+}  # fmt: skip
 # The queue argument each policy key stands for.
 ARGUMENT_OF = {key: f"x-{key}" for key in QUEUE_KEYS}
-EXCHANGE_KEYS: dict[str, Callable[[Any], str | None]] = {"alternate-exchange": _string}
+EXCHANGE_KEYS: dict[str, Callable[[Any], str | None]] = {
+    "alternate-exchange": _check(_is_string, "alternate exchange name")
+}
 # Keys RabbitMQ accepts that Warren has nothing to do with (mirroring, federation, streams,
 # lazy mode which RabbitMQ 3.12+ ignores too): accepted, listed, logged, not acted on.
-IGNORED_KEYS = frozenset(
-    (
-        "queue-mode",
-        "ha-mode",
-        "ha-params",
-        "ha-sync-mode",
-        "ha-sync-batch-size",
-        "ha-promote-on-shutdown",
-        "ha-promote-on-failure",
-        "queue-master-locator",
-        "federation-upstream",
-        "federation-upstream-set",
-        "max-age",
-        "stream-max-segment-size-bytes",
-        "max-in-memory-length",
-        "max-in-memory-bytes",
-        "dead-letter-strategy",
-        "single-active-consumer",
-    )
-)
+IGNORED_KEYS: dict[str, Callable[[Any], str | None]] = {
+    "queue-mode": _check(lambda v: v in ("default", "lazy"), "queue-mode value"),
+    **dict.fromkeys(
+        (
+            "ha-mode",
+            "ha-params",
+            "ha-sync-mode",
+            "ha-sync-batch-size",
+            "ha-promote-on-shutdown",
+            "ha-promote-on-failure",
+            "queue-master-locator",
+            "federation-upstream",
+            "federation-upstream-set",
+            "max-age",
+            "stream-max-segment-size-bytes",
+            "max-in-memory-length",
+            "max-in-memory-bytes",
+            "dead-letter-strategy",
+        ),
+        lambda _: None,
+    ),
+}
 
 
 class PolicyError(ValueError):
@@ -100,16 +122,27 @@ class Policy:
     name: str
     pattern: str
     apply_to: str
-    priority: int
+    priority: int | float  # RabbitMQ takes any number
     definition: dict[str, Any]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_regex", re.compile(self.pattern))
+        object.__setattr__(self, "_pattern", BoundedPattern(self.pattern))
+        object.__setattr__(self, "too_slow", False)
 
     def matches(self, name: str, kind: str) -> bool:
-        if self.apply_to not in ("all", kind):
+        """A pattern that once takes too long on a name (catastrophic backtracking) stops
+        matching anything, with a warning, rather than stall the broker on every declare."""
+        if self.apply_to not in ("all", kind) or self.too_slow:  # type: ignore[attr-defined]
             return False
-        return self._regex.search(name) is not None  # type: ignore[attr-defined]
+        try:
+            return self._pattern.search(name)  # type: ignore[attr-defined]
+        except PatternTooSlow:
+            object.__setattr__(self, "too_slow", True)
+            log.warning(
+                "policy.pattern_too_slow",
+                extra=fields(vhost=self.vhost, policy=self.name, pattern=self.pattern, name=name),
+            )
+            return False
 
     def row(self) -> dict[str, Any]:
         return {
@@ -123,42 +156,67 @@ class Policy:
 
 
 def parse_policy(vhost: str, name: str, body: dict[str, Any]) -> Policy:
-    """A policy from the API's JSON (or a definitions file's entry); PolicyError if invalid."""
-    pattern = body.get("pattern")
-    if not isinstance(pattern, str):
-        raise PolicyError("pattern is missing: a regular expression over object names")
-    try:
-        re.compile(pattern)
-    except re.error as error:
-        raise PolicyError(
-            f"pattern {pattern!r} is not a valid regular expression: {error}"
-        ) from None
+    """A policy from the API's JSON (or a definitions file's entry); PolicyError, worded as
+    RabbitMQ words it, when it is invalid."""
+    missing = [key for key in ("pattern", "definition") if body.get(key) is None]
+    if missing:
+        raise PolicyError("[" + ",".join(f"{{key_missing,{key}}}" for key in missing) + "]")
+    pattern, definition = body["pattern"], body["definition"]
     apply_to = body.get("apply-to", "all")
-    if apply_to not in APPLY_TO:
-        raise PolicyError(f"apply-to {apply_to!r} is not one of {', '.join(APPLY_TO)}")
     priority = body.get("priority", 0)
-    if isinstance(priority, str) and priority.lstrip("-").isdigit():
-        priority = int(priority)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise PolicyError(f"priority {priority!r} is not an integer")
-    definition = body.get("definition")
-    if not isinstance(definition, dict) or not definition:
-        raise PolicyError("definition must be a non-empty JSON object of policy settings")
-    unknown = [key for key in definition if key not in _ALL_KEYS]
-    if unknown:
-        names = ", ".join(repr(key) for key in unknown)
-        raise PolicyError(f"{names} are not recognised policy settings")
-    for key, value in definition.items():
-        check = QUEUE_KEYS[key][2] if key in QUEUE_KEYS else EXCHANGE_KEYS.get(key)
-        problem = check(value) if check is not None else None
-        if problem is not None:
-            raise PolicyError(f"{key}: {problem}")
-    if "dead-letter-routing-key" in definition and "dead-letter-exchange" not in definition:
-        raise PolicyError("dead-letter-routing-key requires dead-letter-exchange in the policy")
+    problems = [
+        _definition_problem(definition),
+        None
+        if apply_to in APPLY_TO
+        else f"apply-to '{erlang_term(apply_to) if not isinstance(apply_to, str) else apply_to}'"
+        " unrecognised; should be 'queues', 'exchanges' or 'all'",
+        _pattern_problem(pattern),
+        None
+        if isinstance(priority, int | float) and not isinstance(priority, bool)
+        else f"priority should be a number, actually was {erlang_term(priority)}",
+    ]
+    found = [problem for problem in problems if problem is not None]
+    if found:
+        text = "".join(f"{problem}\n" for problem in found)
+        raise PolicyError("Validation failed\n\n" + text.replace("<", "&lt;").replace(">", "&gt;"))
     return Policy(vhost, name, pattern, apply_to, priority, dict(definition))
 
 
-_ALL_KEYS = frozenset(QUEUE_KEYS) | frozenset(EXCHANGE_KEYS) | IGNORED_KEYS
+def _definition_problem(definition: Any) -> str | None:
+    """The first bad known setting (in key order), then the unknown ones."""
+    if not isinstance(definition, dict) or not definition:
+        return "no policy provided"
+    unknown = []
+    for key in sorted(definition, key=lambda k: k.encode()):
+        check = QUEUE_KEYS[key][2] if key in QUEUE_KEYS else _OTHER_KEYS.get(key)
+        if check is None:
+            unknown.append(key)
+            continue
+        problem = check(definition[key])
+        if problem is not None:
+            return problem
+    if unknown:
+        pairs = ",".join(
+            f"{{{erlang_term(key)},{erlang_term(definition[key])}}}" for key in unknown
+        )
+        return f"[{pairs}] are not recognised policy settings"
+    return None
+
+
+def _pattern_problem(pattern: Any) -> str | None:
+    if not isinstance(pattern, str):
+        return f"pattern should be a binary but was {erlang_term(pattern)}"
+    try:
+        BoundedPattern(pattern)
+    except PatternError as error:
+        return (
+            "pattern should be regular expression but is invalid:"
+            f' {{"{error.message}",{error.position}}}'
+        )
+    return None
+
+
+_OTHER_KEYS = {**EXCHANGE_KEYS, **IGNORED_KEYS}
 
 
 def effective_settings(queue: Queue, policy: Policy | None) -> QueueSettings:
@@ -193,34 +251,43 @@ class Policies:
         self.by_vhost: dict[str, dict[str, Policy]] = {}
 
     def all(self) -> list[Policy]:
-        return [
-            policy
-            for vhost in sorted(self.by_vhost)
-            for _, policy in sorted(self.by_vhost[vhost].items())
-        ]
+        """By priority, then name, as RabbitMQ lists them."""
+        policies = [policy for by_name in self.by_vhost.values() for policy in by_name.values()]
+        return sorted(policies, key=lambda p: (p.priority, p.name.encode(), p.vhost))
 
     def get(self, vhost: str, name: str) -> Policy | None:
         return self.by_vhost.get(vhost, {}).get(name)
 
+    def _change(self, vhost: str, policies: dict[str, Policy]) -> None:
+        """Adopt the vhost's new policies once the log has them; if it refuses, nothing
+        changes (and nothing is re-applied)."""
+        previous = self.by_vhost.get(vhost, {})
+        self.by_vhost[vhost] = policies
+        try:
+            self._changed()
+        except BaseException:
+            self.by_vhost[vhost] = previous
+            raise
+
     def put(self, policy: Policy) -> bool:
         """Set (or replace) a policy and apply it; True when it is new."""
-        policies = self.by_vhost.setdefault(policy.vhost, {})
-        created = policy.name not in policies
-        policies[policy.name] = policy
+        current = self.by_vhost.get(policy.vhost, {})
+        created = policy.name not in current
+        self._change(policy.vhost, {**current, policy.name: policy})
         ignored = sorted(key for key in policy.definition if key in IGNORED_KEYS)
         if ignored:
             log.info(
                 "policy.settings_ignored",
                 extra=fields(vhost=policy.vhost, policy=policy.name, keys=",".join(ignored)),
             )
-        self._changed()
         self.apply(policy.vhost)
         return created
 
     def delete(self, vhost: str, name: str) -> bool:
-        if self.by_vhost.get(vhost, {}).pop(name, None) is None:
+        current = self.by_vhost.get(vhost, {})
+        if name not in current:
             return False
-        self._changed()
+        self._change(vhost, {n: p for n, p in current.items() if n != name})
         self.apply(vhost)
         return True
 

@@ -129,11 +129,20 @@ class Broker:
     def add_vhost(self, name: str, description: str = "", tags: tuple[str, ...] = ()) -> bool:
         """Create a vhost (True), or update an existing one's description and tags (False)."""
         created = name not in self.vhosts
+        previous = self.vhost_metadata.get(name)
         if created:
             self._create_vhost(name, description, tags)
         else:
             self.vhost_metadata[name] = {"description": description, "tags": tags}
-        self._runtime_changed()
+        try:
+            self._runtime_changed()
+        except BaseException:  # the log refused it: the vhost must not look saved
+            if created:
+                del self.vhosts[name]
+                del self.vhost_metadata[name]
+            else:
+                self.vhost_metadata[name] = previous or {}
+            raise
         return created
 
     def delete_vhost(self, name: str) -> bool:
@@ -196,7 +205,7 @@ class Broker:
         try:
             document = json.loads(path.read_text())
             applied = import_definitions(self, document)
-        except (OSError, ValueError, DefinitionsError) as error:
+        except (OSError, ValueError, RecursionError, DefinitionsError) as error:
             raise DefinitionsFileError(f"load_definitions: {path}: {error}") from error
         log.info("definitions.loaded", extra=fields(path=str(path), **applied))
 

@@ -21,3 +21,15 @@ ensure_venv() {
   fi
   echo "$want" >"$stamp"
 }
+
+# The web console's test drives Debian's Chromium headless (Playwright never downloads a browser
+# here). Installed with apt when missing and we are root; otherwise the test says it is skipped.
+ensure_chromium() {
+  command -v chromium >/dev/null && return
+  if [ "$(id -u)" != 0 ]; then
+    echo "[setup] chromium is missing and we are not root: the console's browser test will skip" >&2
+    return
+  fi
+  echo "[setup] installing Debian's chromium for the console's browser test" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}

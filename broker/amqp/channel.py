@@ -626,6 +626,7 @@ class Channel:
             auto_delete=method.auto_delete,
             internal=method.internal,
             arguments=method.arguments,
+            declared_by=self.connection.user,
         )
         if not method.nowait:
             self._send(commands.Exchange.DeclareOk())

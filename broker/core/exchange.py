@@ -72,6 +72,7 @@ class Exchange(ABC):
         # How many bindings lead to another exchange: zero means routing needs no expansion.
         self.exchange_destinations = 0
         self.policy_alternate_exchange: str | None = None  # set by a policy
+        self.declared_by = "rmq-internal"  # the user who declared it (RabbitMQ's name for none)
 
     @property
     def alternate_exchange(self) -> str | None:

@@ -12,12 +12,19 @@ class Float32(float):
     written back as it came."""
 
 
+class Long(int):
+    """An integer RabbitMQ holds as a 64-bit 'long' whatever its size: a JSON number from the
+    management API, as RabbitMQ's plugin converts them, so reply texts name the same type."""
+
+
 def field_type_name(value: Any) -> str:
     """The field type a client most likely sent for a decoded value (pamqp does not keep it)."""
     if value is None:
         return "void"
     if isinstance(value, bool):
         return "bool"
+    if isinstance(value, Long):
+        return "long"
     if isinstance(value, int):
         return "signedint" if -(2**31) <= value < 2**31 else "long"
     if isinstance(value, Float32):

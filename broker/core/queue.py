@@ -130,11 +130,13 @@ class Queue:
 
     def apply_settings(self, settings: QueueSettings) -> None:
         """New effective settings (a policy was set, changed or cleared): a new limit trims
-        the queue now, a new expiry restarts its clock; a new message TTL applies to messages
-        published from now on, as in RabbitMQ."""
+        the queue now if it was or becomes drop-head (RabbitMQ applies the limit before the
+        new overflow mode), a new expiry restarts its clock; a new message TTL applies to
+        messages published from now on, as in RabbitMQ."""
+        previous = self.settings.overflow
         self._use_settings(settings)
-        if settings.limited:
-            self.enforce_limits()
+        if settings.limited and "drop-head" in (previous, settings.overflow):
+            self.enforce_limits("drop-head")
         if settings.expires is None:
             self._unused_until = NEVER
             self._arm()
@@ -154,6 +156,11 @@ class Queue:
     @property
     def unacked_count(self) -> int:
         return len(self._outstanding)
+
+    @property
+    def ready_bytes(self) -> int:
+        """Body bytes of the ready messages (what x-max-length-bytes counts)."""
+        return self._ready.body_bytes
 
     def ready_entries(self) -> Iterator[QueuedMessage]:
         """Ready messages in delivery order."""
@@ -293,11 +300,12 @@ class Queue:
         if entry.expires_at < self._timer_at:
             self._arm()
 
-    def enforce_limits(self) -> None:
+    def enforce_limits(self, overflow: str | None = None) -> None:
         """drop-head: the oldest ready messages go (dead-lettered as maxlen) until within the
-        limits; the other modes refused the publish instead (see `admits`)."""
+        limits; the other modes refused the publish instead (see `admits`). `overflow` says
+        which mode decides, when not the queue's own."""
         settings = self.settings
-        if settings.overflow != "drop-head" or not settings.limited:
+        if (overflow or settings.overflow) != "drop-head" or not settings.limited:
             return
         max_length = settings.max_length if settings.max_length is not None else NEVER
         max_bytes = settings.max_length_bytes if settings.max_length_bytes is not None else NEVER

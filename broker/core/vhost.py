@@ -52,6 +52,7 @@ STANDARD_EXCHANGES = (
     ("amq.topic", "topic"),
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
+    ("amq.rabbitmq.trace", "topic"),  # internal: RabbitMQ's firehose tracer publishes to it
 )
 ALL_EXCHANGE_TYPES: dict[str, type[Exchange]] = {
     **EXCHANGE_TYPES,
@@ -145,7 +146,9 @@ class VirtualHost:
         self.default_exchange = DefaultExchange(self.queues)
         self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
         for exchange_name, kind in STANDARD_EXCHANGES:
-            self.exchanges[exchange_name] = EXCHANGE_TYPES[kind](exchange_name, durable=True)
+            self.exchanges[exchange_name] = EXCHANGE_TYPES[kind](
+                exchange_name, durable=True, internal=exchange_name == "amq.rabbitmq.trace"
+            )
 
     # ----------------------------------------------------------------------------- lookups
     def _describe(self, kind: str, name: str) -> str:
@@ -219,6 +222,7 @@ class VirtualHost:
         auto_delete: bool = False,
         internal: bool = False,
         arguments: dict[str, Any] | None = None,
+        declared_by: str = "rmq-internal",
     ) -> Exchange:
         self._check_not_default(name)
         if passive:
@@ -242,6 +246,7 @@ class VirtualHost:
         check_alternate_exchange(arguments, self._describe("exchange", name))
         self._check_arguments(self._describe("exchange", name), arguments)
         exchange = cls(name, durable, auto_delete, internal, arguments)
+        exchange.declared_by = declared_by
         if durable:
             self.store.exchange_declared(self.name, exchange)  # first, as for queues
         if isinstance(exchange, DelayedExchange):

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from broker.auth import Authenticator, User, VhostAccess, is_loopback
+from broker.logs import fields
 from broker.management.errors import ApiError
+
+log = logging.getLogger("warren.management")
 
 MANAGEMENT_TAGS = frozenset({"administrator", "monitoring", "policymaker", "management"})
 REALM = 'Basic realm="RabbitMQ Management"'
+NO_VHOST_ACCESS = "User not authorised to access virtual host"
+NO_OBJECT_ACCESS = "User not authorised to access object"
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,14 @@ class Caller:
     def is_policymaker(self) -> bool:
         return self.is_admin or "policymaker" in self.user.tags
 
-    def may_see_vhost(self, vhost: str) -> bool:
+    def may_list_vhost(self, vhost: str) -> bool:
+        """In /api/vhosts: monitoring users see every vhost."""
         return self.is_monitor or vhost in self.user.permissions
+
+    def may_see_vhost(self, vhost: str) -> bool:
+        """Its queues, exchanges and bindings: administrators everywhere, the others where
+        they have permissions (monitoring included, as in RabbitMQ)."""
+        return self.is_admin or vhost in self.user.permissions
 
     def may_see_connection(self, owner: str) -> bool:
         return self.is_monitor or owner == self.user.name
@@ -58,7 +70,7 @@ class Caller:
         when it has none, as RabbitMQ answers."""
         access = self.auth.vhost_access(self.user.name, vhost)
         if access is None:
-            raise not_authorised(f"no access to vhost '{vhost}' for user '{self.user.name}'")
+            raise not_authorised(NO_VHOST_ACCESS)
         return access
 
     def require_admin(self) -> None:
@@ -70,27 +82,34 @@ class Caller:
             raise not_authorised("Not monitor user")
 
     def require_policymaker(self, vhost: str) -> None:
-        if not self.is_policymaker:
-            raise not_authorised("Not policymaker user")
-        self.vhost_access(vhost)
+        if not self.is_policymaker or (not self.is_admin and vhost not in self.user.permissions):
+            raise not_authorised(NO_OBJECT_ACCESS)
 
 
 def not_authorised(reason: str) -> ApiError:
-    return ApiError(401, "not_authorised", reason, {"WWW-Authenticate": REALM})
+    return ApiError(401, "not_authorised", reason)
+
+
+def login_failed() -> ApiError:
+    """RabbitMQ spells this one with a z, unlike its other refusals."""
+    return ApiError(401, "not_authorized", "Login failed", {"WWW-Authenticate": REALM})
 
 
 def authenticate(request: web.Request, auth: Authenticator) -> Caller:
-    """The caller named by valid HTTP Basic credentials with a management tag, else 401."""
+    """The caller named by valid HTTP Basic credentials with a management tag, else 401 (with
+    an empty body when no credentials came at all, as RabbitMQ answers)."""
     scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "basic":
-        raise not_authorised("Login failed")
+        log.info("management.credentials_missing", extra=fields(peer=request.remote or ""))
+        raise ApiError(401, "", "", {"WWW-Authenticate": REALM})
     try:
         decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise not_authorised("Login failed") from None
+        raise login_failed() from None
     name, _, password = decoded.partition(":")
     if auth.authenticate(name, password, request.remote or "", "PLAIN") is not None:
-        raise not_authorised("Login failed")
+        log.warning("management.login_refused", extra=fields(peer=request.remote or "", user=name))
+        raise login_failed()
     user = auth.users[name]
     if not MANAGEMENT_TAGS.intersection(user.tags):
         raise not_authorised("Not management user")

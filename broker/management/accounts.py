@@ -1,12 +1,10 @@
 """Users, vhosts and permissions through the API (administrators; anyone may ask `whoami`).
 
 Changes go to the broker's Authenticator and vhost table, which the log keeps (see
-`broker.store.accounts`), so what an operator sets here survives a restart.
+`broker.runtime`), so what an operator sets here survives a restart.
 """
 
 from __future__ import annotations
-
-import re
 
 from aiohttp import web
 
@@ -19,10 +17,12 @@ from broker.management.context import (
     json_body,
     listing,
     no_content,
+    require,
     respond,
     vhost_of,
 )
 from broker.management.errors import bad_request, not_found
+from broker.patterns import BoundedPattern, PatternError
 
 PASSWORD_HASH_LENGTH = 48
 
@@ -52,6 +52,10 @@ class Accounts:
             web.get("/api/aliveness-test/{vhost}", self.aliveness),
             web.get("/api/healthchecks/node", self.healthy),
             web.get("/api/health/checks/alarms", self.alarms),
+            web.get("/api/health/checks/local-alarms", self.alarms),
+            web.get("/api/health/checks/virtual-hosts", self.healthy),
+            web.get("/api/health/checks/port-listener/{port}", self.port_listener),
+            web.get("/api/health/checks/protocol-listener/{protocol}", self.protocol_listener),
         ]
 
     async def whoami(self, request: web.Request) -> web.Response:
@@ -79,8 +83,10 @@ class Accounts:
         name = request.match_info["user"]
         body = await json_body(request)
         existing = self.broker.auth.users.get(name)
+        if "tags" not in body:
+            raise bad_request("tags_not_present")
         password_hash = _password_hash(body, existing)
-        tags = _tags(body.get("tags", existing.tags if existing else ""))
+        tags = _tags(body["tags"])
         permissions = existing.permissions if existing else {}
         loopback_only = existing.loopback_only if existing else False
         self.broker.auth.put_user(User(name, password_hash, permissions, loopback_only, tags))
@@ -117,27 +123,32 @@ class Accounts:
             },
             "tracing": False,
             "cluster_state": {self.context.node: "running"},
-            "messages": ready + unacked,
-            "messages_ready": ready,
-            "messages_unacknowledged": unacked,
+            "default_queue_type": "classic",
+            **rows.message_totals(ready, unacked),
         }
 
     async def vhosts(self, request: web.Request) -> web.Response:
         who = caller(request)
-        names = [name for name in sorted(self.broker.vhosts) if who.may_see_vhost(name)]
+        names = [name for name in sorted(self.broker.vhosts) if who.may_list_vhost(name)]
         return listing(request, [self._vhost_row(name) for name in names])
 
     async def vhost(self, request: web.Request) -> web.Response:
-        return respond(self._vhost_row(vhost_of(request, self.context).name))
+        name = request.match_info["vhost"]
+        if name not in self.broker.vhosts or not caller(request).may_list_vhost(name):
+            raise not_found()
+        return respond(self._vhost_row(name))
 
     async def put_vhost(self, request: web.Request) -> web.Response:
-        caller(request).require_admin()
+        who = caller(request)
+        who.require_admin()
         name = request.match_info["vhost"]
         body = await json_body(request)
         description = body.get("description", "")
         if not isinstance(description, str):
-            raise bad_request("description must be a string")
+            raise bad_request(["not_string", "description"])
         created = self.broker.add_vhost(name, description, _tags(body.get("tags", "")))
+        if created:  # as RabbitMQ, the creator may use what it made
+            self.broker.auth.set_permission(who.name, name, Permission())
         return no_content(201 if created else 204)
 
     async def delete_vhost(self, request: web.Request) -> web.Response:
@@ -170,11 +181,11 @@ class Accounts:
             ],
         )
 
-    def _ends(self, request: web.Request) -> tuple[str, str]:
+    def _ends(self, request: web.Request, writing: bool = False) -> tuple[str, str]:
         caller(request).require_admin()
         vhost, user = request.match_info["vhost"], request.match_info["user"]
         if vhost not in self.broker.vhosts or user not in self.broker.auth.users:
-            raise not_found()
+            raise bad_request("vhost_or_user_not_found") if writing else not_found()
         return vhost, user
 
     async def permission(self, request: web.Request) -> web.Response:
@@ -185,16 +196,17 @@ class Accounts:
         return respond(rows.permission_row(user, vhost, permission))
 
     async def put_permission(self, request: web.Request) -> web.Response:
-        vhost, user = self._ends(request)
         body = await json_body(request)
+        require(body, "configure", "write", "read")
+        vhost, user = self._ends(request, writing=True)
         patterns = {}
         for kind in ("configure", "write", "read"):
-            value = body.get(kind)
+            value = body[kind]
             if not isinstance(value, str):
-                raise bad_request(f"{kind} is missing: a regular expression ('' for none)")
+                raise bad_request(["not_string", kind])
             try:
-                re.compile(value)
-            except re.error as error:
+                BoundedPattern(value)
+            except PatternError as error:
                 raise bad_request(f"{kind}: not a valid regular expression: {error}") from None
             patterns[kind] = value
         existed = vhost in self.broker.auth.users[user].permissions
@@ -214,6 +226,33 @@ class Accounts:
 
     async def healthy(self, request: web.Request) -> web.Response:
         return respond({"status": "ok"})
+
+    async def port_listener(self, request: web.Request) -> web.Response:
+        config = self.broker.config
+        ports = {config.listener.port, config.management.listener.port}
+        if config.tls_listener is not None:
+            ports.add(config.tls_listener.port)
+        port = request.match_info["port"]
+        if not port.isdigit() or int(port) not in ports:
+            return respond(
+                {"status": "failed", "reason": f"No active listener on port {port}",
+                 "missing": port},
+                status=503,
+            )  # fmt: skip
+        return respond({"status": "ok", "port": int(port)})
+
+    async def protocol_listener(self, request: web.Request) -> web.Response:
+        protocol = request.match_info["protocol"]
+        known = {"amqp", "amqp091", "amqp0-9-1", "http"}
+        if self.broker.config.tls_listener is not None:
+            known |= {"amqps", "amqp/ssl"}
+        if protocol not in known:
+            return respond(
+                {"status": "failed", "reason": f"No active listener for protocol {protocol}",
+                 "missing": protocol},
+                status=503,
+            )  # fmt: skip
+        return respond({"status": "ok", "protocol": protocol})
 
     async def alarms(self, request: web.Request) -> web.Response:
         if self.broker.memory_alarm:
@@ -252,4 +291,4 @@ def _tags(value: object) -> tuple[str, ...]:
         return tuple(tag.strip() for tag in value.split(",") if tag.strip())
     if isinstance(value, list) and all(isinstance(tag, str) for tag in value):
         return tuple(tag.strip() for tag in value if tag.strip())
-    raise bad_request("tags must be a comma-separated string or a list of strings")
+    raise bad_request(["not_tags", value])

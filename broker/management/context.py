@@ -5,22 +5,29 @@ path, a JSON body, a listing shaped by the query string)."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from broker.management.access import Caller
-from broker.management.errors import ApiError, bad_request, not_found
+from broker.management.access import NO_VHOST_ACCESS, Caller
+from broker.management.errors import (
+    bad_request,
+    key_missing,
+    not_found,
+    refused,
+    vhost_not_found,
+)
 from broker.management.rates import RateSampler
 from broker.management.rows import Row, json_ready
+from broker.patterns import BoundedPattern, PatternError, PatternTooSlow
 
 if TYPE_CHECKING:
     from broker.amqp.connection import AMQPConnection
     from broker.auth import Authenticator
     from broker.config import BrokerConfig
+    from broker.core.persistence import MessageStore
     from broker.core.stats import Counters
     from broker.core.vhost import VirtualHost
     from broker.policies import Policies
@@ -37,12 +44,19 @@ class ManagedBroker(Protocol):
     connections: set[AMQPConnection]
     counters: Counters
     policies: Policies
+    store: MessageStore
 
     def add_vhost(self, name: str, description: str = "", tags: tuple[str, ...] = ()) -> bool: ...
 
     def delete_vhost(self, name: str) -> bool: ...
 
     def accounted_bytes(self) -> int: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def tls_port(self) -> int: ...
 
     @property
     def memory_alarm(self) -> bool: ...
@@ -55,16 +69,22 @@ class Context:
     rates: RateSampler
 
 
+CALLER = web.RequestKey("caller", Caller)  # set by the server's authentication middleware
+
+
 def caller(request: web.Request) -> Caller:
-    return request["caller"]
+    return request[CALLER]
 
 
-def vhost_of(request: web.Request, context: Context, key: str = "vhost") -> VirtualHost:
-    """The vhost named in the path; 404 when there is none or the caller may not see it."""
-    name = request.match_info[key]
+def vhost_of(request: web.Request, context: Context, writing: bool = False) -> VirtualHost:
+    """The vhost named in the path. A missing one is 404 (RabbitMQ's `vhost_not_found` for a
+    write); one the caller has no permissions in is 401."""
+    name = request.match_info["vhost"]
     vhost = context.broker.vhosts.get(name)
-    if vhost is None or not caller(request).may_see_vhost(name):
-        raise not_found()
+    if vhost is None:
+        raise vhost_not_found() if writing else not_found()
+    if not caller(request).may_see_vhost(name):
+        raise refused(NO_VHOST_ACCESS)
     return vhost
 
 
@@ -75,11 +95,18 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request("Malformed JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested past Python's stack
+        raise bad_request("not_json") from None
     if not isinstance(body, dict):
-        raise bad_request("Malformed JSON: expected an object")
+        raise bad_request("not_json")
     return body
+
+
+def require(body: dict[str, Any], *keys: str) -> None:
+    """RabbitMQ names every missing key: [{key_missing,a},{key_missing,b}]."""
+    missing = [key for key in keys if key not in body]
+    if missing:
+        raise key_missing(*missing)
 
 
 def boolean(body: dict[str, Any], key: str, default: bool) -> bool:
@@ -88,7 +115,7 @@ def boolean(body: dict[str, Any], key: str, default: bool) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     if not isinstance(value, bool):
-        raise bad_request(f"{key} must be true or false, got {json.dumps(value)}")
+        raise bad_request(["not_boolean", value])
     return value
 
 
@@ -112,10 +139,12 @@ def listing(request: web.Request, rows: Iterable[Row]) -> web.Response:
     if wanted:
         if query.get("use_regex", "false").lower() == "true":
             try:
-                pattern = re.compile(wanted)
-            except re.error as error:
+                pattern = BoundedPattern(wanted)
+                items = [row for row in items if pattern.search(str(row.get("name", "")))]
+            except PatternError as error:
                 raise bad_request(f"invalid regular expression in name: {error}") from None
-            items = [row for row in items if pattern.search(str(row.get("name", "")))]
+            except PatternTooSlow:
+                raise bad_request("the name filter took too long to match; simplify it") from None
         else:
             items = [row for row in items if wanted in str(row.get("name", ""))]
     sort = query.get("sort")
@@ -131,7 +160,7 @@ def listing(request: web.Request, rows: Iterable[Row]) -> web.Response:
     page, size = _page_numbers(query)
     page_count = max(1, -(-len(items) // size))
     if page > page_count:
-        raise bad_request(f"page {page} is past the last page, {page_count}")
+        raise bad_request("Pagination parameters are invalid")
     return respond(
         {
             "filtered_count": len(items),
@@ -155,9 +184,9 @@ def _page_numbers(query: Any) -> tuple[int, int]:
     try:
         page, size = int(query.get("page", "1")), int(query.get("page_size", "100"))
     except ValueError:
-        raise bad_request("page and page_size must be integers") from None
+        raise bad_request("Pagination parameters are invalid") from None
     if page < 1 or not 1 <= size <= 500:
-        raise ApiError(400, "bad_request", "page must be >= 1 and page_size 1 to 500")
+        raise bad_request("Pagination parameters are invalid")
     return page, size
 
 

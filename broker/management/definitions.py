@@ -7,7 +7,7 @@ import json
 from aiohttp import web
 
 from broker.definitions import DefinitionsError, export, import_definitions
-from broker.management.context import Context, caller, no_content, respond, vhost_of
+from broker.management.context import Context, caller, no_content, respond
 from broker.management.errors import bad_request
 
 
@@ -23,9 +23,16 @@ class Definitions:
             web.post("/api/definitions/{vhost}", self.import_),
         ]
 
+    def _vhost(self, request: web.Request) -> str | None:
+        """The vhost in the path (None for all); RabbitMQ answers 400 for an unknown one."""
+        name = request.match_info.get("vhost")
+        if name is not None and name not in self.context.broker.vhosts:
+            raise bad_request("vhost_not_found")
+        return name
+
     async def export(self, request: web.Request) -> web.Response:
         caller(request).require_admin()
-        vhost = vhost_of(request, self.context).name if "vhost" in request.match_info else None
+        vhost = self._vhost(request)
         response = respond(export(self.context.broker, vhost))
         if request.query.get("download"):
             name = request.query["download"].replace('"', "")
@@ -33,15 +40,18 @@ class Definitions:
         return response
 
     async def import_(self, request: web.Request) -> web.Response:
-        caller(request).require_admin()
-        vhost = vhost_of(request, self.context).name if "vhost" in request.match_info else None
+        who = caller(request)
+        who.require_admin()
+        vhost = self._vhost(request)
         raw = await request.read()
         try:
             document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise bad_request("Malformed JSON: the definitions are not a JSON document") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise bad_request("failed_to_parse_json") from None
+        if not isinstance(document, dict):
+            raise bad_request("failed_to_parse_json")
         try:
-            import_definitions(self.context.broker, document, vhost)
+            import_definitions(self.context.broker, document, vhost, who.name)
         except DefinitionsError as error:
-            raise bad_request(str(error)) from None
+            raise bad_request(error.reason) from None
         return no_content()

@@ -4,6 +4,9 @@ caller may see (see `access`)."""
 from __future__ import annotations
 
 import os
+import resource
+import shutil
+import threading
 import time
 from collections.abc import Iterator
 
@@ -19,6 +22,15 @@ from broker.management.rows import Row
 RABBITMQ_VERSION = "3.10.8"  # the release whose management API Warren answers as
 NODE_COUNTS = ("publish", "deliver_get", "ack", "confirm", "redeliver", "get_empty")
 STARTED = time.time()
+CHURN_RATES = (
+    "connection_created",
+    "connection_closed",
+    "queue_declared",
+    "queue_created",
+    "queue_deleted",
+    "channel_created",
+    "channel_closed",
+)
 
 
 class Listings:
@@ -48,6 +60,7 @@ class Listings:
             get("/api/connections/{name}/channels", self.connection_channels),
             get("/api/vhosts/{vhost}/connections", self.connections),
             get("/api/channels", self.channels),
+            get("/api/channels/{name}", self.channel),
             get("/api/vhosts/{vhost}/channels", self.channels),
             get("/api/consumers", self.consumers),
             get("/api/consumers/{vhost}", self.consumers),
@@ -72,8 +85,12 @@ class Listings:
                 yield rows.queue_row(queue, self.context.node, self.context.rates, policy)
 
     def open_connections(self, request: web.Request) -> list:
+        """Opened connections the caller may see: its own, or (monitoring) everyone's."""
         who = caller(request)
-        names = {vhost.name for vhost in self.visible_vhosts(request)}
+        if "vhost" in request.match_info:
+            names = {vhost_of(request, self.context).name}
+        else:
+            names = {name for name in self.broker.vhosts if who.may_list_vhost(name)}
         opened = [
             connection
             for connection in self.broker.connections
@@ -85,7 +102,8 @@ class Listings:
 
     # ---------------------------------------------------------------------------- overview
     async def overview(self, request: web.Request) -> web.Response:
-        vhosts = self.visible_vhosts(request)
+        who = caller(request)  # monitoring users' totals cover every vhost
+        vhosts = [vhost for name, vhost in self.broker.vhosts.items() if who.may_list_vhost(name)]
         connections = self.open_connections(request)
         channels = [ch for c in connections for ch in c.channels.values()]
         queues = [queue for vhost in vhosts for queue in vhost.queues.values()]
@@ -94,19 +112,28 @@ class Listings:
         counters = self.broker.counters
         counts = node_counts(counters)
         config = self.broker.config
+        http_port = request.transport.get_extra_info("sockname")[1] if request.transport else 0
         listeners = [
             {"node": self.context.node, "protocol": "amqp", "ip_address": config.listener.host,
-             "port": config.listener.port, "socket_opts": {}},
+             "port": self.broker.port, "socket_opts": {}},
+            {"node": self.context.node, "protocol": "https" if request.secure else "http",
+             "ip_address": config.management.listener.host, "port": http_port,
+             "socket_opts": {}},
         ]  # fmt: skip
         if config.tls_listener is not None:
             listeners.append(
                 {"node": self.context.node, "protocol": "amqp/ssl",
-                 "ip_address": config.tls_listener.host, "port": config.tls_listener.port,
+                 "ip_address": config.tls_listener.host, "port": self.broker.tls_port,
                  "socket_opts": {}}
             )  # fmt: skip
         document = {
             "management_version": RABBITMQ_VERSION,
             "rates_mode": "basic",
+            "sample_retention_policies": {
+                "global": [600, 3600, 28800, 86400],
+                "basic": [600, 3600],
+                "detailed": [600],
+            },
             "exchange_types": exchange_types(),
             "product_version": __version__,
             "product_name": "Warren",
@@ -120,15 +147,9 @@ class Listings:
             "message_stats": rows.message_stats(
                 NODE_COUNTS, counts, self.context.rates.rates("node", len(NODE_COUNTS))
             ),
-            "churn_rates": {},
-            "queue_totals": {
-                "messages": ready + unacked,
-                "messages_details": rows.details(0.0),
-                "messages_ready": ready,
-                "messages_ready_details": rows.details(0.0),
-                "messages_unacknowledged": unacked,
-                "messages_unacknowledged_details": rows.details(0.0),
-            },
+            # rabbitmqadmin v2 before 2.8 requires these (Warren does not sample churn)
+            "churn_rates": dict.fromkeys(CHURN_RATES, 0),
+            "queue_totals": rows.message_totals(ready, unacked),
             "object_totals": {
                 "connections": len(connections),
                 "channels": len(channels),
@@ -150,9 +171,11 @@ class Listings:
         return one(request, document)
 
     async def nodes(self, request: web.Request) -> web.Response:
+        caller(request).require_monitor()
         return listing(request, [self.node_row()])
 
     async def node(self, request: web.Request) -> web.Response:
+        caller(request).require_monitor()
         if request.match_info["node"] != self.context.node:
             raise not_found()
         return one(request, self.node_row())
@@ -166,6 +189,12 @@ class Listings:
             fd_used = len(os.listdir("/proc/self/fd"))
         except OSError:
             fd_used = 0
+        fd_total = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        data_dir = self.broker.config.data_dir
+        try:
+            disk_free = shutil.disk_usage(data_dir if data_dir and data_dir.exists() else ".").free
+        except OSError:
+            disk_free = 0
         return {
             "name": self.context.node,
             "type": "disc",
@@ -174,9 +203,15 @@ class Listings:
             "mem_used": used,
             "mem_limit": watermark_bytes(limits.memory_high_watermark),
             "mem_alarm": self.broker.memory_alarm,
+            "disk_free": disk_free,
+            "disk_free_limit": 0,
             "disk_free_alarm": False,
             "fd_used": fd_used,
+            "fd_total": fd_total if fd_total != resource.RLIM_INFINITY else 1 << 20,
             "sockets_used": len(self.broker.connections),
+            "sockets_total": fd_total if fd_total != resource.RLIM_INFINITY else 1 << 20,
+            "proc_used": threading.active_count(),
+            "proc_total": 1 << 20,
             "uptime": int((time.time() - STARTED) * 1000),
             "partitions": [],
             "applications": [],
@@ -192,7 +227,21 @@ class Listings:
         if queue is None:
             raise not_found()
         policy = self.broker.policies.row_for_queue(queue)
-        return one(request, rows.queue_row(queue, self.context.node, self.context.rates, policy))
+        row = rows.queue_row(queue, self.context.node, self.context.rates, policy)
+        row["consumer_details"] = [
+            consumer
+            for connection in self.open_connections(request)
+            for channel in connection.channels.values()
+            for consumer in rows.consumer_rows(channel, self.context.node)
+            if consumer["queue"]["name"] == queue.name
+            and consumer["queue"]["vhost"] == queue.vhost_name
+        ]
+        row["deliveries"] = []
+        row["incoming"] = []
+        owner = queue.exclusive_owner
+        if owner is not None and hasattr(owner, "peer"):
+            row["owner_pid_details"] = rows.connection_details(owner)
+        return one(request, row)
 
     async def queue_bindings(self, request: web.Request) -> web.Response:
         vhost = vhost_of(request, self.context)
@@ -219,23 +268,29 @@ class Listings:
 
     async def exchange(self, request: web.Request) -> web.Response:
         vhost = vhost_of(request, self.context)
-        exchange = vhost.exchanges.get(request.match_info["name"])
+        exchange = vhost.exchanges.get(_exchange_name(request.match_info["name"]))
         if exchange is None:
             raise not_found()
         policy = self.broker.policies.row_for_exchange(vhost, exchange)
-        return one(request, rows.exchange_row(vhost.name, exchange, policy))
+        row = rows.exchange_row(vhost.name, exchange, policy)
+        row["incoming"] = []
+        row["outgoing"] = []
+        return one(request, row)
 
     async def source_bindings(self, request: web.Request) -> web.Response:
         vhost = vhost_of(request, self.context)
-        exchange = vhost.exchanges.get(request.match_info["name"])
+        exchange = vhost.exchanges.get(_exchange_name(request.match_info["name"]))
         if exchange is None:
             raise not_found()
+        if not exchange.name:  # every queue's implicit binding, as RabbitMQ lists them
+            defaults = [rows.default_binding_row(vhost.name, name) for name in sorted(vhost.queues)]
+            return listing(request, defaults)
         found = [rows.explicit_binding_row(vhost.name, b) for b in exchange.bindings.values()]
         return listing(request, sorted(found, key=_binding_order))
 
     async def destination_bindings(self, request: web.Request) -> web.Response:
         vhost = vhost_of(request, self.context)
-        exchange = vhost.exchanges.get(request.match_info["name"])
+        exchange = vhost.exchanges.get(_exchange_name(request.match_info["name"]))
         if exchange is None:
             raise not_found()
         found = [rows.explicit_binding_row(vhost.name, b) for b in exchange.incoming.values()]
@@ -299,6 +354,19 @@ class Listings:
             ],
         )
 
+    async def channel(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        node = self.context.node
+        for connection in self.open_connections(request):
+            for channel in connection.channels.values():
+                if rows.channel_name(channel) == name:
+                    row = rows.channel_row(channel, node)
+                    row["consumer_details"] = rows.consumer_rows(channel, node)
+                    row["deliveries"] = []
+                    row["publishes"] = []
+                    return one(request, row)
+        raise not_found()
+
     async def consumers(self, request: web.Request) -> web.Response:
         node = self.context.node
         return listing(
@@ -313,6 +381,11 @@ class Listings:
 
     async def extensions(self, request: web.Request) -> web.Response:
         return respond([])
+
+
+def _exchange_name(name: str) -> str:
+    """Paths name the default exchange amq.default."""
+    return "" if name == "amq.default" else name
 
 
 def _binding_order(row: Row) -> tuple[str, str, str]:

@@ -1,14 +1,13 @@
 """Publish and get through the API, as rabbitmqadmin's `publish` and `get` and the console do.
 
 A publish is a Basic.Publish on the caller's behalf: the same permission check, routing and log
-record, and, for a persistent message in a durable queue, the reply waits for the log's fsync
-(RabbitMQ's plugin publishes with confirms), so `{"routed": true}` means it is safe. A get is a
-Basic.Get with the asked-for settlement applied at once: requeue, ack or reject.
+record; the reply waits for the log's fsync (the server's `_durable` middleware, as RabbitMQ's
+plugin publishes with confirms), so `{"routed": true}` means a persistent message is safe. A get
+is a Basic.Get with the asked-for settlement applied at once: requeue, ack or reject.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -18,17 +17,19 @@ from typing import Any
 from aiohttp import web
 
 from broker.amqp.frames import short_string
-from broker.core.errors import AMQPError
+from broker.core.errors import NOT_FOUND, REPLY_NAMES, AMQPError
 from broker.core.header_edit import join_properties
 from broker.core.message import Message
-from broker.core.persistence import LogUnavailable
 from broker.core.properties import PropertyError, decode_properties
 from broker.core.tables import TableError
-from broker.management.context import Context, caller, json_body, respond, vhost_of
-from broker.management.errors import ApiError, bad_request, from_model
+from broker.management.context import Context, caller, json_body, require, respond, vhost_of
+from broker.management.errors import ApiError, bad_request
 
 ACK_MODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
 MAX_GET = 10_000  # messages one get may take
+# Bodies one get answers with, at most (past it the get stops early, having taken at least one):
+# count=10000 of large messages must not build a gigabyte response in memory.
+MAX_GET_BYTES = 64 * 1024 * 1024
 BASIC_CLASS = 60
 
 # property -> (flag bit, wire kind), in the order of the Basic class's property list
@@ -56,73 +57,84 @@ class Messages:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/api/exchanges/{vhost}/{name}/publish", self.publish),
+            # rabbitmqadmin v2 names the default exchange with an empty path segment
+            web.post("/api/exchanges/{vhost}//publish", self.publish),
             web.post("/api/queues/{vhost}/{name}/get", self.get),
         ]
 
     async def publish(self, request: web.Request) -> web.Response:
         vhost = vhost_of(request, self.context)
-        name = request.match_info["name"]
+        name = request.match_info.get("name", "")
         exchange_name = "" if name == "amq.default" else name
         body = await json_body(request)
+        require(body, "routing_key", "properties", "payload", "payload_encoding")
         who = caller(request)
-        try:
-            who.vhost_access(vhost.name).check("write", "exchange", exchange_name)
-            exchange = vhost.get_exchange(exchange_name)
-        except AMQPError as error:
-            raise from_model(error) from None
+        who.vhost_access(vhost.name).check("write", "exchange", exchange_name)
+        exchange = vhost.exchanges.get(exchange_name)
+        if exchange is None:
+            raise bad_request(f"404 NOT_FOUND - no exchange '{name}' in vhost '{vhost.name}'")
         if exchange.internal:
-            raise bad_request(f"cannot publish to internal exchange '{name}'")
-        routing_key = body.get("routing_key")
+            raise bad_request(
+                f"403 ACCESS_REFUSED - cannot publish to internal exchange '{name}'"
+                f" in vhost '{vhost.name}'"
+            )
+        routing_key = body["routing_key"]
         if not isinstance(routing_key, str):
-            raise bad_request("routing_key is missing or not a string")
+            raise bad_request(["not_string", "routing_key"])
         payload = _payload(body)
         header = content_header(body.get("properties", {}), len(payload))
         route = short_string(exchange_name) + short_string(routing_key)
-        try:
-            message = Message(exchange_name, routing_key, route, header, payload)
-            if "user_id" in message.properties and message.properties["user_id"] != who.name:
-                raise bad_request(
-                    f"user_id property set to '{message.properties['user_id']}' but"
-                    f" authenticated user was '{who.name}'"
-                )
-            counters = self.context.broker.counters
-            counters.published += 1
-            routed, logged, refused = vhost.publish(exchange, message)
-        except LogUnavailable as error:
-            raise ApiError(500, "internal_error", error.text) from None
-        except AMQPError as error:
-            raise from_model(error) from None
+        # A bad expiration, or a log that failed, raises an AMQPError: the server's error
+        # middleware answers it (400, or 500 for the log).
+        message = Message(exchange_name, routing_key, route, header, payload)
+        if "user_id" in message.properties and message.properties["user_id"] != who.name:
+            raise bad_request(
+                f"user_id property set to '{message.properties['user_id']}' but"
+                f" authenticated user was '{who.name}'"
+            )
+        counters = self.context.broker.counters
+        counters.published += 1
+        routed, _, refused = vhost.publish(exchange, message)
         if routed:
             counters.routed += 1
         else:
             counters.unroutable_dropped += 1
-        if logged:
-            await _synced(vhost.store)
         return respond({"routed": bool(routed) and not refused})
 
     async def get(self, request: web.Request) -> web.Response:
         vhost = vhost_of(request, self.context)
         name = request.match_info["name"]
         body = await json_body(request)
-        mode = body.get("ackmode")
+        require(body, "count", "ackmode", "encoding")
+        mode = body["ackmode"]
         if mode not in ACK_MODES:
-            raise bad_request(f"ackmode must be one of {', '.join(ACK_MODES)}, got {mode!r}")
-        count = _integer(body.get("count", 1), "count", 1, MAX_GET)
-        encoding = body.get("encoding", "auto")
+            raise bad_request(["unknown_ackmode", mode])  # RabbitMQ answers 500 here
+        count = _integer(body["count"], "count", 0, MAX_GET)
+        encoding = body["encoding"]
         if encoding not in ("auto", "base64"):
-            raise bad_request(f"encoding must be auto or base64, got {encoding!r}")
+            raise bad_request("Unsupported encoding. Please use auto or base64.")
         truncate = body.get("truncate")
         if truncate is not None:
             truncate = _integer(truncate, "truncate", 0, 2**31)
+        caller(request).vhost_access(vhost.name).check("read", "queue", name)
         try:
-            caller(request).vhost_access(vhost.name).check("read", "queue", name)
             queue = vhost.get_queue(name, None)
         except AMQPError as error:
-            raise from_model(error) from None
+            reason = f"{REPLY_NAMES.get(error.code, error.code)} - {error.text}"
+            status = 404 if error.code == NOT_FOUND else 400
+            raise ApiError(
+                status, "not_found" if status == 404 else "bad_request", reason
+            ) from None
         taken = []
         found = []
-        while len(taken) < count and (entry := queue.get(ack_required=True)) is not None:
+        size = 0
+        while (
+            len(taken) < count
+            and size < MAX_GET_BYTES
+            and (entry := queue.get(ack_required=True)) is not None
+        ):
             taken.append(entry)
+            size += min(entry.message.body_size, truncate if truncate is not None else 1 << 62)
             found.append(_message_row(entry, queue.message_count, encoding, truncate))
             if entry.message.lazy:
                 entry.message.body = None
@@ -167,37 +179,30 @@ def _message_row(entry: Any, remaining: int, encoding: str, truncate: int | None
     }
 
 
-async def _synced(store: Any) -> None:
-    done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-    store.sync(lambda error: done.done() or done.set_result(error))
-    error = await done
-    if error is not None:
-        raise ApiError(500, "internal_error", f"the log failed to store the message: {error}")
-
-
 def _integer(value: Any, key: str, low: int, high: int) -> int:
+    """rabbitmqadmin sends numbers as strings."""
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise bad_request(f"{key} must be an integer from {low} to {high}, got {value!r}")
+        raise bad_request(["not_int", key])
     return value
 
 
 def _payload(body: dict[str, Any]) -> bytes:
-    payload = body.get("payload", "")
+    payload = body["payload"]
     if payload is None:
         payload = ""
     if not isinstance(payload, str):
-        raise bad_request("payload must be a string")
-    encoding = body.get("payload_encoding", "string")
+        raise bad_request(["not_string", "payload"])
+    encoding = body["payload_encoding"]
     if encoding == "string":
         return payload.encode("utf-8")
     if encoding == "base64":
         try:
             return base64.b64decode(payload, validate=True)
         except binascii.Error:
-            raise bad_request("payload is not valid base64") from None
-    raise bad_request(f"payload_encoding must be string or base64, got {encoding!r}")
+            raise bad_request(["not_base64", payload]) from None
+    raise bad_request(["unsupported_encoding", encoding])
 
 
 def content_header(properties: Any, body_size: int) -> bytes:
@@ -211,7 +216,7 @@ def content_header(properties: Any, body_size: int) -> bytes:
     for name, value in properties.items():
         known = PROPERTIES.get(name)
         if known is None:
-            raise bad_request(f"unknown message property '{name}'")
+            continue  # RabbitMQ ignores what is not a property
         mask, kind = known
         fields[mask] = _encode_property(name, kind, value)
     prefix = struct.pack(">HHQ", BASIC_CLASS, 0, body_size)
@@ -227,14 +232,14 @@ def _encode_property(name: str, kind: str, value: Any) -> bytes:
             if isinstance(value, str) and value.isdigit():
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
-                raise bad_request(f"{name} must be an integer from 0 to 255")
+                raise bad_request(["not_int", name])
             return bytes([value])
         if kind == "timestamp":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad_request(f"{name} must be a non-negative integer (seconds)")
+                raise bad_request(["not_int", name])
             return struct.pack(">Q", value)
         if not isinstance(value, dict):
-            raise bad_request("headers must be a JSON object")
+            raise bad_request(["not_table", name])
         return json_table(value)
     except (ValueError, TableError, struct.error) as error:
         raise bad_request(f"property {name}: {error}") from None

@@ -2,7 +2,8 @@
 
 Each operation goes through the same model calls (and the same AMQP permission checks) as the
 AMQP method it stands for, so a queue declared here is validated, logged and equivalent-checked
-exactly as one declared by a client; a model refusal comes back as RabbitMQ's API error.
+exactly as one declared by a client; a model refusal (an AMQPError) comes back as RabbitMQ's API
+error through the server's error middleware.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.core.errors import AMQPError
+from broker.core.fields import Long
+from broker.core.vhost import ALL_EXCHANGE_TYPES
 from broker.management import rows
 from broker.management.context import (
     Context,
@@ -24,7 +26,13 @@ from broker.management.context import (
     respond,
     vhost_of,
 )
-from broker.management.errors import bad_request, from_model, not_found
+from broker.management.errors import (
+    ACCESS_REFUSED_REASON,
+    ApiError,
+    bad_request,
+    not_found,
+    refused,
+)
 
 CONNECTION_CLOSED_BY_API = "Closed via management plugin"
 
@@ -53,40 +61,32 @@ class Objects:
 
     # ---------------------------------------------------------------------------- queues
     async def declare_queue(self, request: web.Request) -> web.Response:
-        vhost = vhost_of(request, self.context)
+        vhost = vhost_of(request, self.context, writing=True)
         name = request.match_info["name"]
         body = await json_body(request)
         arguments = _arguments(body)
+        durable = boolean(body, "durable", False)
+        auto_delete = boolean(body, "auto_delete", False)
         caller(request).vhost_access(vhost.name).check("configure", "queue", name)
         existed = name in vhost.queues
-        try:
-            vhost.declare_queue(
-                name,
-                None,
-                durable=boolean(body, "durable", True),
-                auto_delete=boolean(body, "auto_delete", False),
-                arguments=arguments,
-            )
-        except AMQPError as error:
-            raise from_model(error) from None
+        vhost.declare_queue(
+            name, None, durable=durable, auto_delete=auto_delete, arguments=arguments
+        )
         return no_content(204 if existed else 201)
 
     async def delete_queue(self, request: web.Request) -> web.Response:
-        vhost = vhost_of(request, self.context)
+        vhost = vhost_of(request, self.context, writing=True)
         name = request.match_info["name"]
         if name not in vhost.queues:
             raise not_found()
         caller(request).vhost_access(vhost.name).check("configure", "queue", name)
         query = request.query
-        try:
-            vhost.delete_queue(
-                name,
-                vhost.queues[name].exclusive_owner,
-                if_unused=query.get("if-unused", "false") == "true",
-                if_empty=query.get("if-empty", "false") == "true",
-            )
-        except AMQPError as error:
-            raise from_model(error) from None
+        vhost.delete_queue(
+            name,
+            vhost.queues[name].exclusive_owner,
+            if_unused=query.get("if-unused", "false") == "true",
+            if_empty=query.get("if-empty", "false") == "true",
+        )
         return no_content()
 
     async def purge_queue(self, request: web.Request) -> web.Response:
@@ -96,61 +96,63 @@ class Objects:
         if queue is None:
             raise not_found()
         caller(request).vhost_access(vhost.name).check("read", "queue", name)
-        try:
-            queue.purge()
-        except AMQPError as error:
-            raise from_model(error) from None
+        queue.purge()
         return no_content()
 
     # ---------------------------------------------------------------------------- exchanges
     async def declare_exchange(self, request: web.Request) -> web.Response:
-        vhost = vhost_of(request, self.context)
+        vhost = vhost_of(request, self.context, writing=True)
         name = request.match_info["name"]
         body = await json_body(request)
-        kind = body.get("type")
-        if not isinstance(kind, str) or not kind:
-            raise bad_request("exchange type is missing; say type=direct, fanout, topic...")
-        caller(request).vhost_access(vhost.name).check("configure", "exchange", name)
+        kind = body.get("type", "direct")  # RabbitMQ's default
+        if not isinstance(kind, str) or kind not in ALL_EXCHANGE_TYPES:
+            raise bad_request(f"unknown exchange type '{kind}'")
+        durable = boolean(body, "durable", True)
+        auto_delete = boolean(body, "auto_delete", False)
+        internal = boolean(body, "internal", False)
+        who = caller(request)
+        who.vhost_access(vhost.name).check("configure", "exchange", name)
         existed = name in vhost.exchanges
-        try:
-            vhost.declare_exchange(
-                name,
-                kind,
-                durable=boolean(body, "durable", True),
-                auto_delete=boolean(body, "auto_delete", False),
-                internal=boolean(body, "internal", False),
-                arguments=_arguments(body),
-            )
-        except AMQPError as error:
-            raise from_model(error) from None
+        vhost.declare_exchange(
+            name,
+            kind,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=_arguments(body),
+            declared_by=who.name,
+        )
         return no_content(204 if existed else 201)
 
     async def delete_exchange(self, request: web.Request) -> web.Response:
-        vhost = vhost_of(request, self.context)
+        vhost = vhost_of(request, self.context, writing=True)
         name = request.match_info["name"]
+        if name in ("", "amq.default") or name.startswith("amq."):
+            raise refused(ACCESS_REFUSED_REASON)
         if name not in vhost.exchanges:
             raise not_found()
         caller(request).vhost_access(vhost.name).check("configure", "exchange", name)
-        try:
-            vhost.delete_exchange(name, if_unused=request.query.get("if-unused") == "true")
-        except AMQPError as error:
-            raise from_model(error) from None
+        vhost.delete_exchange(name, if_unused=request.query.get("if-unused") == "true")
         return no_content()
 
     # ---------------------------------------------------------------------------- bindings
-    def _ends(self, request: web.Request) -> tuple[Any, str, str, bool]:
-        vhost = vhost_of(request, self.context)
+    def _ends(self, request: web.Request, writing: bool = False) -> tuple[Any, str, str, bool]:
+        vhost = vhost_of(request, self.context, writing)
         source = request.match_info["source"]
         destination = request.match_info["destination"]
         to_exchange = request.match_info["kind"] == "e"
-        if source not in vhost.exchanges or destination not in (
-            vhost.exchanges if to_exchange else vhost.queues
-        ):
-            raise not_found()
+        if source in ("", "amq.default") or (to_exchange and destination == "amq.default"):
+            raise refused(ACCESS_REFUSED_REASON)
+        where = f"in vhost '{vhost.name}'"
+        if destination not in (vhost.exchanges if to_exchange else vhost.queues):
+            kind = "exchange" if to_exchange else "queue"
+            raise ApiError(404, "not_found", f"no {kind} '{destination}' {where}")
+        if source not in vhost.exchanges:
+            raise ApiError(404, "not_found", f"no exchange '{source}' {where}")
         return vhost, source, destination, to_exchange
 
     async def bind(self, request: web.Request) -> web.Response:
-        vhost, source, destination, to_exchange = self._ends(request)
+        vhost, source, destination, to_exchange = self._ends(request, writing=True)
         body = await json_body(request)
         key = body.get("routing_key", "")
         if not isinstance(key, str):
@@ -159,11 +161,10 @@ class Objects:
         access = caller(request).vhost_access(vhost.name)
         access.check("write", "exchange" if to_exchange else "queue", destination)
         access.check("read", "exchange", source)
-        try:
-            vhost.bind(source, destination, key, arguments, to_exchange)
-        except AMQPError as error:
-            raise from_model(error) from None
-        location = urllib.parse.quote(rows.properties_key(key, arguments), safe="~")
+        vhost.bind(source, destination, key, arguments, to_exchange)
+        # Relative, the properties key percent-encoded once more, as RabbitMQ answers.
+        props = urllib.parse.quote(rows.properties_key(key, arguments), safe="~")
+        location = f"{urllib.parse.quote(destination, safe='')}/{props}"
         return web.Response(status=201, headers={"Location": location})
 
     def _matching(self, request: web.Request) -> list[rows.Row]:
@@ -180,27 +181,27 @@ class Objects:
     async def between(self, request: web.Request) -> web.Response:
         return listing(request, self._matching(request))
 
-    async def binding(self, request: web.Request) -> web.Response:
+    def _by_key(self, request: web.Request) -> rows.Row:
+        """The binding a path's properties key names; clients send the key as listed, or
+        percent-encoded once more (rabbitmqadmin does), and both are accepted."""
         props = request.match_info["props"]
+        keys = {props, urllib.parse.unquote(props)}
         for row in self._matching(request):
-            if row["properties_key"] == props:
-                return respond(row)
+            if row["properties_key"] in keys:
+                return row
         raise not_found()
+
+    async def binding(self, request: web.Request) -> web.Response:
+        return respond(self._by_key(request))
 
     async def unbind(self, request: web.Request) -> web.Response:
         vhost, source, destination, to_exchange = self._ends(request)
-        props = request.match_info["props"]
-        found = [row for row in self._matching(request) if row["properties_key"] == props]
-        if not found:
-            raise not_found()
+        found = [self._by_key(request)]
         row = found[0]
         access = caller(request).vhost_access(vhost.name)
         access.check("write", "exchange" if to_exchange else "queue", destination)
         access.check("read", "exchange", source)
-        try:
-            vhost.unbind(source, destination, row["routing_key"], row["arguments"], to_exchange)
-        except AMQPError as error:
-            raise from_model(error) from None
+        vhost.unbind(source, destination, row["routing_key"], row["arguments"], to_exchange)
         return no_content()
 
     # ---------------------------------------------------------------------------- clients
@@ -218,9 +219,14 @@ class Objects:
 
 
 def _arguments(body: dict[str, Any]) -> dict[str, Any]:
+    """JSON arguments as a client's table: integers are RabbitMQ's longs (their type shows in
+    equivalence errors)."""
     arguments = body.get("arguments", {})
     if arguments in ("", None):
         return {}
     if not isinstance(arguments, dict):
-        raise bad_request("arguments must be a JSON object")
-    return arguments
+        raise bad_request(["not_table", arguments])
+    return {
+        key: Long(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        for key, value in arguments.items()
+    }

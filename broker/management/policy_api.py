@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broker.core.vhost import VirtualHost
 from broker.management.context import (
     Context,
     caller,
@@ -13,7 +14,7 @@ from broker.management.context import (
     respond,
     vhost_of,
 )
-from broker.management.errors import bad_request, not_found
+from broker.management.errors import bad_request, not_found, vhost_not_found
 from broker.policies import PolicyError, parse_policy
 
 
@@ -36,6 +37,16 @@ class PolicyApi:
             web.get("/api/vhost-limits", self.none),
         ]
 
+    def _writable_vhost(self, request: web.Request) -> VirtualHost:
+        """The path's vhost, for a policymaker with permissions there (RabbitMQ refuses the
+        others with "not authorised to access object")."""
+        name = request.match_info["vhost"]
+        vhost = self.context.broker.vhosts.get(name)
+        if vhost is None:
+            raise vhost_not_found()
+        caller(request).require_policymaker(name)
+        return vhost
+
     async def list(self, request: web.Request) -> web.Response:
         who = caller(request)
         wanted = vhost_of(request, self.context).name if "vhost" in request.match_info else None
@@ -56,19 +67,17 @@ class PolicyApi:
         return respond(policy.row())
 
     async def put(self, request: web.Request) -> web.Response:
-        vhost = vhost_of(request, self.context)
-        caller(request).require_policymaker(vhost.name)
         body = await json_body(request)
+        vhost = self._writable_vhost(request)
         try:
             policy = parse_policy(vhost.name, request.match_info["name"], body)
         except PolicyError as error:
-            raise bad_request(f"Validation failed\n\n{error}\n") from None
+            raise bad_request(str(error)) from None
         created = self.policies.put(policy)
         return no_content(201 if created else 204)
 
     async def delete(self, request: web.Request) -> web.Response:
-        vhost = vhost_of(request, self.context)
-        caller(request).require_policymaker(vhost.name)
+        vhost = self._writable_vhost(request)
         if not self.policies.delete(vhost.name, request.match_info["name"]):
             raise not_found()
         return no_content()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.core.exchange import Binding, Exchange
 from broker.core.queue import Queue
+from broker.definitions import exchange_definition
 
 if TYPE_CHECKING:
     from broker.amqp.channel import Channel
@@ -36,6 +37,18 @@ def details(rate: float) -> dict[str, float]:
     return {"rate": rate}
 
 
+def message_totals(ready: int, unacked: int) -> Row:
+    """Counts with their (sampled) rates, as queue totals and vhosts show them."""
+    return {
+        "messages": ready + unacked,
+        "messages_details": details(0.0),
+        "messages_ready": ready,
+        "messages_ready_details": details(0.0),
+        "messages_unacknowledged": unacked,
+        "messages_unacknowledged_details": details(0.0),
+    }
+
+
 def message_stats(names: Iterable[str], counts: Iterable[int], rates: Iterable[float]) -> Row:
     stats: Row = {}
     for name, count, rate in zip(names, counts, rates, strict=True):
@@ -48,10 +61,28 @@ def queue_counts(queue: Queue) -> tuple[int, ...]:
     return (queue.published_total, queue.delivered_total, queue.acked_total)
 
 
+def _persistent_figures(queue: Queue) -> tuple[int, int, int]:
+    """(unacked body bytes, persistent messages, their body bytes). Persistent means logged:
+    delivery mode 2 in a queue that survives restarts, as RabbitMQ counts it. This walks the
+    queue's messages: fine for listings of queues of ordinary depth, and bounded by the
+    compact index that long backlogs get later."""
+    unacked_bytes = sum(entry.message.body_size for entry in queue.unacked_entries())
+    if not queue.store_id:
+        return unacked_bytes, 0, 0
+    count = size = 0
+    for entry in (*queue.ready_unordered(), *queue.unacked_entries()):
+        if entry.message.msg_id:
+            count += 1
+            size += entry.message.body_size
+    return unacked_bytes, count, size
+
+
 def queue_row(queue: Queue, node: str, rates: RateSampler, policy: Row | None) -> Row:
     ready = queue.message_count
     unacked = queue.unacked_count
     active = queue.active_consumer if queue.settings.single_active_consumer else None
+    exclusive = queue.exclusive_consumer
+    unacked_bytes, persistent, persistent_bytes = _persistent_figures(queue)
     row: Row = {
         "name": queue.name,
         "vhost": queue.vhost_name,
@@ -62,17 +93,16 @@ def queue_row(queue: Queue, node: str, rates: RateSampler, policy: Row | None) -
         "node": node,
         "state": "running",
         "type": queue.queue_type,
-        "messages": ready + unacked,
-        "messages_ready": ready,
-        "messages_unacknowledged": unacked,
-        "messages_details": details(0.0),
-        "messages_ready_details": details(0.0),
-        "messages_unacknowledged_details": details(0.0),
-        "message_bytes": queue.memory_bytes,
+        **message_totals(ready, unacked),
+        "message_bytes": queue.ready_bytes + unacked_bytes,
+        "message_bytes_ready": queue.ready_bytes,
+        "message_bytes_unacknowledged": unacked_bytes,
+        "message_bytes_persistent": persistent_bytes,
+        "messages_persistent": persistent,
         "consumers": len(queue.consumers),
         "consumer_capacity": 1.0 if queue.consumers else 0.0,
         "consumer_utilisation": 1.0 if queue.consumers else 0.0,
-        "exclusive_consumer_tag": None,
+        "exclusive_consumer_tag": exclusive.tag if exclusive is not None else None,
         "single_active_consumer_tag": active.tag if active is not None else None,
         "memory": queue.memory_bytes,
         "policy": policy["name"] if policy else None,
@@ -88,30 +118,25 @@ def queue_row(queue: Queue, node: str, rates: RateSampler, policy: Row | None) -
 
 
 def exchange_row(vhost: str, exchange: Exchange, policy: Row | None) -> Row:
-    return {
-        "name": exchange.name,
-        "vhost": vhost,
-        "type": exchange.type_name,
-        "durable": exchange.durable,
-        "auto_delete": exchange.auto_delete,
-        "internal": exchange.internal,
-        "arguments": exchange.arguments,
-        "user_who_performed_action": "rmq-internal",
-        "policy": policy["name"] if policy else None,
-    }
+    row = exchange_definition(vhost, exchange)
+    row["user_who_performed_action"] = exchange.declared_by
+    if policy:  # RabbitMQ lists the key only while a policy applies
+        row["policy"] = policy["name"]
+    return row
 
 
 def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
-    """The binding's id in API paths: the percent-quoted routing key ('~' when it is empty)
-    when there are no arguments, else the key, '~' and a hash of the arguments. RabbitMQ
-    hashes its own term encoding; the value is opaque to clients, who copy it from listings."""
+    """The binding's id in API paths: the routing key quoted the quote_plus way ('~' when it
+    is empty) when there are no arguments, else the key, '~' and a short hash of the
+    arguments. RabbitMQ hashes its own term encoding; the value is opaque to clients, who
+    copy it from listings."""
+    key = urllib.parse.quote_plus(routing_key, safe="").replace("~", "%7E")
     if not arguments:
-        return urllib.parse.quote(routing_key, safe="") or "~"
+        return key or "~"
     digest = hashlib.md5(
-        json.dumps(arguments, sort_keys=True, default=str).encode(), usedforsecurity=False
+        json.dumps(json_ready(arguments), sort_keys=True).encode(), usedforsecurity=False
     ).digest()
-    tail = base64.urlsafe_b64encode(digest).decode().rstrip("=")
-    return f"{urllib.parse.quote(routing_key, safe='')}~{tail}"
+    return f"{key}~{base64.urlsafe_b64encode(digest).decode()[:6]}"
 
 
 def binding_row(
@@ -161,8 +186,16 @@ def connection_row(connection: AMQPConnection, node: str) -> Row:
         "host": host,
         "port": port,
         "ssl": connection.tls,
+        "ssl_protocol": None,
+        "ssl_key_exchange": None,
+        "ssl_cipher": None,
+        "ssl_hash": None,
+        "peer_cert_subject": None,
+        "peer_cert_issuer": None,
+        "peer_cert_validity": None,
         "auth_mechanism": "PLAIN",
         "user": connection.user,
+        "user_provided_name": connection.client_properties.get("connection_name"),
         "user_who_performed_action": connection.user,
         "vhost": connection.vhost.name if connection.vhost is not None else None,
         "channels": len(connection.channels),
@@ -171,7 +204,12 @@ def connection_row(connection: AMQPConnection, node: str) -> Row:
         "timeout": connection.heartbeat,
         "client_properties": connection.client_properties,
         "recv_oct": 0,
+        "recv_cnt": 0,
         "send_oct": 0,
+        "send_cnt": 0,
+        "send_pend": 0,
+        "recv_oct_details": details(0.0),
+        "send_oct_details": details(0.0),
     }
 
 
@@ -220,8 +258,12 @@ def consumer_rows(channel: Channel, node: str) -> list[Row]:
         "user": connection.user,
     }
     rows = []
+    default_timeout = connection.config.limits.consumer_timeout
     for consumer in channel.consumers.values():
         queue = consumer.queue
+        timeout = queue.settings.consumer_timeout
+        if timeout is None:
+            timeout = default_timeout
         active = (
             queue.active_consumer is consumer if queue.settings.single_active_consumer else True
         )
@@ -236,6 +278,8 @@ def consumer_rows(channel: Channel, node: str) -> list[Row]:
                 "arguments": consumer.arguments,
                 "active": active,
                 "activity_status": "up" if active else "waiting",
+                # ms (0: none), as RabbitMQ 3.12+ lists it; rabbitmqadmin v2 requires it
+                "consumer_timeout": timeout,
             }
         )
     return rows

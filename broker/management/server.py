@@ -8,6 +8,7 @@ public (they hold no data); the console itself logs in to the API like any clien
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from pathlib import Path
@@ -15,13 +16,15 @@ from pathlib import Path
 from aiohttp import web
 
 from broker.auth import is_loopback
+from broker.core.errors import AMQPError
+from broker.core.persistence import MessageStore
 from broker.http import MAX_BODY, Handler, HttpEndpoint
 from broker.logs import fields
 from broker.management.access import authenticate, loopback_host_header
 from broker.management.accounts import Accounts
-from broker.management.context import Context, ManagedBroker
+from broker.management.context import CALLER, Context, ManagedBroker
 from broker.management.definitions import Definitions
-from broker.management.errors import ApiError, not_found
+from broker.management.errors import ApiError, from_model, not_found
 from broker.management.listings import Listings
 from broker.management.messages import Messages
 from broker.management.objects import Objects
@@ -49,7 +52,7 @@ class ManagementServer(HttpEndpoint):
         self.loopback_only = host == "localhost" or is_loopback(host)
         app = web.Application(
             client_max_size=MAX_BODY,
-            middlewares=[self._errors, self._host_check, self._authenticate],
+            middlewares=[self._errors, self._host_check, self._authenticate, self._durable],
         )
         for part in (
             Listings(self.context),
@@ -87,6 +90,11 @@ class ManagementServer(HttpEndpoint):
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
+        except AMQPError as error:  # the model refused (the log failed, say)
+            if error.code >= 500:
+                log.error("management.failed", extra=fields(path=request.path, reason=error.text))
+                return ApiError(500, "internal_error", error.text).response()
+            return from_model(error).response()
         except ApiError as error:
             if error.status >= 500:
                 log.error("management.failed", extra=fields(path=request.path, reason=error.reason))
@@ -94,12 +102,22 @@ class ManagementServer(HttpEndpoint):
         except web.HTTPNotFound:
             return not_found().response()
         except web.HTTPMethodNotAllowed as error:
-            allowed = ", ".join(sorted(error.allowed_methods))
-            return ApiError(
-                405, "Method Not Allowed", f"allowed: {allowed}", {"Allow": allowed}
-            ).response()
+            # RabbitMQ's order: HEAD, then what the resource takes, then OPTIONS; no body.
+            methods = [m for m in ("GET", "PUT", "DELETE", "POST") if m in error.allowed_methods]
+            allowed = ", ".join(["HEAD", *methods, "OPTIONS"])
+            return ApiError(405, "", "", {"Allow": allowed}).response()
         except web.HTTPRequestEntityTooLarge:
             return ApiError(413, "Request Entity Too Large", "request body too large").response()
+
+    @web.middleware
+    async def _durable(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A change answers only once the log has it on disk, as a publisher confirm does: a
+        user, vhost, policy or durable queue the API said it made survives a crash, and so
+        does a persistent message it published."""
+        response = await handler(request)
+        if request.method in ("PUT", "POST", "DELETE") and response.status < 300:
+            await _log_synced(self.broker.store)
+        return response
 
     @web.middleware
     async def _host_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -110,26 +128,13 @@ class ManagementServer(HttpEndpoint):
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api/") or request.path == "/api":
-            try:
-                request["caller"] = authenticate(request, self.broker.auth)
-            except ApiError:
-                name = _basic_user(request)
-                log.warning(
-                    "management.login_refused",
-                    extra=fields(peer=request.remote or "", user=name),
-                )
-                raise
+            request[CALLER] = authenticate(request, self.broker.auth)
         return await handler(request)
 
 
-def _basic_user(request: web.Request) -> str:
-    import base64
-    import binascii
-
-    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "basic":
-        return ""
-    try:
-        return base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")[0]
-    except (binascii.Error, UnicodeDecodeError):
-        return ""
+async def _log_synced(store: MessageStore) -> None:
+    done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+    store.sync(lambda error: done.done() or done.set_result(error))
+    error = await done
+    if error is not None:
+        raise ApiError(500, "internal_error", f"the log failed to store the change: {error}")

@@ -32,7 +32,7 @@ def vhost_path(vhost: str) -> str:
 class Reply:
     status: int
     body: Any  # decoded JSON, or the raw text when the body is not JSON, None when empty
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
 
 
 class Management:
@@ -100,6 +100,7 @@ class Management:
 
 
 def _reply(status: int, data: bytes, headers: dict[str, str]) -> Reply:
+    headers = {name.lower(): value for name, value in headers.items()}  # names are case-blind
     if not data:
         return Reply(status, None, headers)
     try:

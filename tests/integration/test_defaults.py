@@ -101,7 +101,7 @@ async def test_user_without_permissions_opens_no_vhost_and_sees_nothing(broker: 
             for path in ("queues", "exchanges", "bindings"):
                 for vhost in ("%2F", "b"):
                     status, _ = admin_get(broker, f"/api/{path}/{vhost}", "bob", "bob-secret")
-                    assert status == 404, f"/api/{path}/{vhost}"  # as if it did not exist
+                    assert status == 401, f"/api/{path}/{vhost}"  # RabbitMQ's "not authorised"
             status, body = admin_get(broker, "/api/queues", "carol", "carol-secret")
             assert status == 401
             assert strict_json(body)["reason"] == "Not management user"

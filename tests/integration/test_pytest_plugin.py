@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.support import PROJECT_ROOT
+
 SAMPLE = Path(__file__).parent.parent / "plugin_sample" / "orders_check.py"
 
 
@@ -73,3 +77,40 @@ def test_a_broker_that_cannot_start_says_why_instead_of_hanging() -> None:
             raise AssertionError("a broker on a taken port started")
     embedded.stop()
     assert not any(thread.name == "warren-broker" for thread in threading.enumerate())
+
+
+@pytest.mark.timeout(600)
+def test_the_sample_passes_with_only_the_built_package_installed(tmp_path: Path) -> None:
+    """What a project gets from `pip install warren-broker`: the package built as a wheel and
+    installed into a fresh virtualenv (with pytest and pika, what the sample itself imports),
+    nothing from this checkout on the path. The console's files and the plugin's entry point
+    must be in the wheel for this to pass."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
+         str(PROJECT_ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    [wheel] = wheels.glob("warren_broker-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(wheel), "pytest", "pika"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(SAMPLE, project / "test_orders.py")
+    result = subprocess.run(
+        [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+        cwd=project, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+    console = subprocess.run(
+        [str(python), "-c", "import broker.management.server as s; print(s.CONSOLE)"],
+        cwd=project, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    assert str(venv) in console
+    assert (Path(console) / "index.html").is_file()

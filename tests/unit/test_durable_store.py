@@ -165,6 +165,7 @@ async def test_only_durable_definitions_survive_a_restart(tmp_path: Path) -> Non
     node = await restart(node)
     vhost = node.vhost
     builtin = {"", "amq.direct", "amq.fanout", "amq.topic", "amq.headers", "amq.match"}
+    builtin.add("amq.rabbitmq.trace")
     assert set(vhost.exchanges) == builtin | {"orders", "audit"}
     assert (vhost.exchanges["orders"].type_name, vhost.exchanges["audit"].type_name) == (
         "direct",

@@ -44,7 +44,8 @@ def _routed(vhost: VirtualHost, exchange: str, key: str = "", **kwargs: Any) -> 
 
 
 def test_builtin_exchanges_exist(vhost: VirtualHost) -> None:
-    """Every vhost starts with the default exchange and the amq.* set, all durable."""
+    """Every vhost starts with the default exchange and the amq.* set, all durable; the
+    tracer's amq.rabbitmq.trace is internal, as in RabbitMQ."""
     kinds = {name: x.type_name for name, x in vhost.exchanges.items()}
     assert kinds == {
         "": "direct",
@@ -53,8 +54,10 @@ def test_builtin_exchanges_exist(vhost: VirtualHost) -> None:
         "amq.topic": "topic",
         "amq.headers": "headers",
         "amq.match": "headers",
+        "amq.rabbitmq.trace": "topic",
     }
     assert all(x.durable for x in vhost.exchanges.values())
+    assert [name for name, x in vhost.exchanges.items() if x.internal] == ["amq.rabbitmq.trace"]
 
 
 def test_reserved_prefix_exchange(vhost: VirtualHost) -> None:

@@ -678,7 +678,7 @@
   function formatAxis(value) {
     if (value === 0) return "0";
     if (value >= 1000) return integer.format(value);
-    return Number.isInteger(value) ? String(value) : value.toFixed(1);
+    return Number.isInteger(value) ? String(value) : String(Number(value.toFixed(2)));
   }
 
   function remember(history, sample) {

@@ -16,6 +16,7 @@ import os
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from broker.config import Permission
 from broker.core.errors import ACCESS_REFUSED, ChannelException
@@ -97,6 +98,19 @@ class VhostAccess:
             "write": _matcher(permission.write),
             "read": _matcher(permission.read),
         }
+
+    def check_forwarding(self, kind: str, name: str, target: Any) -> None:
+        """An alternate or dead-letter exchange moves messages out of `name` into `target`:
+        as in RabbitMQ, that needs read on the source and write on the target (so no one can
+        publish, through a queue of their own, into an exchange they may not write to)."""
+        if isinstance(target, str):
+            self.check("read", kind, name)
+            self.check("write", "exchange", target)
+
+    def check_binding(self, kind: str, destination: str, source: str) -> None:
+        """RabbitMQ: binding needs write on the destination and read on the source exchange."""
+        self.check("write", kind, destination)
+        self.check("read", "exchange", source)
 
     def check(self, operation: str, kind: str, name: str) -> None:
         """Raise 403 ACCESS_REFUSED unless `operation` is allowed on the exchange/queue `name`."""

@@ -21,6 +21,7 @@ from broker.core.errors import AMQPError
 from broker.core.exchange import Exchange
 from broker.core.queue import Queue
 from broker.core.vhost import BUILTIN_EXCHANGES
+from broker.patterns import BoundedPattern
 from broker.policies import PolicyError, parse_policy
 
 if TYPE_CHECKING:
@@ -180,6 +181,13 @@ def import_definitions(
     for index, entry in enumerate(sections["users"]):
         if not isinstance(entry.get("name"), str):
             raise DefinitionsError(f"users[{index}]: name is missing")
+    with broker.runtime_batch():
+        return _apply(broker, sections, acting_user)
+
+
+def _apply(
+    broker: ManagedBroker, sections: dict[str, list[dict[str, Any]]], acting_user: str
+) -> dict[str, int]:
     applied: dict[str, int] = {}
     for section in SECTIONS:
         apply = _APPLY[section]
@@ -189,7 +197,9 @@ def import_definitions(
                     _vhost_entry(broker, entry, acting_user)
                 else:
                     apply(broker, entry)
-            except (AMQPError, PolicyError, KeyError, TypeError, ValueError) as error:
+            except (
+                AMQPError, PolicyError, KeyError, TypeError, ValueError, AttributeError
+            ) as error:  # fmt: skip
                 reason = error.text if isinstance(error, AMQPError) else str(error)
                 raise DefinitionsError(f"{section}[{index}] ({_label(entry)}): {reason}") from None
         applied[section] = len(sections[section])
@@ -236,6 +246,8 @@ def _user(broker: ManagedBroker, entry: dict[str, Any]) -> None:
 
 def _vhost_entry(broker: ManagedBroker, entry: dict[str, Any], acting_user: str = "") -> None:
     metadata = entry.get("metadata") or {}
+    if not isinstance(metadata, dict) or not isinstance(entry["name"], str):
+        raise ValueError("a vhost needs a string name and an object metadata")
     description = metadata.get("description", entry.get("description", ""))
     tags = metadata.get("tags", entry.get("tags", []))
     if isinstance(tags, str):
@@ -250,7 +262,10 @@ def _permission(broker: ManagedBroker, entry: dict[str, Any]) -> None:
         raise ValueError(f"no vhost '{entry['vhost']}'")
     if entry["user"] not in broker.auth.users:
         raise ValueError(f"no user '{entry['user']}'")
-    permission = Permission(str(entry["configure"]), str(entry["write"]), str(entry["read"]))
+    patterns = [str(entry[kind]) for kind in ("configure", "write", "read")]
+    for pattern in patterns:
+        BoundedPattern(pattern)  # PatternError (a ValueError) names what is wrong
+    permission = Permission(*patterns)
     broker.auth.set_permission(entry["user"], entry["vhost"], permission)
 
 

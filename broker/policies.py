@@ -11,6 +11,7 @@ limit trims a queue that is already too long.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -28,6 +29,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("warren.policy")
 
 APPLY_TO = ("queues", "exchanges", "all")
+TOO_SLOW_LIMIT = 3  # slow matches after which a pattern stops applying
+# A definition is a few settings; these bound what a policymaker can make the broker keep (and
+# rewrite into the log at every change).
+MAX_DEFINITION_BYTES = 64 * 1024
+MAX_DEFINITION_DEPTH = 8
 OVERFLOW = ("drop-head", "reject-publish", "reject-publish-dlx")
 
 
@@ -127,20 +133,29 @@ class Policy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_pattern", BoundedPattern(self.pattern))
-        object.__setattr__(self, "too_slow", False)
+        object.__setattr__(self, "slow_matches", 0)
 
     def matches(self, name: str, kind: str) -> bool:
-        """A pattern that once takes too long on a name (catastrophic backtracking) stops
-        matching anything, with a warning, rather than stall the broker on every declare."""
-        if self.apply_to not in ("all", kind) or self.too_slow:  # type: ignore[attr-defined]
+        """A match that takes too long (catastrophic backtracking) counts as no match, with a
+        warning; a pattern that does it TOO_SLOW_LIMIT times stops matching anything, rather
+        than cost every declare its time budget. (One slow match can be a pause of the
+        process, not the pattern.)"""
+        slow = self.slow_matches  # type: ignore[attr-defined]
+        if self.apply_to not in ("all", kind) or slow >= TOO_SLOW_LIMIT:
             return False
         try:
             return self._pattern.search(name)  # type: ignore[attr-defined]
         except PatternTooSlow:
-            object.__setattr__(self, "too_slow", True)
+            object.__setattr__(self, "slow_matches", slow + 1)
             log.warning(
                 "policy.pattern_too_slow",
-                extra=fields(vhost=self.vhost, policy=self.name, pattern=self.pattern, name=name),
+                extra=fields(
+                    vhost=self.vhost,
+                    policy=self.name,
+                    pattern=self.pattern,
+                    name=name,
+                    disabled=slow + 1 >= TOO_SLOW_LIMIT,
+                ),
             )
             return False
 
@@ -186,6 +201,11 @@ def _definition_problem(definition: Any) -> str | None:
     """The first bad known setting (in key order), then the unknown ones."""
     if not isinstance(definition, dict) or not definition:
         return "no policy provided"
+    size = len(json.dumps(definition))
+    if size > MAX_DEFINITION_BYTES:
+        return f"definition is {size} bytes; at most {MAX_DEFINITION_BYTES}"
+    if _depth(definition) > MAX_DEFINITION_DEPTH:
+        return f"definition is nested deeper than {MAX_DEFINITION_DEPTH} levels"
     unknown = []
     for key in sorted(definition, key=lambda k: k.encode()):
         check = QUEUE_KEYS[key][2] if key in QUEUE_KEYS else _OTHER_KEYS.get(key)
@@ -201,6 +221,19 @@ def _definition_problem(definition: Any) -> str | None:
         )
         return f"[{pairs}] are not recognised policy settings"
     return None
+
+
+def _depth(value: Any) -> int:
+    """How deep JSON data nests, without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            pending += ((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending += ((child, depth + 1) for child in item)
+    return deepest
 
 
 def _pattern_problem(pattern: Any) -> str | None:

@@ -7,10 +7,12 @@ a free port inside a test suite or an application, and `broker.url` is what clie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -21,9 +23,10 @@ from broker.amqp.channel import Channel
 from broker.amqp.connection import AMQPConnection
 from broker.auth import Authenticator, User
 from broker.config import BrokerConfig
+from broker.core.exchange import Exchange
 from broker.core.footprint import definitions_bytes
 from broker.core.persistence import MessageStore
-from broker.core.queue import MEMORY_STORE
+from broker.core.queue import MEMORY_STORE, Queue
 from broker.core.stats import Counters
 from broker.core.vhost import VirtualHost
 from broker.definitions import DefinitionsError, import_definitions
@@ -91,6 +94,9 @@ class Broker:
         self._tls_server: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
         self._restoring = False
+        self._recovering = False
+        self._batching = 0
+        self._batch_changed = False
         self.node = default_node_name()
         # HTTP endpoints served on the broker's loop: Prometheus /metrics and the management
         # API with its console.
@@ -120,11 +126,22 @@ class Broker:
         self, name: str, description: str = "", tags: tuple[str, ...] = ()
     ) -> VirtualHost:
         vhost = VirtualHost(name, self.store)
-        vhost.on_queue_added = lambda queue: self.policies.apply_to_queue(vhost, queue)
-        vhost.on_exchange_added = lambda exchange: self.policies.apply_to_exchange(vhost, exchange)
+        vhost.on_queue_added = lambda queue: self._apply_policies(vhost, queue)
+        vhost.on_exchange_added = lambda exchange: self._apply_policies(vhost, exchange)
         self.vhosts[name] = vhost
         self.vhost_metadata[name] = {"description": description, "tags": tags}
         return vhost
+
+    def _apply_policies(self, vhost: VirtualHost, target: Queue | Exchange) -> None:
+        """A new queue or exchange gets its policy at once; during recovery not until its
+        messages are back (see `_recover`), so that restoring them does not give them a TTL
+        they were not enqueued with."""
+        if self._recovering:
+            return
+        if isinstance(target, Queue):
+            self.policies.apply_to_queue(vhost, target)
+        else:
+            self.policies.apply_to_exchange(vhost, target)
 
     def add_vhost(self, name: str, description: str = "", tags: tuple[str, ...] = ()) -> bool:
         """Create a vhost (True), or update an existing one's description and tags (False)."""
@@ -168,25 +185,36 @@ class Broker:
         return True
 
     def _runtime_changed(self) -> None:
-        """Users, vhosts, permissions or policies changed: the log keeps them whole."""
-        if isinstance(self.store, DurableStore) and not self._restoring:
+        """Users, vhosts, permissions or policies changed: the log keeps them whole (once at
+        the end of a batch)."""
+        if self._batching:
+            self._batch_changed = True
+        elif isinstance(self.store, DurableStore) and not self._restoring:
             self.store.runtime_changed(runtime.document(self))
+
+    @contextlib.contextmanager
+    def runtime_batch(self) -> Iterator[None]:
+        """Many changes (a definitions import), one RUNTIME record at the end instead of one
+        per change, each holding everything. If the import stops half way, what it applied
+        is still logged; if the log refuses that record, the log has failed and the changes
+        live in memory only until the restart (as every other change the broker can no
+        longer log)."""
+        self._batching += 1
+        try:
+            yield
+        finally:
+            self._batching -= 1
+            if not self._batching and self._batch_changed:
+                self._batch_changed = False
+                self._runtime_changed()
 
     def _adopt_runtime(self, document: dict) -> None:
         """The log's users, vhosts and policies replace the config's seed (see broker.runtime)."""
         self._restoring = True
         try:
-            seeded = {u.name for u in self.config.users}, set(self.config.vhosts)
             stored_users = runtime.users_of(document)
             stored_vhosts = runtime.vhosts_of(document)
-            if seeded != ({u.name for u in stored_users}, {v[0] for v in stored_vhosts}):
-                log.info(
-                    "config.accounts_seeded_earlier",
-                    extra=fields(
-                        reason="users and vhosts come from the data directory, changed"
-                        " through the management API; the config's lists seed a new one only"
-                    ),
-                )
+            self._warn_config_not_read(stored_users, [v[0] for v in stored_vhosts])
             self.vhosts.clear()
             self.vhost_metadata.clear()
             for name, description, tags in stored_vhosts:
@@ -195,6 +223,30 @@ class Broker:
             self.policies.replace_all(runtime.policies_of(document))
         finally:
             self._restoring = False
+
+    def _warn_config_not_read(self, stored: list[User], vhosts: list[str]) -> None:
+        """The config's users and vhosts seed a new data directory only; say so, naming what
+        differs (a changed password or a removed user in the config does nothing), and how
+        to apply it: the management API, or load_definitions."""
+        configured = {
+            u.name: (u.password_hash, u.permissions, u.loopback_only, u.tags)
+            for u in self.config.users
+        }
+        kept = {u.name: (u.password_hash, u.permissions, u.loopback_only, u.tags) for u in stored}
+        users = sorted(name for name in configured.keys() | kept.keys()
+                       if configured.get(name) != kept.get(name))  # fmt: skip
+        differing_vhosts = sorted(set(self.config.vhosts) ^ set(vhosts))
+        if users or differing_vhosts:
+            log.warning(
+                "config.accounts_seeded_earlier",
+                extra=fields(
+                    users=",".join(users),
+                    vhosts=",".join(differing_vhosts),
+                    reason="users and vhosts come from the data directory; the config's lists"
+                    " seed a new one only. Change them with the management API (or"
+                    " load_definitions)",
+                ),
+            )
 
     def _load_definitions(self) -> None:
         path = self.config.load_definitions
@@ -304,7 +356,15 @@ class Broker:
         state = await asyncio.get_running_loop().run_in_executor(None, recover, self.wal)
         if state.runtime is not None:
             self._adopt_runtime(state.runtime)
-        queues, messages = restore(state, self.vhosts, self.store)
+        self._recovering = True
+        try:
+            queues, messages = restore(state, self.vhosts, self.store)
+        finally:
+            self._recovering = False
+        # Policies apply once the messages are back: a message keeps the expiry it was restored
+        # with (its own expiration, its queue's x-message-ttl); a policy's TTL is not recorded
+        # with a message, so what was enqueued under one comes back without it (kept longer,
+        # never expired early). Limits trim now, logging what they drop.
         for name in self.vhosts:
             self.policies.apply(name)
         report = state.report

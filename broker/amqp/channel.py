@@ -615,7 +615,7 @@ class Channel:
     def _on_exchange_declare(self, method: commands.Exchange.Declare) -> None:
         if not method.passive:
             self.access.check("configure", "exchange", method.exchange)
-            self._check_forwarding(
+            self.access.check_forwarding(
                 "exchange", method.exchange, (method.arguments or {}).get("alternate-exchange")
             )
         self.vhost.declare_exchange(
@@ -638,7 +638,7 @@ class Channel:
             self._send(commands.Exchange.DeleteOk())
 
     def _on_exchange_bind(self, method: commands.Exchange.Bind) -> None:
-        self._check_binding("exchange", method.destination, method.source)
+        self.access.check_binding("exchange", method.destination, method.source)
         self.vhost.bind(
             method.source, method.destination, method.routing_key, method.arguments, True
         )
@@ -646,24 +646,12 @@ class Channel:
             self._send(commands.Exchange.BindOk())
 
     def _on_exchange_unbind(self, method: commands.Exchange.Unbind) -> None:
-        self._check_binding("exchange", method.destination, method.source)
+        self.access.check_binding("exchange", method.destination, method.source)
         self.vhost.unbind(
             method.source, method.destination, method.routing_key, method.arguments, True
         )
         if not method.nowait:
             self._send(commands.Exchange.UnbindOk())
-
-    def _check_forwarding(self, kind: str, name: str, target: Any) -> None:
-        """An alternate or dead-letter exchange moves messages out of `name` into `target`:
-        as in RabbitMQ, that needs read on the source and write on the target."""
-        if isinstance(target, str):
-            self.access.check("read", kind, name)
-            self.access.check("write", "exchange", target)
-
-    def _check_binding(self, kind: str, destination: str, source: str) -> None:
-        """RabbitMQ: binding needs write on the destination and read on the source exchange."""
-        self.access.check("write", kind, destination)
-        self.access.check("read", "exchange", source)
 
     # ------------------------------------------------------------------ queue class
     def _on_queue_declare(self, method: commands.Queue.Declare) -> None:
@@ -679,7 +667,7 @@ class Channel:
             # Name a server-named queue first: permissions are checked on the name it gets.
             name = name or server_generated_name("amq.gen-")
             self.access.check("configure", "queue", name)
-            self._check_forwarding(
+            self.access.check_forwarding(
                 "queue", name, (method.arguments or {}).get("x-dead-letter-exchange")
             )
         queue = self.vhost.declare_queue(
@@ -708,7 +696,7 @@ class Channel:
 
     def _on_queue_bind(self, method: commands.Queue.Bind) -> None:
         queue = self._queue_name(method.queue)
-        self._check_binding("queue", queue, method.exchange)
+        self.access.check_binding("queue", queue, method.exchange)
         routing_key = method.routing_key or ("" if method.queue else queue)
         self.vhost.bind(
             method.exchange, queue, routing_key, method.arguments, False, self.connection
@@ -718,7 +706,7 @@ class Channel:
 
     def _on_queue_unbind(self, method: commands.Queue.Unbind) -> None:
         queue = self._queue_name(method.queue)
-        self._check_binding("queue", queue, method.exchange)
+        self.access.check_binding("queue", queue, method.exchange)
         routing_key = method.routing_key or ("" if method.queue else queue)
         self.vhost.unbind(
             method.exchange, queue, routing_key, method.arguments, False, self.connection

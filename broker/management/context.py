@@ -5,7 +5,9 @@ path, a JSON body, a listing shaped by the query string)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -13,6 +15,7 @@ from aiohttp import web
 
 from broker.management.access import NO_VHOST_ACCESS, Caller
 from broker.management.errors import (
+    ApiError,
     bad_request,
     key_missing,
     not_found,
@@ -32,7 +35,9 @@ if TYPE_CHECKING:
     from broker.core.vhost import VirtualHost
     from broker.policies import Policies
 
-BODY_TIMEOUT = 30.0
+MAX_JSON_BODY = 1024 * 1024  # a declare, publish or policy; definitions take MAX_BODY
+FILTER_BUDGET = 0.25  # seconds one listing's regex name filter may take in all
+MAX_NAME_BYTES = 255  # an AMQP short string: longer names could not be used by clients
 
 
 class ManagedBroker(Protocol):
@@ -47,6 +52,8 @@ class ManagedBroker(Protocol):
     store: MessageStore
 
     def add_vhost(self, name: str, description: str = "", tags: tuple[str, ...] = ()) -> bool: ...
+
+    def runtime_batch(self) -> AbstractContextManager[None]: ...
 
     def delete_vhost(self, name: str) -> bool: ...
 
@@ -88,9 +95,21 @@ def vhost_of(request: web.Request, context: Context, writing: bool = False) -> V
     return vhost
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object; 400 with RabbitMQ's wording when it is not one."""
-    raw = await request.read()
+def name_of(request: web.Request, kind: str, key: str = "name") -> str:
+    """An object's name from the path, at most 255 bytes (RabbitMQ's wording)."""
+    name = request.match_info[key]
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise bad_request(f"{kind} should be less than 255 bytes, actually was {size}\n")
+    return name
+
+
+async def json_body(request: web.Request, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
+    """The request's JSON object; 400 with RabbitMQ's wording when it is not one, 413 when it
+    is larger than a request of its kind needs (parsing is work on the broker's loop)."""
+    raw = await request.read()  # at most the app's client_max_size
+    if len(raw) > limit:
+        raise ApiError(413, "bad_request", f"request body larger than {limit} bytes")
     if not raw.strip():
         return {}
     try:
@@ -120,8 +139,14 @@ def boolean(body: dict[str, Any], key: str, default: bool) -> bool:
 
 
 def respond(document: Any, status: int = 200) -> web.Response:
-    body = json.dumps(json_ready(document), allow_nan=False, separators=(",", ":"))
-    return web.Response(status=status, body=body.encode(), content_type="application/json")
+    # UTF-8 as is (RabbitMQ does the same): \u escapes would make text up to six times larger.
+    body = json.dumps(
+        json_ready(document), allow_nan=False, separators=(",", ":"), ensure_ascii=False
+    )
+    # "replace": a lone surrogate a client sent in a JSON string must not fail the answer.
+    return web.Response(
+        status=status, body=body.encode("utf-8", "replace"), content_type="application/json"
+    )
 
 
 def no_content(status: int = 204) -> web.Response:
@@ -138,13 +163,7 @@ def listing(request: web.Request, rows: Iterable[Row]) -> web.Response:
     wanted = query.get("name")
     if wanted:
         if query.get("use_regex", "false").lower() == "true":
-            try:
-                pattern = BoundedPattern(wanted)
-                items = [row for row in items if pattern.search(str(row.get("name", "")))]
-            except PatternError as error:
-                raise bad_request(f"invalid regular expression in name: {error}") from None
-            except PatternTooSlow:
-                raise bad_request("the name filter took too long to match; simplify it") from None
+            items = _regex_filter(items, wanted)
         else:
             items = [row for row in items if wanted in str(row.get("name", ""))]
     sort = query.get("sort")
@@ -172,6 +191,26 @@ def listing(request: web.Request, rows: Iterable[Row]) -> web.Response:
             "total_count": total,
         }
     )
+
+
+def _regex_filter(items: list[Row], wanted: str) -> list[Row]:
+    """Rows whose name the pattern finds; each match and the whole filter have a time budget,
+    so no pattern and no number of names can hold the loop."""
+    try:
+        pattern = BoundedPattern(wanted)
+    except PatternError as error:
+        raise bad_request(f"invalid regular expression in name: {error}") from None
+    deadline = time.monotonic() + FILTER_BUDGET
+    kept = []
+    try:
+        for row in items:
+            if pattern.search(str(row.get("name", ""))):
+                kept.append(row)
+            if time.monotonic() > deadline:
+                raise PatternTooSlow(wanted)
+    except PatternTooSlow:
+        raise bad_request("the name filter took too long to match; simplify it") from None
+    return kept
 
 
 def one(request: web.Request, row: Row) -> web.Response:

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from broker.definitions import DefinitionsError, export, import_definitions
 from broker.management.context import Context, caller, no_content, respond
-from broker.management.errors import bad_request
+from broker.management.errors import ApiError, bad_request
 
 
 class Definitions:
@@ -43,6 +43,10 @@ class Definitions:
         who = caller(request)
         who.require_admin()
         vhost = self._vhost(request)
+        if request.content_type != "application/json":  # RabbitMQ's 415; no form can post it
+            raise ApiError(
+                415, "unsupported_media_type", "definitions must be sent as application/json"
+            )
         raw = await request.read()
         try:
             document = json.loads(raw)

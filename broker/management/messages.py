@@ -27,8 +27,8 @@ from broker.management.errors import ApiError, bad_request
 
 ACK_MODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
 MAX_GET = 10_000  # messages one get may take
-# Bodies one get answers with, at most (past it the get stops early, having taken at least one):
-# count=10000 of large messages must not build a gigabyte response in memory.
+# Bodies and headers one get answers with, at most (past it the get stops early, having taken
+# at least one): count=10000 of large messages must not build a gigabyte response in memory.
 MAX_GET_BYTES = 64 * 1024 * 1024
 BASIC_CLASS = 60
 
@@ -63,10 +63,10 @@ class Messages:
         ]
 
     async def publish(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
         vhost = vhost_of(request, self.context)
         name = request.match_info.get("name", "")
         exchange_name = "" if name == "amq.default" else name
-        body = await json_body(request)
         require(body, "routing_key", "properties", "payload", "payload_encoding")
         who = caller(request)
         who.vhost_access(vhost.name).check("write", "exchange", exchange_name)
@@ -102,9 +102,9 @@ class Messages:
         return respond({"routed": bool(routed) and not refused})
 
     async def get(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
         vhost = vhost_of(request, self.context)
         name = request.match_info["name"]
-        body = await json_body(request)
         require(body, "count", "ackmode", "encoding")
         mode = body["ackmode"]
         if mode not in ACK_MODES:
@@ -134,7 +134,10 @@ class Messages:
             and (entry := queue.get(ack_required=True)) is not None
         ):
             taken.append(entry)
-            size += min(entry.message.body_size, truncate if truncate is not None else 1 << 62)
+            # What the answer holds: the body (cut to `truncate`) and the decoded properties,
+            # whose bytes a header can make as large as a body.
+            body = min(entry.message.body_size, truncate if truncate is not None else 1 << 62)
+            size += body + 3 * len(entry.message.header)  # a bad byte prints as U+FFFD
             found.append(_message_row(entry, queue.message_count, encoding, truncate))
             if entry.message.lazy:
                 entry.message.body = None

@@ -22,6 +22,7 @@ from broker.management.context import (
     caller,
     json_body,
     listing,
+    name_of,
     no_content,
     respond,
     vhost_of,
@@ -61,13 +62,15 @@ class Objects:
 
     # ---------------------------------------------------------------------------- queues
     async def declare_queue(self, request: web.Request) -> web.Response:
+        body = await json_body(request)  # first: the vhost is looked up after the await
         vhost = vhost_of(request, self.context, writing=True)
-        name = request.match_info["name"]
-        body = await json_body(request)
+        name = name_of(request, "queue")
         arguments = _arguments(body)
         durable = boolean(body, "durable", False)
         auto_delete = boolean(body, "auto_delete", False)
-        caller(request).vhost_access(vhost.name).check("configure", "queue", name)
+        access = caller(request).vhost_access(vhost.name)
+        access.check("configure", "queue", name)
+        access.check_forwarding("queue", name, arguments.get("x-dead-letter-exchange"))
         existed = name in vhost.queues
         vhost.declare_queue(
             name, None, durable=durable, auto_delete=auto_delete, arguments=arguments
@@ -81,9 +84,9 @@ class Objects:
             raise not_found()
         caller(request).vhost_access(vhost.name).check("configure", "queue", name)
         query = request.query
-        vhost.delete_queue(
+        vhost.delete_queue(  # another connection's exclusive queue: 405 -> 400, as RabbitMQ
             name,
-            vhost.queues[name].exclusive_owner,
+            None,
             if_unused=query.get("if-unused", "false") == "true",
             if_empty=query.get("if-empty", "false") == "true",
         )
@@ -96,22 +99,25 @@ class Objects:
         if queue is None:
             raise not_found()
         caller(request).vhost_access(vhost.name).check("read", "queue", name)
-        queue.purge()
+        vhost.purge_queue(name, None)  # refuses another connection's exclusive queue
         return no_content()
 
     # ---------------------------------------------------------------------------- exchanges
     async def declare_exchange(self, request: web.Request) -> web.Response:
-        vhost = vhost_of(request, self.context, writing=True)
-        name = request.match_info["name"]
         body = await json_body(request)
+        vhost = vhost_of(request, self.context, writing=True)
+        name = name_of(request, "exchange")
         kind = body.get("type", "direct")  # RabbitMQ's default
         if not isinstance(kind, str) or kind not in ALL_EXCHANGE_TYPES:
             raise bad_request(f"unknown exchange type '{kind}'")
         durable = boolean(body, "durable", True)
         auto_delete = boolean(body, "auto_delete", False)
         internal = boolean(body, "internal", False)
+        arguments = _arguments(body)
         who = caller(request)
-        who.vhost_access(vhost.name).check("configure", "exchange", name)
+        access = who.vhost_access(vhost.name)
+        access.check("configure", "exchange", name)
+        access.check_forwarding("exchange", name, arguments.get("alternate-exchange"))
         existed = name in vhost.exchanges
         vhost.declare_exchange(
             name,
@@ -119,7 +125,7 @@ class Objects:
             durable=durable,
             auto_delete=auto_delete,
             internal=internal,
-            arguments=_arguments(body),
+            arguments=arguments,
             declared_by=who.name,
         )
         return no_content(204 if existed else 201)
@@ -152,15 +158,15 @@ class Objects:
         return vhost, source, destination, to_exchange
 
     async def bind(self, request: web.Request) -> web.Response:
-        vhost, source, destination, to_exchange = self._ends(request, writing=True)
         body = await json_body(request)
+        vhost, source, destination, to_exchange = self._ends(request, writing=True)
         key = body.get("routing_key", "")
         if not isinstance(key, str):
             raise bad_request("routing_key must be a string")
         arguments = _arguments(body)
-        access = caller(request).vhost_access(vhost.name)
-        access.check("write", "exchange" if to_exchange else "queue", destination)
-        access.check("read", "exchange", source)
+        caller(request).vhost_access(vhost.name).check_binding(
+            "exchange" if to_exchange else "queue", destination, source
+        )
         vhost.bind(source, destination, key, arguments, to_exchange)
         # Relative, the properties key percent-encoded once more, as RabbitMQ answers.
         props = urllib.parse.quote(rows.properties_key(key, arguments), safe="~")
@@ -198,9 +204,9 @@ class Objects:
         vhost, source, destination, to_exchange = self._ends(request)
         found = [self._by_key(request)]
         row = found[0]
-        access = caller(request).vhost_access(vhost.name)
-        access.check("write", "exchange" if to_exchange else "queue", destination)
-        access.check("read", "exchange", source)
+        caller(request).vhost_access(vhost.name).check_binding(
+            "exchange" if to_exchange else "queue", destination, source
+        )
         vhost.unbind(source, destination, row["routing_key"], row["arguments"], to_exchange)
         return no_content()
 
@@ -213,6 +219,8 @@ class Objects:
                 if not (who.is_admin or connection.user == who.name):
                     raise not_found()
                 reason = request.headers.get("X-Reason", CONNECTION_CLOSED_BY_API)
+                # a header's bytes that are not UTF-8 must not fail the close
+                reason = reason.encode("utf-8", "replace").decode("utf-8")
                 connection.force_close(320, reason)
                 return no_content()
         raise not_found()

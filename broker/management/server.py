@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import urllib.parse
 from pathlib import Path
 
 from aiohttp import web
@@ -52,7 +53,13 @@ class ManagementServer(HttpEndpoint):
         self.loopback_only = host == "localhost" or is_loopback(host)
         app = web.Application(
             client_max_size=MAX_BODY,
-            middlewares=[self._errors, self._host_check, self._authenticate, self._durable],
+            middlewares=[
+                self._errors,
+                self._host_check,
+                self._same_origin,
+                self._authenticate,
+                self._durable,
+            ],
         )
         for part in (
             Listings(self.context),
@@ -123,6 +130,18 @@ class ManagementServer(HttpEndpoint):
     async def _host_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.loopback_only and not loopback_host_header(request.headers.get("Host", "")):
             raise ApiError(403, "access_refused", "the Host header must name a loopback address")
+        return await handler(request)
+
+    @web.middleware
+    async def _same_origin(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A browser names the page that sent a request in Origin: a page of another site
+        (a form posting to the API with the well-known guest credentials cached) is refused.
+        Clients that are not browsers send no Origin; the console is of this origin."""
+        origin = request.headers.get("Origin")
+        if origin is not None and request.path.startswith("/api"):
+            parts = urllib.parse.urlsplit(origin)
+            if parts.netloc.lower() != request.headers.get("Host", "").lower():
+                raise ApiError(403, "access_refused", "cross-origin requests are refused")
         return await handler(request)
 
     @web.middleware

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -166,8 +167,9 @@ class DurableStore(MessageStore):
         self._release(entry.message for entry in held if entry.message.msg_id)
 
     def runtime_changed(self, document: dict[str, Any]) -> None:
-        """Users, vhosts, permissions or policies changed: log them whole."""
-        self._append_table(records.RUNTIME, document)
+        """Users, vhosts, permissions or policies changed: log them whole, as JSON text (an
+        opaque string: nothing a policy holds can nest past what a record table allows)."""
+        self._append_table(records.RUNTIME, {"json": json.dumps(document)})
 
     def dedup_remembered(self, vhost: str, exchange: str, key: str, expires: float) -> None:
         table = {"vhost": vhost, "exchange": exchange, "key": key, "expires": expires}
@@ -197,7 +199,7 @@ class DurableStore(MessageStore):
         snapshot["next_msg_id"] = self.next_msg_id
         snapshot["redelivered_upto"] = self.redelivered_upto
         if self._runtime is not None:
-            snapshot["runtime"] = self._runtime()
+            snapshot["runtime_json"] = json.dumps(self._runtime())
         self.wal.append(records.SNAPSHOT, records.encode_table(snapshot))
 
     def shutdown(self) -> None:

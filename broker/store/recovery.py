@@ -18,6 +18,7 @@ Bodies stay in the log: recovered messages keep only their location and header i
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -153,9 +154,10 @@ class RecoveredState:
             self.next_queue_id = max(self.next_queue_id, table.get("next_queue_id", 1))
             self.next_msg_id = max(self.next_msg_id, table.get("next_msg_id", 1))
             self.redelivered_upto = max(self.redelivered_upto, table.get("redelivered_upto", 0))
-            self.runtime = table.get("runtime", self.runtime)
+            if "runtime_json" in table:
+                self.runtime = json.loads(table["runtime_json"])
         elif record_type == records.RUNTIME:
-            self.runtime = table
+            self.runtime = json.loads(table["json"])
         elif record_type == records.EXCHANGE_DECLARE:
             self.exchanges[(table["vhost"], table["name"])] = table
         elif record_type == records.DEDUP:

@@ -269,3 +269,180 @@ def test_what_rabbitmqadmin_v2_relies_on(tmp_path: Path) -> None:
         connection.close()
     finally:
         broker.stop()
+
+
+# ------------------------------------------------------------------- found in review (attacks)
+def limited_user(api: Management, name: str = "lim") -> Management:
+    """A management user whose permissions cover only names starting with its own."""
+    assert api.put(f"/api/users/{name}", {"password": "pw", "tags": "management"}).status == 201
+    pattern = f"^{name}-"
+    body = {"configure": pattern, "write": pattern, "read": pattern}
+    assert api.put(f"/api/permissions/%2F/{name}", body).status == 201
+    return api.as_user(name, "pw")
+
+
+def test_the_api_checks_dead_letter_and_alternate_exchange_permissions(tmp_path: Path) -> None:
+    """Declaring a queue whose dead-letter exchange (or an exchange whose alternate) is one the
+    user may not write to would let it publish there through its own queue: refused, as over
+    AMQP (RabbitMQ's 403, the API's 401 "Access refused.")."""
+    broker, api = start(tmp_path / "data")
+    try:
+        assert api.put("/api/exchanges/%2F/payments", {"type": "fanout"}).status == 201
+        lim = limited_user(api)
+        body = {"arguments": {"x-dead-letter-exchange": "payments", "x-message-ttl": 0}}
+        reply = lim.put("/api/queues/%2F/lim-q", body)
+        assert (reply.status, reply.body["reason"]) == (401, "Access refused.")
+        reply = lim.put(
+            "/api/exchanges/%2F/lim-x",
+            {"type": "fanout", "arguments": {"alternate-exchange": "payments"}},
+        )
+        assert reply.status == 401
+        assert lim.put("/api/queues/%2F/lim-ok", {"arguments": {"x-message-ttl": 5}}).status == 201
+    finally:
+        broker.stop()
+
+
+def test_another_connections_exclusive_queue_is_locked_to_the_api(tmp_path: Path) -> None:
+    """Purge and delete of a queue another connection holds exclusively: 400 with RabbitMQ's
+    RESOURCE_LOCKED text, and the owner keeps its queue and messages."""
+    broker, api = start(tmp_path / "data")
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        channel.queue_declare("mine", exclusive=True)
+        channel.basic_publish("", "mine", b"kept")
+        for method, path in (("DELETE", "/api/queues/%2F/mine/contents"),
+                             ("DELETE", "/api/queues/%2F/mine")):  # fmt: skip
+            reply = api.request(method, path)
+            assert reply.status == 400
+            assert reply.body["reason"].startswith("cannot obtain exclusive access to locked")
+        assert channel.queue_declare("mine", passive=True).method.message_count == 1
+        connection.close()
+    finally:
+        broker.stop()
+
+
+def test_a_ttl_policy_does_not_expire_confirmed_messages_at_a_restart(tmp_path: Path) -> None:
+    """Messages queued before a TTL policy keep living after it is set (as in RabbitMQ), and a
+    restart does not change that: the policy applies once they are restored."""
+    broker, api = start(tmp_path / "data")
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare("orders", durable=True)
+        for n in range(3):
+            channel.basic_publish("", "orders", str(n).encode(), PERSISTENT)
+        connection.close()
+        policy = {"pattern": "^orders$", "definition": {"message-ttl": 200}}
+        assert api.put("/api/policies/%2F/ttl", policy).status == 201
+    finally:
+        broker.stop()
+    broker, api = start(tmp_path / "data")
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        connection.sleep(0.5)
+        assert channel.queue_declare("orders", passive=True).method.message_count == 3
+        assert api.get("/api/queues/%2F/orders").body["policy"] == "ttl"
+        connection.close()
+    finally:
+        broker.stop()
+
+
+def test_a_policy_cannot_grow_past_what_the_log_keeps(tmp_path: Path) -> None:
+    """Deep or huge definitions (in keys Warren ignores, such as ha-params) are refused; the
+    runtime document is logged as JSON text, so what is accepted always recovers."""
+    broker, api = start(tmp_path / "data")
+    try:
+        deep: object = 1
+        for _ in range(20):
+            deep = [deep]
+        body = {"pattern": "^x", "definition": {"ha-mode": "all", "ha-params": deep}}
+        reply = api.put("/api/policies/%2F/deep", body)
+        assert reply.status == 400 and "nested deeper" in reply.body["reason"]
+        body["definition"]["ha-params"] = "y" * 100_000
+        reply = api.put("/api/policies/%2F/huge", body)
+        assert reply.status == 400 and "at most 65536" in reply.body["reason"]
+        nested: object = 1
+        for _ in range(6):
+            nested = {"k": nested}
+        body["definition"]["ha-params"] = nested
+        assert api.put("/api/policies/%2F/kept", body).status == 201
+    finally:
+        broker.kill()
+    broker, api = start(tmp_path / "data")
+    try:
+        assert api.get("/api/policies/%2F/kept").body["definition"]["ha-params"] == nested
+    finally:
+        broker.stop()
+
+
+def test_requests_of_other_sites_and_oversized_ones_are_refused(tmp_path: Path) -> None:
+    """A page of another site cannot post to the API (Origin), a definitions upload must be
+    JSON (RabbitMQ's 415: a form cannot send it), a body larger than its kind needs is 413
+    before it is parsed, and a name longer than AMQP allows is 400."""
+    broker, api = start(tmp_path / "data")
+    try:
+        evil = {"users": [{"name": "evil", "password": "x", "tags": "administrator"}]}
+        reply = api.post("/api/definitions", evil, headers={"Origin": "https://evil.example"})
+        assert reply.status == 403
+        raw = json.dumps(evil).encode()
+        reply = api.request(
+            "POST", "/api/definitions", raw=raw, headers={"Content-Type": "text/plain"}
+        )
+        assert reply.status == 415
+        assert api.get("/api/users/evil").status == 404
+        same_site = {"Origin": f"http://127.0.0.1:{api.port}"}
+        assert api.get("/api/overview", headers=same_site).status == 200
+        reply = api.request("PUT", "/api/queues/%2F/big", raw=b"[" + b"{}," * 400_000 + b"{}]")
+        assert reply.status == 413
+        reply = api.put("/api/queues/%2F/" + "q" * 300, {})
+        assert reply.body["reason"] == "queue should be less than 255 bytes, actually was 300\n"
+    finally:
+        broker.stop()
+
+
+def test_a_get_stops_before_its_answer_grows_huge(tmp_path: Path) -> None:
+    """Messages with large headers and empty bodies: count=10000 with truncate=0 would answer
+    with every header decoded; the get stops at its byte budget and requeues nothing it did
+    not return."""
+    broker, api = start(tmp_path / "data")
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        channel.queue_declare("wide")
+        properties = pika.BasicProperties(headers={"blob": "é" * 50_000})
+        for _ in range(250):
+            channel.basic_publish("", "wide", b"", properties)
+        body = {"count": 10000, "ackmode": "ack_requeue_false", "encoding": "auto", "truncate": 0}
+        reply = api.post("/api/queues/%2F/wide/get", body)
+        assert reply.status == 200
+        returned = len(reply.body)
+        assert 1 <= returned < 250
+        left = channel.queue_declare("wide", passive=True).method.message_count
+        assert returned + left == 250
+        connection.close()
+    finally:
+        broker.stop()
+
+
+def test_an_import_logs_its_changes_once(tmp_path: Path) -> None:
+    """300 users in one import: one RUNTIME record for all of them (each record holds the whole
+    document, so one per user would write hundreds of times as much); a bad permission regex
+    stops the import with 400 naming the entry."""
+    broker, api = start(tmp_path / "data")
+    try:
+        before = sum(f.stat().st_size for f in (tmp_path / "data" / "wal").glob("*.wal"))
+        users = [{"name": f"u{n}", "password": "pw", "tags": ""} for n in range(300)]
+        assert api.post("/api/definitions", {"users": users}).status == 204
+        after = sum(f.stat().st_size for f in (tmp_path / "data" / "wal").glob("*.wal"))
+        assert after - before < 200_000, after - before
+        assert len(api.get("/api/users").body) == 301
+        bad = {"permissions": [{"user": "u1", "vhost": "/", "configure": "(", "write": ".*",
+                                "read": ".*"}]}  # fmt: skip
+        reply = api.post("/api/definitions", bad)
+        assert reply.status == 400 and "permissions[0]" in reply.body["reason"]
+        assert api.get("/api/permissions/%2F/u1").status == 404
+    finally:
+        broker.stop()

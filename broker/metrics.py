@@ -1,4 +1,5 @@
-"""Prometheus metrics: a collector that reads the broker at scrape time, served on GET /metrics.
+"""Prometheus metrics: a collector that reads the broker at scrape time, served on GET /metrics
+(aggregated) and GET /metrics/per-object.
 
 The hot path only bumps plain integers (`Counters`, per-queue totals, the log's `WalStats`);
 everything here runs when Prometheus scrapes, on the broker's loop, so a message pays nothing for
@@ -7,7 +8,9 @@ RabbitMQ-Overview Grafana dashboard and existing alert rules work unchanged:
 
 - totals and the channel counters are aggregated over the whole node (no labels), as the plugin's
   default endpoint does; they never go down when a channel closes;
-- per-queue gauges carry `vhost` and `queue` labels, as its per-object mode does;
+- per-queue metrics are one sample each on /metrics, summed over the node's queues, so a scrape
+  costs the same with ten thousand queues; /metrics/per-object has a sample per queue with
+  `vhost` and `queue` labels, as the plugin's per-object endpoint does;
 - `rabbitmq_global_*` are the 3.10 global counters (`protocol`, `queue_type` labels); Warren's
   queues all behave as classic queues, so their queue_type is rabbit_classic_queue;
 - `warren_wal_*` describe the write-ahead log, which RabbitMQ does not have.
@@ -50,11 +53,44 @@ if TYPE_CHECKING:
 
 # The RabbitMQ release whose behaviour (and so whose metrics) Warren reproduces.
 RABBITMQ_COMPATIBLE_VERSION = "3.10"
-METRICS_PATHS = ("/metrics", "/metrics/per-object")  # both serve per-object queue metrics
+# rabbitmq_prometheus's endpoints: /metrics aggregates per-queue metrics over the node (one sample
+# each, whatever the number of queues, so a scrape stays cheap); /metrics/per-object has a
+# sample per queue, labelled with vhost and queue.
+AGGREGATED_PATH = "/metrics"
+PER_OBJECT_PATH = "/metrics/per-object"
 # The classic text format, as RabbitMQ serves it and every Prometheus version reads it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROTOCOL = "amqp091"
 QUEUE_TYPE = "rabbit_classic_queue"
+
+# (family, name, help) of the per-queue metrics, in the order `_queue_values` gives them.
+QUEUE_METRICS = (
+    (GaugeMetricFamily, "rabbitmq_queue_messages_ready",
+     "Messages ready to be delivered to consumers"),
+    (GaugeMetricFamily, "rabbitmq_queue_messages_unacked",
+     "Messages delivered to consumers but not yet acknowledged"),
+    (GaugeMetricFamily, "rabbitmq_queue_messages",
+     "Sum of ready and unacknowledged messages - total queue depth"),
+    (GaugeMetricFamily, "rabbitmq_queue_consumers", "Consumers on a queue"),
+    (CounterMetricFamily, "rabbitmq_queue_messages_published_total",
+     "Total number of messages published to queues"),
+    (CounterMetricFamily, "warren_queue_consumer_timeouts_total",
+     "Channels closed because a delivery from this queue was not acknowledged in time"
+     " (consumer_timeout / x-consumer-timeout)"),
+)  # fmt: skip
+
+
+def _queue_values(queue: Queue) -> tuple[int, ...]:
+    ready, unacked = queue.message_count, queue.unacked_count
+    return (
+        ready,
+        unacked,
+        ready + unacked,
+        len(queue.consumers),
+        queue.published_total,
+        queue.consumer_timeouts,
+    )
+
 
 # (metric name without rabbitmq_, Counters attribute, help) for the node-wide channel counters.
 CHANNEL_COUNTERS = (
@@ -171,9 +207,10 @@ def default_node_name() -> str:
 class BrokerCollector(Collector):
     """Reads counters, queues, connections and the log of one broker at scrape time."""
 
-    def __init__(self, broker: Broker, node: str) -> None:
+    def __init__(self, broker: Broker, node: str, per_object: bool = True) -> None:
         self.broker = broker
         self.node = node
+        self.per_object = per_object
         self.build_labels = {
             "rabbitmq_version": RABBITMQ_COMPATIBLE_VERSION,
             "product_name": "Warren",
@@ -296,45 +333,25 @@ class BrokerCollector(Collector):
             yield GaugeMetricFamily(f"rabbitmq_{name}", f"{text}, summed over channels", value)
 
     def _queues(self) -> Iterator[Metric]:
-        labels = ("vhost", "queue")
-        ready = GaugeMetricFamily(
-            "rabbitmq_queue_messages_ready",
-            "Messages ready to be delivered to consumers",
-            labels=labels,
-        )
-        unacked = GaugeMetricFamily(
-            "rabbitmq_queue_messages_unacked",
-            "Messages delivered to consumers but not yet acknowledged",
-            labels=labels,
-        )
-        depth = GaugeMetricFamily(
-            "rabbitmq_queue_messages",
-            "Sum of ready and unacknowledged messages - total queue depth",
-            labels=labels,
-        )
-        consumers = GaugeMetricFamily(
-            "rabbitmq_queue_consumers", "Consumers on a queue", labels=labels
-        )
-        published = CounterMetricFamily(
-            "rabbitmq_queue_messages_published_total",
-            "Total number of messages published to queues",
-            labels=labels,
-        )
-        timeouts = CounterMetricFamily(
-            "warren_queue_consumer_timeouts_total",
-            "Channels closed because a delivery from this queue was not acknowledged in time"
-            " (consumer_timeout / x-consumer-timeout)",
-            labels=labels,
-        )
-        for queue in self._all_queues():
+        """One sample per queue (vhost and queue labels) per-object; else one sample each,
+        summed over the node's queues, as rabbitmq_prometheus aggregates them."""
+        labels = ("vhost", "queue") if self.per_object else ()
+        families = [family(name, text, labels=labels) for family, name, text in QUEUE_METRICS]
+        queues = self._all_queues()
+        if not self.per_object:
+            totals = [0] * len(families)
+            for queue in queues:
+                for index, value in enumerate(_queue_values(queue)):
+                    totals[index] += value
+            for family, total in zip(families, totals, strict=True):
+                family.add_metric((), total)
+            yield from families
+            return
+        for queue in queues:
             key = (queue.vhost_name, queue.name)
-            ready.add_metric(key, queue.message_count)
-            unacked.add_metric(key, queue.unacked_count)
-            depth.add_metric(key, queue.message_count + queue.unacked_count)
-            consumers.add_metric(key, len(queue.consumers))
-            published.add_metric(key, queue.published_total)
-            timeouts.add_metric(key, queue.consumer_timeouts)
-        yield from (ready, unacked, depth, consumers, published, timeouts)
+            for family, value in zip(families, _queue_values(queue), strict=True):
+                family.add_metric(key, value)
+        yield from families
 
     def _global(self) -> Iterator[Metric]:
         counters = self.broker.counters
@@ -437,25 +454,36 @@ RENDER_REUSE_SECONDS = 1.0
 
 
 class MetricsServer(HttpEndpoint):
-    """GET /metrics on host:port, answered on the running loop from a registry of our own."""
+    """GET /metrics (aggregated) and /metrics/per-object on host:port, answered on the running
+    loop from registries of our own."""
 
     def __init__(self, broker: Broker, host: str, port: int, node: str | None = None) -> None:
-        self.registry = CollectorRegistry()
-        self.registry.register(BrokerCollector(broker, node or default_node_name()))
-        # rabbitmq_process_{resident_memory_bytes,open_fds,max_fds}: the dashboard's names.
-        ProcessCollector(namespace="rabbitmq", registry=self.registry)
-        self._rendered = b""
-        self._rendered_at = -RENDER_REUSE_SECONDS
+        node = node or default_node_name()
+        self.registries = {
+            AGGREGATED_PATH: _registry(BrokerCollector(broker, node, per_object=False)),
+            PER_OBJECT_PATH: _registry(BrokerCollector(broker, node, per_object=True)),
+        }
+        self._rendered: dict[str, tuple[float, bytes]] = {}
         app = web.Application(client_max_size=1024)
-        for path in METRICS_PATHS:
+        for path in self.registries:
             app.router.add_get(path, self._scrape)
         super().__init__(app, host, port, "metrics")
 
     async def _scrape(self, request: web.Request) -> web.Response:
-        # Rendering runs on the broker's loop and grows with the number of queues: several
-        # scrapers (or an eager one) within a second share one rendering.
+        # Rendering runs on the broker's loop and grows with the number of queues (per-object):
+        # several scrapers (or an eager one) within a second share one rendering.
+        path = request.path
         now = time.monotonic()
-        if now - self._rendered_at >= RENDER_REUSE_SECONDS:
-            self._rendered = generate_latest(self.registry)
-            self._rendered_at = now
-        return web.Response(body=self._rendered, headers={"Content-Type": CONTENT_TYPE})
+        rendered_at, body = self._rendered.get(path, (-RENDER_REUSE_SECONDS, b""))
+        if now - rendered_at >= RENDER_REUSE_SECONDS:
+            body = generate_latest(self.registries[path])
+            self._rendered[path] = (now, body)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _registry(collector: BrokerCollector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    # rabbitmq_process_{resident_memory_bytes,open_fds,max_fds}: the dashboard's names.
+    ProcessCollector(namespace="rabbitmq", registry=registry)
+    return registry

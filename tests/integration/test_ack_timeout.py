@@ -45,7 +45,8 @@ def test_a_consumer_that_never_acks_is_closed_logged_and_counted(tmp_path: Path)
         assert "event=consumer.timeout" in log
         line = next(line for line in log.splitlines() if "event=consumer.timeout" in line)
         assert "queue=orders" in line and "consumer=w1" in line and "timeout_ms=500" in line
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+        url = f"http://127.0.0.1:{metrics_port}/metrics/per-object"
+        with urllib.request.urlopen(url) as response:
             text = response.read().decode()
         assert 'warren_queue_consumer_timeouts_total{queue="orders",vhost="/"} 1.0' in text
     finally:

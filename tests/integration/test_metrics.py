@@ -35,8 +35,9 @@ async def broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
         yield running
 
 
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+def scrape(port: int, path: str = "/metrics/per-object") -> Samples:
+    """Per-object by default: most tests read a queue's own series."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = response.read().decode()
     return {
@@ -264,3 +265,29 @@ async def test_dead_lettered_counters_have_rabbitmq_names_reasons_and_strategies
     assert value(samples, prefix + "rejected_total", **dropped) == 1
     assert value(samples, prefix + "delivery_limit_total", **moved) == 0
     assert value(samples, prefix + "confirmed_total", **moved) == 3
+
+
+async def test_metrics_aggregates_queues_and_per_object_lists_each(broker: Broker) -> None:
+    """rabbitmq_prometheus's split: /metrics has one sample per queue metric whatever the
+    number of queues (a scrape stays cheap with ten thousand), the node's sum;
+    /metrics/per-object has one per queue with vhost and queue labels."""
+    port = broker.config.metrics_port
+
+    def scenario() -> tuple[Samples, Samples]:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        for n, count in enumerate((3, 4, 0)):
+            channel.queue_declare(f"agg-{n}")
+            for _ in range(count):
+                channel.basic_publish("", f"agg-{n}", b"x")
+        channel.queue_declare("agg-0", passive=True)  # a round trip: the publishes are in
+        connection.close()
+        return scrape(port, "/metrics"), scrape(port, "/metrics/per-object")
+
+    aggregated, per_object = await asyncio.to_thread(scenario)
+    assert value(aggregated, "rabbitmq_queue_messages_ready") == 7
+    assert value(aggregated, "rabbitmq_queue_messages_published_total") == 7
+    assert not [key for key in aggregated if key[0].startswith("rabbitmq_queue_") and key[1]]
+    assert [queue_value(per_object, "rabbitmq_queue_messages_ready", f"agg-{n}")
+            for n in range(3)] == [3, 4, 0]  # fmt: skip
+    assert value(aggregated, "rabbitmq_queues") == value(per_object, "rabbitmq_queues") == 3

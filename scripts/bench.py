@@ -48,13 +48,32 @@ Stress scenarios, Warren only (no comparison; RabbitMQ is not started), not part
 Both print the command line and the seed (--seed to replay the same random choices; thread and
 kill timing still vary).
 
+Scale scenarios, Warren (a fresh broker) then RabbitMQ, one run each, not part of `all` (long and
+memory-hungry at their defaults); each gives up after --timeout seconds (1800) in all (Warren
+at most half), then deletes what it declared on both brokers; exit 1 on a timeout, a stall or a
+wrong count:
+  backlog     --backlog-messages (1M) persistent 256 B messages published with confirms (4000
+              in flight) into --backlog-queues (1) durable queues, round-robin, nobody consuming,
+              then drained by one consumer (prefetch 1000, multiple acks): publish and drain
+              msg/s, broker RSS at the peak (queues full) and per queued message, the memory and
+              disk alarms seen and (RabbitMQ) messages paged out. 1,000 queues of 10k each:
+              --backlog-queues 1000 --backlog-messages 10000000 (raise --timeout for that).
+  many-queues --queues (10k) durable queues and --bindings (100k) bindings from a topic exchange
+              (spread evenly, distinct keys), declared with no-wait on one channel in batches:
+              queues/s, bindings/s, RSS per queue and per binding, then the median time and size
+              of GET /metrics, /metrics/per-object (RabbitMQ: its Prometheus plugin, started at
+              runtime and stopped afterwards, no config change) and the management /api/queues.
+
     scripts/bench [--scenario all|transient|persistent|ttl|priority|recovery|disk|metrics|
-                              soak|crash]
+                              soak|crash|delayed|backlog|many-queues]
                   [--messages N] [--rounds 3] [--recovery-messages 200000]
                   [--disk-messages 1000000] [--no-rabbitmq] [--seed N]
                   [--soak-seconds 600] [--soak-rate 300] [--soak-segment-size 1048576]
                   [--crash-cycles 100] [--crash-segment-size 262144] [--crash-body-bytes 2048]
                   [--crash-publishers 3] [--crash-park-cycles 5]
+                  [--delayed-messages 1000000] [--delayed-window 60]
+                  [--backlog-messages 1000000] [--backlog-queues 1]
+                  [--queues 10000] [--bindings 100000] [--timeout 1800]
 """
 
 from __future__ import annotations
@@ -78,8 +97,10 @@ sys.path.insert(0, str(ROOT))
 from pamqp import commands  # noqa: E402
 
 from scripts.amqp_loadgen import connect, publish_frames  # noqa: E402
+from scripts.bench_backlog import backlog  # noqa: E402
 from scripts.bench_crash import crash_cycles  # noqa: E402
 from scripts.bench_delayed import delayed_scale  # noqa: E402
+from scripts.bench_objects import many_queues  # noqa: E402
 from scripts.bench_queues import priority_round, ttl_round  # noqa: E402
 from scripts.bench_soak import soak  # noqa: E402
 from scripts.bench_support import (  # noqa: E402
@@ -350,6 +371,8 @@ def main() -> int:
             "metrics",
             "soak",
             "crash",
+            "backlog",
+            "many-queues",
         ],
     )
     parser.add_argument("--messages", type=int, default=200_000)
@@ -368,6 +391,13 @@ def main() -> int:
     parser.add_argument("--crash-park-cycles", type=int, default=5)
     parser.add_argument("--delayed-messages", type=int, default=1_000_000)
     parser.add_argument("--delayed-window", type=float, default=60.0, help="seconds")
+    parser.add_argument("--backlog-messages", type=int, default=1_000_000)
+    parser.add_argument("--backlog-queues", type=int, default=1, help="backlog: spread over")
+    parser.add_argument("--queues", type=int, default=10_000, help="many-queues")
+    parser.add_argument("--bindings", type=int, default=100_000, help="many-queues")
+    parser.add_argument(
+        "--timeout", type=float, default=1800, help="backlog, many-queues: seconds in all"
+    )
     args = parser.parse_args()
     if args.scenario in ("soak", "crash", "delayed"):
         if args.seed is None:
@@ -383,6 +413,11 @@ def main() -> int:
         if not rabbitmq_available():
             print("RabbitMQ is not answering on 127.0.0.1:5672", file=sys.stderr)
             return 1
+    if args.scenario in ("backlog", "many-queues"):
+        print(f"command: scripts/bench {shlex.join(sys.argv[1:])}", flush=True)
+        scale = {"backlog": backlog, "many-queues": many_queues}[args.scenario]
+        with tempfile.TemporaryDirectory(prefix="warren-bench-") as data_dir:
+            return scale(Path(data_dir) / args.scenario, args, with_rabbitmq)
     everything = ["transient", "persistent", "ttl", "priority", "recovery", "disk", "metrics"]
     wanted = everything if args.scenario == "all" else [args.scenario]
     with tempfile.TemporaryDirectory(prefix="warren-bench-") as data_dir:

@@ -1,5 +1,7 @@
-"""Helpers shared by scripts/bench.py and its stress scenarios (bench_crash.py, bench_soak.py):
-running a coroutine, one-call queue queries, the broker's resident memory, a stress config.
+"""Helpers shared by scripts/bench.py and its scenario modules (bench_crash.py, bench_soak.py,
+bench_backlog.py, bench_objects.py): running a coroutine, one-call queue queries, pipelined
+declares, the broker's resident memory, management API reads, a stress config, a side-by-side
+table.
 
 Imported as `scripts.bench_support`, with the repository root on sys.path (scripts/bench.py puts
 it there), like `scripts.amqp_loadgen` and `tests.support`.
@@ -8,16 +10,23 @@ it there), like `scripts.amqp_loadgen` and `tests.support`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import subprocess
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from pamqp import commands
+from pamqp import commands, frame as pamqp_frame
 
 from scripts.amqp_loadgen import LoadClient, ack_frame, connect, publish_frames
 from tests.support import shipped_config, write_config
 
+# The reference RabbitMQ that scripts/rabbitmq starts: AMQP and its management API.
+RABBITMQ_PORT = 5672
+RABBITMQ_MANAGEMENT = "http://127.0.0.1:15673"
 CONFIRM_WINDOW = 1000  # unconfirmed publishes a confirming publisher keeps in flight at most
 BODY = b"x" * 256
 PREFETCH = 1000
@@ -47,12 +56,74 @@ async def queue_depth(host: str, port: int, queue: str) -> int:
     return (await one_call(host, port, passive, commands.Queue.DeclareOk)).message_count
 
 
+async def await_reply(client: LoadClient, kind: type, timeout: float) -> Any:
+    """client.expect(kind), waiting up to `timeout` seconds instead of expect's 30: a reply that
+    comes after a long queue of work (deleting full queues, a batch of declares)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await client.expect(kind)
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise
+
+
+def method_frame(method: Any, channel: int = 1) -> bytes:
+    return pamqp_frame.marshal(method, channel)
+
+
+async def pipelined(
+    client: LoadClient, frames: Iterable[bytes], timeout: float, batch: int = 500
+) -> None:
+    """Send methods marshalled with nowait set (method_frame) on channel 1, `batch` at a time,
+    each batch closed by a Basic.Qos whose Qos-Ok says the broker has done them all (a channel's
+    methods are handled in order, and a failure closes the channel instead): a round trip per
+    batch rather than per method, as no-wait is meant to be used, the same for every broker."""
+    sync = method_frame(commands.Basic.Qos(prefetch_count=0))
+    pending: list[bytes] = []
+
+    async def flush() -> None:
+        client.send(b"".join(pending) + sync)
+        pending.clear()
+        await client.drain()
+        await await_reply(client, commands.Basic.QosOk, timeout)
+
+    for frame in frames:
+        pending.append(frame)
+        if len(pending) >= batch:
+            await flush()
+    if pending:
+        await flush()
+
+
 def resident_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def management_get(base_url: str, path: str, timeout: float = 60.0) -> bytes:
+    """GET a management API path (RabbitMQ's, or Warren's compatible one) as guest."""
+    request = urllib.request.Request(base_url + path)
+    token = base64.b64encode(b"guest:guest").decode()
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read()
+
+
+def management_json(base_url: str, path: str, timeout: float = 60.0) -> Any:
+    return json.loads(management_get(base_url, path, timeout))
+
+
+def broker_pid(management_url: str) -> int:
+    """The broker's OS process (RabbitMQ: its beam.smp) from /api/nodes, else from pgrep."""
+    try:
+        return int(management_json(management_url, "/api/nodes")[0]["os_pid"])
+    except (OSError, ValueError, KeyError, IndexError):
+        found = subprocess.run(["pgrep", "-x", "beam.smp"], capture_output=True, text=True)
+        return int(found.stdout.split()[0])
 
 
 def stress_config(data_dir: Path, segment_size: int) -> Path:
@@ -141,3 +212,31 @@ async def publish_confirmed(
     if unconfirmed:
         await asyncio.wait_for(done, timeout=max(60, messages / 500))
     publisher.elapsed = time.perf_counter() - started
+
+
+class Row(NamedTuple):
+    """One line of a side-by-side table: a figure for each broker (None: not measured)."""
+
+    label: str
+    warren: float | None
+    rabbitmq: float | None
+    higher_is_better: bool
+    digits: int = 0
+
+
+def side_by_side(title: str, rows: Iterable[Row]) -> None:
+    """Print Warren and RabbitMQ next to each other with a ratio oriented so that >1 always
+    means Warren did better: warren/rabbitmq for rates, rabbitmq/warren for costs."""
+    print(f"\n{title}")
+    print(f"  {'':36s} {'warren':>12s} {'rabbitmq':>12s} {'ratio':>8s}")
+    for row in rows:
+        cells = [
+            "-" if value is None else f"{value:,.{row.digits}f}"
+            for value in (row.warren, row.rabbitmq)
+        ]
+        ratio = "-"
+        if (row.warren or 0) > 0 and (row.rabbitmq or 0) > 0:
+            value = row.warren / row.rabbitmq  # type: ignore[operator]
+            ratio = f"{value if row.higher_is_better else 1 / value:.2f}x"
+        print(f"  {row.label:36s} {cells[0]:>12s} {cells[1]:>12s} {ratio:>8s}")
+    print("  ratio >1: Warren better (warren/rabbitmq for rates, rabbitmq/warren for costs)")

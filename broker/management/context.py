@@ -45,6 +45,7 @@ class ManagedBroker(Protocol):
 
     config: BrokerConfig
     vhosts: dict[str, VirtualHost]
+    vhost_metadata: dict[str, dict[str, Any]]  # name -> description and tags
     auth: Authenticator
     connections: set[AMQPConnection]
     counters: Counters

@@ -19,7 +19,7 @@ from aiohttp import web
 from broker.amqp.frames import short_string
 from broker.core.errors import NOT_FOUND, REPLY_NAMES, AMQPError
 from broker.core.header_edit import join_properties
-from broker.core.message import Message
+from broker.core.message import Message, QueuedMessage
 from broker.core.properties import PropertyError, decode_properties
 from broker.core.tables import TableError
 from broker.management.context import Context, caller, json_body, require, respond, vhost_of
@@ -125,8 +125,8 @@ class Messages:
             raise ApiError(
                 status, "not_found" if status == 404 else "bad_request", reason
             ) from None
-        taken = []
-        found = []
+        taken: list[QueuedMessage] = []
+        found: list[dict[str, Any]] = []
         size = 0
         while (
             len(taken) < count
@@ -136,8 +136,8 @@ class Messages:
             taken.append(entry)
             # What the answer holds: the body (cut to `truncate`) and the decoded properties,
             # whose bytes a header can make as large as a body.
-            body = min(entry.message.body_size, truncate if truncate is not None else 1 << 62)
-            size += body + 3 * len(entry.message.header)  # a bad byte prints as U+FFFD
+            shown = min(entry.message.body_size, truncate if truncate is not None else 1 << 62)
+            size += shown + 3 * len(entry.message.header)  # a bad byte prints as U+FFFD
             found.append(_message_row(entry, queue.message_count, encoding, truncate))
             if entry.message.lazy:
                 entry.message.body = None

@@ -153,7 +153,12 @@ class ManagementServer(HttpEndpoint):
 
 async def _log_synced(store: MessageStore) -> None:
     done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-    store.sync(lambda error: done.done() or done.set_result(error))
+
+    def synced(error: BaseException | None) -> None:
+        if not done.done():
+            done.set_result(error)
+
+    store.sync(synced)
     error = await done
     if error is not None:
         raise ApiError(500, "internal_error", f"the log failed to store the change: {error}")

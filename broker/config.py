@@ -139,8 +139,8 @@ class BrokerConfig:
             result = replace(result, metrics_port=_port(changes["metrics_port"], "--metrics-port"))
         if changes.get("management_port") is not None:
             port = _port(changes["management_port"], "--management-port")
-            listener = replace(self.management.listener, port=port)
-            result = replace(result, management=ManagementConfig(listener))
+            http = replace(self.management.listener, port=port)
+            result = replace(result, management=ManagementConfig(http))
         return result
 
 

@@ -51,6 +51,27 @@ class Counters:
         "unroutable_returned",
     )
 
+    acked: int
+    channels_closed: int
+    channels_opened: int
+    confirmed: int
+    connections_closed: int
+    connections_opened: int
+    delivered: int
+    delivered_no_ack: int
+    get: int
+    get_empty: int
+    get_no_ack: int
+    nacked: int
+    published: int
+    received_confirm: int
+    redelivered: int
+    rejected: int
+    requeued: int
+    routed: int
+    unroutable_dropped: int
+    unroutable_returned: int
+
     def __init__(self) -> None:
         for name in self.__slots__:
             setattr(self, name, 0)

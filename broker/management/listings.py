@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from aiohttp import web
 
 from broker import __version__
+from broker.amqp.connection import AMQPConnection
 from broker.core.vhost import ALL_EXCHANGE_TYPES, VirtualHost
 from broker.management import rows
 from broker.management.context import Context, caller, listing, one, respond, vhost_of
@@ -239,7 +240,7 @@ class Listings:
         row["deliveries"] = []
         row["incoming"] = []
         owner = queue.exclusive_owner
-        if owner is not None and hasattr(owner, "peer"):
+        if isinstance(owner, AMQPConnection):  # the connection that declared it exclusive
             row["owner_pid_details"] = rows.connection_details(owner)
         return one(request, row)
 

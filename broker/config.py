@@ -319,13 +319,21 @@ def _parse_users(raw: Any, vhosts: tuple[str, ...]) -> tuple[UserConfig, ...]:
     return tuple(users)
 
 
-def _tags(value: Any, path: str) -> tuple[str, ...]:
-    """A list of tag names (or RabbitMQ's comma-separated string)."""
+def parse_tags(value: Any) -> tuple[str, ...] | None:
+    """Tags as RabbitMQ takes them: a comma-separated string or a list of strings (None for
+    anything else, for the caller to refuse in its own words)."""
     if isinstance(value, str):
-        value = [tag.strip() for tag in value.split(",") if tag.strip()]
-    if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+        value = value.split(",")
+    if not isinstance(value, list | tuple) or not all(isinstance(tag, str) for tag in value):
+        return None
+    return tuple(tag.strip() for tag in value if tag.strip())
+
+
+def _tags(value: Any, path: str) -> tuple[str, ...]:
+    tags = parse_tags(value)
+    if tags is None:
         raise ConfigError(f"{path}: must be a list of tags such as [administrator]")
-    return tuple(value)
+    return tags
 
 
 def _parse_limits(raw: Any) -> Limits:

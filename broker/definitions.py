@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from broker.auth import User, hash_password
-from broker.config import Permission
+from broker.config import Permission, parse_tags
 from broker.core.errors import AMQPError
 from broker.core.exchange import Exchange
 from broker.core.queue import Queue
@@ -229,9 +229,9 @@ def _user(broker: ManagedBroker, entry: dict[str, Any]) -> None:
         password_hash = entry.get("password_hash", "")
     if not isinstance(password_hash, str) or (password_hash and len(password_hash) != 48):
         raise ValueError("password_hash is not a rabbit_password_hashing_sha256 hash")
-    tags = entry.get("tags", [])
-    if isinstance(tags, str):
-        tags = [tag for tag in tags.split(",") if tag]
+    tags = parse_tags(entry.get("tags", []))
+    if tags is None:
+        raise ValueError("tags must be a comma-separated string or a list of strings")
     existing = broker.auth.users.get(entry["name"])
     broker.auth.put_user(
         User(
@@ -239,7 +239,7 @@ def _user(broker: ManagedBroker, entry: dict[str, Any]) -> None:
             password_hash,
             existing.permissions if existing else {},
             existing.loopback_only if existing else False,
-            tuple(str(tag) for tag in tags),
+            tags,
         )
     )
 
@@ -249,10 +249,10 @@ def _vhost_entry(broker: ManagedBroker, entry: dict[str, Any], acting_user: str 
     if not isinstance(metadata, dict) or not isinstance(entry["name"], str):
         raise ValueError("a vhost needs a string name and an object metadata")
     description = metadata.get("description", entry.get("description", ""))
-    tags = metadata.get("tags", entry.get("tags", []))
-    if isinstance(tags, str):
-        tags = [tag for tag in tags.split(",") if tag]
-    created = broker.add_vhost(entry["name"], str(description or ""), tuple(tags or ()))
+    tags = parse_tags(metadata.get("tags", entry.get("tags", [])) or [])
+    if tags is None:
+        raise ValueError("tags must be a comma-separated string or a list of strings")
+    created = broker.add_vhost(entry["name"], str(description or ""), tags)
     if created and acting_user in broker.auth.users:
         broker.auth.set_permission(acting_user, entry["name"], Permission())
 

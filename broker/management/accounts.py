@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.auth import User, hash_password
-from broker.config import Permission
+from broker.config import Permission, parse_tags
 from broker.management import rows
 from broker.management.context import (
     Context,
@@ -286,9 +286,7 @@ def _password_hash(body: dict, existing: User | None) -> str:
 
 
 def _tags(value: object) -> tuple[str, ...]:
-    """RabbitMQ takes tags as a comma-separated string or a list."""
-    if isinstance(value, str):
-        return tuple(tag.strip() for tag in value.split(",") if tag.strip())
-    if isinstance(value, list) and all(isinstance(tag, str) for tag in value):
-        return tuple(tag.strip() for tag in value if tag.strip())
-    raise bad_request(["not_tags", value])
+    tags = parse_tags(value)
+    if tags is None:
+        raise bad_request(["not_tags", value])
+    return tags

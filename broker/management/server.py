@@ -120,11 +120,14 @@ class ManagementServer(HttpEndpoint):
     async def _durable(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """A change answers only once the log has it on disk, as a publisher confirm does: a
         user, vhost, policy or durable queue the API said it made survives a crash, and so
-        does a persistent message it published."""
-        response = await handler(request)
-        if request.method in ("PUT", "POST", "DELETE") and response.status < 300:
+        does a persistent message it published. Refusals wait too: a definitions import
+        refused half way keeps (and has logged) the entries before the bad one."""
+        if request.method not in ("PUT", "POST", "DELETE"):
+            return await handler(request)
+        try:
+            return await handler(request)
+        finally:
             await _log_synced(self.broker.store)
-        return response
 
     @web.middleware
     async def _host_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:

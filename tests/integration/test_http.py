@@ -244,3 +244,35 @@ def scrape(port: int) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         connection.close()
+
+
+async def test_a_client_that_does_not_read_its_answer_is_dropped() -> None:
+    """A response the client never reads (its socket buffer full) keeps the request busy; the
+    request timeout covers that write too, so the slot is given back."""
+    app = web.Application()
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * (32 * 1024 * 1024))
+
+    app.router.add_get("/big", big)
+    endpoint = HttpEndpoint(app, "127.0.0.1", 0, "test")
+    endpoint.request_timeout = 0.5
+    await endpoint.start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", endpoint.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not any(c.busy_since is not None for c in endpoint._clients.values()):
+            assert loop.time() - started < 5, "the request never started"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert endpoint._clients, "the answer was written whole: the client must be slower"
+        while endpoint._clients and loop.time() - started < 5:
+            await asyncio.sleep(0.1)
+        assert not endpoint._clients  # dropped, not held for the client's pleasure
+        assert loop.time() - started < 3
+        sock.close()
+    finally:
+        await endpoint.stop()

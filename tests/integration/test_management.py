@@ -446,3 +446,51 @@ def test_an_import_logs_its_changes_once(tmp_path: Path) -> None:
         assert api.get("/api/permissions/%2F/u1").status == 404
     finally:
         broker.stop()
+
+
+def test_an_import_that_stops_half_way_keeps_what_it_applied_through_kill_9(
+    tmp_path: Path,
+) -> None:
+    """An import refused at an entry keeps the entries before it (as RabbitMQ does), and their
+    one RUNTIME record is on disk before the 400: a kill -9 right after loses none of it."""
+    broker, api = start(tmp_path / "data")
+    try:
+        document = {
+            "users": [{"name": "kept", "password": "pw", "tags": "management"}],
+            "permissions": [
+                {"user": "kept", "vhost": "/", "configure": "(", "write": "", "read": ""}
+            ],
+        }
+        reply = api.post("/api/definitions", document)
+        assert reply.status == 400 and "permissions[0]" in reply.body["reason"]
+    finally:
+        broker.kill()
+    broker, api = start(tmp_path / "data")
+    try:
+        assert api.as_user("kept", "pw").get("/api/whoami").body["name"] == "kept"
+        assert api.get("/api/permissions/%2F/kept").status == 404
+    finally:
+        broker.stop()
+
+
+def test_a_vhost_the_log_refuses_is_not_created(tmp_path: Path) -> None:
+    """add_vhost logs before it answers; when the log refuses, the vhost does not exist and an
+    existing one keeps its description."""
+    from broker.config import load_config
+    from broker.core.persistence import LogUnavailable
+    from broker.server import Broker
+
+    config = load_config().with_overrides(port=0, metrics_port=0, management_port=0)
+    broker = Broker(config)
+    broker.add_vhost("kept", "before")
+
+    def refuse() -> None:
+        raise LogUnavailable("runtime definitions", OSError("disk gone"))
+
+    broker._runtime_changed = refuse  # type: ignore[method-assign]
+    with pytest.raises(LogUnavailable):
+        broker.add_vhost("new")
+    with pytest.raises(LogUnavailable):
+        broker.add_vhost("kept", "after")
+    assert "new" not in broker.vhosts and "new" not in broker.vhost_metadata
+    assert broker.vhost_metadata["kept"]["description"] == "before"

@@ -275,7 +275,8 @@ class Broker:
 
     def queued_bytes(self) -> int:
         """Estimated memory of every queued message."""
-        return sum(q.memory_bytes for vhost in self.vhosts.values() for q in vhost.all_queues())
+        queues = (queue for vhost in self.vhosts.values() for queue in vhost.all_queues())
+        return sum(queue.resident_bytes for queue in queues)
 
     def accounted_bytes(self) -> int:
         """The memory alarm's moving part: queued messages, definitions, and everything clients

@@ -154,6 +154,14 @@ def publish_persistent(url: str, queue: str, bodies: list[bytes]) -> None:
         connection.close()
 
 
+def resident_bytes(pid: int) -> int:
+    """A process's resident memory (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
 def unique(prefix: str = "t") -> str:
     """A name no other test (or earlier run against a shared RabbitMQ) uses."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"

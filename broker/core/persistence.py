@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING
 from broker.core.errors import INTERNAL_ERROR, ChannelException
 
 SyncCallback = Callable[[BaseException | None], None]
+# A logged message a queue keeps as a compact record instead of an object: its id and where
+# its record is (segment, offset).
+PagedRef = tuple[int, int, int]
+Loaded = Callable[[list["Message | BaseException"]], None]
 
 
 class LogUnavailable(ChannelException):
@@ -52,8 +56,11 @@ class MessageStore:
     def queue_declared(self, queue: Queue) -> None:
         """A queue that survives restarts was created; a durable store sets `queue.store_id`."""
 
-    def queue_deleted(self, queue: Queue, held: Iterable[QueuedMessage]) -> None:
-        """A surviving queue was deleted with the messages it still held (ready or unacked)."""
+    def queue_deleted(
+        self, queue: Queue, held: Iterable[QueuedMessage], paged: Iterable[PagedRef] = ()
+    ) -> None:
+        """A surviving queue was deleted with the messages it still held (ready or unacked),
+        those it kept as compact records among them."""
 
     def binding_changed(self, vhost: str, binding: Binding, added: bool) -> None:
         """A binding was added or removed (the store decides whether it is durable)."""
@@ -89,6 +96,9 @@ class MessageStore:
     def settled(self, queue: Queue, entries: Iterable[QueuedMessage]) -> None:
         """Logged messages left the queue for good (ack, reject, purge, no-ack delivery)."""
 
+    def settled_paged(self, queue: Queue, paged: Iterable[PagedRef]) -> None:
+        """Logged messages the queue kept as compact records left it for good (a purge)."""
+
     def uncertain(self, message: Message) -> bool:
         """Whether a logged message came back after an unclean shutdown, when whatever moved
         it before the crash (a dead-letter, a delayed release) may have reached a consumer
@@ -102,3 +112,16 @@ class MessageStore:
     def read_body(self, message: Message) -> bytes:
         """Load the body of a message whose body is not in memory."""
         raise LookupError("this store keeps every body in memory")
+
+    # Whether a queue may keep logged messages as compact records (`PagedRef`) and have them
+    # read back, with their bodies, when they near the head: only a store that keeps them.
+    pages = False
+
+    def load(self, refs: list[PagedRef]) -> list[Message | BaseException]:
+        """The messages of these records read back now, bodies in memory, each with `refs`
+        1 (only a message one queue holds is paged), or the error reading it."""
+        raise LookupError("this store keeps every message in memory")
+
+    def load_ahead(self, refs: list[PagedRef], done: Loaded) -> None:
+        """As `load`, off the event loop: `done` gets the results later, on the loop."""
+        done(self.load(refs))

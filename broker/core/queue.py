@@ -21,7 +21,8 @@ from broker.core.consumer import Consumer
 from broker.core.dedup import dedup_key
 from broker.core.delivery_count import with_delivery_count
 from broker.core.message import Message, QueuedMessage
-from broker.core.persistence import LogUnavailable, MessageStore
+from broker.core.paging import TAIL_RECORD_BYTES
+from broker.core.persistence import LogUnavailable, MessageStore, PagedRef
 from broker.core.ready import FifoStore, ReadyStore
 from broker.logs import fields
 
@@ -163,8 +164,33 @@ class Queue:
         return self._ready.body_bytes
 
     def ready_entries(self) -> Iterator[QueuedMessage]:
-        """Ready messages in delivery order."""
+        """Ready messages that are objects, in delivery order (a long queue keeps the rest as
+        compact records: `paged`)."""
         return iter(self._ready)
+
+    @property
+    def paged_count(self) -> int:
+        """Ready messages kept as compact records, their objects and bodies left in the log."""
+        return self._ready.paged_count
+
+    @property
+    def paged_bytes(self) -> int:
+        return self._ready.paged_bytes
+
+    def paged(self) -> Iterator[PagedRef]:
+        return self._ready.paged()
+
+    def paged_in_segment(self, segment: int) -> list[tuple[int, int, int, int]]:
+        return self._ready.paged_in_segment(segment)
+
+    def relocated_paged(self, seq: int, segment: int, offset: int) -> None:
+        self._ready.relocated(seq, segment, offset)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Estimated memory of what the queue holds: what its messages cost as objects, less
+        what compact records save."""
+        return self.memory_bytes - self._ready.paged_savings
 
     def ready_unordered(self) -> Iterator[QueuedMessage]:
         """Ready messages in no particular order (cheaper where the store is not a list)."""
@@ -460,14 +486,17 @@ class Queue:
             return returned, []
         return [entry for entry in returned if entry.returns <= limit], over
 
-    def returned_by_restart(self, entries: list[QueuedMessage]) -> None:
-        """Restored entries that were out with a consumer when the broker stopped: the restart
-        returned them, and that counts (logged), so a poison message that brings the broker
-        down cannot get a fresh budget; past the delivery limit they are dead-lettered now."""
-        _, over = self._count_returns(entries)
-        for entry in over:
-            self._ready.remove(entry)
+    def returned_by_restart(self, returned: list[QueuedMessage], over: list[QueuedMessage]) -> None:
+        """Entries out with a consumer when the broker stopped: the restart returned them, and
+        that counts, so a poison message that brings the broker down cannot get a fresh
+        budget. Recovery counted the return before restoring them (a restored entry may be a
+        compact record by now) and left out those `over` the delivery limit; the returns are
+        logged here, and those are dead-lettered now."""
+        logged = [entry for entry in (*returned, *over) if entry.message.msg_id]
+        if logged and self.store_id:
+            self.store.returned(self, logged)
         if over:
+            self.memory_bytes += sum(entry.message.footprint for entry in over)
             self._discard(over, DELIVERY_LIMIT)
 
     def delivery_header(self, entry: QueuedMessage, get: bool = False) -> bytes:
@@ -482,7 +511,12 @@ class Queue:
     def purge(self) -> int:
         """Drop the ready messages (not the unacked ones), as Queue.Purge does: not
         dead-lettered."""
-        dropped = self._ready.purge()
+        ready = self._ready
+        paged = ready.paged_count
+        if paged:
+            self.memory_bytes -= ready.paged_savings + paged * TAIL_RECORD_BYTES
+            self.store.settled_paged(self, ready.paged())
+        dropped = ready.purge()
         self.memory_bytes -= sum(entry.message.footprint for entry in dropped)
         if self._held_keys is not None:
             self._forget_keys(dropped)
@@ -490,7 +524,7 @@ class Queue:
             logged = [entry for entry in dropped if entry.message.msg_id]
             if logged:
                 self.store.settled(self, logged)
-        return len(dropped)
+        return len(dropped) + paged
 
     def take_everything(self) -> list[QueuedMessage]:
         """The queue is being deleted: every message it holds, ready and unacked, now gone."""

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from broker.core.arguments import QueueSettings, queue_settings
 from broker.core.delayed import DelayedExchange, due_time, release
 from broker.core.errors import ChannelException
+from broker.core.paging import PagedFifoStore
+from broker.core.persistence import MessageStore
 from broker.core.queue import Queue
 from broker.core.ready import FifoStore, PriorityStore, ReadyStore, TimeOrderedStore
 from broker.logs import fields
@@ -23,9 +25,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("warren.queue")
 
 
-def ready_store(settings: QueueSettings) -> ReadyStore:
+def ready_store(settings: QueueSettings, store: MessageStore, survives: bool) -> ReadyStore:
+    """FIFO, or a FIFO per level; a FIFO queue that survives restarts keeps its logged
+    messages past a short window as compact records (paging), unless it deduplicates (its
+    held keys are read from message headers as messages leave)."""
     if settings.max_priority:
         return PriorityStore(settings.max_priority)
+    if survives and store.pages and not settings.deduplicate:
+        return PagedFifoStore(store)
     return FifoStore()
 
 
@@ -65,7 +72,9 @@ def build_queue(
         arguments=arguments,
         store=vhost.store,
         settings=settings,
-        ready=ready_store(settings),
+        ready=ready_store(
+            settings, vhost.store, durable and exclusive_owner is None and not auto_delete
+        ),
         clock=vhost.clock,
         dead_letters=vhost.dead_letters,
         on_expired=vhost.remove_queue,

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from broker.core.message import GONE, OUT, READY, QueuedMessage
+from broker.core.persistence import PagedRef
 
 # Tombstones are dropped in one pass once there are this many and they outnumber live entries.
 COMPACT_MIN_TOMBSTONES = 1024
@@ -101,6 +102,25 @@ class ReadyStore(ABC):
 
     def __bool__(self) -> bool:
         return self.count > 0
+
+    # ---------------------------------------------------------------- what is paged
+    # A store that keeps logged messages as compact records (broker/core/paging.py) says how
+    # many, and lists them; the others keep every message as an object.
+    paged_count = 0
+    paged_bytes = 0
+    paged_savings = 0
+
+    def paged(self) -> Iterator[PagedRef]:
+        """The compact records, as (message id, segment, offset)."""
+        return iter(())
+
+    def paged_in_segment(self, segment: int) -> list[tuple[int, int, int, int]]:
+        """(seq, message id, offset, flags) of the compact records in a log segment."""
+        return []
+
+    def relocated(self, seq: int, segment: int, offset: int) -> None:  # noqa: B027
+        """A compact record's message was copied to another place in the log (only a store
+        that keeps compact records has anything to do)."""
 
     # ---------------------------------------------------------------- the interface
     @abstractmethod

@@ -475,7 +475,8 @@ class VirtualHost:
         if queue.deleted:
             return 0
         if queue.store_id:  # first: a refused log write leaves the queue as it was
-            self.store.queue_deleted(queue, [*queue.ready_entries(), *queue.unacked_entries()])
+            held = [*queue.ready_entries(), *queue.unacked_entries()]
+            self.store.queue_deleted(queue, held, queue.paged())
         queue.deleted = True
         self.queues.pop(queue.name, None)
         self.refusing_queues -= queue.may_refuse

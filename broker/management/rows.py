@@ -64,12 +64,12 @@ def queue_counts(queue: Queue) -> tuple[int, ...]:
 def _persistent_figures(queue: Queue) -> tuple[int, int, int]:
     """(unacked body bytes, persistent messages, their body bytes). Persistent means logged:
     delivery mode 2 in a queue that survives restarts, as RabbitMQ counts it. This walks the
-    queue's messages: fine for listings of queues of ordinary depth, and bounded by the
-    compact index that long backlogs get later."""
+    queue's message objects (a long queue keeps most of its messages as compact records, all
+    persistent, counted without a walk)."""
     unacked_bytes = sum(entry.message.body_size for entry in queue.unacked_entries())
     if not queue.store_id:
         return unacked_bytes, 0, 0
-    count = size = 0
+    count, size = queue.paged_count, queue.paged_bytes
     for entry in (*queue.ready_unordered(), *queue.unacked_entries()):
         if entry.message.msg_id:
             count += 1
@@ -104,7 +104,7 @@ def queue_row(queue: Queue, node: str, rates: RateSampler, policy: Row | None) -
         "consumer_utilisation": 1.0 if queue.consumers else 0.0,
         "exclusive_consumer_tag": exclusive.tag if exclusive is not None else None,
         "single_active_consumer_tag": active.tag if active is not None else None,
-        "memory": queue.memory_bytes,
+        "memory": queue.resident_bytes,
         "policy": policy["name"] if policy else None,
         "operator_policy": None,
         "effective_policy_definition": policy["definition"] if policy else {},

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from broker.core.dedup import DedupExchange
 from broker.core.exchange import Binding, Exchange
 from broker.core.message import Message, QueuedMessage
-from broker.core.persistence import LogUnavailable, MessageStore, SyncCallback
+from broker.core.persistence import Loaded, LogUnavailable, MessageStore, PagedRef, SyncCallback
 from broker.core.vhost import BUILTIN_EXCHANGES, VirtualHost
 from broker.logs import fields
 from broker.store import records
@@ -102,6 +102,8 @@ COMPACT_MAX_LIVE_FRACTION = 0.1
 # Messages copied per compaction pass: each is a read and a write on the event loop, so a
 # segment with thousands of survivors is compacted over several passes, not in one stall.
 RELOCATE_BATCH = 500
+# Message ids per SETTLE record when a long paged queue is purged.
+SETTLE_BATCH = 65536
 
 
 class DurableStore(MessageStore):
@@ -161,10 +163,13 @@ class DurableStore(MessageStore):
         self.next_queue_id += 1
         self._append_table(records.QUEUE_DECLARE, queue_table(queue))
 
-    def queue_deleted(self, queue: Queue, held: Iterable[QueuedMessage]) -> None:
+    def queue_deleted(
+        self, queue: Queue, held: Iterable[QueuedMessage], paged: Iterable[PagedRef] = ()
+    ) -> None:
         self._write_ids()  # settles logged before the delete stay in order
         self._append_table(records.QUEUE_DELETE, {"vhost": queue.vhost_name, "id": queue.store_id})
         self._release(entry.message for entry in held if entry.message.msg_id)
+        self._release_segments(segment for _, segment, _ in paged)
 
     def runtime_changed(self, document: dict[str, Any]) -> None:
         """Users, vhosts, permissions or policies changed: log them whole, as JSON text (an
@@ -309,6 +314,26 @@ class DurableStore(MessageStore):
         self._release(messages)
         self._schedule_ids()
 
+    def settled_paged(self, queue: Queue, paged: Iterable[PagedRef]) -> None:
+        """Compact records settled in bulk (a purge of a long queue): SETTLE records of a
+        bounded size written as the ids come, never a list of them all."""
+        self._write_ids()  # earlier marks first
+        batch: list[int] = []
+        segments: list[int] = []
+        for msg_id, segment, _ in paged:
+            batch.append(msg_id)
+            segments.append(segment)
+            if len(batch) == SETTLE_BATCH:
+                self._settle_batch(queue, batch, segments)
+                batch, segments = [], []
+        if batch:
+            self._settle_batch(queue, batch, segments)
+
+    def _settle_batch(self, queue: Queue, msg_ids: list[int], segments: list[int]) -> None:
+        if self.wal.failed is None:
+            self.wal.append(records.SETTLE, records.encode_ids(queue.store_id, msg_ids))
+        self._release_segments(segments)
+
     def _release(self, messages: Iterable[Message]) -> None:
         """One queue less holds each message; a segment with no live message may go."""
         live = self.live
@@ -319,6 +344,15 @@ class DurableStore(MessageStore):
                 live[segment] -= 1
                 if live[segment] == 0:
                     self._schedule_gc()
+
+    def _release_segments(self, segments: Iterable[int]) -> None:
+        """The last holder of a paged message (one queue) let it go: its segment holds one
+        live message less."""
+        live = self.live
+        for segment in segments:
+            live[segment] -= 1
+            if live[segment] == 0:
+                self._schedule_gc()
 
     def _schedule_ids(self) -> None:
         if not self._ids_scheduled:
@@ -350,6 +384,43 @@ class DurableStore(MessageStore):
         view = records.message_part(record_type, memoryview(payload))[1]
         body_offset = records.decode_message(view)[4]
         return bytes(view[body_offset:])
+
+    # ------------------------------------------------------------------ paging
+    pages = True
+
+    def load(self, refs: list[PagedRef]) -> list[Message | BaseException]:
+        results: list[tuple[int, bytes] | BaseException] = []
+        for _, segment, offset in refs:
+            try:
+                results.append(self.wal.read(segment, offset))
+            except Exception as error:  # a disk error, a damaged record: the caller parks it
+                results.append(error)
+        return _messages_of(refs, results)
+
+    def load_ahead(self, refs: list[PagedRef], done: Loaded) -> None:
+        """The records are read (and their messages built) in the loop's default executor;
+        `done` runs on the loop. Whatever fails there reaches `done` as errors."""
+        loop = asyncio.get_running_loop()
+        try:
+            read_all = self.wal.reader([(segment, offset) for _, segment, offset in refs])
+        except RuntimeError as error:  # the log is closed: nothing to read any more
+            done([error] * len(refs))
+            return
+
+        def read_and_build() -> list[Message | BaseException]:
+            return _messages_of(refs, read_all())
+
+        def finished(future: asyncio.Future[list[Message | BaseException]]) -> None:
+            try:
+                results = future.result()
+            except BaseException as error:  # the executor is shutting down
+                results = [error] * len(refs)
+            done(results)
+
+        try:
+            loop.run_in_executor(None, read_and_build).add_done_callback(finished)
+        except RuntimeError as error:  # the executor is shut down
+            done([error] * len(refs))
 
     # ------------------------------------------------------------------ garbage collection
     def recovered(self) -> None:
@@ -433,12 +504,60 @@ class DurableStore(MessageStore):
             self.live[message.location[0]] = self.live.get(message.location[0], 0) + 1
             for queue, entry in held:
                 self._repeat_marks(queue, entry)
+        paged = self._paged_holders(segment, RELOCATE_BATCH - len(moving))
+        for queue, seq, msg_id, offset, flags in paged:
+            try:
+                self._relocate_paged(queue, seq, msg_id, (segment, offset), flags)
+            except Exception as error:  # unreadable: the segment stays, nothing is lost
+                log.error(
+                    "wal.relocate_failed",
+                    extra=fields(segment=segment, msg_id=msg_id, error=error),
+                )
+                break
         log.info(
             "wal.segment_compacted",
-            extra=fields(segment=segment, moved=len(moving), left=len(holders) - len(moving)),
+            extra=fields(
+                segment=segment,
+                moved=len(moving) + len(paged),
+                left=len(holders) - len(moving),
+            ),
         )
-        if holders:  # nothing found (a bug elsewhere) must not turn into a loop of passes
+        if holders or paged:  # nothing found (a bug elsewhere) must not loop
             self._schedule_gc()
+
+    def _paged_holders(self, segment: int, limit: int) -> list[tuple[Queue, int, int, int, int]]:
+        """Up to `limit` compact records of durable queues whose message is in `segment`."""
+        found: list[tuple[Queue, int, int, int, int]] = []
+        for vhost in self._vhosts():
+            for queue in vhost.all_queues():
+                if queue.store_id and queue.paged_count and len(found) < limit:
+                    in_segment = queue.paged_in_segment(segment)[: limit - len(found)]
+                    found += [(queue, *record) for record in in_segment]
+        return found
+
+    def _relocate_paged(
+        self, queue: Queue, seq: int, msg_id: int, location: tuple[int, int], flags: int
+    ) -> None:
+        """A compact record's message copied to the active segment, for this queue alone (it
+        is the only holder), then the record points at the copy."""
+        record_type, payload = self.wal.read(*location)
+        message = message_of(record_type, memoryview(payload), body=True)
+        body = message.body if message.body is not None else b""
+        copy = records.encode_message(
+            msg_id,
+            [queue.store_id],
+            message.route_bytes,
+            message.header,
+            body,
+            records.timed(message.published_at),
+        )
+        new_location = self.wal.append(records.MESSAGE_AT, copy)
+        self.live[location[0]] -= 1
+        self.live[new_location[0]] = self.live.get(new_location[0], 0) + 1
+        queue.relocated_paged(seq, *new_location)
+        returns = flags >> 1
+        deliveries = returns if queue.counts_deliveries else flags & 1
+        self._append_marks(queue, msg_id, deliveries, returns if queue.counts_deliveries else 0)
 
     def _repeat_marks(self, queue: Queue, entry: QueuedMessage) -> None:
         """After a relocated copy (recovery forgets the marks logged before it), the marks
@@ -449,7 +568,9 @@ class DurableStore(MessageStore):
             returns, deliveries = entry.returns, entry.returns + out
         else:
             returns, deliveries = 0, int(entry.redelivered or out)
-        msg_id = entry.message.msg_id
+        self._append_marks(queue, entry.message.msg_id, deliveries, returns)
+
+    def _append_marks(self, queue: Queue, msg_id: int, deliveries: int, returns: int) -> None:
         if deliveries:
             ids = [msg_id] * deliveries
             self.wal.append(records.DELIVERED, records.encode_ids(queue.store_id, ids))
@@ -492,3 +613,44 @@ def _head_upto(queue: Queue, upto: int) -> Iterator[QueuedMessage]:
         if msg_id > upto:
             return
         yield entry
+
+
+def message_of(record_type: int, payload: memoryview, body: bool) -> Message:
+    """The message a MESSAGE, MESSAGE_AT or MOVE record holds, with its id and the time it
+    was routed; with its body when `body`, else reading it from the log for each delivery."""
+    published_at, view = records.message_part(record_type, payload)
+    msg_id, _, route, header, body_offset = records.decode_message(view)
+    exchange, routing_key = records.split_route(route)
+    kept = bytes(view[body_offset:]) if body else None
+    message = Message(exchange, routing_key, route, header, kept)
+    if not body:
+        message.body_size = len(view) - body_offset
+    message.published_at = published_at
+    message.msg_id = msg_id
+    return message
+
+
+def _messages_of(
+    refs: list[PagedRef], results: list[tuple[int, bytes] | BaseException]
+) -> list[Message | BaseException]:
+    """Messages (one holder each) from the records read for `refs`; a record that is not the
+    message asked for (its segment was deleted and another file read) is an error."""
+    messages: list[Message | BaseException] = []
+    for (msg_id, segment, offset), result in zip(refs, results, strict=True):
+        if isinstance(result, BaseException):
+            messages.append(result)
+            continue
+        record_type, payload = result
+        try:
+            if record_type not in records.MESSAGE_TYPES:
+                raise ValueError(f"record type {record_type} is not a message")
+            message = message_of(record_type, memoryview(payload), body=True)
+            if message.msg_id != msg_id:
+                raise ValueError(f"found message {message.msg_id}, not {msg_id}")
+        except Exception as error:  # a record that does not decode as its message
+            messages.append(error)
+            continue
+        message.location = (segment, offset)
+        message.refs = 1
+        messages.append(message)
+    return messages

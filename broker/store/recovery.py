@@ -13,7 +13,8 @@ message id) so a later clean restart does not forget it. A consumer that checks 
 when redelivered is set never misses one; the price is a check for messages that had not been
 delivered after all.
 
-Bodies stay in the log: recovered messages keep only their location and header in memory.
+Bodies stay in the log: recovered messages keep only their location and header in memory,
+and a queue that pages keeps those past its window as compact records (broker/core/paging.py).
 """
 
 from __future__ import annotations
@@ -269,7 +270,9 @@ def restore(
 ) -> tuple[int, int]:
     """Recreate durable definitions and queued messages; returns (queues, messages) restored."""
     store.replaying = True  # what is restored is already in the log: do not log it again
-    out_at_stop: dict[Queue, list[QueuedMessage]] = {}
+    # Per queue counting deliveries: entries out with a consumer at the stop, restored and
+    # left out past the delivery limit.
+    out_at_stop: dict[Queue, tuple[list[QueuedMessage], list[QueuedMessage]]] = {}
     try:
         queues = _restore_definitions(state, vhosts)
         restored = _restore_messages(state, queues, store, out_at_stop)
@@ -279,11 +282,11 @@ def restore(
     store.next_queue_id = max(store.next_queue_id, state.next_queue_id)
     store.redelivered_upto = max(store.redelivered_upto, state.redelivered_upto)
     store.last_msg_id.update(state.last_msg_id)
-    for queue, entries in out_at_stop.items():
+    for queue, (returned, over) in out_at_stop.items():
         # Delivered more often than returned: out with a consumer when the broker stopped, so
         # the restart returned it. Logged as such, so a poison message that brings the broker
         # down cannot get a fresh budget: past the delivery limit it is dead-lettered now.
-        queue.returned_by_restart(entries)
+        queue.returned_by_restart(returned, over)
     for queue in queues.values():
         # Drops past a length limit are logged lazily, like acks: a crash can leave a queue
         # over its limit, and drop-head trims it now (logging what it drops).
@@ -355,7 +358,7 @@ def _restore_messages(
     state: RecoveredState,
     queues: dict[int, Queue],
     store: DurableStore,
-    out_at_stop: dict[Queue, list[QueuedMessage]],
+    out_at_stop: dict[Queue, tuple[list[QueuedMessage], list[QueuedMessage]]],
 ) -> int:
     """Put the recovered messages back in their queues; `out_at_stop` collects, per queue
     counting deliveries, those that were out with a consumer when the broker stopped."""
@@ -378,7 +381,12 @@ def _restore_messages(
             if queue.counts_deliveries:
                 entry.returns = state.returned.get(key, 0)
                 if delivered.get(key, 0) > entry.returns:
-                    out_at_stop.setdefault(queue, []).append(entry)
+                    entry.returns += 1  # the restart returned it (logged once restored)
+                    limit = queue.settings.delivery_limit
+                    over = limit is not None and entry.returns > limit
+                    out_at_stop.setdefault(queue, ([], []))[over].append(entry)
+                    if over:
+                        continue  # dead-lettered once restoring is done
             queue.restore(entry)
         restored += 1
     return restored

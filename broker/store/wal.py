@@ -109,6 +109,8 @@ _MARK_SLOT = 512
 _PROGRESS_STEP = 16 * 1024 * 1024
 # Most records (a message, an ack) fit one pread of this size.
 _READ_AHEAD = 4096
+# A place in `WriteAheadLog.reader`'s results that its thread fills in.
+_NOT_READ = (0, b"")
 SYNC_POLICIES = ("always", "periodic")
 # The sync marker is rewritten after an fsync at most this often (and always when a segment is
 # sealed or the log closes): it may lag, never lead, so a syscall per group commit buys nothing.
@@ -526,18 +528,49 @@ class WriteAheadLog:
         """
         if self._closed:
             raise RuntimeError("the write-ahead log is closed")
+        in_memory = self._in_memory(segment_id, offset)
+        if in_memory is not None:
+            return in_memory
+        return _pread_record(self._read_fd(segment_id), segment_id, offset)
+
+    def _in_memory(self, segment_id: int, offset: int) -> tuple[int, bytes] | None:
         for chunk in (*self._pending, *self._inflight):
             position = offset - chunk.start
             if chunk.segment_id == segment_id and 0 <= position < len(chunk.data):
                 return _decode(segment_id, offset, chunk.data, position)
-        fd = self._read_fd(segment_id)
-        data = os.pread(fd, _READ_AHEAD, offset)
-        if len(data) >= HEADER_SIZE:
-            length, check = _HEADER.unpack_from(data)[:2]
-            missing = HEADER_SIZE + length - len(data)
-            if check == length ^ _MASK and missing > 0:  # never trust a damaged length
-                data += os.pread(fd, missing, offset + len(data))
-        return _decode(segment_id, offset, data, 0)
+        return None
+
+    def reader(
+        self, locations: list[tuple[int, int]]
+    ) -> Callable[[], list[tuple[int, bytes] | BaseException]]:
+        """A function that reads these records in another thread, each result in order a
+        (record_type, payload) or the error reading it. What is still in memory is copied now,
+        on the loop, and the files are opened now: the function itself only preads, so it
+        shares nothing with the loop. A segment deleted meanwhile makes its reads fail (or, once
+        its descriptor number is reused, read another record: callers check what they got)."""
+        if self._closed:
+            raise RuntimeError("the write-ahead log is closed")
+        results: list[tuple[int, bytes] | BaseException] = []
+        on_disk: list[tuple[int, int, int, int]] = []  # result index, fd, segment, offset
+        for segment_id, offset in locations:
+            try:
+                found = self._in_memory(segment_id, offset)
+                if found is None:
+                    on_disk.append((len(results), self._read_fd(segment_id), segment_id, offset))
+                    found = _NOT_READ
+                results.append(found)
+            except (OSError, CorruptLogError) as error:
+                results.append(error)
+
+        def read_all() -> list[tuple[int, bytes] | BaseException]:
+            for index, fd, segment_id, offset in on_disk:
+                try:
+                    results[index] = _pread_record(fd, segment_id, offset)
+                except (OSError, CorruptLogError) as error:
+                    results[index] = error
+            return results
+
+        return read_all
 
     def _read_fd(self, segment_id: int) -> int:
         fd = self._read_fds.get(segment_id)
@@ -785,6 +818,17 @@ def _decode(
         reason = f"CRC mismatch (stored {crc:#010x}, computed {actual:#010x})"
         raise CorruptLogError(segment_id, offset, reason)
     return record_type, payload
+
+
+def _pread_record(fd: int, segment_id: int, offset: int) -> tuple[int, bytes]:
+    """One record from a segment file: one pread, two when it is larger than a read-ahead."""
+    data = os.pread(fd, _READ_AHEAD, offset)
+    if len(data) >= HEADER_SIZE:
+        length, check = _HEADER.unpack_from(data)[:2]
+        missing = HEADER_SIZE + length - len(data)
+        if check == length ^ _MASK and missing > 0:  # never trust a damaged length
+            data += os.pread(fd, missing, offset + len(data))
+    return _decode(segment_id, offset, data, 0)
 
 
 def _truncate_crash_tail(path: Path, bad: _BadRecord, size: int, synced: int) -> None:

@@ -30,6 +30,7 @@ from tests.support import (
     BrokerProcess,
     nested_table_bytes,
     publish_persistent,
+    resident_bytes,
     small_segment_config,
 )
 
@@ -142,11 +143,6 @@ def test_deep_bind_arguments_cannot_cost_confirmed_messages(tmp_path: Path) -> N
 
 
 # ----------------------------------------------------------------------------- helpers, 3-7
-def resident_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def round_trip_seconds(url: str) -> float:

@@ -1,0 +1,476 @@
+"""A FIFO ready store whose tail lives in the log: queues far longer than memory.
+
+A queue that survives restarts keeps a short window of message objects at its head, with their
+bodies; past the window, a logged message is kept as one compact record (its sequence number,
+message id, where its record is in the log, its sizes, deadline and flags: 44 bytes in arrays)
+and its objects and body are dropped. As consumers take from the window, the next records are
+read back from the log in batches, off the event loop (read-ahead), and become objects again.
+If consumers outrun the read-ahead, the head is read on the loop rather than waiting.
+
+A message that cannot be paged (transient, or held by more than one queue, whose shared object
+counts its holders) takes its place in the tail as a record pointing to its entry ("pinned"),
+so the order is kept. Everything in the window precedes everything in the tail: pushes go to
+the tail once it has anything, requeues (of entries handed out from the window) to the window.
+
+Deadlines of compact records live in a heap of plain integers (deadline in ms, then sequence
+number); an expiry away from the head reads that one message back to dead-letter it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from array import array
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Iterator
+
+from broker.core.message import GONE, READY, Message, QueuedMessage
+from broker.core.persistence import MessageStore, PagedRef
+from broker.core.ready import FifoStore
+from broker.logs import fields
+
+log = logging.getLogger("warren.queue")
+
+# Entries the window holds before messages go to the tail, and the body bytes it may hold. A
+# thousand queues with full windows hold a quarter of a million objects: the window is short.
+WINDOW_ENTRIES = 256
+WINDOW_BYTES = 1 << 20
+# A read-ahead starts when the window falls below this, for up to a window of records.
+READ_AHEAD_BELOW = WINDOW_ENTRIES // 2
+# Records read on the loop when a consumer finds the window empty (the read-ahead is late).
+SYNC_BATCH = 32
+# What a compact record costs in memory (its seven array slots), for the memory alarm.
+TAIL_RECORD_BYTES = 44
+CHUNK_RECORDS = 4096
+_OFFSET_BITS = 40
+_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
+_SEQ_BITS = 64
+_SEQ_MASK = (1 << _SEQ_BITS) - 1
+DEAD = -1  # flags of a record that left the tail
+_PINNED = 0  # msg_id of a record whose entry is kept as an object
+
+# seq, message id, location, body size, footprint, deadline, flags
+Record = tuple[int, int, int, int, int, float, int]
+
+
+def pack_location(segment: int, offset: int) -> int:
+    return segment << _OFFSET_BITS | offset
+
+
+def unpack_location(location: int) -> tuple[int, int]:
+    return location >> _OFFSET_BITS, location & _OFFSET_MASK
+
+
+class _Chunk:
+    """Up to CHUNK_RECORDS records in sequence order, one array per field; records before
+    `head` have left."""
+
+    __slots__ = ("expires", "flags", "footprint", "head", "location", "msg_id", "seq", "size")
+
+    def __init__(self) -> None:
+        self.seq = array("q")
+        self.msg_id = array("q")
+        self.location = array("Q")
+        self.size = array("I")
+        self.footprint = array("I")
+        self.expires = array("d")
+        self.flags = array("i")
+        self.head = 0
+
+    def record(self, index: int) -> Record:
+        return (
+            self.seq[index],
+            self.msg_id[index],
+            self.location[index],
+            self.size[index],
+            self.footprint[index],
+            self.expires[index],
+            self.flags[index],
+        )
+
+
+class _Tail:
+    """The records past the window, in sequence order, in chunks of arrays."""
+
+    __slots__ = ("chunks", "compact", "compact_bytes", "compact_footprint", "live", "live_bytes")
+
+    def __init__(self) -> None:
+        self.chunks: deque[_Chunk] = deque()
+        self.live = 0  # records that have not left, pinned ones included
+        self.live_bytes = 0
+        self.compact = 0  # of them, records without an object
+        self.compact_bytes = 0
+        self.compact_footprint = 0  # what their objects cost before they were paged
+
+    def append(self, seq: int, msg_id: int, location: int, size: int, footprint: int,
+               expires: float, flags: int) -> None:  # fmt: skip
+        chunks = self.chunks
+        if not chunks or len(chunks[-1].seq) >= CHUNK_RECORDS:
+            chunks.append(_Chunk())
+        chunk = chunks[-1]
+        chunk.seq.append(seq)
+        chunk.msg_id.append(msg_id)
+        chunk.location.append(location)
+        chunk.size.append(size)
+        chunk.footprint.append(footprint)
+        chunk.expires.append(expires)
+        chunk.flags.append(flags)
+        self._count(msg_id, size, footprint, 1)
+
+    def _count(self, msg_id: int, size: int, footprint: int, change: int) -> None:
+        self.live += change
+        self.live_bytes += change * size
+        if msg_id != _PINNED:
+            self.compact += change
+            self.compact_bytes += change * size
+            self.compact_footprint += change * footprint
+
+    def first(self) -> tuple[_Chunk, int] | None:
+        """The first record that has not left (dropping chunks that are done)."""
+        chunks = self.chunks
+        while chunks:
+            chunk = chunks[0]
+            flags, end = chunk.flags, len(chunk.seq)
+            index = chunk.head
+            while index < end and flags[index] == DEAD:
+                index += 1
+            chunk.head = index
+            if index < end:
+                return chunk, index
+            chunks.popleft()
+        return None
+
+    def first_seq(self) -> int:
+        found = self.first()
+        return found[0].seq[found[1]] if found is not None else -1
+
+    def take_first(self) -> Record | None:
+        found = self.first()
+        if found is None:
+            return None
+        chunk, index = found
+        return self.kill(chunk, index)
+
+    def kill(self, chunk: _Chunk, index: int) -> Record:
+        """The record leaves the tail (to the window, or out of the queue)."""
+        record = chunk.record(index)
+        chunk.flags[index] = DEAD
+        self._count(record[1], record[3], record[4], -1)
+        return record
+
+    def find(self, seq: int) -> tuple[_Chunk, int] | None:
+        """The live record with this sequence number, by binary search."""
+        chunks = self.chunks
+        low, high = 0, len(chunks)
+        while low < high:  # the last chunk whose first sequence number is <= seq
+            middle = (low + high) // 2
+            if chunks[middle].seq[0] <= seq:
+                low = middle + 1
+            else:
+                high = middle
+        if low == 0:
+            return None
+        chunk = chunks[low - 1]
+        index = bisect_right(chunk.seq, seq) - 1
+        if index < chunk.head or chunk.seq[index] != seq or chunk.flags[index] == DEAD:
+            return None
+        return chunk, index
+
+    def peek(self, limit: int, max_bytes: int) -> list[Record]:
+        """Live records from the first, left in place: up to `limit` of them and, past the
+        first, up to `max_bytes` of bodies."""
+        found: list[Record] = []
+        size = 0
+        for chunk in self.chunks:
+            flags = chunk.flags
+            for index in range(chunk.head, len(chunk.seq)):
+                if flags[index] != DEAD:
+                    size += chunk.size[index]
+                    if found and size > max_bytes:
+                        return found
+                    found.append(chunk.record(index))
+                    if len(found) == limit:
+                        return found
+        return found
+
+    def __iter__(self) -> Iterator[Record]:
+        for chunk in list(self.chunks):
+            flags = chunk.flags
+            for index in range(chunk.head, len(chunk.seq)):
+                if flags[index] != DEAD:
+                    yield chunk.record(index)
+
+
+class PagedFifoStore(FifoStore):
+    """Publish order, with the tail in the log (see the module's docstring)."""
+
+    __slots__ = ("_loading", "_pinned", "_source", "_tail", "_tail_deadlines", "unreadable")
+
+    def __init__(self, source: MessageStore) -> None:
+        super().__init__()
+        self._source = source
+        self._tail = _Tail()
+        self._pinned: dict[int, QueuedMessage] = {}  # seq -> entry, for pinned records
+        # (deadline in ms << 64 | seq) of compact records with a deadline; items of records
+        # that left stay until they reach the top.
+        self._tail_deadlines: list[int] = []
+        self._loading = False  # a read-ahead is under way
+        # Records the log could not give back (a disk error): out of the queue's count, not
+        # settled, so a restart brings them back; deleting the queue releases them.
+        self.unreadable: list[PagedRef] = []
+
+    # ---------------------------------------------------------------- what is paged
+    @property
+    def paged_count(self) -> int:
+        """Ready messages kept as compact records."""
+        return self._tail.compact
+
+    @property
+    def paged_bytes(self) -> int:
+        return self._tail.compact_bytes
+
+    @property
+    def paged_savings(self) -> int:
+        """Memory the compact records save against the objects they replaced."""
+        tail = self._tail
+        return tail.compact_footprint - tail.compact * TAIL_RECORD_BYTES
+
+    def paged(self) -> Iterator[PagedRef]:
+        """The compact records (and unreadable ones), as (message id, segment, offset)."""
+        for record in self._tail:
+            if record[1] != _PINNED:
+                yield (record[1], *unpack_location(record[2]))
+        yield from self.unreadable
+
+    def paged_in_segment(self, segment: int) -> list[tuple[int, int, int, int]]:
+        """(seq, message id, offset, flags) of the compact records whose record is in
+        `segment`, for the log's compaction."""
+        return [
+            (record[0], record[1], record[2] & _OFFSET_MASK, record[6])
+            for record in self._tail
+            if record[1] != _PINNED and record[2] >> _OFFSET_BITS == segment
+        ]
+
+    def relocated(self, seq: int, segment: int, offset: int) -> None:
+        """A compact record's message was copied to another place in the log."""
+        found = self._tail.find(seq)
+        if found is not None:
+            chunk, index = found
+            chunk.location[index] = pack_location(segment, offset)
+
+    # ---------------------------------------------------------------- in
+    def push(self, entry: QueuedMessage) -> None:
+        """To the window while it has room and the tail is empty, else to the tail."""
+        if not self._tail.live and self.count < WINDOW_ENTRIES and self.body_bytes < WINDOW_BYTES:
+            FifoStore.push(self, entry)
+            return
+        self._page_out(entry)
+        self.count += 1
+        self.body_bytes += entry.message.body_size
+
+    def _page_out(self, entry: QueuedMessage) -> None:
+        message = entry.message
+        flags = int(entry.redelivered) | entry.returns << 1
+        if message.msg_id and message.refs == 1 and type(message) is Message:
+            location = pack_location(*message.location)
+            self._append_compact(
+                entry.seq,
+                message.msg_id,
+                location,
+                message.body_size,
+                message.footprint,
+                entry.expires_at,
+                flags,
+            )
+            entry.state = GONE  # this object is dropped; the record stands for it
+            return
+        self._tail.append(entry.seq, _PINNED, 0, message.body_size, 0, entry.expires_at, flags)
+        self._pinned[entry.seq] = entry
+        entry.state = READY
+        if entry.expires_at:
+            self._index_deadline(entry)
+
+    def _append_compact(self, seq: int, msg_id: int, location: int, body_size: int,
+                        footprint: int, expires_at: float, flags: int) -> None:  # fmt: skip
+        self._tail.append(seq, msg_id, location, body_size, footprint, expires_at, flags)
+        if expires_at:
+            deadline = math.ceil(expires_at * 1000)
+            heapq.heappush(self._tail_deadlines, deadline << _SEQ_BITS | seq)
+
+    # ---------------------------------------------------------------- out
+    def pop(self) -> QueuedMessage | None:
+        entry = FifoStore.pop(self)
+        if entry is None and self._tail.live:
+            self._fill(SYNC_BATCH)
+            entry = FifoStore.pop(self)
+        tail_live = self._tail.live
+        if tail_live and not self._loading and self.count - tail_live < READ_AHEAD_BELOW:
+            self._read_ahead()
+        return entry
+
+    def peek(self) -> QueuedMessage | None:
+        entry = self._fifo.head()
+        if entry is None and self._tail.live:
+            self._fill(SYNC_BATCH)
+            entry = self._fifo.head()
+        return entry
+
+    def remove(self, entry: QueuedMessage) -> None:
+        pinned = self._pinned.pop(entry.seq, None)
+        if pinned is None:
+            FifoStore.remove(self, entry)
+            return
+        found = self._tail.find(entry.seq)
+        if found is not None:
+            self._tail.kill(*found)
+        self._take(entry, GONE)
+
+    def due(self, now: float, limit: int = -1) -> list[QueuedMessage]:
+        expired = super().due(now, limit)
+        deadlines = self._tail_deadlines
+        now_ms = now * 1000
+        tail = self._tail
+        while deadlines and deadlines[0] >> _SEQ_BITS <= now_ms and len(expired) != limit:
+            seq = heapq.heappop(deadlines) & _SEQ_MASK
+            found = tail.find(seq)
+            if found is None:
+                continue  # gone, or in the window (its entry's deadline is indexed there)
+            chunk, index = found
+            entry = self._materialise_one(chunk.record(index))
+            if entry is None:
+                continue  # unreadable: it expires at the head once it can be read
+            tail.kill(chunk, index)
+            self._take(entry, GONE)
+            expired.append(entry)
+        return expired
+
+    def next_due(self) -> float:
+        due = super().next_due()
+        deadlines = self._tail_deadlines
+        first = self._tail.first_seq()
+        while deadlines:
+            top = deadlines[0]
+            if first >= 0 and top & _SEQ_MASK >= first and self._tail.find(top & _SEQ_MASK):
+                return min(due, (top >> _SEQ_BITS) / 1000)
+            heapq.heappop(deadlines)  # its record left the tail
+        return due
+
+    def purge(self) -> list[QueuedMessage]:
+        """The window's and pinned entries, now out; compact records are dropped (the caller
+        settles them through `paged` first)."""
+        taken = super().purge()  # iterates the pinned entries too
+        self._tail = _Tail()
+        self._pinned.clear()
+        self._tail_deadlines.clear()
+        return taken
+
+    def __iter__(self) -> Iterator[QueuedMessage]:
+        """The entries that exist as objects, in order: the window's, then pinned ones;
+        compact records through `paged`."""
+        yield from self._fifo
+        yield from list(self._pinned.values())
+
+    # ---------------------------------------------------------------- back from the log
+    def _fill(self, limit: int) -> None:
+        """Move up to `limit` records from the tail to the window, read on the loop."""
+        while limit > 0:
+            batch = self._tail.peek(limit, WINDOW_BYTES)
+            if not batch:
+                return
+            loaded = self._load([record for record in batch if record[1] != _PINNED])
+            for record in batch:
+                self._to_window(record, loaded.get(record[0]))
+            limit -= len(batch)
+
+    def _load(self, records: list[Record]) -> dict[int, Message | BaseException]:
+        if not records:
+            return {}
+        results = self._source.load([_ref(record) for record in records])
+        return {record[0]: result for record, result in zip(records, results, strict=True)}
+
+    def _to_window(self, record: Record, loaded: Message | BaseException | None) -> None:
+        """The record, first in the tail, becomes an entry at the window's end."""
+        seq = record[0]
+        found = self._tail.find(seq)
+        if found is None:
+            return  # it left meanwhile
+        if record[1] == _PINNED:
+            self._tail.kill(*found)
+            entry = self._pinned.pop(seq)
+            self._fifo.entries.append(entry)
+            return
+        entry = self._entry(record, loaded)
+        self._tail.kill(*found)
+        if entry is None:
+            self.count -= 1
+            self.body_bytes -= record[3]
+            return
+        self._fifo.entries.append(entry)
+        if entry.expires_at:
+            self._index_deadline(entry)
+
+    def _materialise_one(self, record: Record) -> QueuedMessage | None:
+        return self._entry(record, self._load([record]).get(record[0]), park=False)
+
+    def _entry(
+        self, record: Record, loaded: Message | BaseException | None, park: bool = True
+    ) -> QueuedMessage | None:
+        """The entry a compact record stands for, or None when the log could not give its
+        message back (then, with `park`, kept aside as unreadable)."""
+        seq, msg_id, location, _, footprint, expires, flags = record
+        message = loaded
+        if not isinstance(message, Message) or message.msg_id != msg_id:
+            log.error(
+                "message.unreadable",
+                extra=fields(msg_id=msg_id, location=unpack_location(location), error=message),
+            )
+            if park:
+                self.unreadable.append(_ref(record))
+            return None
+        # What the queue counted when it took the message. The body read back is dropped once
+        # delivered (lazy, as a recovered message's): it is held only between the read and
+        # the delivery, at most a window's worth of bytes per queue.
+        message.footprint = footprint
+        message.lazy = True
+        entry = QueuedMessage(message, seq, expires)
+        entry.redelivered = bool(flags & 1)
+        entry.returns = flags >> 1
+        return entry
+
+    def _read_ahead(self) -> None:
+        ahead = self._tail.peek(WINDOW_ENTRIES, WINDOW_BYTES)
+        records = [record for record in ahead if record[1] != _PINNED]
+        if not records:
+            return
+        self._loading = True
+        self._source.load_ahead(
+            [_ref(record) for record in records],
+            lambda results: self._read_ahead_done(records, results),
+        )
+
+    def _read_ahead_done(
+        self, records: list[Record], results: list[Message | BaseException]
+    ) -> None:
+        """Records read ahead join the window while they are still first in the tail (any the
+        queue took meanwhile, by a read on the loop or an expiry, are passed over)."""
+        self._loading = False
+        loaded = {record[0]: result for record, result in zip(records, results, strict=True)}
+        tail = self._tail
+        while (found := tail.first()) is not None:
+            record = found[0].record(found[1])
+            if record[1] != _PINNED and record[0] not in loaded:
+                break
+            result = loaded.get(record[0])
+            if record[1] != _PINNED and (
+                not isinstance(result, Message) or result.location != unpack_location(record[2])
+            ):
+                # Relocated meanwhile, or the read failed (its segment was compacted away):
+                # read it again where it is now.
+                result = self._load([record])[record[0]]
+            self._to_window(record, result)
+
+
+def _ref(record: Record) -> PagedRef:
+    return (record[1], *unpack_location(record[2]))

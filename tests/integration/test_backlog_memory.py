@@ -1,0 +1,64 @@
+"""A backlog of persistent messages costs a compact record each, not its body: the acceptance
+test of paging, on a real broker process measured from /proc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pika
+
+from tests.support import resident_bytes, running_broker
+
+BODY = 4096
+PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+
+
+def body_of(index: int) -> bytes:
+    return f"{index:08d}".encode().ljust(BODY, b"-")
+
+
+def publish(channel: pika.adapters.blocking_connection.BlockingChannel, start: int, count: int,
+            confirmed: pika.adapters.blocking_connection.BlockingChannel) -> None:  # fmt: skip
+    """Publish without waiting for each confirm, then one confirmed message on another channel:
+    the log's group commit writes in order, so that confirm means all of these are on disk."""
+    for index in range(start, start + count):
+        channel.basic_publish("", "backlog", body_of(index), PERSISTENT)
+    confirmed.basic_publish("", "marker", b"", PERSISTENT)
+
+
+def test_queued_persistent_bodies_stay_in_the_log_not_in_memory(tmp_path: Path) -> None:
+    """The broker's resident memory grows by far less than a body per queued message as the
+    queue grows (a resident 4 KiB body would cost over 4 KiB), and every message comes back, in
+    order, when a consumer drains the queue."""
+    with running_broker(tmp_path / "data") as broker:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        confirmed = connection.channel()
+        confirmed.confirm_delivery()
+        channel.queue_declare("backlog", durable=True)
+        channel.queue_declare("marker", durable=True)
+        publish(channel, 0, 5_000, confirmed)
+        before = resident_bytes(broker.proc.pid)
+        publish(channel, 5_000, 25_000, confirmed)
+        queued = channel.queue_declare("backlog", passive=True).method.message_count
+        grown = resident_bytes(broker.proc.pid) - before
+        assert queued == 30_000
+        per_message = grown / 25_000
+        assert per_message < 512, f"resident memory grew {per_message:.0f} B per queued message"
+
+        channel.basic_qos(prefetch_count=1000)
+        got: list[bytes] = []
+
+        def on_message(ch, method, properties, body):  # type: ignore[no-untyped-def]
+            got.append(body)
+            if len(got) % 500 == 0 or len(got) == 30_000:
+                ch.basic_ack(method.delivery_tag, multiple=True)
+            if len(got) == 30_000:
+                ch.stop_consuming()
+
+        channel.basic_consume("backlog", on_message)
+        connection.call_later(60, channel.stop_consuming)  # bounded whatever happens
+        channel.start_consuming()
+        assert len(got) == 30_000
+        assert got == [body_of(index) for index in range(30_000)]
+        connection.close()

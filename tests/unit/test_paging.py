@@ -1,0 +1,294 @@
+"""Paging: a durable FIFO queue keeps a short window of message objects and the rest of its
+logged messages as compact records, read back from the log as they near the head.
+
+Driven on real files (the durable store's test node): order and bodies through the window, the
+read on the loop when the read-ahead is late, the read-ahead in the executor, restarts with
+redelivered flags, purge, delete, expiry away from the head, pinned entries (transient and
+shared messages), compaction moving paged messages, a log that cannot give a message back, and
+what the memory alarm is told."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from broker.core import paging
+from broker.core.message import Message
+from broker.core.paging import TAIL_RECORD_BYTES, WINDOW_ENTRIES
+from broker.core.queue import Queue
+from broker.store import records
+from broker.store.durable import message_of
+from tests.unit.helpers import ManualClock, make_message
+from tests.unit.test_durable_store import (
+    _settle_and_collect,
+    publish,
+    restart,
+    start_node,
+    stop_node,
+    synced,
+    take,
+)
+
+BODY = 256
+
+
+def body_of(index: int) -> bytes:
+    return f"{index:08d}".encode().ljust(BODY, b".")
+
+
+def fill(vhost, queue: str, count: int, start: int = 0, **properties: object) -> None:  # type: ignore[no-untyped-def]
+    for index in range(start, start + count):
+        message = make_message(queue, body_of(index), delivery_mode=2, **properties)
+        vhost.publish(vhost.get_exchange(""), message)
+
+
+def drain(queue: Queue, count: int) -> list[bytes]:
+    """Basic.Get with ack, `count` times: the bodies, each acked at once."""
+    got = []
+    for entry in take(queue, count):
+        assert entry.message.body is not None
+        got.append(entry.message.body)
+        queue.settle([entry])
+    return got
+
+
+async def test_past_the_window_messages_are_compact_records_and_come_back_in_order(
+    tmp_path: Path,
+) -> None:
+    node = await start_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    fill(node.vhost, "q", 3000)
+    assert queue.message_count == 3000
+    assert queue.paged_count == 3000 - WINDOW_ENTRIES
+    assert queue.paged_bytes == (3000 - WINDOW_ENTRIES) * BODY
+    # The alarm counts a compact record at its own size, not the objects it replaced.
+    objects = WINDOW_ENTRIES * (queue.memory_bytes // 3000)
+    assert queue.resident_bytes <= objects + (3000 - WINDOW_ENTRIES) * TAIL_RECORD_BYTES
+    assert drain(queue, 3000) == [body_of(index) for index in range(3000)]
+    assert (queue.message_count, queue.paged_count, queue.memory_bytes) == (0, 0, 0)
+    await stop_node(node)
+
+
+async def test_the_read_ahead_fills_the_window_off_the_loop(tmp_path: Path) -> None:
+    """Once consumers take the window below half, the next records are read in the executor;
+    the loop reads them itself only when a consumer finds the window empty."""
+    node = await start_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    fill(node.vhost, "q", 2000)
+    assert await synced(node.store) is None  # on disk: the read-ahead preads the files
+    loaded_on_loop: list[int] = []
+    load = node.store.load
+
+    def counting_load(refs):  # type: ignore[no-untyped-def]
+        loaded_on_loop.append(len(refs))
+        return load(refs)
+
+    node.store.load = counting_load  # type: ignore[method-assign]
+    got = []
+    for _ in range(10):
+        got += drain(queue, 150)
+        await asyncio.sleep(0.05)  # the read-ahead's turn
+    assert got == [body_of(index) for index in range(1500)]
+    assert loaded_on_loop == []
+    assert queue.paged_count < 2000 - 1500
+    got = drain(queue, 500)  # without a pause: the loop reads what the read-ahead has not
+    assert got == [body_of(index) for index in range(1500, 2000)]
+    await stop_node(node)
+
+
+async def test_a_restart_keeps_order_and_redelivered_flags_of_paged_messages(
+    tmp_path: Path,
+) -> None:
+    node = await start_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    fill(node.vhost, "q", 1000)
+    taken = take(queue, 3)
+    queue.requeue(taken[1:])  # two delivered and returned: redelivered after any restart
+    queue.settle(taken[:1])
+    node = await restart(node)
+    queue = node.vhost.queues["q"]
+    assert queue.message_count == 999
+    assert queue.paged_count == 999 - WINDOW_ENTRIES
+    entries = take(queue, 999)
+    assert [entry.message.body for entry in entries] == [body_of(i) for i in range(1, 1000)]
+    assert [entry.redelivered for entry in entries[:3]] == [True, True, False]
+    assert not any(entry.redelivered for entry in entries[2:])
+    await stop_node(node)
+
+
+async def test_purge_settles_every_paged_message_in_bounded_records(tmp_path: Path) -> None:
+    node = await start_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    fill(node.vhost, "q", 2000)
+    assert queue.purge() == 2000
+    assert (queue.message_count, queue.paged_count, queue.memory_bytes) == (0, 0, 0)
+    await _settle_and_collect(node)
+    node = await restart(node)
+    assert node.vhost.queues["q"].message_count == 0
+    assert node.restored == (1, 0)
+    await stop_node(node)
+
+
+async def test_deleting_a_paged_queue_frees_its_segments(tmp_path: Path) -> None:
+    node = await start_node(tmp_path, segment_size=1 << 16)
+    node.vhost.declare_queue("q", None, durable=True)
+    fill(node.vhost, "q", 2000)
+    assert await synced(node.store) is None
+    assert len(node.wal.segment_ids()) > 5
+    node.vhost.delete_queue("q", None, if_unused=False, if_empty=False)
+    await _settle_and_collect(node)
+    await _settle_and_collect(node)
+    assert len(node.wal.segment_ids()) <= 2
+    assert sum(node.store.live.values()) == 0
+    await stop_node(node)
+
+
+async def test_a_paged_message_expires_where_it_is_and_is_dead_lettered_whole(
+    tmp_path: Path,
+) -> None:
+    """A message with its own short TTL deep in the tail expires on time, read back from the
+    log to dead-letter it with its body and headers."""
+    clock = ManualClock()
+    node = await start_node(tmp_path, clock=clock)
+    node.vhost.declare_queue("dead", None, durable=True)
+    arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"}
+    queue = node.vhost.declare_queue("q", None, durable=True, arguments=arguments)
+    fill(node.vhost, "q", 1000)
+    fill(node.vhost, "q", 1, start=1000, expiration="500")
+    fill(node.vhost, "q", 10, start=1001)
+    assert queue.paged_count == 1011 - WINDOW_ENTRIES
+    clock.advance(0.6)
+    dead = node.vhost.queues["dead"]
+    assert (queue.message_count, dead.message_count) == (1010, 1)
+    (entry,) = take(dead, 1)
+    assert entry.message.body == body_of(1000)
+    assert b"x-death" in entry.message.header
+    assert drain(queue, 1010) == [body_of(i) for i in range(1011) if i != 1000]
+    await stop_node(node)
+
+
+async def test_transient_and_shared_messages_keep_their_place_in_the_tail(tmp_path: Path) -> None:
+    """A message that cannot be a compact record (transient; or routed to two durable queues,
+    whose object counts its holders) waits in the tail as its entry, in order."""
+    node = await start_node(tmp_path)
+    vhost = node.vhost
+    queue = vhost.declare_queue("q", None, durable=True)
+    vhost.declare_queue("other", None, durable=True)
+    vhost.declare_exchange("fan", "fanout", durable=True)
+    vhost.bind("fan", "q", "", {})
+    vhost.bind("fan", "other", "", {})
+    fill(vhost, "q", WINDOW_ENTRIES + 10)
+    publish(vhost, "q", b"transient", mode=1)
+    publish(vhost, "", b"shared", exchange="fan")
+    fill(vhost, "q", 10, start=WINDOW_ENTRIES + 10)
+    assert queue.paged_count == 20
+    assert queue.message_count == WINDOW_ENTRIES + 22
+    got = drain(queue, WINDOW_ENTRIES + 22)
+    expected = [body_of(i) for i in range(WINDOW_ENTRIES + 10)]
+    expected += [b"transient", b"shared"]
+    expected += [body_of(i) for i in range(WINDOW_ENTRIES + 10, WINDOW_ENTRIES + 20)]
+    assert got == expected
+    assert vhost.queues["other"].message_count == 1
+    await stop_node(node)
+
+
+async def test_compaction_moves_paged_messages_and_they_survive_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A few paged messages in an old segment full of settled ones are copied forward, their
+    records pointing at the copies; old segments go, and the queue comes back whole."""
+    node = await start_node(tmp_path, segment_size=1 << 16)
+    vhost = node.vhost
+    parked = vhost.declare_queue("parked", None, durable=True)
+    busy = vhost.declare_queue("busy", None, durable=True)
+    fill(vhost, "busy", 200)
+    fill(vhost, "parked", WINDOW_ENTRIES + 5)  # five compact records in the early segments
+    first = min(node.wal.segment_ids())
+    drain(busy, 200)
+    for round_ in range(6):
+        fill(vhost, "busy", 300, start=round_ * 300)
+        drain(busy, 300)
+        await _settle_and_collect(node)
+    assert first not in node.wal.segment_ids()
+    assert parked.paged_count == 5
+    node = await restart(node, segment_size=1 << 16)
+    parked = node.vhost.queues["parked"]
+    assert drain(parked, WINDOW_ENTRIES + 5) == [body_of(i) for i in range(WINDOW_ENTRIES + 5)]
+    await stop_node(node)
+
+
+async def test_a_message_the_log_cannot_give_back_is_set_aside_not_lost(tmp_path: Path) -> None:
+    """A read error parks that one record (out of the count, not settled): the rest of the
+    queue flows, and a restart brings the parked message back."""
+    node = await start_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    fill(node.vhost, "q", WINDOW_ENTRIES + 3)
+    load = node.store.load
+    broken = {WINDOW_ENTRIES + 1 + 1}  # the message id of the second compact record
+
+    def failing_load(refs):  # type: ignore[no-untyped-def]
+        return [
+            OSError("EIO") if ref[0] in broken else loaded
+            for ref, loaded in zip(refs, load(refs), strict=True)
+        ]
+
+    node.store.load = failing_load  # type: ignore[method-assign]
+    node.store.load_ahead = lambda refs, done: done(failing_load(refs))  # type: ignore[method-assign]
+    got = drain(queue, WINDOW_ENTRIES + 2)
+    assert body_of(WINDOW_ENTRIES + 1) not in got
+    assert len(got) == WINDOW_ENTRIES + 2
+    assert queue.message_count == 0
+    node = await restart(node)
+    queue = node.vhost.queues["q"]
+    assert drain(queue, 1) == [body_of(WINDOW_ENTRIES + 1)]
+    await stop_node(node)
+
+
+async def test_the_read_ahead_passes_over_what_left_while_it_was_reading(tmp_path: Path) -> None:
+    """Results of a read-ahead that arrive after the queue took those records (a read on
+    the loop, a purge) change nothing."""
+    node = await start_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    fill(node.vhost, "q", 1000)
+    held: list[tuple[object, object]] = []
+    node.store.load_ahead = lambda refs, done: held.append((refs, done))  # type: ignore[method-assign]
+    got = drain(queue, 600)  # the window empties: the loop reads; the read-ahead waits
+    assert got == [body_of(i) for i in range(600)]
+    refs, done = held[0]
+    done(node.store.load(refs))  # type: ignore[operator, arg-type]
+    assert drain(queue, 400) == [body_of(i) for i in range(600, 1000)]
+    assert queue.message_count == 0
+    await stop_node(node)
+
+
+def test_a_deep_message_is_found_by_binary_search() -> None:
+    tail = paging._Tail()
+    for seq in range(0, 30_000, 3):
+        tail.append(seq, seq + 1, paging.pack_location(7, seq * 10), 1, 500, 0.0, 0)
+    found = tail.find(2_997 * 3)
+    assert found is not None and found[0].msg_id[found[1]] == 2_997 * 3 + 1
+    assert tail.find(2_997 * 3 + 1) is None
+    tail.kill(*found)
+    assert tail.find(2_997 * 3) is None
+    assert tail.live == 9_999 and tail.compact_footprint == 9_999 * 500
+    assert paging.unpack_location(paging.pack_location(123_456, (1 << 34) + 5)) == (
+        123_456,
+        (1 << 34) + 5,
+    )
+
+
+def test_records_are_read_back_as_the_messages_that_were_logged() -> None:
+    """The log's message record holds everything a delivery needs: route, header, body."""
+    message = make_message("key", b"body", delivery_mode=2)
+    payload = records.encode_message(
+        9, [1], message.route_bytes, message.header, b"body", records.timed(12.5)
+    )
+    back = message_of(records.MESSAGE_AT, memoryview(payload), body=True)
+    assert isinstance(back, Message)
+    assert (back.msg_id, back.routing_key, back.body, back.published_at) == (
+        9,
+        "key",
+        b"body",
+        12.5,
+    )
+    assert back.header == message.header

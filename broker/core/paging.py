@@ -37,10 +37,14 @@ log = logging.getLogger("warren.queue")
 # thousand queues with full windows hold a quarter of a million objects: the window is short.
 WINDOW_ENTRIES = 256
 WINDOW_BYTES = 1 << 20
-# A read-ahead starts when the window falls below this, for up to a window of records.
-READ_AHEAD_BELOW = WINDOW_ENTRIES // 2
+# While consumers take from it, the window is topped up to READ_AHEAD records (and at most
+# READ_AHEAD_BYTES of bodies) whenever it falls below READ_AHEAD_BELOW: a consumer with a
+# prefetch of 1000 finds its next thousand read already.
+READ_AHEAD = 4096
+READ_AHEAD_BYTES = 4 << 20
+READ_AHEAD_BELOW = 2048
 # Records read on the loop when a consumer finds the window empty (the read-ahead is late).
-SYNC_BATCH = 32
+SYNC_BATCH = 256
 # What a compact record costs in memory (its seven array slots), for the memory alarm.
 TAIL_RECORD_BYTES = 44
 CHUNK_RECORDS = 4096
@@ -146,12 +150,39 @@ class _Tail:
         found = self.first()
         return found[0].seq[found[1]] if found is not None else -1
 
-    def take_first(self) -> Record | None:
-        found = self.first()
-        if found is None:
-            return None
-        chunk, index = found
-        return self.kill(chunk, index)
+    def take_run(self, wanted: list[Record]) -> list[Record]:
+        """Of `wanted` (records peeked from the first, in order), those still first in the
+        tail, taken out as they are now (a relocation may have moved one), in one pass from
+        the head: one that left meanwhile is passed over; the run stops at the first record
+        that was not wanted."""
+        taken: list[Record] = []
+        position, count = 0, len(wanted)
+        while position < count and (found := self.first()) is not None:
+            chunk, index = found
+            seqs, flags, locations = chunk.seq, chunk.flags, chunk.location
+            end = len(seqs)
+            while index < end and position < count:
+                if flags[index] == DEAD:
+                    index += 1
+                    continue
+                record = wanted[position]
+                seq = seqs[index]
+                if seq > record[0]:
+                    position += 1  # it left meanwhile
+                    continue
+                if seq != record[0]:
+                    count = position  # not wanted: the run ends here
+                    break
+                if locations[index] != record[2]:
+                    record = chunk.record(index)
+                flags[index] = DEAD
+                taken.append(record)
+                index += 1
+                position += 1
+            chunk.head = index
+        for record in taken:
+            self._count(record[1], record[3], record[4], -1)
+        return taken
 
     def kill(self, chunk: _Chunk, index: int) -> Record:
         """The record leaves the tail (to the window, or out of the queue)."""
@@ -183,6 +214,7 @@ class _Tail:
         first, up to `max_bytes` of bodies."""
         found: list[Record] = []
         size = 0
+        self.first()  # moves each chunk's head past what left
         for chunk in self.chunks:
             flags = chunk.flags
             for index in range(chunk.head, len(chunk.seq)):
@@ -206,7 +238,15 @@ class _Tail:
 class PagedFifoStore(FifoStore):
     """Publish order, with the tail in the log (see the module's docstring)."""
 
-    __slots__ = ("_loading", "_pinned", "_source", "_tail", "_tail_deadlines", "unreadable")
+    __slots__ = (
+        "_loading",
+        "_pinned",
+        "_source",
+        "_tail",
+        "_tail_deadlines",
+        "_waiting",
+        "unreadable",
+    )
 
     def __init__(self, source: MessageStore) -> None:
         super().__init__()
@@ -217,6 +257,7 @@ class PagedFifoStore(FifoStore):
         # that left stay until they reach the top.
         self._tail_deadlines: list[int] = []
         self._loading = False  # a read-ahead is under way
+        self._waiting = False  # a consumer found the window empty meanwhile
         # Records the log could not give back (a disk error): out of the queue's count, not
         # settled, so a restart brings them back; deleting the queue releases them.
         self.unreadable: list[PagedRef] = []
@@ -310,6 +351,14 @@ class PagedFifoStore(FifoStore):
             self._read_ahead()
         return entry
 
+    def pop_for_consumer(self) -> QueuedMessage | None:
+        """Without reading on the loop what a read-ahead under way is reading already (that
+        read twice what consumers outran): they wait for it, and `on_refill` wakes them."""
+        if self._loading and not self._fifo.entries:
+            self._waiting = True
+            return None
+        return self.pop()
+
     def peek(self) -> QueuedMessage | None:
         entry = self._fifo.head()
         if entry is None and self._tail.live:
@@ -376,12 +425,10 @@ class PagedFifoStore(FifoStore):
     def _fill(self, limit: int) -> None:
         """Move up to `limit` records from the tail to the window, read on the loop."""
         while limit > 0:
-            batch = self._tail.peek(limit, WINDOW_BYTES)
+            batch = self._tail.take_run(self._tail.peek(limit, READ_AHEAD_BYTES))
             if not batch:
                 return
-            loaded = self._load([record for record in batch if record[1] != _PINNED])
-            for record in batch:
-                self._to_window(record, loaded.get(record[0]))
+            self._to_window(batch, self._load([r for r in batch if r[1] != _PINNED]))
             limit -= len(batch)
 
     def _load(self, records: list[Record]) -> dict[int, Message | BaseException]:
@@ -390,26 +437,24 @@ class PagedFifoStore(FifoStore):
         results = self._source.load([_ref(record) for record in records])
         return {record[0]: result for record, result in zip(records, results, strict=True)}
 
-    def _to_window(self, record: Record, loaded: Message | BaseException | None) -> None:
-        """The record, first in the tail, becomes an entry at the window's end."""
-        seq = record[0]
-        found = self._tail.find(seq)
-        if found is None:
-            return  # it left meanwhile
-        if record[1] == _PINNED:
-            self._tail.kill(*found)
-            entry = self._pinned.pop(seq)
-            self._fifo.entries.append(entry)
-            return
-        entry = self._entry(record, loaded)
-        self._tail.kill(*found)
-        if entry is None:
-            self.count -= 1
-            self.body_bytes -= record[3]
-            return
-        self._fifo.entries.append(entry)
-        if entry.expires_at:
-            self._index_deadline(entry)
+    def _to_window(self, taken: list[Record], loaded: dict[int, Message | BaseException]) -> None:
+        """Records just taken from the head of the tail become entries at the window's end,
+        in order; one whose message could not be read is set aside."""
+        append = self._fifo.entries.append
+        pinned = self._pinned
+        for record in taken:
+            seq = record[0]
+            if record[1] == _PINNED:
+                append(pinned.pop(seq))
+                continue
+            entry = self._entry(record, loaded.get(seq))
+            if entry is None:
+                self.count -= 1
+                self.body_bytes -= record[3]
+                continue
+            append(entry)
+            if entry.expires_at:
+                self._index_deadline(entry)
 
     def _materialise_one(self, record: Record) -> QueuedMessage | None:
         return self._entry(record, self._load([record]).get(record[0]), park=False)
@@ -431,45 +476,56 @@ class PagedFifoStore(FifoStore):
             return None
         # What the queue counted when it took the message. The body read back is dropped once
         # delivered (lazy, as a recovered message's): it is held only between the read and
-        # the delivery, at most a window's worth of bytes per queue.
+        # the delivery, at most a read-ahead's worth of bytes per queue.
         message.footprint = footprint
         message.lazy = True
         entry = QueuedMessage(message, seq, expires)
-        entry.redelivered = bool(flags & 1)
-        entry.returns = flags >> 1
+        if flags:
+            entry.redelivered = bool(flags & 1)
+            entry.returns = flags >> 1
         return entry
 
     def _read_ahead(self) -> None:
-        ahead = self._tail.peek(WINDOW_ENTRIES, WINDOW_BYTES)
-        records = [record for record in ahead if record[1] != _PINNED]
+        window = self.count - self._tail.live
+        wanted = self._tail.peek(READ_AHEAD - window, READ_AHEAD_BYTES)
+        records = [record for record in wanted if record[1] != _PINNED]
         if not records:
             return
         self._loading = True
         self._source.load_ahead(
             [_ref(record) for record in records],
-            lambda results: self._read_ahead_done(records, results),
+            lambda results: self._read_ahead_done(wanted, records, results),
         )
 
     def _read_ahead_done(
-        self, records: list[Record], results: list[Message | BaseException]
+        self,
+        wanted: list[Record],
+        records: list[Record],
+        results: list[Message | BaseException],
     ) -> None:
         """Records read ahead join the window while they are still first in the tail (any the
         queue took meanwhile, by a read on the loop or an expiry, are passed over)."""
         self._loading = False
         loaded = {record[0]: result for record, result in zip(records, results, strict=True)}
-        tail = self._tail
-        while (found := tail.first()) is not None:
-            record = found[0].record(found[1])
-            if record[1] != _PINNED and record[0] not in loaded:
-                break
-            result = loaded.get(record[0])
-            if record[1] != _PINNED and (
-                not isinstance(result, Message) or result.location != unpack_location(record[2])
-            ):
-                # Relocated meanwhile, or the read failed (its segment was compacted away):
-                # read it again where it is now.
-                result = self._load([record])[record[0]]
-            self._to_window(record, result)
+        taken = self._tail.take_run(wanted)
+        # Relocated meanwhile, or the read failed (its segment was compacted away): read
+        # those again where they are now.
+        again = [
+            record
+            for record in taken
+            if record[1] != _PINNED
+            and (
+                not isinstance(result := loaded.get(record[0]), Message)
+                or result.location != unpack_location(record[2])
+            )
+        ]
+        if again:
+            loaded.update(self._load(again))
+        self._to_window(taken, loaded)
+        if self._waiting:
+            self._waiting = False
+            if self.on_refill is not None:
+                self.on_refill()
 
 
 def _ref(record: Record) -> PagedRef:

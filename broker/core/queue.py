@@ -83,6 +83,7 @@ class Queue:
         self.store_id = 0
         self.holds_for: str | None = None  # a delayed exchange's holding queue: its exchange
         self._ready = ready if ready is not None else FifoStore()
+        self._ready.on_refill = self.dispatch  # a store reading messages back calls when done
         self._outstanding: set[QueuedMessage] = set()  # delivered, waiting for ack/reject
         self._clock = clock
         self._dead_letters = dead_letters
@@ -683,9 +684,9 @@ class Queue:
                 consumer = self._pick_consumer()
                 if consumer is None:
                     return
-                entry = ready.pop()
+                entry = ready.pop_for_consumer()
                 if entry is None:
-                    return
+                    return  # nothing ready, or a read-ahead under way calls back
                 if (entry.expires_at or entry.message.body is None) and not self._usable(entry):
                     continue
                 self._hand_out(entry, not consumer.no_ack)

@@ -86,10 +86,12 @@ class ReadyStore(ABC):
     """What every store shares: counts, body bytes and the deadline index; subclasses decide
     the order."""
 
-    __slots__ = ("_deadlines", "body_bytes", "count")
+    __slots__ = ("_deadlines", "body_bytes", "count", "on_refill")
 
     def __init__(self) -> None:
         self.count = 0  # ready entries (len() of the store, read directly on the hot path)
+        # Called when entries a consumer could not have yet (being read back) are ready.
+        self.on_refill: Callable[[], None] | None = None
         # Body bytes of the ready messages (x-max-length-bytes counts bodies only).
         self.body_bytes = 0
         # (deadline, seq, entry) for ready entries with a deadline. Entries handed out stay in
@@ -142,6 +144,11 @@ class ReadyStore(ABC):
     @abstractmethod
     def pop(self) -> QueuedMessage | None:
         """The next entry to deliver, now out of the store."""
+
+    def pop_for_consumer(self) -> QueuedMessage | None:
+        """`pop` for a consumer, which can wait: a store may answer None while it reads the
+        next entries back and call `on_refill` when they are there."""
+        return self.pop()
 
     @abstractmethod
     def requeue(self, entries: list[QueuedMessage]) -> None:

@@ -23,7 +23,7 @@ from broker.core.persistence import Loaded, LogUnavailable, MessageStore, PagedR
 from broker.core.vhost import BUILTIN_EXCHANGES, VirtualHost
 from broker.logs import fields
 from broker.store import records
-from broker.store.wal import WriteAheadLog
+from broker.store.wal import RecordView, WriteAheadLog
 
 if TYPE_CHECKING:
     from broker.core.queue import Queue
@@ -389,36 +389,36 @@ class DurableStore(MessageStore):
     pages = True
 
     def load(self, refs: list[PagedRef]) -> list[Message | BaseException]:
-        results: list[tuple[int, bytes] | BaseException] = []
-        for _, segment, offset in refs:
-            try:
-                results.append(self.wal.read(segment, offset))
-            except Exception as error:  # a disk error, a damaged record: the caller parks it
-                results.append(error)
-        return _messages_of(refs, results)
+        """Read on the loop (the read-ahead was late): neighbouring records in one pread."""
+        try:
+            reader = self.wal.reader([(segment, offset) for _, segment, offset in refs])
+        except RuntimeError as error:  # the log is closed
+            return [error] * len(refs)
+        reader.read()
+        return _messages_of(refs, reader.records())
 
     def load_ahead(self, refs: list[PagedRef], done: Loaded) -> None:
-        """The records are read (and their messages built) in the loop's default executor;
-        `done` runs on the loop. Whatever fails there reaches `done` as errors."""
+        """The files are read in the loop's default executor (preads only: the thread holds
+        the GIL for nothing else, so the loop never waits for it); the records are checked
+        and the messages built on the loop, then `done` runs. Whatever fails reaches `done`
+        as errors."""
         loop = asyncio.get_running_loop()
         try:
-            read_all = self.wal.reader([(segment, offset) for _, segment, offset in refs])
+            reader = self.wal.reader([(segment, offset) for _, segment, offset in refs])
         except RuntimeError as error:  # the log is closed: nothing to read any more
             done([error] * len(refs))
             return
 
-        def read_and_build() -> list[Message | BaseException]:
-            return _messages_of(refs, read_all())
-
-        def finished(future: asyncio.Future[list[Message | BaseException]]) -> None:
+        def finished(future: asyncio.Future[None]) -> None:
             try:
-                results = future.result()
+                future.result()
+                results = _messages_of(refs, reader.records())
             except BaseException as error:  # the executor is shutting down
                 results = [error] * len(refs)
             done(results)
 
         try:
-            loop.run_in_executor(None, read_and_build).add_done_callback(finished)
+            loop.run_in_executor(None, reader.read).add_done_callback(finished)
         except RuntimeError as error:  # the executor is shut down
             done([error] * len(refs))
 
@@ -541,16 +541,13 @@ class DurableStore(MessageStore):
         """A compact record's message copied to the active segment, for this queue alone (it
         is the only holder), then the record points at the copy."""
         record_type, payload = self.wal.read(*location)
-        message = message_of(record_type, memoryview(payload), body=True)
-        body = message.body if message.body is not None else b""
-        copy = records.encode_message(
-            msg_id,
-            [queue.store_id],
-            message.route_bytes,
-            message.header,
-            body,
-            records.timed(message.published_at),
+        found, published_at, route, header, body = records.unpack_message(
+            record_type, payload, 0, len(payload)
         )
+        if found != msg_id:
+            raise ValueError(f"found message {found} where message {msg_id} was logged")
+        timed = records.timed(published_at)
+        copy = records.encode_message(msg_id, [queue.store_id], route, header, body, timed)
         new_location = self.wal.append(records.MESSAGE_AT, copy)
         self.live[location[0]] -= 1
         self.live[new_location[0]] = self.live.get(new_location[0], 0) + 1
@@ -615,41 +612,36 @@ def _head_upto(queue: Queue, upto: int) -> Iterator[QueuedMessage]:
         yield entry
 
 
-def message_of(record_type: int, payload: memoryview, body: bool) -> Message:
-    """The message a MESSAGE, MESSAGE_AT or MOVE record holds, with its id and the time it
-    was routed; with its body when `body`, else reading it from the log for each delivery."""
-    published_at, view = records.message_part(record_type, payload)
-    msg_id, _, route, header, body_offset = records.decode_message(view)
-    exchange, routing_key = records.split_route(route)
-    kept = bytes(view[body_offset:]) if body else None
-    message = Message(exchange, routing_key, route, header, kept)
-    if not body:
-        message.body_size = len(view) - body_offset
-    message.published_at = published_at
-    message.msg_id = msg_id
-    return message
-
-
 def _messages_of(
-    refs: list[PagedRef], results: list[tuple[int, bytes] | BaseException]
+    refs: list[PagedRef], results: list[RecordView | BaseException]
 ) -> list[Message | BaseException]:
-    """Messages (one holder each) from the records read for `refs`; a record that is not the
-    message asked for (its segment was deleted and another file read) is an error."""
+    """Messages (one holder each, bodies in memory) from the records read for `refs`; a
+    record that is not the message asked for (its segment was deleted and another file read)
+    is an error."""
     messages: list[Message | BaseException] = []
+    routes: dict[bytes, tuple[str, str]] = {}
     for (msg_id, segment, offset), result in zip(refs, results, strict=True):
         if isinstance(result, BaseException):
             messages.append(result)
             continue
-        record_type, payload = result
+        record_type, data, start, end = result
         try:
             if record_type not in records.MESSAGE_TYPES:
                 raise ValueError(f"record type {record_type} is not a message")
-            message = message_of(record_type, memoryview(payload), body=True)
-            if message.msg_id != msg_id:
-                raise ValueError(f"found message {message.msg_id}, not {msg_id}")
+            found, published_at, route, header, body = records.unpack_message(
+                record_type, data, start, end
+            )
+            if found != msg_id:
+                raise ValueError(f"found message {found}, not {msg_id}")
+            names = routes.get(route)
+            if names is None:
+                names = routes[route] = records.split_route(route)
+            message = Message(names[0], names[1], route, header, body)
         except Exception as error:  # a record that does not decode as its message
             messages.append(error)
             continue
+        message.published_at = published_at
+        message.msg_id = msg_id
         message.location = (segment, offset)
         message.refs = 1
         messages.append(message)

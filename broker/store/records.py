@@ -67,6 +67,8 @@ _IDS_HEAD = struct.Struct(">QI")  # queue id, number of message ids
 _ONE_ID = struct.Struct(">Q")
 _PUBLISHED_AT = struct.Struct(">d")
 _MOVE_HEAD = struct.Struct(">QQ")  # queue id, message id it settled
+# A MESSAGE_AT payload's head when it names one queue: time, message id, count, queue, route length.
+_TIMED_ONE_HEAD = struct.Struct(">dQHQH")
 
 
 def _pack_ids(ids: list[int]) -> bytes:
@@ -130,6 +132,47 @@ def decode_message(payload: memoryview) -> tuple[int, tuple[int, ...], bytes, by
     offset += 4
     header = bytes(payload[offset : offset + header_len])
     return msg_id, queue_ids, route, header, offset + header_len
+
+
+def unpack_message(
+    record_type: int, data: bytes, start: int, end: int
+) -> tuple[int, float, bytes, bytes, bytes]:
+    """(message id, time routed, route bytes, content header, body) of the MESSAGE, MESSAGE_AT
+    or MOVE payload at data[start:end], each part sliced from `data` once: the read-back path,
+    where a message is built for every delivery of a backlog."""
+    if record_type == MESSAGE_AT:  # the common case, one queue: one unpack for the head
+        published_at, msg_id, count, _, route_len = _TIMED_ONE_HEAD.unpack_from(data, start)
+        if count == 1:
+            position = start + _TIMED_ONE_HEAD.size
+            route = data[position : position + route_len]
+            position += route_len
+            (header_len,) = _HEADER_LEN.unpack_from(data, position)
+            position += 4
+            header = data[position : position + header_len]
+            position += header_len
+            if position > end:
+                raise ValueError("a message record shorter than its own lengths")
+            return msg_id, published_at, route, header, data[position:end]
+    position = start
+    published_at = 0.0
+    if record_type != MESSAGE:
+        if record_type == MOVE:
+            position += _MOVE_HEAD.size
+        (published_at,) = _PUBLISHED_AT.unpack_from(data, position)
+        position += _PUBLISHED_AT.size
+    msg_id, count = _MESSAGE_HEAD.unpack_from(data, position)
+    position += _MESSAGE_HEAD.size + 8 * count
+    (route_len,) = _ROUTE_LEN.unpack_from(data, position)
+    position += 2
+    route = data[position : position + route_len]
+    position += route_len
+    (header_len,) = _HEADER_LEN.unpack_from(data, position)
+    position += 4
+    header = data[position : position + header_len]
+    position += header_len
+    if position > end:
+        raise ValueError("a message record shorter than its own lengths")
+    return msg_id, published_at, route, header, data[position:end]
 
 
 def message_part(record_type: int, payload: memoryview) -> tuple[float, memoryview]:

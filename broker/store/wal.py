@@ -109,8 +109,12 @@ _MARK_SLOT = 512
 _PROGRESS_STEP = 16 * 1024 * 1024
 # Most records (a message, an ack) fit one pread of this size.
 _READ_AHEAD = 4096
+# A record as `WriteAheadLog.reader` gives it: type, and its payload as buffer[start:end].
+RecordView = tuple[int, bytes, int, int]
 # A place in `WriteAheadLog.reader`'s results that its thread fills in.
-_NOT_READ = (0, b"")
+_NOT_READ: RecordView = (0, b"", 0, 0)
+# Records read back together come from one pread of at most about this many bytes.
+SPAN_BYTES = 1 << 20
 SYNC_POLICIES = ("always", "periodic")
 # The sync marker is rewritten after an fsync at most this often (and always when a segment is
 # sealed or the log closes): it may lag, never lead, so a syscall per group commit buys nothing.
@@ -540,37 +544,27 @@ class WriteAheadLog:
                 return _decode(segment_id, offset, chunk.data, position)
         return None
 
-    def reader(
-        self, locations: list[tuple[int, int]]
-    ) -> Callable[[], list[tuple[int, bytes] | BaseException]]:
-        """A function that reads these records in another thread, each result in order a
-        (record_type, payload) or the error reading it. What is still in memory is copied now,
-        on the loop, and the files are opened now: the function itself only preads, so it
-        shares nothing with the loop. A segment deleted meanwhile makes its reads fail (or, once
-        its descriptor number is reused, read another record: callers check what they got)."""
+    def reader(self, locations: list[tuple[int, int]]) -> RecordReader:
+        """A reader of these records (see RecordReader): what is still in memory is copied
+        now and the files are opened now, so its `read` shares nothing with the loop."""
         if self._closed:
             raise RuntimeError("the write-ahead log is closed")
-        results: list[tuple[int, bytes] | BaseException] = []
-        on_disk: list[tuple[int, int, int, int]] = []  # result index, fd, segment, offset
+        reader = RecordReader()
+        # Records before the oldest one not written yet (in flight to the file, or pending)
+        # are all in the files.
+        unwritten = [(chunk.segment_id, chunk.start) for chunk in (*self._inflight, *self._pending)]
+        written_before = min(unwritten, default=None)
         for segment_id, offset in locations:
             try:
-                found = self._in_memory(segment_id, offset)
-                if found is None:
-                    on_disk.append((len(results), self._read_fd(segment_id), segment_id, offset))
-                    found = _NOT_READ
-                results.append(found)
+                if written_before is not None and (segment_id, offset) >= written_before:
+                    found = self._in_memory(segment_id, offset)
+                    if found is not None:
+                        reader.results.append((found[0], found[1], 0, len(found[1])))
+                        continue
+                reader.wants(self._read_fd(segment_id), segment_id, offset)
             except (OSError, CorruptLogError) as error:
-                results.append(error)
-
-        def read_all() -> list[tuple[int, bytes] | BaseException]:
-            for index, fd, segment_id, offset in on_disk:
-                try:
-                    results[index] = _pread_record(fd, segment_id, offset)
-                except (OSError, CorruptLogError) as error:
-                    results[index] = error
-            return results
-
-        return read_all
+                reader.results.append(error)
+        return reader
 
     def _read_fd(self, segment_id: int) -> int:
         fd = self._read_fds.get(segment_id)
@@ -829,6 +823,74 @@ def _pread_record(fd: int, segment_id: int, offset: int) -> tuple[int, bytes]:
         if check == length ^ _MASK and missing > 0:  # never trust a damaged length
             data += os.pread(fd, missing, offset + len(data))
     return _decode(segment_id, offset, data, 0)
+
+
+class RecordReader:
+    """Records read back together, in three steps: made on the loop (`WriteAheadLog.reader`),
+    `read` in any thread (preads only: neighbouring records, as a backlog's lie, come from
+    one pread of up to SPAN_BYTES, and the thread holds the GIL for nothing else), `records`
+    back on the loop (checks each record's CRC and gives its type and place in the span, a
+    RecordView, or the error reading it). A segment deleted meanwhile makes its reads fail
+    (or, once its descriptor number is reused, read another record: callers check what they
+    got)."""
+
+    def __init__(self) -> None:
+        self.results: list[RecordView | BaseException] = []
+        # fd -> (segment, [(offset, result index)])
+        self._on_disk: dict[int, tuple[int, list[tuple[int, int]]]] = {}
+        self._spans: list[tuple[int, int, int, bytes | OSError, list[tuple[int, int]]]] = []
+
+    def wants(self, fd: int, segment_id: int, offset: int) -> None:
+        self._on_disk.setdefault(fd, (segment_id, []))[1].append((offset, len(self.results)))
+        self.results.append(_NOT_READ)
+
+    def read(self) -> None:
+        for fd, (segment_id, wanted) in self._on_disk.items():
+            wanted.sort()
+            first = 0
+            while first < len(wanted):
+                start, last = wanted[first][0], first
+                while last + 1 < len(wanted) and wanted[last + 1][0] - start < SPAN_BYTES:
+                    last += 1
+                data: bytes | OSError
+                try:
+                    data = os.pread(fd, wanted[last][0] - start + _READ_AHEAD, start)
+                except OSError as error:
+                    data = error
+                self._spans.append((fd, segment_id, start, data, wanted[first : last + 1]))
+                first = last + 1
+
+    def records(self) -> list[RecordView | BaseException]:
+        results = self.results
+        unpack, crc32, seeds = _HEADER.unpack_from, zlib.crc32, _TYPE_SEED
+        for fd, segment_id, start, data, members in self._spans:
+            if isinstance(data, OSError):
+                for _, index in members:
+                    results[index] = data
+                continue
+            size = len(data)
+            with memoryview(data) as view:
+                for offset, index in members:
+                    position = offset - start
+                    body = position + HEADER_SIZE
+                    if body <= size:
+                        length, check, crc, record_type = unpack(data, position)
+                        end = body + length
+                        if (
+                            end <= size
+                            and check == length ^ _MASK
+                            and record_type
+                            and crc32(view[body:end], seeds[record_type]) == crc
+                        ):
+                            results[index] = (record_type, data, body, end)
+                            continue
+                    try:  # past its span, or damaged: read alone, which says what is wrong
+                        record_type, payload = _pread_record(fd, segment_id, offset)
+                        results[index] = (record_type, payload, 0, len(payload))
+                    except (OSError, CorruptLogError) as error:
+                        results[index] = error
+        self._spans.clear()
+        return results
 
 
 def _truncate_crash_tail(path: Path, bad: _BadRecord, size: int, synced: int) -> None:

@@ -13,12 +13,10 @@ import asyncio
 from pathlib import Path
 
 from broker.core import paging
-from broker.core.message import Message
 from broker.core.paging import TAIL_RECORD_BYTES, WINDOW_ENTRIES
 from broker.core.queue import Queue
 from broker.store import records
-from broker.store.durable import message_of
-from tests.unit.helpers import ManualClock, make_message
+from tests.unit.helpers import FakeSink, ManualClock, add_consumer, make_message
 from tests.unit.test_durable_store import (
     _settle_and_collect,
     publish,
@@ -280,15 +278,32 @@ def test_a_deep_message_is_found_by_binary_search() -> None:
 def test_records_are_read_back_as_the_messages_that_were_logged() -> None:
     """The log's message record holds everything a delivery needs: route, header, body."""
     message = make_message("key", b"body", delivery_mode=2)
-    payload = records.encode_message(
-        9, [1], message.route_bytes, message.header, b"body", records.timed(12.5)
+    payload = b"pad" + records.encode_message(
+        9, [1, 2], message.route_bytes, message.header, b"body", records.timed(12.5)
     )
-    back = message_of(records.MESSAGE_AT, memoryview(payload), body=True)
-    assert isinstance(back, Message)
-    assert (back.msg_id, back.routing_key, back.body, back.published_at) == (
-        9,
-        "key",
-        b"body",
-        12.5,
-    )
-    assert back.header == message.header
+    back = records.unpack_message(records.MESSAGE_AT, payload, 3, len(payload))
+    assert back == (9, 12.5, message.route_bytes, message.header, b"body")
+
+
+async def test_a_consumer_waits_for_the_read_ahead_instead_of_reading_twice(
+    tmp_path: Path,
+) -> None:
+    """A consumer that empties the window while a read-ahead is under way gets nothing read
+    on the loop: the read-ahead's arrival dispatches to it."""
+    node = await start_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    fill(node.vhost, "q", 1000)
+    held: list[tuple[object, object]] = []
+    node.store.load_ahead = lambda refs, done: held.append((refs, done))  # type: ignore[method-assign]
+    loads: list[int] = []
+    load = node.store.load
+    node.store.load = lambda refs: loads.append(len(refs)) or load(refs)  # type: ignore[method-assign]
+    sink = FakeSink()
+    add_consumer(queue, sink, "c", credit=1000)
+    assert len(sink.delivered) == WINDOW_ENTRIES  # the window; then it waits
+    assert loads == [] and len(held) == 1
+    refs, done = held.pop()
+    done(node.store.load(refs))  # type: ignore[operator, arg-type]
+    assert len(sink.delivered) == 1000
+    assert [body for _, body, _ in sink.delivered] == [body_of(i) for i in range(1000)]
+    await stop_node(node)

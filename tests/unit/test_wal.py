@@ -733,6 +733,41 @@ async def test_read_from_memory_and_from_disk(tmp_path: Path) -> None:
     await log.close()
 
 
+def _views(log: WriteAheadLog, locations: list[tuple[int, int]]) -> list[object]:
+    """What a RecordReader gives for these records: (type, payload) or the error."""
+    reader = log.reader(locations)
+    reader.read()
+    return [
+        found if isinstance(found, BaseException) else (found[0], found[1][found[2] : found[3]])
+        for found in reader.records()
+    ]
+
+
+async def test_a_reader_reads_neighbours_together_and_what_is_not_written_from_memory(
+    tmp_path: Path,
+) -> None:
+    """Records on disk come from one span read (one too large for its span read alone);
+    records in flight to the file, or pending, from memory, whatever their order in the
+    log's lists (a record in flight was once read from a file not created yet)."""
+    log = WriteAheadLog(tmp_path)
+    on_disk = [log.append(4, b"a" * 100), log.append(4, b"b" * 10_000), log.append(4, b"c")]
+    await log.start()
+    assert await synced(log) is None
+    await log.close()
+    log = WriteAheadLog(tmp_path)
+    in_flight = log.append(6, b"in flight")
+    log._inflight, log._pending, log._buffer = log._pending, [], None  # as the flusher has it
+    pending = log.append(7, b"pending")
+    assert _views(log, [*on_disk, in_flight, pending, (1, 999_999)])[:5] == [
+        (4, b"a" * 100),
+        (4, b"b" * 10_000),
+        (4, b"c"),
+        (6, b"in flight"),
+        (7, b"pending"),
+    ]
+    assert isinstance(_views(log, [(1, 999_999)])[0], CorruptLogError)
+
+
 async def test_read_verifies_the_crc(tmp_path: Path) -> None:
     log = WriteAheadLog(tmp_path)
     await log.start()

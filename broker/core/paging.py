@@ -25,6 +25,7 @@ from array import array
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from broker.core.message import GONE, READY, Message, QueuedMessage
 from broker.core.persistence import MessageStore, PagedRef
@@ -48,8 +49,8 @@ SYNC_BATCH = 256
 # What a compact record costs in memory (its seven array slots), for the memory alarm.
 TAIL_RECORD_BYTES = 44
 CHUNK_RECORDS = 4096
-_OFFSET_BITS = 40
-_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
+OFFSET_BITS = 40
+_OFFSET_MASK = (1 << OFFSET_BITS) - 1
 _SEQ_BITS = 64
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
 DEAD = -1  # flags of a record that left the tail
@@ -59,12 +60,38 @@ _PINNED = 0  # msg_id of a record whose entry is kept as an object
 Record = tuple[int, int, int, int, int, float, int]
 
 
+@dataclass(slots=True)
+class RecoveredRecords:
+    """Messages recovery hands a queue as compact records, in id order, one list per field:
+    ids, log locations (`pack_location`), when each was routed, body sizes, content header
+    lengths, expiration properties (ms, -1: none), flags (redelivered | returns << 1)."""
+
+    msg_ids: list[int]
+    locations: list[int]
+    published_at: list[float]
+    body_sizes: list[int]
+    header_lens: list[int]
+    ttls: list[int]
+    flags: list[int] = field(default_factory=list)
+
+    def part(self, start: int, stop: int | None = None) -> RecoveredRecords:
+        return RecoveredRecords(
+            self.msg_ids[start:stop],
+            self.locations[start:stop],
+            self.published_at[start:stop],
+            self.body_sizes[start:stop],
+            self.header_lens[start:stop],
+            self.ttls[start:stop],
+            self.flags[start:stop],
+        )
+
+
 def pack_location(segment: int, offset: int) -> int:
-    return segment << _OFFSET_BITS | offset
+    return segment << OFFSET_BITS | offset
 
 
 def unpack_location(location: int) -> tuple[int, int]:
-    return location >> _OFFSET_BITS, location & _OFFSET_MASK
+    return location >> OFFSET_BITS, location & _OFFSET_MASK
 
 
 class _Chunk:
@@ -122,6 +149,32 @@ class _Tail:
         chunk.expires.append(expires)
         chunk.flags.append(flags)
         self._count(msg_id, size, footprint, 1)
+
+    def extend(
+        self, seqs: range, records: RecoveredRecords, footprints: list[int], expires: list[float]
+    ) -> None:
+        """Compact records in bulk, chunk by chunk (recovery restoring a long queue)."""
+        chunks = self.chunks
+        done, count = 0, len(seqs)
+        while done < count:
+            if not chunks or len(chunks[-1].seq) >= CHUNK_RECORDS:
+                chunks.append(_Chunk())
+            chunk = chunks[-1]
+            end = min(count, done + CHUNK_RECORDS - len(chunk.seq))
+            chunk.seq.extend(seqs[done:end])
+            chunk.msg_id.extend(records.msg_ids[done:end])
+            chunk.location.extend(records.locations[done:end])
+            chunk.size.extend(records.body_sizes[done:end])
+            chunk.footprint.extend(footprints[done:end])
+            chunk.expires.extend(expires[done:end])
+            chunk.flags.extend(records.flags[done:end])
+            done = end
+        size, footprint = sum(records.body_sizes), sum(footprints)
+        self.live += count
+        self.live_bytes += size
+        self.compact += count
+        self.compact_bytes += size
+        self.compact_footprint += footprint
 
     def _count(self, msg_id: int, size: int, footprint: int, change: int) -> None:
         self.live += change
@@ -291,7 +344,7 @@ class PagedFifoStore(FifoStore):
         return [
             (record[0], record[1], record[2] & _OFFSET_MASK, record[6])
             for record in self._tail
-            if record[1] != _PINNED and record[2] >> _OFFSET_BITS == segment
+            if record[1] != _PINNED and record[2] >> OFFSET_BITS == segment
         ]
 
     def relocated(self, seq: int, segment: int, offset: int) -> None:
@@ -304,7 +357,7 @@ class PagedFifoStore(FifoStore):
     # ---------------------------------------------------------------- in
     def push(self, entry: QueuedMessage) -> None:
         """To the window while it has room and the tail is empty, else to the tail."""
-        if not self._tail.live and self.count < WINDOW_ENTRIES and self.body_bytes < WINDOW_BYTES:
+        if not self.takes_records:
             FifoStore.push(self, entry)
             return
         self._page_out(entry)
@@ -332,6 +385,28 @@ class PagedFifoStore(FifoStore):
         entry.state = READY
         if entry.expires_at:
             self._index_deadline(entry)
+
+    @property
+    def takes_records(self) -> bool:
+        """Whether a message pushed now would become a compact record (the window is full,
+        or the tail has begun): recovery hands those over as records, the others as objects,
+        so a restarted queue looks as it did, its window of objects first."""
+        return bool(self._tail.live) or not (
+            self.count < WINDOW_ENTRIES and self.body_bytes < WINDOW_BYTES
+        )
+
+    def push_records(
+        self, seqs: range, records: RecoveredRecords, footprints: list[int], expires: list[float]
+    ) -> None:
+        """Recovered messages straight to the tail (where `takes_records`), in bulk."""
+        tail = self._tail
+        tail.extend(seqs, records, footprints, expires)
+        deadlines = self._tail_deadlines
+        for seq, expires_at in zip(seqs, expires, strict=True):
+            if expires_at:
+                heapq.heappush(deadlines, math.ceil(expires_at * 1000) << _SEQ_BITS | seq)
+        self.count += len(seqs)
+        self.body_bytes += sum(records.body_sizes)
 
     def _append_compact(self, seq: int, msg_id: int, location: int, body_size: int,
                         footprint: int, expires_at: float, flags: int) -> None:  # fmt: skip

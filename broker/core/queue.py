@@ -20,8 +20,8 @@ from broker.core.clock import SYSTEM_CLOCK, Clock, Timer
 from broker.core.consumer import Consumer
 from broker.core.dedup import dedup_key
 from broker.core.delivery_count import with_delivery_count
-from broker.core.message import Message, QueuedMessage
-from broker.core.paging import TAIL_RECORD_BYTES
+from broker.core.message import ENTRY_OVERHEAD, Message, QueuedMessage
+from broker.core.paging import TAIL_RECORD_BYTES, RecoveredRecords
 from broker.core.persistence import LogUnavailable, MessageStore, PagedRef
 from broker.core.ready import FifoStore, ReadyStore
 from broker.logs import fields
@@ -271,12 +271,15 @@ class Queue:
 
     def _ttl_of(self, message: Message) -> int:
         """The message's TTL here in ms: the lower of the queue's and its own (-1: none)."""
+        return self._ttl(message.ttl)
+
+    def _ttl(self, own: int) -> int:
         queue_ttl = self.settings.message_ttl
         if queue_ttl is None:
-            return message.ttl
-        if message.ttl < 0:
+            return own
+        if own < 0:
             return queue_ttl
-        return min(queue_ttl, message.ttl)
+        return min(queue_ttl, own)
 
     def restore(self, entry: QueuedMessage) -> None:
         """Append a message recovered from the log, keeping its redelivered flag; its deadline
@@ -295,6 +298,33 @@ class Queue:
             entry.expires_at = entry.message.published_at + ttl / 1000
         self._ready.push(entry)
         if entry.expires_at and entry.expires_at < self._timer_at:
+            self._arm()
+
+    @property
+    def takes_records(self) -> bool:
+        """Whether recovery hands this queue its next message as a compact record
+        (`restore_records`) rather than an object (`restore`)."""
+        return self._ready.takes_records
+
+    def restore_records(self, records: RecoveredRecords) -> None:
+        """`restore` for messages recovery indexed without objects: they become compact
+        records at once, in bulk (no body read, no header decoded; `ttls` are their
+        expiration properties)."""
+        count = len(records.msg_ids)
+        footprints = [ENTRY_OVERHEAD + length for length in records.header_lens]
+        self.memory_bytes += sum(footprints)
+        seqs = range(self._next_seq + 1, self._next_seq + 1 + count)
+        self._next_seq += count
+        if self.settings.message_ttl is None and max(records.ttls) < 0:
+            expires = [0.0] * count
+        else:
+            expires = [
+                published_at + ttl / 1000 if (ttl := self._ttl(own)) >= 0 and published_at else 0.0
+                for published_at, own in zip(records.published_at, records.ttls, strict=True)
+            ]
+        self._ready.push_records(seqs, records, footprints, expires)
+        earliest = min((when for when in expires if when), default=NEVER)
+        if earliest < self._timer_at:
             self._arm()
 
     def holds_duplicate(self, message: Message) -> bool:

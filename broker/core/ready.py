@@ -23,9 +23,13 @@ import heapq
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from broker.core.message import GONE, OUT, READY, QueuedMessage
 from broker.core.persistence import PagedRef
+
+if TYPE_CHECKING:
+    from broker.core.paging import RecoveredRecords
 
 # Tombstones are dropped in one pass once there are this many and they outnumber live entries.
 COMPACT_MIN_TOMBSTONES = 1024
@@ -119,6 +123,14 @@ class ReadyStore(ABC):
     def paged_in_segment(self, segment: int) -> list[tuple[int, int, int, int]]:
         """(seq, message id, offset, flags) of the compact records in a log segment."""
         return []
+
+    takes_records = False
+
+    def push_records(
+        self, seqs: range, records: RecoveredRecords, footprints: list[int], expires: list[float]
+    ) -> None:
+        """Recovered messages straight to compact records (only where `takes_records`)."""
+        raise TypeError(f"{type(self).__name__} keeps every message as an object")
 
     def relocated(self, seq: int, segment: int, offset: int) -> None:  # noqa: B027
         """A compact record's message was copied to another place in the log (only a store

@@ -62,13 +62,13 @@ METADATA_TYPES = frozenset(
 
 _MESSAGE_HEAD = struct.Struct(">QH")  # message id, number of queue ids
 _ROUTE_LEN = struct.Struct(">H")
-_HEADER_LEN = struct.Struct(">I")
+HEADER_LEN = struct.Struct(">I")
 _IDS_HEAD = struct.Struct(">QI")  # queue id, number of message ids
 _ONE_ID = struct.Struct(">Q")
 _PUBLISHED_AT = struct.Struct(">d")
 _MOVE_HEAD = struct.Struct(">QQ")  # queue id, message id it settled
 # A MESSAGE_AT payload's head when it names one queue: time, message id, count, queue, route length.
-_TIMED_ONE_HEAD = struct.Struct(">dQHQH")
+TIMED_ONE_HEAD = struct.Struct(">dQHQH")
 
 
 def _pack_ids(ids: list[int]) -> bytes:
@@ -101,7 +101,7 @@ def encode_message(
             ids,
             _ROUTE_LEN.pack(len(route)),
             route,
-            _HEADER_LEN.pack(len(header)),
+            HEADER_LEN.pack(len(header)),
             header,
             body,
         )
@@ -128,7 +128,7 @@ def decode_message(payload: memoryview) -> tuple[int, tuple[int, ...], bytes, by
     offset += 2
     route = bytes(payload[offset : offset + route_len])
     offset += route_len
-    (header_len,) = _HEADER_LEN.unpack_from(payload, offset)
+    (header_len,) = HEADER_LEN.unpack_from(payload, offset)
     offset += 4
     header = bytes(payload[offset : offset + header_len])
     return msg_id, queue_ids, route, header, offset + header_len
@@ -141,12 +141,12 @@ def unpack_message(
     or MOVE payload at data[start:end], each part sliced from `data` once: the read-back path,
     where a message is built for every delivery of a backlog."""
     if record_type == MESSAGE_AT:  # the common case, one queue: one unpack for the head
-        published_at, msg_id, count, _, route_len = _TIMED_ONE_HEAD.unpack_from(data, start)
+        published_at, msg_id, count, _, route_len = TIMED_ONE_HEAD.unpack_from(data, start)
         if count == 1:
-            position = start + _TIMED_ONE_HEAD.size
+            position = start + TIMED_ONE_HEAD.size
             route = data[position : position + route_len]
             position += route_len
-            (header_len,) = _HEADER_LEN.unpack_from(data, position)
+            (header_len,) = HEADER_LEN.unpack_from(data, position)
             position += 4
             header = data[position : position + header_len]
             position += header_len
@@ -166,13 +166,23 @@ def unpack_message(
     position += 2
     route = data[position : position + route_len]
     position += route_len
-    (header_len,) = _HEADER_LEN.unpack_from(data, position)
+    (header_len,) = HEADER_LEN.unpack_from(data, position)
     position += 4
     header = data[position : position + header_len]
     position += header_len
     if position > end:
         raise ValueError("a message record shorter than its own lengths")
     return msg_id, published_at, route, header, data[position:end]
+
+
+def message_index(payload: memoryview) -> tuple[int, tuple[int, ...], int]:
+    """(message id, queue ids, offset of the header's length): what recovery reads of a
+    message it indexes, without copying the route or the header."""
+    msg_id, count = _MESSAGE_HEAD.unpack_from(payload, 0)
+    offset = _MESSAGE_HEAD.size
+    queue_ids = struct.unpack_from(f">{count}Q", payload, offset)
+    offset += 8 * count
+    return msg_id, queue_ids, offset + 2 + _ROUTE_LEN.unpack_from(payload, offset)[0]
 
 
 def message_part(record_type: int, payload: memoryview) -> tuple[float, memoryview]:

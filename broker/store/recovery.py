@@ -13,8 +13,7 @@ message id) so a later clean restart does not forget it. A consumer that checks 
 when redelivered is set never misses one; the price is a check for messages that had not been
 delivered after all.
 
-Bodies stay in the log: recovered messages keep only their location and header in memory,
-and a queue that pages keeps those past its window as compact records (broker/core/paging.py).
+Bodies stay in the log: recovered messages keep only their location and header in memory.
 """
 
 from __future__ import annotations
@@ -22,17 +21,22 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from broker.core.dedup import DedupExchange
 from broker.core.errors import AMQPError
 from broker.core.message import Message, QueuedMessage
+from broker.core.paging import OFFSET_BITS, RecoveredRecords, unpack_location
+from broker.core.properties import timing
 from broker.core.queue import Queue
 from broker.core.vhost import VirtualHost
 from broker.logs import fields
 from broker.store import records
 from broker.store.durable import DurableStore
+from broker.store.message_index import MessageIndex
+from broker.store.records import HEADER_LEN, TIMED_ONE_HEAD
 from broker.store.wal import RecoveryReport, WriteAheadLog
 
 log = logging.getLogger("warren.recovery")
@@ -48,8 +52,11 @@ class RecoveredState:
     # (vhost, "source" | "exchange" | "queue", name) -> keys of the bindings with that end, so a
     # delete drops its bindings without scanning them all (that made recovery quadratic).
     _binding_ends: dict[tuple[str, str, str], set[tuple]] = field(default_factory=dict)
-    # message id -> (message, ids of the queues that still hold it)
+    # message id -> (message, ids of the queues that still hold it), for messages that are
+    # not in `index`: held by several queues, or by one that keeps every message an object.
     messages: dict[int, tuple[Message, tuple[int, ...]]] = field(default_factory=dict)
+    # Messages one paging queue holds, as slots in arrays (no object per message).
+    index: MessageIndex = field(default_factory=MessageIndex)
     # (message id, queue id) -> deliveries logged (queues that count deliveries log each one;
     # others only the first) and returns logged (RETURNED).
     delivered: dict[tuple[int, int], int] = field(default_factory=dict)
@@ -66,8 +73,19 @@ class RecoveredState:
     # Messages of one publisher mostly share route and header bytes: keep one copy of each.
     _routes: dict[bytes, tuple[bytes, str, str]] = field(default_factory=dict)
     _headers: dict[bytes, bytes] = field(default_factory=dict)
+    # Ids of the queues whose messages are indexed (they keep compact records once restored:
+    # FIFO, not a delayed exchange's, not deduplicating); restore checks again.
+    _paging: set[int] = field(default_factory=set)
 
     def apply(self, segment: int, offset: int, record_type: int, payload: memoryview) -> None:
+        if record_type == records.MESSAGE_AT and len(payload) >= TIMED_ONE_HEAD.size:
+            # The common record, first: a message for one queue that pages.
+            published_at, msg_id, count, queue_id, route_len = TIMED_ONE_HEAD.unpack_from(payload)
+            if count == 1 and queue_id in self._paging:
+                self.clean = False
+                header_len_at = TIMED_ONE_HEAD.size + route_len
+                self._index(segment, offset, payload, published_at, msg_id, queue_id, header_len_at)
+                return
         self.clean = record_type == records.CLEAN_SHUTDOWN
         if record_type in records.MESSAGE_TYPES:
             if record_type == records.MOVE:
@@ -103,9 +121,14 @@ class RecoveredState:
         messages = self.messages
         delivered = self.delivered
         returned = self.returned
+        settle_indexed = self.index.settle
         for msg_id in msg_ids:
-            delivered.pop((msg_id, queue_id), None)
-            returned.pop((msg_id, queue_id), None)
+            if delivered:
+                delivered.pop((msg_id, queue_id), None)
+            if returned:
+                returned.pop((msg_id, queue_id), None)
+            if settle_indexed(msg_id, queue_id):
+                continue
             held = messages.get(msg_id)
             if held is not None:
                 remaining = tuple(q for q in held[1] if q != queue_id)
@@ -117,7 +140,13 @@ class RecoveredState:
     def _apply_message(
         self, segment: int, offset: int, payload: memoryview, published_at: float
     ) -> None:
-        msg_id, queue_ids, route, header, body_offset = records.decode_message(payload)
+        msg_id, queue_ids, header_len_at = records.message_index(payload)
+        if len(queue_ids) == 1 and queue_ids[0] in self._paging:
+            self._index(segment, offset, payload, published_at, msg_id, queue_ids[0], header_len_at)
+            return
+        self._saw_message(segment, msg_id, queue_ids)
+        self.index.discard(msg_id)  # a copy for several queues supersedes an indexed one
+        _, _, route, header, body_offset = records.decode_message(payload)
         shared = self._routes.get(route)
         if shared is None:
             shared = self._routes[route] = (route, *records.split_route(route))
@@ -127,18 +156,39 @@ class RecoveredState:
         message.published_at = published_at
         message.msg_id = msg_id
         message.location = (segment, offset)
-        # A relocated copy (compaction) is followed by marks that say everything the queues
-        # did with the message, so the marks logged before it are superseded, including
-        # those written just before the copy while the original's segment is already gone.
-        # (A message's first record has no marks before it: nothing to drop.)
-        for queue_id in queue_ids:
-            self.delivered.pop((msg_id, queue_id), None)
-            self.returned.pop((msg_id, queue_id), None)
         self.messages[msg_id] = (message, queue_ids)
+
+    def _index(self, segment: int, offset: int, payload: memoryview, published_at: float,
+               msg_id: int, queue_id: int, header_len_at: int) -> None:  # fmt: skip
+        """A message one paging queue holds, into the index: no object, no copy; its header
+        is decoded only for an expiration (its TTL), and its body is what follows."""
+        (header_len,) = HEADER_LEN.unpack_from(payload, header_len_at)
+        header_at = header_len_at + HEADER_LEN.size
+        ttl = -1
+        if payload[header_at + 12] & 0x09:  # priority or expiration: decode the header
+            ttl = timing(bytes(payload[header_at : header_at + header_len]))[1]
+        self._saw_message(segment, msg_id, (queue_id,))
+        if self.messages:
+            self.messages.pop(msg_id, None)  # a copy for one queue supersedes an object
+        body_size = len(payload) - header_at - header_len
+        location = segment << OFFSET_BITS | offset
+        self.index.add(msg_id, queue_id, location, published_at, body_size, header_len, ttl)
+
+    def _saw_message(self, segment: int, msg_id: int, queue_ids: tuple[int, ...]) -> None:
+        """Bookkeeping of every message record: ids, and marks a relocated copy supersedes.
+        A relocated copy (compaction) is followed by marks that say everything the queues
+        did with the message, so the marks logged before it are superseded, including those
+        written just before the copy while the original's segment is already gone. (A
+        message's first record has no marks before it: nothing to drop.)"""
+        if self.delivered or self.returned:
+            for queue_id in queue_ids:
+                self.delivered.pop((msg_id, queue_id), None)
+                self.returned.pop((msg_id, queue_id), None)
         if msg_id >= self.next_msg_id:
             self.next_msg_id = msg_id + 1
-        if msg_id > self.last_msg_id.get(segment, 0):
-            self.last_msg_id[segment] = msg_id
+        last = self.last_msg_id
+        if msg_id > last.get(segment, 0):
+            last[segment] = msg_id
 
     def _apply_metadata(self, record_type: int, table: dict[str, Any]) -> None:
         if record_type == records.SNAPSHOT:
@@ -148,6 +198,7 @@ class RecoveredState:
                 for d in table.get("dedup", [])
             }
             self.queues = {q["id"]: q for q in table.get("queues", [])}
+            self._paging = {queue_id for queue_id, q in self.queues.items() if _pages(q)}
             self.bindings = {}
             self._binding_ends = {}
             for binding in table.get("bindings", []):
@@ -171,9 +222,12 @@ class RecoveredState:
             self._drop_bindings(table["vhost"], table["name"], to_exchange=True)
         elif record_type == records.QUEUE_DECLARE:
             self.queues[table["id"]] = table
+            if _pages(table):
+                self._paging.add(table["id"])
             self.next_queue_id = max(self.next_queue_id, table["id"] + 1)
         elif record_type == records.QUEUE_DELETE:
             queue = self.queues.pop(table["id"], None)
+            self._paging.discard(table["id"])
             if queue is not None:
                 self._drop_bindings(queue["vhost"], queue["name"], to_exchange=False)
         elif record_type == records.BIND:
@@ -206,6 +260,16 @@ class RecoveredState:
         for end in ends:
             for key in list(self._binding_ends.get(end, ())):
                 self._remove_binding(key)
+
+
+def _pages(table: dict[str, Any]) -> bool:
+    """Whether a queue (its logged definition) keeps compact records: queue_factory's rule."""
+    arguments = table.get("arguments") or {}
+    return (
+        "holds_for" not in table
+        and not arguments.get("x-max-priority")
+        and not arguments.get("x-message-deduplication")
+    )
 
 
 def _ends(binding: dict[str, Any]) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
@@ -243,12 +307,12 @@ def recover(wal: WriteAheadLog) -> RecoveredState:
             )
 
     state.report = wal.replay(state.apply, progress)
-    if not state.clean and state.messages:
+    if not state.clean and (state.messages or state.index.count):
         state.redelivered_upto = max(state.redelivered_upto, state.next_msg_id - 1)
         log.warning(
             "recovery.unclean_shutdown",
             extra=fields(
-                messages=len(state.messages),
+                messages=len(state.messages) + state.index.count,
                 consequence="every recovered message is delivered with redelivered=true,"
                 " since a delivery may have gone out before its mark reached the log",
             ),
@@ -275,7 +339,7 @@ def restore(
     out_at_stop: dict[Queue, tuple[list[QueuedMessage], list[QueuedMessage]]] = {}
     try:
         queues = _restore_definitions(state, vhosts)
-        restored = _restore_messages(state, queues, store, out_at_stop)
+        restored = _Restorer(state, queues, store, out_at_stop).run()
     finally:
         store.replaying = False
     store.next_msg_id = max(store.next_msg_id, state.next_msg_id)
@@ -354,39 +418,126 @@ def _restore_definitions(state: RecoveredState, vhosts: dict[str, VirtualHost]) 
     return queues
 
 
-def _restore_messages(
-    state: RecoveredState,
-    queues: dict[int, Queue],
-    store: DurableStore,
-    out_at_stop: dict[Queue, tuple[list[QueuedMessage], list[QueuedMessage]]],
-) -> int:
-    """Put the recovered messages back in their queues; `out_at_stop` collects, per queue
-    counting deliveries, those that were out with a consumer when the broker stopped."""
-    restored = 0
-    live = store.live
-    delivered = state.delivered
-    upto = state.redelivered_upto
-    for msg_id in sorted(state.messages):
-        message, queue_ids = state.messages[msg_id]
-        holders = [queues[queue_id] for queue_id in queue_ids if queue_id in queues]
+class _Restorer:
+    """Puts recovered messages back in their queues, in message id order: objects from
+    `state.messages`, compact records from `state.index`."""
+
+    def __init__(
+        self,
+        state: RecoveredState,
+        queues: dict[int, Queue],
+        store: DurableStore,
+        out_at_stop: dict[Queue, tuple[list[QueuedMessage], list[QueuedMessage]]],
+    ) -> None:
+        self.state = state
+        self.queues = queues
+        self.store = store
+        self.out_at_stop = out_at_stop
+        self.restored = 0
+        self._delivered: dict[int, set[int]] = {}
+
+    def run(self) -> int:
+        messages = self.state.messages
+        objects = sorted(messages)
+        position = 0
+        for queue_id, run in self.state.index.drain_runs():
+            ids = run.msg_ids
+            while position < len(objects) and objects[position] < ids[0]:
+                self._restore_object(objects[position], *messages[objects[position]])
+                position += 1
+            if position == len(objects) or objects[position] > ids[-1]:
+                self._restore_run(queue_id, run)
+                continue
+            for index, msg_id in enumerate(ids):  # object messages among these: in id order
+                while position < len(objects) and objects[position] < msg_id:
+                    self._restore_object(objects[position], *messages[objects[position]])
+                    position += 1
+                self._restore_run(queue_id, run.part(index, index + 1))
+        for msg_id in objects[position:]:
+            self._restore_object(msg_id, *messages[msg_id])
+        return self.restored
+
+    def _restore_object(self, msg_id: int, message: Message, queue_ids: tuple[int, ...]) -> None:
+        holders = [self.queues[queue_id] for queue_id in queue_ids if queue_id in self.queues]
         if not holders:
-            continue
+            return
         message.refs = len(holders)
-        segment = message.location[0]
-        live[segment] = live.get(segment, 0) + 1
+        live = self.store.live
+        live[message.location[0]] = live.get(message.location[0], 0) + 1
         for queue in holders:
-            entry = QueuedMessage(message, 0)
-            key = (msg_id, queue.store_id)
-            entry.redelivered = msg_id <= upto or key in delivered
-            if queue.counts_deliveries:
-                entry.returns = state.returned.get(key, 0)
-                if delivered.get(key, 0) > entry.returns:
-                    entry.returns += 1  # the restart returned it (logged once restored)
-                    limit = queue.settings.delivery_limit
-                    over = limit is not None and entry.returns > limit
-                    out_at_stop.setdefault(queue, ([], []))[over].append(entry)
-                    if over:
-                        continue  # dead-lettered once restoring is done
-            queue.restore(entry)
-        restored += 1
-    return restored
+            self._restore_entry(queue, QueuedMessage(message, 0))
+        self.restored += 1
+
+    def _restore_run(self, queue_id: int, run: RecoveredRecords) -> None:
+        """Messages one queue holds, consecutive: as compact records in bulk, but one by one
+        while the queue wants objects (its window has room; or it counts deliveries and a
+        message was out with a consumer at the stop, whose return is counted)."""
+        queue = self.queues.get(queue_id)
+        if queue is None:
+            return  # deleted: its messages go with it
+        live = self.store.live
+        segments = Counter([location >> OFFSET_BITS for location in run.locations])
+        for segment, count in segments.items():
+            live[segment] = live.get(segment, 0) + count
+        self.restored += len(run.msg_ids)
+        start = 0
+        while start < len(run.msg_ids) and (queue.counts_deliveries or not queue.takes_records):
+            self._restore_one(queue, run, start)
+            start += 1
+        if start < len(run.msg_ids):
+            rest = run.part(start)
+            delivered = self._delivered_to(queue_id)
+            upto = self.state.redelivered_upto
+            rest.flags = [int(msg_id <= upto or msg_id in delivered) for msg_id in rest.msg_ids]
+            queue.restore_records(rest)
+
+    def _restore_one(self, queue: Queue, run: RecoveredRecords, index: int) -> None:
+        msg_id = run.msg_ids[index]
+        key = (msg_id, queue.store_id)
+        state = self.state
+        returns = state.returned.get(key, 0) if queue.counts_deliveries else 0
+        out = queue.counts_deliveries and state.delivered.get(key, 0) > returns
+        if out or not queue.takes_records:
+            message = self._read(msg_id, *unpack_location(run.locations[index]))
+            self._restore_entry(queue, QueuedMessage(message, 0))
+            return
+        one = run.part(index, index + 1)
+        redelivered = msg_id <= state.redelivered_upto or key in state.delivered
+        one.flags = [int(redelivered) | returns << 1]
+        queue.restore_records(one)
+
+    def _delivered_to(self, queue_id: int) -> set[int]:
+        """Ids of the messages with a DELIVERED mark in this queue (made once per queue)."""
+        found = self._delivered.get(queue_id)
+        if found is None:
+            marks = self.state.delivered
+            found = self._delivered[queue_id] = {m for m, q in marks if q == queue_id}
+        return found
+
+    def _read(self, msg_id: int, segment: int, offset: int) -> Message:
+        """An indexed message as an object, its body left in the log. The record was read
+        whole a moment ago: failing now is a failing disk, and the start stops."""
+        (message,) = self.store.load([(msg_id, segment, offset)])
+        if not isinstance(message, Message):
+            raise RuntimeError(
+                f"message {msg_id} in segment {segment} at offset {offset} could not be read"
+                f" back during recovery: {message}"
+            )
+        message.evict_body()
+        return message
+
+    def _restore_entry(self, queue: Queue, entry: QueuedMessage) -> None:
+        state = self.state
+        msg_id = entry.message.msg_id
+        key = (msg_id, queue.store_id)
+        entry.redelivered = msg_id <= state.redelivered_upto or key in state.delivered
+        if queue.counts_deliveries:
+            entry.returns = state.returned.get(key, 0)
+            if state.delivered.get(key, 0) > entry.returns:
+                entry.returns += 1  # the restart returned it (logged once restored)
+                limit = queue.settings.delivery_limit
+                over = limit is not None and entry.returns > limit
+                self.out_at_stop.setdefault(queue, ([], []))[over].append(entry)
+                if over:
+                    return  # dead-lettered once restoring is done
+        queue.restore(entry)

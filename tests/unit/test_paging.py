@@ -307,3 +307,55 @@ async def test_a_consumer_waits_for_the_read_ahead_instead_of_reading_twice(
     assert len(sink.delivered) == 1000
     assert [body for _, body, _ in sink.delivered] == [body_of(i) for i in range(1000)]
     await stop_node(node)
+
+
+async def test_a_restart_indexes_a_long_queue_and_keeps_its_deadlines(tmp_path: Path) -> None:
+    """Recovery rebuilds a long queue as its window of objects (bodies left in the log) and
+    compact records, each record's deadline taken from its expiration property without the
+    message being read back: one that comes due deep in the tail is dead-lettered whole."""
+    clock = ManualClock()
+    node = await start_node(tmp_path, clock=clock)
+    node.vhost.declare_queue("dead", None, durable=True)
+    arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"}
+    node.vhost.declare_queue("q", None, durable=True, arguments=arguments)
+    fill(node.vhost, "q", 500)
+    fill(node.vhost, "q", 1, start=500, expiration="1000")
+    fill(node.vhost, "q", 99, start=501)
+    clock = ManualClock(clock.time + 0.5)
+    node = await restart(node, clock=clock)
+    queue, dead = node.vhost.queues["q"], node.vhost.queues["dead"]
+    assert (queue.message_count, queue.paged_count) == (600, 600 - WINDOW_ENTRIES)
+    assert all(entry.message.body is None for entry in queue.ready_entries())
+    clock.advance(0.6)
+    assert (queue.message_count, dead.message_count) == (599, 1)
+    assert drain(dead, 1) == [body_of(500)]
+    assert drain(queue, 599) == [body_of(i) for i in range(600) if i != 500]
+    await stop_node(node)
+
+
+async def test_a_queue_counting_deliveries_gets_its_returns_counted_past_the_window(
+    tmp_path: Path,
+) -> None:
+    """A quorum queue's messages out with a consumer at the stop come back counted, those
+    read back from records too, and past the delivery limit they are dead-lettered."""
+    node = await start_node(tmp_path)
+    node.vhost.declare_queue("dead", None, durable=True)
+    arguments = {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 1,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "dead",
+    }
+    queue = node.vhost.declare_queue("q", None, durable=True, arguments=arguments)
+    fill(node.vhost, "q", 1000)
+    out = take(queue, 600)  # out at the stop, past the window of 256
+    queue.requeue(out[:10])  # returned once already: the restart makes two, over the limit
+    take(queue, 10)
+    node = await restart(node)
+    queue, dead = node.vhost.queues["q"], node.vhost.queues["dead"]
+    assert (queue.message_count, dead.message_count) == (990, 10)
+    entries = take(queue, 990)
+    assert [entry.message.body for entry in entries] == [body_of(i) for i in range(10, 1000)]
+    assert [entry.returns for entry in entries[:591]] == [1] * 590 + [0]
+    assert not any(entry.returns for entry in entries[590:])
+    await stop_node(node)

@@ -96,8 +96,12 @@ def _bindings(state: RecoveredState) -> set[tuple[str, str, str, bool, str]]:
 
 
 def _held(state: RecoveredState) -> dict[int, tuple[int, ...]]:
-    """Message id -> ids of the queues that still hold it."""
-    return {msg_id: queue_ids for msg_id, (_, queue_ids) in state.messages.items()}
+    """Message id -> ids of the queues that still hold it: objects, and the messages one
+    FIFO queue holds, indexed without one (taken out of the index)."""
+    held = {msg_id: queue_ids for msg_id, (_, queue_ids) in state.messages.items()}
+    for queue_id, run in state.index.drain_runs():
+        held.update(dict.fromkeys(run.msg_ids, (queue_id,)))
+    return held
 
 
 # ------------------------------------------------------------------------------ definitions

@@ -197,7 +197,7 @@ def warren_recovery(data_dir: Path, messages: int) -> float:
     filled = resident_bytes(broker.proc.pid)
     broker.kill()
     started = time.perf_counter()
-    broker = BrokerProcess(data_dir, port=broker.port)
+    broker = BrokerProcess(data_dir, port=broker.port, start_timeout=600)  # recovery first
     try:
         wait_for_depth("127.0.0.1", broker.port, queue, messages, 600)
         elapsed = time.perf_counter() - started

@@ -113,8 +113,12 @@ _READ_AHEAD = 4096
 RecordView = tuple[int, bytes, int, int]
 # A place in `WriteAheadLog.reader`'s results that its thread fills in.
 _NOT_READ: RecordView = (0, b"", 0, 0)
-# Records read back together come from one pread of at most about this many bytes.
+# Records read back together come from one pread of at most about this many bytes, as long
+# as each starts within SPAN_GAP of the one before: a queue's records that other queues'
+# records separate (publishes round-robin over many queues) are read one by one, not with
+# everything between them.
 SPAN_BYTES = 1 << 20
+SPAN_GAP = 8192
 SYNC_POLICIES = ("always", "periodic")
 # The sync marker is rewritten after an fsync at most this often (and always when a segment is
 # sealed or the log closes): it may lag, never lead, so a syscall per group commit buys nothing.
@@ -850,7 +854,11 @@ class RecordReader:
             first = 0
             while first < len(wanted):
                 start, last = wanted[first][0], first
-                while last + 1 < len(wanted) and wanted[last + 1][0] - start < SPAN_BYTES:
+                while (
+                    last + 1 < len(wanted)
+                    and wanted[last + 1][0] - start < SPAN_BYTES
+                    and wanted[last + 1][0] - wanted[last][0] <= SPAN_GAP
+                ):
                     last += 1
                 data: bytes | OSError
                 try:

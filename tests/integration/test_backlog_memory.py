@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pika
 
-from tests.support import resident_bytes, running_broker
+from tests.support import BrokerProcess, resident_bytes, running_broker
 
 BODY = 4096
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
@@ -62,3 +62,42 @@ def test_queued_persistent_bodies_stay_in_the_log_not_in_memory(tmp_path: Path) 
         assert len(got) == 30_000
         assert got == [body_of(index) for index in range(30_000)]
         connection.close()
+
+
+def test_kill_9_while_a_paged_backlog_drains_loses_nothing_and_revives_nothing(
+    tmp_path: Path,
+) -> None:
+    """A backlog mostly kept as compact records, drained part way (acks made durable by a
+    later confirm), then kill -9: the restart brings back exactly the unacked messages, in
+    order, deep tail included, flagged redelivered (an unclean stop), and no acked one."""
+    broker = BrokerProcess(tmp_path / "data")
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        confirmed = connection.channel()
+        confirmed.confirm_delivery()
+        channel.queue_declare("backlog", durable=True)
+        channel.queue_declare("marker", durable=True)
+        publish(channel, 0, 5_000, confirmed)
+        channel.basic_qos(prefetch_count=500)
+        deliveries = channel.consume("backlog", inactivity_timeout=10)
+        for received, (method, _, body) in enumerate(deliveries, start=1):
+            assert method is not None, "the backlog stopped flowing"
+            assert body == body_of(received - 1)
+            if received <= 2_500 and received % 100 == 0:
+                channel.basic_ack(method.delivery_tag, multiple=True)
+            if received == 3_000:  # 2,500 acked, 500 out unacked
+                break
+        confirmed.basic_publish("", "marker", b"", PERSISTENT)  # the acks are logged before it
+        broker.kill()
+        broker = BrokerProcess(tmp_path / "data")
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        got: list[tuple[bytes, bool]] = []
+        while (message := channel.basic_get("backlog", auto_ack=True))[0] is not None:
+            got.append((message[2], message[0].redelivered))
+        assert [body for body, _ in got] == [body_of(index) for index in range(2_500, 5_000)]
+        assert all(redelivered for _, redelivered in got)
+        connection.close()
+    finally:
+        broker.stop()

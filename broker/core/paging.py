@@ -341,11 +341,24 @@ class PagedFifoStore(FifoStore):
     def paged_in_segment(self, segment: int) -> list[tuple[int, int, int, int]]:
         """(seq, message id, offset, flags) of the compact records whose record is in
         `segment`, for the log's compaction."""
-        return [
-            (record[0], record[1], record[2] & _OFFSET_MASK, record[6])
-            for record in self._tail
-            if record[1] != _PINNED and record[2] >> OFFSET_BITS == segment
-        ]
+        found = []
+        for chunk in list(self._tail.chunks):
+            locations = chunk.location
+            # A chunk whose records all lie in other segments is passed over by two scans in
+            # C: compaction looks at the oldest segment, which a long tail rarely reaches.
+            if max(locations) >> OFFSET_BITS < segment or min(locations) >> OFFSET_BITS > segment:
+                continue
+            msg_ids, flags, seqs = chunk.msg_id, chunk.flags, chunk.seq
+            for index in range(chunk.head, len(locations)):
+                location = locations[index]
+                if (
+                    location >> OFFSET_BITS == segment
+                    and msg_ids[index] != _PINNED
+                    and flags[index] != DEAD
+                ):
+                    offset = location & _OFFSET_MASK
+                    found.append((seqs[index], msg_ids[index], offset, flags[index]))
+        return found
 
     def relocated(self, seq: int, segment: int, offset: int) -> None:
         """A compact record's message was copied to another place in the log."""

@@ -487,6 +487,7 @@ class DurableStore(MessageStore):
         holders = self._holders(segment, lambda queue: _head_upto(queue, upto))
         if len(holders) < self.live.get(segment, 0):
             holders = self._holders(segment, _everything_in)
+        unaccounted = len(holders) < self.live.get(segment, 0)
         moving = sorted(holders)[:RELOCATE_BATCH]  # the rest on the next pass
         for msg_id in moving:
             message, held = holders[msg_id]
@@ -504,7 +505,10 @@ class DurableStore(MessageStore):
             self.live[message.location[0]] = self.live.get(message.location[0], 0) + 1
             for queue, entry in held:
                 self._repeat_marks(queue, entry)
-        paged = self._paged_holders(segment, RELOCATE_BATCH - len(moving))
+        # Compact records, only when the objects do not account for the segment's messages.
+        paged = []
+        if unaccounted:
+            paged = self._paged_holders(segment, RELOCATE_BATCH - len(moving))
         for queue, seq, msg_id, offset, flags in paged:
             try:
                 self._relocate_paged(queue, seq, msg_id, (segment, offset), flags)

@@ -359,3 +359,37 @@ async def test_a_queue_counting_deliveries_gets_its_returns_counted_past_the_win
     assert [entry.returns for entry in entries[:591]] == [1] * 590 + [0]
     assert not any(entry.returns for entry in entries[590:])
     await stop_node(node)
+
+
+async def test_compaction_does_not_walk_a_long_tail_the_objects_account_for(
+    tmp_path: Path, monkeypatch: object
+) -> None:
+    """Compacting the oldest segment looks for compact records only when the message objects
+    found there fall short of its live count: a long backlog's tail is not walked at every
+    segment roll because of an old unacked message."""
+    calls: list[int] = []
+    original = paging.PagedFifoStore.paged_in_segment
+
+    def counted(self, segment):  # type: ignore[no-untyped-def]
+        calls.append(segment)
+        return original(self, segment)
+
+    monkeypatch.setattr(paging.PagedFifoStore, "paged_in_segment", counted)  # type: ignore[attr-defined]
+    node = await start_node(tmp_path, segment_size=1 << 16)
+    vhost = node.vhost
+    parked = vhost.declare_queue("parked", None, durable=True)
+    busy = vhost.declare_queue("busy", None, durable=True)
+    fill(vhost, "parked", 2)
+    (held,) = take(parked, 1)  # unacked: pins the first segment
+    fill(vhost, "busy", 150)  # the rest of the first segment, settled below
+    drain(busy, 150)
+    long = vhost.declare_queue("long", None, durable=True)
+    fill(vhost, "long", 2000, start=10_000)
+    for round_ in range(4):
+        fill(vhost, "busy", 300, start=round_ * 300)
+        drain(busy, 300)
+        await _settle_and_collect(node)
+    assert held.message.location[0] > 1  # relocated: the first segment went
+    assert calls == []
+    assert long.paged_count == 2000 - WINDOW_ENTRIES
+    await stop_node(node)

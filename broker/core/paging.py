@@ -23,12 +23,12 @@ import logging
 import math
 from array import array
 from bisect import bisect_right
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from broker.core.message import GONE, READY, Message, QueuedMessage
-from broker.core.persistence import MessageStore, PagedRef
+from broker.core.persistence import MessageStore, PagedBatch, PagedRef
 from broker.core.ready import FifoStore
 from broker.logs import fields
 
@@ -331,12 +331,24 @@ class PagedFifoStore(FifoStore):
         tail = self._tail
         return tail.compact_footprint - tail.compact * TAIL_RECORD_BYTES
 
-    def paged(self) -> Iterator[PagedRef]:
-        """The compact records (and unreadable ones), as (message id, segment, offset)."""
-        for record in self._tail:
-            if record[1] != _PINNED:
-                yield (record[1], *unpack_location(record[2]))
-        yield from self.unreadable
+    def paged(self, unreadable: bool = False) -> Iterator[PagedBatch]:
+        """The compact records (with `unreadable`, those set aside too: a delete releases
+        them, a purge leaves them, as it leaves unacked messages), a chunk at a time: their
+        ids straight from the chunk's array when it holds nothing else (a purge of ten
+        million records is a few thousand slices, not ten million tuples)."""
+        for chunk in list(self._tail.chunks):
+            head = chunk.head
+            msg_ids, locations = chunk.msg_id[head:], chunk.location[head:]
+            flags = chunk.flags[head:]
+            if DEAD in flags or _PINNED in msg_ids:  # some left, or stand for objects
+                kept = [i for i, f in enumerate(flags) if f != DEAD and msg_ids[i] != _PINNED]
+                msg_ids = array("q", [msg_ids[i] for i in kept])
+                locations = array("Q", [locations[i] for i in kept])
+            if msg_ids:
+                yield msg_ids, _segment_counts(locations)
+        if unreadable and self.unreadable:
+            segments = Counter(segment for _, segment, _ in self.unreadable)
+            yield [ref[0] for ref in self.unreadable], dict(segments)
 
     def paged_in_segment(self, segment: int) -> list[tuple[int, int, int, int]]:
         """(seq, message id, offset, flags) of the compact records whose record is in
@@ -614,6 +626,14 @@ class PagedFifoStore(FifoStore):
             self._waiting = False
             if self.on_refill is not None:
                 self.on_refill()
+
+
+def _segment_counts(locations: array[int]) -> dict[int, int]:
+    """How many of these locations each segment holds: at once when all share one."""
+    low, high = min(locations) >> OFFSET_BITS, max(locations) >> OFFSET_BITS
+    if low == high:
+        return {low: len(locations)}
+    return dict(Counter(location >> OFFSET_BITS for location in locations))
 
 
 def _ref(record: Record) -> PagedRef:

@@ -8,7 +8,7 @@ write-ahead log batch and order records however it likes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from broker.core.errors import INTERNAL_ERROR, ChannelException
@@ -17,6 +17,8 @@ SyncCallback = Callable[[BaseException | None], None]
 # A logged message a queue keeps as a compact record instead of an object: its id and where
 # its record is (segment, offset).
 PagedRef = tuple[int, int, int]
+# Compact records in bulk: their message ids, and how many of them each log segment holds.
+PagedBatch = tuple[Sequence[int], dict[int, int]]
 Loaded = Callable[[list["Message | BaseException"]], None]
 
 
@@ -57,7 +59,7 @@ class MessageStore:
         """A queue that survives restarts was created; a durable store sets `queue.store_id`."""
 
     def queue_deleted(
-        self, queue: Queue, held: Iterable[QueuedMessage], paged: Iterable[PagedRef] = ()
+        self, queue: Queue, held: Iterable[QueuedMessage], paged: Iterable[PagedBatch] = ()
     ) -> None:
         """A surviving queue was deleted with the messages it still held (ready or unacked),
         those it kept as compact records among them."""
@@ -96,7 +98,7 @@ class MessageStore:
     def settled(self, queue: Queue, entries: Iterable[QueuedMessage]) -> None:
         """Logged messages left the queue for good (ack, reject, purge, no-ack delivery)."""
 
-    def settled_paged(self, queue: Queue, paged: Iterable[PagedRef]) -> None:
+    def settled_paged(self, queue: Queue, paged: Iterable[PagedBatch]) -> None:
         """Logged messages the queue kept as compact records left it for good (a purge)."""
 
     def uncertain(self, message: Message) -> bool:

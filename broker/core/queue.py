@@ -22,7 +22,7 @@ from broker.core.dedup import dedup_key
 from broker.core.delivery_count import with_delivery_count
 from broker.core.message import ENTRY_OVERHEAD, Message, QueuedMessage
 from broker.core.paging import TAIL_RECORD_BYTES, RecoveredRecords
-from broker.core.persistence import LogUnavailable, MessageStore, PagedRef
+from broker.core.persistence import LogUnavailable, MessageStore, PagedBatch
 from broker.core.ready import FifoStore, ReadyStore
 from broker.logs import fields
 
@@ -178,8 +178,8 @@ class Queue:
     def paged_bytes(self) -> int:
         return self._ready.paged_bytes
 
-    def paged(self) -> Iterator[PagedRef]:
-        return self._ready.paged()
+    def paged(self, unreadable: bool = False) -> Iterator[PagedBatch]:
+        return self._ready.paged(unreadable)
 
     def paged_in_segment(self, segment: int) -> list[tuple[int, int, int, int]]:
         return self._ready.paged_in_segment(segment)

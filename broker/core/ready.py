@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from broker.core.message import GONE, OUT, READY, QueuedMessage
-from broker.core.persistence import PagedRef
+from broker.core.persistence import PagedBatch
 
 if TYPE_CHECKING:
     from broker.core.paging import RecoveredRecords
@@ -116,8 +116,9 @@ class ReadyStore(ABC):
     paged_bytes = 0
     paged_savings = 0
 
-    def paged(self) -> Iterator[PagedRef]:
-        """The compact records, as (message id, segment, offset)."""
+    def paged(self, unreadable: bool = False) -> Iterator[PagedBatch]:
+        """The compact records, a batch at a time (message ids, count per segment); with
+        `unreadable`, those the log could not give back too."""
         return iter(())
 
     def paged_in_segment(self, segment: int) -> list[tuple[int, int, int, int]]:

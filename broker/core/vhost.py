@@ -476,7 +476,7 @@ class VirtualHost:
             return 0
         if queue.store_id:  # first: a refused log write leaves the queue as it was
             held = [*queue.ready_entries(), *queue.unacked_entries()]
-            self.store.queue_deleted(queue, held, queue.paged())
+            self.store.queue_deleted(queue, held, queue.paged(unreadable=True))
         queue.deleted = True
         self.queues.pop(queue.name, None)
         self.refusing_queues -= queue.may_refuse

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 from broker.core.dedup import DedupExchange
 from broker.core.exchange import Binding, Exchange
 from broker.core.message import Message, QueuedMessage
-from broker.core.persistence import Loaded, LogUnavailable, MessageStore, PagedRef, SyncCallback
+from broker.core.persistence import (
+    Loaded,
+    LogUnavailable,
+    MessageStore,
+    PagedBatch,
+    PagedRef,
+    SyncCallback,
+)
 from broker.core.vhost import BUILTIN_EXCHANGES, VirtualHost
 from broker.logs import fields
 from broker.store import records
@@ -102,8 +109,6 @@ COMPACT_MAX_LIVE_FRACTION = 0.1
 # Messages copied per compaction pass: each is a read and a write on the event loop, so a
 # segment with thousands of survivors is compacted over several passes, not in one stall.
 RELOCATE_BATCH = 500
-# Message ids per SETTLE record when a long paged queue is purged.
-SETTLE_BATCH = 65536
 
 
 class DurableStore(MessageStore):
@@ -164,12 +169,13 @@ class DurableStore(MessageStore):
         self._append_table(records.QUEUE_DECLARE, queue_table(queue))
 
     def queue_deleted(
-        self, queue: Queue, held: Iterable[QueuedMessage], paged: Iterable[PagedRef] = ()
+        self, queue: Queue, held: Iterable[QueuedMessage], paged: Iterable[PagedBatch] = ()
     ) -> None:
         self._write_ids()  # settles logged before the delete stay in order
         self._append_table(records.QUEUE_DELETE, {"vhost": queue.vhost_name, "id": queue.store_id})
         self._release(entry.message for entry in held if entry.message.msg_id)
-        self._release_segments(segment for _, segment, _ in paged)
+        for _, segments in paged:
+            self._release_segments(segments)
 
     def runtime_changed(self, document: dict[str, Any]) -> None:
         """Users, vhosts, permissions or policies changed: log them whole, as JSON text (an
@@ -314,25 +320,14 @@ class DurableStore(MessageStore):
         self._release(messages)
         self._schedule_ids()
 
-    def settled_paged(self, queue: Queue, paged: Iterable[PagedRef]) -> None:
-        """Compact records settled in bulk (a purge of a long queue): SETTLE records of a
-        bounded size written as the ids come, never a list of them all."""
+    def settled_paged(self, queue: Queue, paged: Iterable[PagedBatch]) -> None:
+        """Compact records settled in bulk (a purge of a long queue), a chunk of them at a
+        time: one SETTLE record each, packed from their array of ids."""
         self._write_ids()  # earlier marks first
-        batch: list[int] = []
-        segments: list[int] = []
-        for msg_id, segment, _ in paged:
-            batch.append(msg_id)
-            segments.append(segment)
-            if len(batch) == SETTLE_BATCH:
-                self._settle_batch(queue, batch, segments)
-                batch, segments = [], []
-        if batch:
-            self._settle_batch(queue, batch, segments)
-
-    def _settle_batch(self, queue: Queue, msg_ids: list[int], segments: list[int]) -> None:
-        if self.wal.failed is None:
-            self.wal.append(records.SETTLE, records.encode_ids(queue.store_id, msg_ids))
-        self._release_segments(segments)
+        for msg_ids, segments in paged:
+            if self.wal.failed is None:
+                self.wal.append(records.SETTLE, records.encode_ids(queue.store_id, msg_ids))
+            self._release_segments(segments)
 
     def _release(self, messages: Iterable[Message]) -> None:
         """One queue less holds each message; a segment with no live message may go."""
@@ -345,12 +340,11 @@ class DurableStore(MessageStore):
                 if live[segment] == 0:
                     self._schedule_gc()
 
-    def _release_segments(self, segments: Iterable[int]) -> None:
-        """The last holder of a paged message (one queue) let it go: its segment holds one
-        live message less."""
+    def _release_segments(self, segments: dict[int, int]) -> None:
+        """The last holder of paged messages (one queue) let them go: segment -> how many."""
         live = self.live
-        for segment in segments:
-            live[segment] -= 1
+        for segment, count in segments.items():
+            live[segment] -= count
             if live[segment] == 0:
                 self._schedule_gc()
 

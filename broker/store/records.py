@@ -9,6 +9,7 @@ AMQP field tables, which already round-trip every argument type a client can sen
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from broker.core import tables
@@ -71,7 +72,7 @@ _MOVE_HEAD = struct.Struct(">QQ")  # queue id, message id it settled
 TIMED_ONE_HEAD = struct.Struct(">dQHQH")
 
 
-def _pack_ids(ids: list[int]) -> bytes:
+def _pack_ids(ids: Sequence[int]) -> bytes:
     return struct.pack(f">{len(ids)}Q", *ids)
 
 
@@ -213,7 +214,7 @@ def decode_move(payload: memoryview) -> tuple[int, int]:
     return _MOVE_HEAD.unpack_from(payload, 0)
 
 
-def encode_ids(queue_id: int, msg_ids: list[int]) -> bytes:
+def encode_ids(queue_id: int, msg_ids: Sequence[int]) -> bytes:
     """SETTLE / DELIVERED: one queue and the messages it settled or handed out."""
     return _IDS_HEAD.pack(queue_id, len(msg_ids)) + _pack_ids(msg_ids)
 

@@ -393,3 +393,32 @@ async def test_compaction_does_not_walk_a_long_tail_the_objects_account_for(
     assert calls == []
     assert long.paged_count == 2000 - WINDOW_ENTRIES
     await stop_node(node)
+
+
+async def test_purge_leaves_a_set_aside_record_and_delete_releases_it(tmp_path: Path) -> None:
+    """A record the log could not give back is like an unacked message: a purge leaves it
+    (its segment stays), deleting the queue releases it (nothing is counted twice)."""
+    node = await start_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    fill(node.vhost, "q", WINDOW_ENTRIES + 10)
+    publish(node.vhost, "q", b"transient", mode=1)  # a pinned entry among the records
+    fill(node.vhost, "q", 10, start=WINDOW_ENTRIES + 10)
+    load = node.store.load
+    broken = WINDOW_ENTRIES + 1  # the first compact record's message id
+
+    def failing_load(refs):  # type: ignore[no-untyped-def]
+        return [
+            OSError("EIO") if ref[0] == broken else loaded
+            for ref, loaded in zip(refs, load(refs), strict=True)
+        ]
+
+    node.store.load = failing_load  # type: ignore[method-assign]
+    node.store.load_ahead = lambda refs, done: done(failing_load(refs))  # type: ignore[method-assign]
+    drain(queue, WINDOW_ENTRIES + 5)  # the window, and records read back past the broken one
+    assert len(queue._ready.unreadable) == 1  # type: ignore[attr-defined]
+    assert queue.purge() == 15  # 14 records and the transient message
+    assert await synced(node.store) is None
+    assert sum(node.store.live.values()) == 1  # the one set aside
+    node.vhost.delete_queue("q", None, if_unused=False, if_empty=False)
+    assert sum(node.store.live.values()) == 0
+    await stop_node(node)

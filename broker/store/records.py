@@ -144,16 +144,8 @@ def unpack_message(
     if record_type == MESSAGE_AT:  # the common case, one queue: one unpack for the head
         published_at, msg_id, count, _, route_len = TIMED_ONE_HEAD.unpack_from(data, start)
         if count == 1:
-            position = start + TIMED_ONE_HEAD.size
-            route = data[position : position + route_len]
-            position += route_len
-            (header_len,) = HEADER_LEN.unpack_from(data, position)
-            position += 4
-            header = data[position : position + header_len]
-            position += header_len
-            if position > end:
-                raise ValueError("a message record shorter than its own lengths")
-            return msg_id, published_at, route, header, data[position:end]
+            parts = _route_header_body(data, start + TIMED_ONE_HEAD.size, route_len, end)
+            return msg_id, published_at, *parts
     position = start
     published_at = 0.0
     if record_type != MESSAGE:
@@ -164,16 +156,22 @@ def unpack_message(
     msg_id, count = _MESSAGE_HEAD.unpack_from(data, position)
     position += _MESSAGE_HEAD.size + 8 * count
     (route_len,) = _ROUTE_LEN.unpack_from(data, position)
-    position += 2
+    return msg_id, published_at, *_route_header_body(data, position + 2, route_len, end)
+
+
+def _route_header_body(
+    data: bytes, position: int, route_len: int, end: int
+) -> tuple[bytes, bytes, bytes]:
+    """A message payload's route (`route_len` bytes at `position`), header and body."""
     route = data[position : position + route_len]
     position += route_len
     (header_len,) = HEADER_LEN.unpack_from(data, position)
-    position += 4
+    position += HEADER_LEN.size
     header = data[position : position + header_len]
     position += header_len
     if position > end:
         raise ValueError("a message record shorter than its own lengths")
-    return msg_id, published_at, route, header, data[position:end]
+    return route, header, data[position:end]
 
 
 def message_index(payload: memoryview) -> tuple[int, tuple[int, ...], int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pika
+from pika.adapters.blocking_connection import BlockingChannel as Channel
 
 from tests.support import BrokerProcess, resident_bytes, running_broker
 
@@ -17,8 +18,7 @@ def body_of(index: int) -> bytes:
     return f"{index:08d}".encode().ljust(BODY, b"-")
 
 
-def publish(channel: pika.adapters.blocking_connection.BlockingChannel, start: int, count: int,
-            confirmed: pika.adapters.blocking_connection.BlockingChannel) -> None:  # fmt: skip
+def publish(channel: Channel, start: int, count: int, confirmed: Channel) -> None:
     """Publish without waiting for each confirm, then one confirmed message on another channel:
     the log's group commit writes in order, so that confirm means all of these are on disk."""
     for index in range(start, start + count):
@@ -26,17 +26,24 @@ def publish(channel: pika.adapters.blocking_connection.BlockingChannel, start: i
     confirmed.basic_publish("", "marker", b"", PERSISTENT)
 
 
+def open_backlog(url: str) -> tuple[pika.BlockingConnection, Channel, Channel]:
+    """A connection, a channel for publishing and consuming, a channel in confirm mode, and
+    the durable queues "backlog" and "marker" (for `publish`'s confirmed marker)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    confirmed = connection.channel()
+    confirmed.confirm_delivery()
+    channel.queue_declare("backlog", durable=True)
+    channel.queue_declare("marker", durable=True)
+    return connection, channel, confirmed
+
+
 def test_queued_persistent_bodies_stay_in_the_log_not_in_memory(tmp_path: Path) -> None:
     """The broker's resident memory grows by far less than a body per queued message as the
     queue grows (a resident 4 KiB body would cost over 4 KiB), and every message comes back, in
     order, when a consumer drains the queue."""
     with running_broker(tmp_path / "data") as broker:
-        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-        channel = connection.channel()
-        confirmed = connection.channel()
-        confirmed.confirm_delivery()
-        channel.queue_declare("backlog", durable=True)
-        channel.queue_declare("marker", durable=True)
+        connection, channel, confirmed = open_backlog(broker.url)
         publish(channel, 0, 5_000, confirmed)
         before = resident_bytes(broker.proc.pid)
         publish(channel, 5_000, 25_000, confirmed)
@@ -72,12 +79,7 @@ def test_kill_9_while_a_paged_backlog_drains_loses_nothing_and_revives_nothing(
     order, deep tail included, flagged redelivered (an unclean stop), and no acked one."""
     broker = BrokerProcess(tmp_path / "data")
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-        channel = connection.channel()
-        confirmed = connection.channel()
-        confirmed.confirm_delivery()
-        channel.queue_declare("backlog", durable=True)
-        channel.queue_declare("marker", durable=True)
+        _, channel, confirmed = open_backlog(broker.url)
         publish(channel, 0, 5_000, confirmed)
         channel.basic_qos(prefetch_count=500)
         deliveries = channel.consume("backlog", inactivity_timeout=10)

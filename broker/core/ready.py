@@ -278,6 +278,8 @@ class LaneStore(ReadyStore):
         self._take(entry, OUT)
         return entry
 
+    pop_for_consumer = pop  # no read-ahead to wait for: no extra call per delivery
+
     def requeue(self, entries: list[QueuedMessage]) -> None:
         """Entries handed out earlier (sorted by seq) go back to their original places."""
         by_lane: dict[int, tuple[_SeqDeque, list[QueuedMessage]]] = {}
@@ -333,6 +335,9 @@ class FifoStore(LaneStore):
         self.count -= 1
         self.body_bytes -= entry.message.body_size
         return entry
+
+    # The same function, not a call to `pop`: a subclass overriding `pop` overrides this too.
+    pop_for_consumer = pop
 
     def __iter__(self) -> Iterator[QueuedMessage]:
         return iter(self._fifo)

@@ -375,9 +375,7 @@ class DurableStore(MessageStore):
 
     def read_body(self, message: Message) -> bytes:
         record_type, payload = self.wal.read(*message.location)
-        view = records.message_part(record_type, memoryview(payload))[1]
-        body_offset = records.decode_message(view)[4]
-        return bytes(view[body_offset:])
+        return records.unpack_message(record_type, payload, 0, len(payload))[4]
 
     # ------------------------------------------------------------------ paging
     pages = True

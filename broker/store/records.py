@@ -174,16 +174,6 @@ def _route_header_body(
     return route, header, data[position:end]
 
 
-def message_index(payload: memoryview) -> tuple[int, tuple[int, ...], int]:
-    """(message id, queue ids, offset of the header's length): what recovery reads of a
-    message it indexes, without copying the route or the header."""
-    msg_id, count = _MESSAGE_HEAD.unpack_from(payload, 0)
-    offset = _MESSAGE_HEAD.size
-    queue_ids = struct.unpack_from(f">{count}Q", payload, offset)
-    offset += 8 * count
-    return msg_id, queue_ids, offset + 2 + _ROUTE_LEN.unpack_from(payload, offset)[0]
-
-
 def message_part(record_type: int, payload: memoryview) -> tuple[float, memoryview]:
     """The time a message was routed (0.0 when its record predates MESSAGE_AT) and the
     MESSAGE payload inside a MESSAGE, MESSAGE_AT or MOVE record."""

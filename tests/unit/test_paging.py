@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from broker.core import paging
 from broker.core.paging import TAIL_RECORD_BYTES, WINDOW_ENTRIES
 from broker.core.queue import Queue
 from broker.store import records
+from broker.store.durable import DurableStore
 from tests.unit.helpers import FakeSink, ManualClock, add_consumer, make_message
 from tests.unit.test_durable_store import (
     _settle_and_collect,
@@ -422,3 +425,64 @@ async def test_purge_leaves_a_set_aside_record_and_delete_releases_it(tmp_path: 
     node.vhost.delete_queue("q", None, if_unused=False, if_empty=False)
     assert sum(node.store.live.values()) == 0
     await stop_node(node)
+
+
+async def test_a_read_ahead_that_fails_while_a_consumer_waits_still_wakes_it(
+    tmp_path: Path,
+) -> None:
+    """Every read of the read-ahead fails (its executor shut down, say): the waiting consumer
+    is woken all the same, the records are read again on the loop, in order, none lost."""
+    node = await start_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    fill(node.vhost, "q", 600)
+    held: list[tuple[object, object]] = []
+    node.store.load_ahead = lambda refs, done: held.append((refs, done))  # type: ignore[method-assign]
+    sink = FakeSink()
+    add_consumer(queue, sink, "c", credit=600)
+    assert len(sink.delivered) == WINDOW_ENTRIES
+    refs, done = held.pop()
+    done([RuntimeError("cannot schedule new futures after shutdown")] * len(refs))  # type: ignore[operator, arg-type]
+    assert [body for _, body, _ in sink.delivered] == [body_of(i) for i in range(600)]
+    assert queue._ready.unreadable == []  # type: ignore[attr-defined]
+    await stop_node(node)
+
+
+async def test_huge_messages_page_and_come_back_whole(tmp_path: Path) -> None:
+    """Bodies larger than the window's bytes and than a read-ahead's: the window takes what
+    fits (at least one), each read-ahead at least one record, a record longer than its span
+    read is read whole; after a restart too."""
+    node = await start_node(tmp_path, segment_size=64 << 20)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    huge = [bytes([65 + index]) * (3 << 20) for index in range(6)]
+    for body in huge:
+        publish(node.vhost, "q", body)
+    assert (queue.message_count, queue.paged_count) == (6, 5)
+    assert await synced(node.store) is None
+    got = [entry.message.body for entry in take(queue, 3)]
+    assert got == huge[:3]
+    node = await restart(node, segment_size=64 << 20)
+    queue = node.vhost.queues["q"]
+    assert queue.message_count == 6  # the three taken were not acked
+    entries = take(queue, 6)
+    assert [bytes(entry.message.body or b"") for entry in entries] == huge
+    await stop_node(node)
+
+
+async def test_a_window_message_unreadable_at_restore_stops_the_start_naming_it(
+    tmp_path: Path, monkeypatch: object
+) -> None:
+    """Restore reads back each queue's window; a record that fails then (it was read whole a
+    moment before: the disk is failing) stops the start, naming the message, rather than
+    starting without it."""
+    node = await start_node(tmp_path)
+    node.vhost.declare_queue("q", None, durable=True)
+    fill(node.vhost, "q", 10)
+    await stop_node(node)
+
+    def failing(self, refs):  # type: ignore[no-untyped-def]
+        return [OSError("EIO")] * len(refs)
+
+    monkeypatch.setattr(DurableStore, "load", failing)  # type: ignore[attr-defined]
+    unreadable = r"message 1 in segment \d+ at offset \d+ could not be read back"
+    with pytest.raises(RuntimeError, match=unreadable):
+        await start_node(tmp_path)

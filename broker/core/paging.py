@@ -24,7 +24,7 @@ import math
 from array import array
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from broker.core.message import GONE, READY, Message, QueuedMessage
@@ -66,13 +66,13 @@ class RecoveredRecords:
     ids, log locations (`pack_location`), when each was routed, body sizes, content header
     lengths, expiration properties (ms, -1: none), flags (redelivered | returns << 1)."""
 
-    msg_ids: list[int]
-    locations: list[int]
-    published_at: list[float]
-    body_sizes: list[int]
-    header_lens: list[int]
-    ttls: list[int]
-    flags: list[int] = field(default_factory=list)
+    msg_ids: Sequence[int]
+    locations: Sequence[int]
+    published_at: Sequence[float]
+    body_sizes: Sequence[int]
+    header_lens: Sequence[int]
+    ttls: Sequence[int]
+    flags: Sequence[int] = field(default_factory=list)
 
     def part(self, start: int, stop: int | None = None) -> RecoveredRecords:
         return RecoveredRecords(
@@ -291,6 +291,8 @@ class _Tail:
 class PagedFifoStore(FifoStore):
     """Publish order, with the tail in the log (see the module's docstring)."""
 
+    pages = True
+
     __slots__ = (
         "_loading",
         "_pinned",
@@ -426,10 +428,11 @@ class PagedFifoStore(FifoStore):
         """Recovered messages straight to the tail (where `takes_records`), in bulk."""
         tail = self._tail
         tail.extend(seqs, records, footprints, expires)
-        deadlines = self._tail_deadlines
-        for seq, expires_at in zip(seqs, expires, strict=True):
-            if expires_at:
-                heapq.heappush(deadlines, math.ceil(expires_at * 1000) << _SEQ_BITS | seq)
+        if any(expires):
+            deadlines = self._tail_deadlines
+            for seq, expires_at in zip(seqs, expires, strict=True):
+                if expires_at:
+                    heapq.heappush(deadlines, math.ceil(expires_at * 1000) << _SEQ_BITS | seq)
         self.count += len(seqs)
         self.body_bytes += sum(records.body_sizes)
 

@@ -306,6 +306,11 @@ class Queue:
         (`restore_records`) rather than an object (`restore`)."""
         return self._ready.takes_records
 
+    @property
+    def pages(self) -> bool:
+        """Whether the queue keeps messages past its window as compact records at all."""
+        return self._ready.pages
+
     def restore_records(self, records: RecoveredRecords) -> None:
         """`restore` for messages recovery indexed without objects: they become compact
         records at once, in bulk (no body read, no header decoded; `ttls` are their

@@ -126,6 +126,7 @@ class ReadyStore(ABC):
         return []
 
     takes_records = False
+    pages = False  # keeps compact records at all (`push_records` works)
 
     def push_records(
         self, seqs: range, records: RecoveredRecords, footprints: list[int], expires: list[float]

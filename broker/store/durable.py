@@ -227,19 +227,32 @@ class DurableStore(MessageStore):
         message.msg_id = msg_id
         message.refs = len(queues)
         body = message.body if message.body is not None else b""
+        header = message.header
         payload = records.encode_message(
             msg_id,
             [queue.store_id for queue in queues],
             message.route_bytes,
-            message.header,
+            header,
             body,
             records.timed(message.published_at),
         )
-        self._append_message(message, records.MESSAGE_AT, payload)
+        row = None
+        if len(queues) == 1:  # what recovery keeps of it, so a restart need not read it
+            row = records.SUMMARY_ROW.pack(
+                msg_id,
+                queues[0].store_id,
+                message.published_at,
+                len(body),
+                len(header),
+                message.ttl,
+            )
+        self._append_message(message, records.MESSAGE_AT, payload, row)
 
-    def _append_message(self, message: Message, record_type: int, payload: bytes) -> None:
+    def _append_message(
+        self, message: Message, record_type: int, payload: bytes, row: bytes | None = None
+    ) -> None:
         try:
-            location = self.wal.append(record_type, payload)
+            location = self.wal.append(record_type, payload, row)
         except (OSError, RuntimeError) as error:
             message.msg_id = message.refs = 0
             raise LogUnavailable("persistent messages", error) from error

@@ -57,6 +57,38 @@ class MessageIndex:
         chunk.header_len[slot] = header_len
         chunk.ttl[slot] = ttl
 
+    def add_rows(self, msg_ids: array[int], queue_ids: array[int], locations: array[int],
+                 published_at: array[float], body_sizes: array[int], header_lens: array[int],
+                 ttls: array[int]) -> None:  # fmt: skip
+        """`add` of many records in log order (a segment summary's rows). A stretch of
+        consecutive ids within one chunk (a backlog's usual shape) is copied in by array slices;
+        anything else goes one by one."""
+        count = len(msg_ids)
+        start = 0
+        while start < count:
+            first = msg_ids[start]
+            slot = first & (CHUNK_SLOTS - 1)
+            stop = min(count, start + CHUNK_SLOTS - slot)
+            if msg_ids[start:stop] != array("q", range(first, first + stop - start)):
+                for index in range(start, stop):
+                    self.add(msg_ids[index], queue_ids[index], locations[index],
+                             published_at[index], body_sizes[index], header_lens[index],
+                             ttls[index])  # fmt: skip
+                start = stop
+                continue
+            chunk = self._chunks.get(first >> _SHIFT)
+            if chunk is None:
+                chunk = self._chunks[first >> _SHIFT] = _Slots()
+            end = slot + stop - start
+            self.count += chunk.queue_id[slot:end].count(0)
+            chunk.queue_id[slot:end] = queue_ids[start:stop]
+            chunk.location[slot:end] = locations[start:stop]
+            chunk.published_at[slot:end] = published_at[start:stop]
+            chunk.body_size[slot:end] = body_sizes[start:stop]
+            chunk.header_len[slot:end] = header_lens[start:stop]
+            chunk.ttl[slot:end] = ttls[start:stop]
+            start = stop
+
     def settle(self, msg_id: int, queue_id: int) -> bool:
         """The queue let the message go; False when the index does not hold it there."""
         chunk = self._chunks.get(msg_id >> _SHIFT)
@@ -81,8 +113,25 @@ class MessageIndex:
         for key in sorted(self._chunks):
             chunk = self._chunks.pop(key)
             queue_ids = chunk.queue_id
-            live = [slot for slot in range(CHUNK_SLOTS) if queue_ids[slot]]
             base = key << _SHIFT
+            run = _one_run(queue_ids)
+            if run is not None:  # one queue's messages, together: slices, no step per slot
+                start, stop = run
+                if start == stop:
+                    continue
+                yield (
+                    queue_ids[start],
+                    RecoveredRecords(
+                        array("q", range(base + start, base + stop)),
+                        chunk.location[start:stop],
+                        chunk.published_at[start:stop],
+                        chunk.body_size[start:stop],
+                        chunk.header_len[start:stop],
+                        chunk.ttl[start:stop],
+                    ),
+                )
+                continue
+            live = [slot for slot in range(CHUNK_SLOTS) if queue_ids[slot]]
             start = 0
             while start < len(live):
                 queue_id = queue_ids[live[start]]
@@ -103,3 +152,19 @@ class MessageIndex:
                 )
                 start = stop
         self.count = 0
+
+
+def _one_run(queue_ids: array[int]) -> tuple[int, int] | None:
+    """(start, stop) when the chunk's messages are one queue's and fill consecutive slots
+    (ends empty at most; (0, 0) when it holds none), found with counts and searches in C;
+    None otherwise."""
+    held = CHUNK_SLOTS - queue_ids.count(0)
+    if not held:
+        return 0, 0
+    queue_id = max(queue_ids)
+    if queue_ids.count(queue_id) != held:
+        return None
+    start = queue_ids.index(queue_id)
+    if queue_ids[start : start + held].count(queue_id) != held:
+        return None
+    return start, start + held

@@ -9,6 +9,7 @@ AMQP field tables, which already round-trip every argument type a client can sen
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +71,32 @@ _PUBLISHED_AT = struct.Struct(">d")
 _MOVE_HEAD = struct.Struct(">QQ")  # queue id, message id it settled
 # A MESSAGE_AT payload's head when it names one queue: time, message id, count, queue, route length.
 TIMED_ONE_HEAD = struct.Struct(">dQHQH")
+
+
+# A MESSAGE_AT record for one queue as a segment summary's row (broker/store/summary.py):
+# message id, queue id, time routed, body size, content header size, expiration property (ms,
+# -1: none). Native order, eight bytes a field, so each field is a strided slice of the rows.
+SUMMARY_ROW = struct.Struct("=QqdQQq")
+_ROW_FIELDS = 6
+
+
+def summary_columns(
+    rows: memoryview,
+) -> tuple[array[int], array[int], array[float], array[int], array[int], array[int]]:
+    """Summary rows as one array per field (message ids, queue ids, times routed, body sizes,
+    header sizes, expirations), typed as the recovery index keeps them, without a Python step
+    per row."""
+    table = array("Q")
+    table.frombytes(rows)
+    fields = [table[index::_ROW_FIELDS].tobytes() for index in range(_ROW_FIELDS)]
+    return (
+        array("q", fields[0]),
+        array("q", fields[1]),
+        array("d", fields[2]),
+        array("I", array("Q", fields[3])),
+        array("I", array("Q", fields[4])),
+        array("q", fields[5]),
+    )
 
 
 def _pack_ids(ids: Sequence[int]) -> bytes:

@@ -14,6 +14,9 @@ when redelivered is set never misses one; the price is a check for messages that
 delivered after all.
 
 Bodies stay in the log: recovered messages keep only their location and header in memory.
+A sealed segment with a summary (broker/store/summary.py) is not scanned: its rows (messages for
+one queue) arrive in runs at `apply_rows` and go into the index by array slices, and only its
+other records are read and applied one by one, in log order.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +121,69 @@ class RecoveredState:
                 "recovery.unknown_record",
                 extra=fields(record_type=record_type, segment=segment, offset=offset),
             )
+
+    def apply_rows(
+        self,
+        segment: int,
+        offsets: array[int],
+        rows: memoryview,
+        read: Callable[[int], tuple[int, bytes]],
+    ) -> None:
+        """A run of a segment summary's rows (MESSAGE_AT records for one queue), in bulk: into
+        the index with array slices, no record read. A row whose queue is still declared but
+        keeps objects (its definition says it does not page) is read and applied whole."""
+        self.clean = False
+        msg_ids, queue_ids, published_at, body_sizes, header_lens, ttls = records.summary_columns(
+            rows
+        )
+        declared, paging = self.queues, self._paging
+        whole = {queue for queue in set(queue_ids) if queue in declared and queue not in paging}
+        if whole:
+            size, start = records.SUMMARY_ROW.size, 0
+            for index, queue_id in enumerate(queue_ids):
+                if queue_id in whole:
+                    if index > start:
+                        part = rows[start * size : index * size]
+                        self.apply_rows(segment, offsets[start:index], part, read)
+                    record_type, payload = read(offsets[index])
+                    self.apply(segment, offsets[index], record_type, memoryview(payload))
+                    start = index + 1
+            if start < len(queue_ids):
+                self.apply_rows(segment, offsets[start:], rows[start * size :], read)
+            return
+        base = segment << OFFSET_BITS
+        locations = array("Q", [base | offset for offset in offsets])
+        self._superseded_by(msg_ids, queue_ids)
+        self.index.add_rows(
+            msg_ids, queue_ids, locations, published_at, body_sizes, header_lens, ttls
+        )
+        top = max(msg_ids)
+        if top >= self.next_msg_id:
+            self.next_msg_id = top + 1
+        if top > self.last_msg_id.get(segment, 0):
+            self.last_msg_id[segment] = top
+
+    def _superseded_by(self, msg_ids: array[int], queue_ids: array[int]) -> None:
+        """`_saw_message` and `_index`'s dropping of what these records supersede (objects of
+        the same ids, marks logged before a relocated copy), looking at whichever is fewer:
+        the rows, or the objects and marks."""
+        if not (self.messages or self.delivered or self.returned):
+            return
+        holders = dict(zip(msg_ids, queue_ids, strict=True))
+        messages = self.messages
+        if len(messages) < len(holders):
+            for msg_id in [msg_id for msg_id in messages if msg_id in holders]:
+                del messages[msg_id]
+        else:
+            for msg_id in holders:
+                messages.pop(msg_id, None)
+        for marks in (self.delivered, self.returned):
+            if len(marks) < len(holders):
+                for key in [key for key in marks if holders.get(key[0]) == key[1]]:
+                    del marks[key]
+            else:
+                for key in holders.items():
+                    marks.pop(key, None)
 
     def _settle(self, queue_id: int, msg_ids: tuple[int, ...]) -> None:
         messages = self.messages
@@ -308,7 +376,7 @@ def recover(wal: WriteAheadLog) -> RecoveredState:
                 ),
             )
 
-    state.report = wal.replay(state.apply, progress)
+    state.report = wal.replay(state.apply, progress, state.apply_rows, records.SUMMARY_ROW.size)
     if not state.clean and (state.messages or state.index.count):
         state.redelivered_upto = max(state.redelivered_upto, state.next_msg_id - 1)
         log.warning(
@@ -478,7 +546,12 @@ class _Restorer:
         if queue is None:
             return  # deleted: its messages go with it
         live = self.store.live
-        segments = Counter([location >> OFFSET_BITS for location in run.locations])
+        locations = run.locations
+        segment = min(locations) >> OFFSET_BITS
+        if segment == max(locations) >> OFFSET_BITS:  # a backlog's usual run: one segment
+            segments = {segment: len(locations)}
+        else:
+            segments = Counter([location >> OFFSET_BITS for location in locations])
         for segment, count in segments.items():
             live[segment] = live.get(segment, 0) + count
         self.restored += len(run.msg_ids)
@@ -490,7 +563,13 @@ class _Restorer:
             rest = run.part(start)
             delivered = self._delivered_to(queue_id)
             upto = self.state.redelivered_upto
-            rest.flags = [int(msg_id <= upto or msg_id in delivered) for msg_id in rest.msg_ids]
+            ids = rest.msg_ids  # ascending
+            if ids[-1] <= upto:  # after a crash: every one
+                rest.flags = [1] * len(ids)
+            elif not delivered and ids[0] > upto:
+                rest.flags = [0] * len(ids)
+            else:
+                rest.flags = [int(msg_id <= upto or msg_id in delivered) for msg_id in ids]
             queue.restore_records(rest)
 
     def _restore_one(self, queue: Queue, run: RecoveredRecords, index: int) -> None:
@@ -500,9 +579,11 @@ class _Restorer:
         returns = state.returned.get(key, 0) if queue.counts_deliveries else 0
         out = queue.counts_deliveries and state.delivered.get(key, 0) > returns
         if out or not queue.takes_records:
-            message = self._read(msg_id, *unpack_location(run.locations[index]))
-            self._restore_entry(queue, QueuedMessage(message, 0))
-            return
+            message = self._read(queue, msg_id, *unpack_location(run.locations[index]))
+            if message is not None:
+                self._restore_entry(queue, QueuedMessage(message, 0))
+                return
+            returns += out  # the restart returned it (not logged: it cannot be dead-lettered)
         one = run.part(index, index + 1)
         redelivered = msg_id <= state.redelivered_upto or key in state.delivered
         one.flags = [int(redelivered) | returns << 1]
@@ -516,17 +597,33 @@ class _Restorer:
             found = self._delivered[queue_id] = {m for m, q in marks if q == queue_id}
         return found
 
-    def _read(self, msg_id: int, segment: int, offset: int) -> Message:
-        """An indexed message as an object, its body left in the log. The record was read
-        whole a moment ago: failing now is a failing disk, and the start stops."""
+    def _read(self, queue: Queue, msg_id: int, segment: int, offset: int) -> Message | None:
+        """An indexed message as an object, its body left in the log; None when the log
+        cannot give it back (a segment summary stood for it, so nothing had read it yet) and
+        the queue keeps compact records: it stays one, and is set aside (logged, kept in the
+        log) when its turn comes. A queue that keeps only objects cannot hold it: the start
+        stops, naming it, rather than start without it."""
         (message,) = self.store.load([(msg_id, segment, offset)])
-        if not isinstance(message, Message):
+        if isinstance(message, Message):
+            message.evict_body()
+            return message
+        if not queue.pages:
             raise RuntimeError(
                 f"message {msg_id} in segment {segment} at offset {offset} could not be read"
                 f" back during recovery: {message}"
             )
-        message.evict_body()
-        return message
+        log.error(
+            "recovery.unreadable",
+            extra=fields(
+                queue=queue.name,
+                msg_id=msg_id,
+                segment=segment,
+                offset=offset,
+                error=message,
+                consequence="kept as a record in the log; set aside when its turn comes",
+            ),
+        )
+        return None
 
     def _restore_entry(self, queue: Queue, entry: QueuedMessage) -> None:
         state = self.state

@@ -66,6 +66,11 @@ sync() that was waiting for that batch. Whatever is appended meanwhile goes into
 all publishers share each fsync. A write or fsync error fails the log for good: an fsync error may
 already have dropped the dirty pages, so retrying could report data safe that is not.
 
+Segment summaries (broker/store/summary.py): append() takes an optional fixed-size row the
+owner makes of a record; per segment the log keeps those rows and the offsets of the other
+records, and once the segment is sealed and fsynced (or the log closes cleanly) the worker writes
+them beside it. replay() with `on_rows` then reads the summary and the other records only.
+
 Policy "periodic" trades safety for speed: each batch is written at once and its callbacks run
 after the write, but fsync runs at most every sync_interval seconds. A crash of the machine (not
 just the process) can lose what was confirmed during the last interval.
@@ -81,6 +86,7 @@ import re
 import struct
 import time
 import zlib
+from array import array
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -90,6 +96,14 @@ from typing import Any, NamedTuple, NoReturn
 from broker.core.persistence import SyncCallback
 from broker.core.stats import LatencyHistogram
 from broker.logs import fields
+from broker.store.summary import (
+    SUMMARY_NAME,
+    Summary,
+    SummaryBuilder,
+    read_summary,
+    summary_path,
+    write_summary,
+)
 
 logger = logging.getLogger("warren.wal")
 
@@ -120,11 +134,16 @@ _NOT_READ: RecordView = (0, b"", 0, 0)
 SPAN_BYTES = 1 << 20
 SPAN_GAP = 8192
 SYNC_POLICIES = ("always", "periodic")
+# Summary rows go to replay's on_rows this many at a time at most.
+ROWS_PER_CALL = 4096
 # The sync marker is rewritten after an fsync at most this often (and always when a segment is
 # sealed or the log closes): it may lag, never lead, so a syscall per group commit buys nothing.
 MARK_INTERVAL = 0.05
 
 RecordCallback = Callable[[int, int, int, memoryview], None]
+# on_rows(segment id, offsets, rows, read): a run of summary rows (see broker/store/summary.py),
+# with read(offset) -> (type, payload) for the records a row cannot stand for.
+RowsCallback = Callable[[int, "array[int]", memoryview, Callable[[int], tuple[int, bytes]]], None]
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -157,6 +176,7 @@ class RecoveryReport:
     segments: int
     records: int
     bytes: int
+    summarized: int  # segments replayed from their summaries, without a scan
     truncated_segment: int | None
     truncated_bytes: int
     seconds: float
@@ -213,6 +233,10 @@ class WriteAheadLog:
         self.stats = WalStats()
         self._sealed = _existing_segments(self.directory)  # id -> size, every segment but active
         self._active = max(self._sealed, default=0) + 1
+        _remove_orphan_summaries(self.directory, self._sealed)
+        self._summary = SummaryBuilder()  # of the active segment
+        # Sealed segments (id, size, summary) whose summary waits for their fsync.
+        self._sealing: list[tuple[int, int, SummaryBuilder]] = []
         self._active_size = 0  # including records still in memory
         # Bytes the roll callback wrote at the start of the active segment (the snapshot): a
         # segment holds segment_size of records besides them, so a snapshot larger than a
@@ -240,11 +264,18 @@ class WriteAheadLog:
     # ------------------------------------------------------------------------------ recovery
 
     def replay(
-        self, on_record: RecordCallback, progress: ProgressCallback | None = None
+        self,
+        on_record: RecordCallback,
+        progress: ProgressCallback | None = None,
+        on_rows: RowsCallback | None = None,
+        row_size: int = 0,
     ) -> RecoveryReport:
         """Feed every valid record on disk to on_record(segment_id, offset, type, payload), in
         log order, truncating the newest segment's tail past its fsynced length at the first bad
         record; raise CorruptLogError on any other damage (see the module docstring).
+
+        With `on_rows`, a segment with a usable summary of rows of `row_size` bytes is not
+        scanned: its rows go to on_rows in runs, its other records to on_record, in log order.
 
         payload is a view into the segment's bytes: copy what you keep, or the whole segment stays
         in memory. Blocks the calling thread: call it once, before start().
@@ -254,7 +285,7 @@ class WriteAheadLog:
         started = time.perf_counter()
         segment_ids = list(self._sealed)
         tracker = _Progress(sum(self._sealed.values()), progress)
-        records = replayed_bytes = truncated_bytes = 0
+        records = replayed_bytes = truncated_bytes = summarized = 0
         truncated_segment = None
         marked_segment, marked_length = _read_sync_marker(self.directory)
         if marked_segment > max(segment_ids, default=0):
@@ -267,11 +298,21 @@ class WriteAheadLog:
             )
         for segment_id in segment_ids:
             path = self._segment_path(segment_id)
+            synced = marked_length if segment_id == marked_segment else 0
+            size = self._sealed[segment_id]
+            summary = None
+            if on_rows is not None and size >= synced:
+                summary = read_summary(self.directory, segment_id, size, row_size)
+            if summary is not None:
+                records += _replay_summary(segment_id, path, summary, on_record, on_rows)
+                summarized += 1
+                replayed_bytes += size
+                tracker.segment_done(size)
+                continue
             data = path.read_bytes()
             count, bad = _scan(segment_id, data, on_record, tracker)
             records += count
             size = len(data)
-            synced = marked_length if segment_id == marked_segment else 0
             if bad is not None:
                 if segment_id != segment_ids[-1]:
                     raise CorruptLogError(segment_id, bad.offset, bad.reason, path)
@@ -291,6 +332,7 @@ class WriteAheadLog:
             segments=len(segment_ids),
             records=records,
             bytes=replayed_bytes,
+            summarized=summarized,
             truncated_segment=truncated_segment,
             truncated_bytes=truncated_bytes,
             seconds=time.perf_counter() - started,
@@ -302,6 +344,7 @@ class WriteAheadLog:
                 records=report.records,
                 bytes=report.bytes,
                 segments=report.segments,
+                summarized=report.summarized,
                 seconds=round(report.seconds, 3),
             ),
         )
@@ -309,9 +352,13 @@ class WriteAheadLog:
 
     # ------------------------------------------------------------------------------ hot path
 
-    def append(self, record_type: int, payload: bytes | bytearray | memoryview) -> tuple[int, int]:
+    def append(
+        self, record_type: int, payload: bytes | bytearray | memoryview, row: bytes | None = None
+    ) -> tuple[int, int]:
         """Frame a record into the in-memory buffer; return (segment_id, offset) where it will be
         on disk. No syscalls: durability comes from a later sync(). A memoryview must be of bytes.
+        `row` stands for the record in the segment's summary (the owner's fixed-size facts of
+        it, see broker/store/summary.py); without one, replay reads the record itself.
 
         Raises WalError once the log has failed: nothing appended after that could be made safe.
         """
@@ -339,6 +386,13 @@ class WriteAheadLog:
         )
         buffer += payload
         self._active_size = offset + HEADER_SIZE + size
+        summary = self._summary
+        if row is None:
+            summary.others.append(offset)
+            summary.others.append(len(summary.row_offsets))
+        else:
+            summary.row_offsets.append(offset)
+            summary.rows += row
         self._wake.set()
         return self._active, offset
 
@@ -368,6 +422,8 @@ class WriteAheadLog:
     def _roll(self) -> None:
         """Seal the active segment and start the next; let the owner write a snapshot first."""
         self._sealed[self._active] = self._active_size
+        self._sealing.append((self._active, self._active_size, self._summary))
+        self._summary = SummaryBuilder()
         self._active += 1
         self._active_size = self._segment_base = 0
         self._buffer = None
@@ -412,6 +468,8 @@ class WriteAheadLog:
             await self.start()
         assert self._flusher is not None and self._executor is not None
         self._closing = True
+        if self._active_size:  # the next log starts a segment of its own: this one is sealed
+            self._sealing.append((self._active, self._active_size, self._summary))
         self._wake.set()
         await self._flusher
         self._executor.shutdown(wait=False)
@@ -451,8 +509,11 @@ class WriteAheadLog:
         force, self._force_fsync = self._force_fsync and self._periodic, False
         if chunks or final or (force and self._unsynced):
             self._inflight = chunks
+            sealing, self._sealing = self._sealing, []
             try:
-                await self._in_worker(self._write_batch, chunks, not self._periodic or force, final)
+                waiting = await self._in_worker(
+                    self._write_batch, chunks, not self._periodic or force, final, sealing
+                )
             except Exception as exc:
                 self._pending[:0] = chunks  # unwritten records stay readable from memory
                 self._fail(exc, waiters)
@@ -461,6 +522,7 @@ class WriteAheadLog:
                 return
             finally:
                 self._inflight = []
+            self._sealing[:0] = waiting
             self._unsynced = self._periodic and not final and not force
             if force:
                 self._last_fsync = self._loop.time()  # type: ignore[union-attr]
@@ -468,13 +530,29 @@ class WriteAheadLog:
         if self._unsynced:
             await self._periodic_fsync()
 
-    def _write_batch(self, chunks: list[_Chunk], fsync: bool, final: bool) -> None:
-        """Worker thread: the only place records reach the files."""
+    def _write_batch(
+        self,
+        chunks: list[_Chunk],
+        fsync: bool,
+        final: bool,
+        sealing: list[tuple[int, int, SummaryBuilder]],
+    ) -> list[tuple[int, int, SummaryBuilder]]:
+        """Worker thread: the only place records reach the files. Then the summaries of sealed
+        segments that are fsynced by now (the writer moved past them, or closed); the others
+        go back to wait for a later batch."""
         self._writer.write(chunks)
         if final:
             self._writer.close(True)
         elif fsync:
             self._writer.sync()
+        current = self._writer.segment
+        waiting = []
+        for segment_id, size, summary in sealing:
+            if final or (current is not None and segment_id < current):
+                write_summary(self.directory, segment_id, size, summary)
+            else:
+                waiting.append((segment_id, size, summary))
+        return waiting
 
     async def _periodic_fsync(self) -> None:
         """Policy "periodic": fsync if the interval has passed, else make sure a timer will."""
@@ -495,9 +573,9 @@ class WriteAheadLog:
         self._fsync_timer = None
         self._wake.set()
 
-    async def _in_worker(self, function: Callable[..., None], *args: Any) -> None:
+    async def _in_worker(self, function: Callable[..., Any], *args: Any) -> Any:
         assert self._loop is not None
-        await self._loop.run_in_executor(self._executor, function, *args)
+        return await self._loop.run_in_executor(self._executor, function, *args)
 
     def _fail(self, exc: BaseException, waiters: list[SyncCallback]) -> None:
         """Stop confirming for good and fail everyone waiting."""
@@ -598,9 +676,13 @@ class WriteAheadLog:
             raise ValueError(f"segment {segment_id} still has records waiting to be written")
         if segment_id not in self._sealed:
             raise ValueError(f"there is no segment {segment_id} in {self.directory}")
+        self._sealing = [sealed for sealed in self._sealing if sealed[0] != segment_id]
         fd = self._read_fds.pop(segment_id, None)
         if fd is not None:
             os.close(fd)
+        # The summary first: a crash in between leaves a segment without one (scanned), never
+        # a summary without its segment.
+        summary_path(self.directory, segment_id).unlink(missing_ok=True)
         self._segment_path(segment_id).unlink()
         _fsync_directory(self.directory)
         del self._sealed[segment_id]
@@ -636,6 +718,11 @@ class _SegmentWriter:
         self._marker_sequence: int | None = None  # of the last marker slot written
         self._marked: tuple[int, int] | None = None  # (segment, length) the marker holds
         self._marked_at = float("-inf")  # time.monotonic() of the last marker write
+
+    @property
+    def segment(self) -> int | None:
+        """The segment written last, still open; every earlier one is fsynced."""
+        return self._segment
 
     def write(self, chunks: list[_Chunk]) -> None:
         for chunk in chunks:
@@ -754,6 +841,8 @@ class _Progress:
 
     def segment_done(self, size: int) -> None:
         self._base += size
+        if self._base >= self._next:  # a segment replayed from its summary reports here
+            self.reached(0)
 
     def finish(self) -> None:
         if self._callback is not None:
@@ -795,6 +884,50 @@ def _scan(
         if position >= report_at:
             report_at = progress.reached(position)
     return count, None
+
+
+def _replay_summary(
+    segment_id: int,
+    path: Path,
+    summary: Summary,
+    on_record: RecordCallback,
+    on_rows: RowsCallback,
+) -> int:
+    """Replay a sealed segment from its summary: runs of rows to on_rows, each other record
+    read from the file (checked against its CRC) to on_record, in log order. Returns how many
+    records that was."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+
+        def read(offset: int) -> tuple[int, bytes]:
+            try:
+                return _pread_record(fd, segment_id, offset)
+            except CorruptLogError as error:
+                raise CorruptLogError(segment_id, offset, error.reason, path) from None
+
+        row_offsets, others, rows, row_size = summary
+
+        def rows_upto(done: int, stop: int) -> None:
+            for start in range(done, stop, ROWS_PER_CALL):  # small pieces: no big temporaries
+                end = min(stop, start + ROWS_PER_CALL)
+                on_rows(
+                    segment_id,
+                    row_offsets[start:end],
+                    rows[start * row_size : end * row_size],
+                    read,
+                )
+
+        done = 0
+        for index in range(0, len(others), 2):
+            offset, before = others[index], others[index + 1]
+            rows_upto(done, before)
+            done = max(done, before)
+            record_type, payload = read(offset)
+            on_record(segment_id, offset, record_type, memoryview(payload))
+        rows_upto(done, len(row_offsets))
+    finally:
+        os.close(fd)
+    return len(row_offsets) + len(others) // 2
 
 
 def _decode(
@@ -1004,6 +1137,16 @@ def _read_sync_marker(directory: Path) -> tuple[int, int]:
 
 def _segment_path(directory: Path, segment_id: int) -> Path:
     return directory / f"{segment_id:010d}.wal"
+
+
+def _remove_orphan_summaries(directory: Path, segments: dict[int, int]) -> None:
+    """Summaries whose segment is gone (deleted after a crash left the summary, or written
+    just after the delete): a new segment of that id must never meet one."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            match = SUMMARY_NAME.match(entry.name)
+            if match and int(match.group(1)) not in segments:
+                os.unlink(entry.path)
 
 
 def _existing_segments(directory: Path) -> dict[int, int]:

@@ -183,9 +183,14 @@ def test_vhosts_live_in_the_data_directory_once_seeded(tmp_path: Path) -> None:
     assert "config.accounts_seeded_earlier" in broker.log_text()
 
 
-def test_corrupt_record_stops_the_start_naming_segment_and_offset(tmp_path: Path) -> None:
-    """A CRC mismatch in the middle of the log is reported with its segment and offset and the
-    broker refuses to start (exit 3) rather than skip records behind it."""
+@pytest.mark.parametrize("damaged", ["definition", "message without a summary"])
+def test_corrupt_record_stops_the_start_naming_segment_and_offset(
+    tmp_path: Path, damaged: str
+) -> None:
+    """A CRC mismatch in the middle of the log, in a record replay reads (a definition; or
+    any record of a segment without a summary, as after a crash before it was written), is
+    reported with its segment and offset and the broker refuses to start (exit 3) rather
+    than skip records behind it."""
     data_dir = tmp_path / "data"
     broker = BrokerProcess(data_dir)
     publish_persistent(broker.url, "orders", [b"order %02d" % number for number in range(20)])
@@ -193,8 +198,13 @@ def test_corrupt_record_stops_the_start_naming_segment_and_offset(tmp_path: Path
 
     (segment,) = sorted((data_dir / "wal").glob("*.wal"))[:1]
     raw = bytearray(segment.read_bytes())
-    position = raw.index(b"order 05")
-    raw[position] ^= 0xFF  # flip a byte inside a record that has valid records after it
+    if damaged == "definition":
+        position = raw.index(b"orders")  # its first mention: the queue's declaration
+    else:
+        position = raw.index(b"order 05")  # a record with valid records after it
+        for summary in (data_dir / "wal").glob("*.sum"):
+            summary.unlink()
+    raw[position] ^= 0xFF
     segment.write_bytes(bytes(raw))
 
     result = subprocess.run(
@@ -205,6 +215,40 @@ def test_corrupt_record_stops_the_start_naming_segment_and_offset(tmp_path: Path
     assert result.returncode == 3
     assert segment.name in result.stderr
     assert "offset" in result.stderr
+
+
+def test_corrupt_message_in_a_summarized_segment_is_set_aside_and_the_rest_delivered(
+    tmp_path: Path,
+) -> None:
+    """A segment summary stands for message records without reading them at start: damage to
+    one is found when it is read back, and that message is set aside (logged, kept in the
+    log), while the broker starts and delivers every other message."""
+    data_dir = tmp_path / "data"
+    broker = BrokerProcess(data_dir)
+    bodies = [b"order %02d" % number for number in range(20)]
+    publish_persistent(broker.url, "orders", bodies)
+    broker.stop()
+    (segment,) = [
+        path for path in (data_dir / "wal").glob("*.wal") if b"order 05" in path.read_bytes()
+    ]
+    assert segment.with_suffix(".sum").exists()
+    raw = bytearray(segment.read_bytes())
+    raw[raw.index(b"order 05") + 6] ^= 0xFF
+    segment.write_bytes(bytes(raw))
+
+    broker = BrokerProcess(data_dir)
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        got = []
+        while (delivery := channel.basic_get("orders", auto_ack=True))[0] is not None:
+            got.append(delivery[2])
+        connection.close()
+        assert got == bodies[:5] + bodies[6:]
+        assert "event=recovery.unreadable" in broker.log_text()  # at restore
+        assert "event=message.unreadable" in broker.log_text()  # in its turn
+    finally:
+        broker.stop()
 
 
 def test_unreadable_recovered_body_is_parked_not_lost(tmp_path: Path) -> None:

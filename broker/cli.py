@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.log_level)
     from broker.server import Broker, DefinitionsFileError
+
+    _tune_garbage_collection()
     from broker.store.recovery import UnknownVhostError
     from broker.store.wal import CorruptLogError
 
@@ -47,6 +50,20 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"warren: cannot start: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+# Allocations between young-generation collections (CPython's default is 700). Every message
+# allocates a handful of tracked objects (the message, its queue entry, tuples), so the default
+# collects every hundred or so messages; the broker makes few reference cycles, and a larger
+# young generation cut the transient path's CPU per message by about a tenth here.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def _tune_garbage_collection() -> None:
+    """Collect young objects less often, and leave what import and config built (never
+    garbage) out of every later full collection."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 50)
 
 
 def _hash_password(args: argparse.Namespace) -> int:

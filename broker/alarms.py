@@ -64,13 +64,23 @@ def watermark_bytes(setting: float) -> int:
 
 
 class MemoryMonitor:
-    """Polls memory use and calls `on_change(alarm_active)` when it crosses the watermark."""
+    """Polls memory use and calls `on_change(alarm_active)` when it crosses the watermark, and
+    `on_paging(paging)` when it crosses `paging_ratio` of it (queues page transient messages
+    out above that)."""
 
     def __init__(
-        self, limit: int, on_change: Callable[[bool], None], accounted: Callable[[], int]
+        self,
+        limit: int,
+        on_change: Callable[[bool], None],
+        accounted: Callable[[], int],
+        paging_ratio: float = 1.0,
+        on_paging: Callable[[bool], None] | None = None,
     ) -> None:
         self.limit = limit
         self.active = False
+        self.paging_limit = int(limit * paging_ratio)
+        self.paging = False
+        self._on_paging = on_paging
         self.used = 0
         self.baseline = 0  # the process's own memory, without what queues hold
         self._on_change = on_change
@@ -87,6 +97,14 @@ class MemoryMonitor:
 
     def check(self) -> None:
         self.used = self.baseline + self._accounted()
+        paging = self.used > self.paging_limit
+        if paging != self.paging and self._on_paging is not None:
+            self.paging = paging
+            log.info(
+                "memory.paging.started" if paging else "memory.paging.stopped",
+                extra=fields(used_bytes=self.used, paging_limit_bytes=self.paging_limit),
+            )
+            self._on_paging(paging)
         above = self.used > self.limit
         if above == self.active:
             return

@@ -92,6 +92,10 @@ class Limits:
     # Above this memory use, publishing connections are blocked (connection.blocked). A value
     # up to 1 is a fraction of the machine's (or container's) memory, above 1 a number of bytes.
     memory_high_watermark: float = 0.4
+    # Above this fraction of the high watermark, queues that page write the transient messages
+    # past their window to disk (RabbitMQ's vm_memory_high_watermark_paging_ratio); 1 or more:
+    # never (the alarm comes first).
+    memory_paging_ratio: float = 0.5
     # A delivery not acknowledged within this many milliseconds closes its channel with 406
     # and requeues what it held (RabbitMQ's consumer_timeout); 0 disables. Queues can set their
     # own with x-consumer-timeout. Checked every consumer_timeout_check seconds.
@@ -354,6 +358,9 @@ def _parse_limits(raw: Any) -> Limits:
             get("max_message_size"), "limits.max_message_size", 1, 512 * 1024 * 1024
         ),
         memory_high_watermark=_watermark(get("memory_high_watermark")),
+        memory_paging_ratio=_number(
+            get("memory_paging_ratio"), "limits.memory_paging_ratio", 0.0, 1.0
+        ),
         consumer_timeout=_integer(
             get("consumer_timeout"), "limits.consumer_timeout", 0, 315_360_000_000
         ),

@@ -36,6 +36,7 @@ from broker.metrics import MetricsServer, default_node_name
 from broker.policies import Policies
 from broker.store.durable import DurableStore
 from broker.store.recovery import recover, restore
+from broker.store.spill import SpillFiles
 from broker.store.wal import WriteAheadLog
 
 log = logging.getLogger("warren.server")
@@ -63,6 +64,7 @@ class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self.wal: WriteAheadLog | None = None
+        self.spill: SpillFiles | None = None
         self.store: MessageStore = MEMORY_STORE
         if config.data_dir is not None:
             settings = config.store
@@ -72,8 +74,12 @@ class Broker:
                 sync_policy=settings.sync,
                 sync_interval=settings.sync_interval,
             )
+            self.spill = SpillFiles(config.data_dir / "spill", settings.segment_size)
             self.store = DurableStore(
-                self.wal, lambda: self.vhosts.values(), lambda: runtime.document(self)
+                self.wal,
+                lambda: self.vhosts.values(),
+                lambda: runtime.document(self),
+                self.spill,
             )
         self.policies = Policies(lambda: self.vhosts, self._runtime_changed)
         self.vhosts: dict[str, VirtualHost] = {}
@@ -118,6 +124,8 @@ class Broker:
             watermark_bytes(config.limits.memory_high_watermark),
             self._memory_alarm_changed,
             self.accounted_bytes,
+            config.limits.memory_paging_ratio,
+            self._paging_changed if self.spill is not None else None,
         )
         self.ack_timeouts = AckTimeouts(self)
 
@@ -287,6 +295,8 @@ class Broker:
         held += sum(connection.held_bytes() for connection in list(self.connections))
         if self.wal is not None:
             held += self.wal.pending_bytes()
+        if self.spill is not None:
+            held += self.spill.log.pending_bytes()
         return held
 
     def open_connections(self) -> int:
@@ -296,6 +306,10 @@ class Broker:
     @property
     def memory_alarm(self) -> bool:
         return self.memory.active
+
+    def _paging_changed(self, paging: bool) -> None:
+        assert self.spill is not None
+        self.spill.active = paging
 
     def _memory_alarm_changed(self, active: bool) -> None:
         for connection in list(self.connections):
@@ -381,6 +395,8 @@ class Broker:
             ),
         )
         await self.wal.start()
+        if self.spill is not None:
+            await self.spill.start()
         self.store.recovered()
         # Until this run's first snapshot is on disk the log still ends with the last clean
         # shutdown's record: a power loss before it would make the next start trust marks
@@ -421,6 +437,8 @@ class Broker:
             self.store.shutdown()
         if self.wal is not None:
             await self.wal.close()
+        if self.spill is not None:
+            await self.spill.close()
         self._stopped.set()
         log.info("broker.stopped")
 

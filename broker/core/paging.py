@@ -7,10 +7,14 @@ and its objects and body are dropped. As consumers take from the window, the nex
 read back from the log in batches, off the event loop (read-ahead), and become objects again.
 If consumers outrun the read-ahead, the head is read on the loop rather than waiting.
 
-A message that cannot be paged (transient, or held by more than one queue, whose shared object
-counts its holders) takes its place in the tail as a record pointing to its entry ("pinned"),
-so the order is kept. Everything in the window precedes everything in the tail: pushes go to
-the tail once it has anything, requeues (of entries handed out from the window) to the window.
+A transient message past the window, while the store says memory is short (`spilling`), is
+written to the store's spill files and kept as a compact record too (message id SPILLED); read
+back, it is an ordinary transient message again and its spill record goes. A message that
+cannot be paged (transient while memory is not short, or held by more than one queue, whose
+shared object counts its holders) takes its place in the tail as a record pointing to its entry
+("pinned"), so the order is kept. Everything in the window precedes everything in the tail:
+pushes go to the tail once it has anything, requeues (of entries handed out from the window) to
+the window.
 
 Deadlines of compact records live in a heap of plain integers (deadline in ms, then sequence
 number); an expiry away from the head reads that one message back to dead-letter it.
@@ -28,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from broker.core.message import GONE, READY, Message, QueuedMessage
-from broker.core.persistence import MessageStore, PagedBatch, PagedRef
+from broker.core.persistence import SPILLED, MessageStore, PagedBatch, PagedRef
 from broker.core.ready import FifoStore
 from broker.logs import fields
 
@@ -342,8 +346,8 @@ class PagedFifoStore(FifoStore):
             head = chunk.head
             msg_ids, locations = chunk.msg_id[head:], chunk.location[head:]
             flags = chunk.flags[head:]
-            if DEAD in flags or _PINNED in msg_ids:  # some left, or stand for objects
-                kept = [i for i, f in enumerate(flags) if f != DEAD and msg_ids[i] != _PINNED]
+            if DEAD in flags or _PINNED in msg_ids or SPILLED in msg_ids:  # not all logged
+                kept = [i for i, f in enumerate(flags) if f != DEAD and msg_ids[i] > 0]
                 msg_ids = array("q", [msg_ids[i] for i in kept])
                 locations = array("Q", [locations[i] for i in kept])
             if msg_ids:
@@ -367,7 +371,7 @@ class PagedFifoStore(FifoStore):
                 location = locations[index]
                 if (
                     location >> OFFSET_BITS == segment
-                    and msg_ids[index] != _PINNED
+                    and msg_ids[index] > 0  # logged (not pinned, not spilled)
                     and flags[index] != DEAD
                 ):
                     offset = location & _OFFSET_MASK
@@ -407,6 +411,16 @@ class PagedFifoStore(FifoStore):
             )
             entry.state = GONE  # this object is dropped; the record stands for it
             return
+        source = self._source
+        if source.spilling and not message.msg_id and type(message) is Message and message.body:
+            # Transient, past the window, memory past the paging ratio: to the spill files.
+            where = source.spill(message)
+            if where is not None:
+                self._append_compact(entry.seq, SPILLED, pack_location(*where),
+                                     message.body_size, message.footprint, entry.expires_at,
+                                     flags)  # fmt: skip
+                entry.state = GONE
+                return
         self._tail.append(entry.seq, _PINNED, 0, message.body_size, 0, entry.expires_at, flags)
         self._pinned[entry.seq] = entry
         entry.state = READY
@@ -511,7 +525,16 @@ class PagedFifoStore(FifoStore):
 
     def purge(self) -> list[QueuedMessage]:
         """The window's and pinned entries, now out; compact records are dropped (the caller
-        settles them through `paged` first)."""
+        settles logged ones through `paged` first; spilled ones are released here)."""
+        spilled = [
+            chunk.location[index]
+            for chunk in self._tail.chunks
+            if SPILLED in chunk.msg_id
+            for index in range(chunk.head, len(chunk.msg_id))
+            if chunk.msg_id[index] == SPILLED and chunk.flags[index] != DEAD
+        ]
+        if spilled:
+            self._source.unspilled(_segment_counts(spilled))
         taken = super().purge()  # iterates the pinned entries too
         self._tail = _Tail()
         self._pinned.clear()
@@ -545,6 +568,9 @@ class PagedFifoStore(FifoStore):
         in order; one whose message could not be read is set aside."""
         append = self._fifo.entries.append
         pinned = self._pinned
+        spilled = [record[2] for record in taken if record[1] == SPILLED]
+        if spilled:  # back in memory (or lost with the disk): their spill records can go
+            self._source.unspilled(_segment_counts(spilled))
         for record in taken:
             seq = record[0]
             if record[1] == _PINNED:
@@ -560,7 +586,10 @@ class PagedFifoStore(FifoStore):
                 self._index_deadline(entry)
 
     def _materialise_one(self, record: Record) -> QueuedMessage | None:
-        return self._entry(record, self._load([record]).get(record[0]), park=False)
+        entry = self._entry(record, self._load([record]).get(record[0]), park=False)
+        if record[1] == SPILLED and entry is not None:
+            self._source.unspilled(_segment_counts([record[2]]))
+        return entry
 
     def _entry(
         self, record: Record, loaded: Message | BaseException | None, park: bool = True
@@ -569,19 +598,21 @@ class PagedFifoStore(FifoStore):
         message back (then, with `park`, kept aside as unreadable)."""
         seq, msg_id, location, _, footprint, expires, flags = record
         message = loaded
-        if not isinstance(message, Message) or message.msg_id != msg_id:
+        spilled = msg_id == SPILLED
+        if not isinstance(message, Message) or message.msg_id != (0 if spilled else msg_id):
             log.error(
                 "message.unreadable",
                 extra=fields(msg_id=msg_id, location=unpack_location(location), error=message),
             )
-            if park:
+            if park and not spilled:  # a transient one is not in the log: it is lost
                 self.unreadable.append(_ref(record))
             return None
         # What the queue counted when it took the message. The body read back is dropped once
         # delivered (lazy, as a recovered message's): it is held only between the read and
-        # the delivery, at most a read-ahead's worth of bytes per queue.
+        # the delivery, at most a read-ahead's worth of bytes per queue. A spilled message's
+        # body stays: its spill record goes now.
         message.footprint = footprint
-        message.lazy = True
+        message.lazy = not spilled
         entry = QueuedMessage(message, seq, expires)
         if flags:
             entry.redelivered = bool(flags & 1)
@@ -619,7 +650,7 @@ class PagedFifoStore(FifoStore):
             if record[1] != _PINNED
             and (
                 not isinstance(result := loaded.get(record[0]), Message)
-                or result.location != unpack_location(record[2])
+                or (record[1] > 0 and result.location != unpack_location(record[2]))
             )
         ]
         if again:

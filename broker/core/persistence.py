@@ -17,6 +17,9 @@ SyncCallback = Callable[[BaseException | None], None]
 # A logged message a queue keeps as a compact record instead of an object: its id and where
 # its record is (segment, offset).
 PagedRef = tuple[int, int, int]
+# The message id of a PagedRef (and of a compact record) whose message is transient, paged
+# out to the store's spill files under memory pressure: read back once, never logged.
+SPILLED = -2
 # Compact records in bulk: their message ids, and how many of them each log segment holds.
 PagedBatch = tuple[Sequence[int], dict[int, int]]
 Loaded = Callable[[list["Message | BaseException"]], None]
@@ -127,3 +130,15 @@ class MessageStore:
     def load_ahead(self, refs: list[PagedRef], done: Loaded) -> None:
         """As `load`, off the event loop: `done` gets the results later, on the loop."""
         done(self.load(refs))
+
+    # Memory is past the paging ratio of the high watermark: a queue that pages writes the
+    # transient messages it would keep past its window to the spill files (`spill`).
+    spilling = False
+
+    def spill(self, message: Message) -> tuple[int, int] | None:
+        """Write a transient message out (with `spilling`); where it went, or None when it
+        could not be (it stays in memory then)."""
+        return None
+
+    def unspilled(self, segments: dict[int, int]) -> None:
+        """Spilled messages were read back or dropped: spill segment -> how many."""

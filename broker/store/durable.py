@@ -20,6 +20,7 @@ from broker.core.dedup import DedupExchange
 from broker.core.exchange import Binding, Exchange
 from broker.core.message import Message, QueuedMessage
 from broker.core.persistence import (
+    SPILLED,
     Loaded,
     LogUnavailable,
     MessageStore,
@@ -30,7 +31,8 @@ from broker.core.persistence import (
 from broker.core.vhost import BUILTIN_EXCHANGES, VirtualHost
 from broker.logs import fields
 from broker.store import records
-from broker.store.wal import RecordView, WriteAheadLog
+from broker.store.spill import SpillFiles
+from broker.store.wal import RecordReader, RecordView, WriteAheadLog
 
 if TYPE_CHECKING:
     from broker.core.queue import Queue
@@ -119,8 +121,10 @@ class DurableStore(MessageStore):
         wal: WriteAheadLog,
         vhosts: Callable[[], Iterable[VirtualHost]],
         runtime: Callable[[], dict[str, Any]] | None = None,
+        spill: SpillFiles | None = None,
     ) -> None:
         self.wal = wal
+        self.spill_files = spill  # where transient messages page out (`spilling`)
         self._vhosts = vhosts  # the model: definitions for snapshots, queues for compaction
         self._runtime = runtime  # users, vhosts, permissions and policies, for snapshots
         self.next_msg_id = 1
@@ -396,11 +400,12 @@ class DurableStore(MessageStore):
     def load(self, refs: list[PagedRef]) -> list[Message | BaseException]:
         """Read on the loop (the read-ahead was late): neighbouring records in one pread."""
         try:
-            reader = self.wal.reader([(segment, offset) for _, segment, offset in refs])
+            readers = self._readers(refs)
         except RuntimeError as error:  # the log is closed
             return [error] * len(refs)
-        reader.read()
-        return _messages_of(refs, reader.records())
+        for _, _, reader in readers:
+            reader.read()
+        return _merged(len(refs), readers)
 
     def load_ahead(self, refs: list[PagedRef], done: Loaded) -> None:
         """The files are read in the loop's default executor (preads only: the thread holds
@@ -409,23 +414,57 @@ class DurableStore(MessageStore):
         as errors."""
         loop = asyncio.get_running_loop()
         try:
-            reader = self.wal.reader([(segment, offset) for _, segment, offset in refs])
+            readers = self._readers(refs)
         except RuntimeError as error:  # the log is closed: nothing to read any more
             done([error] * len(refs))
             return
 
+        def read() -> None:
+            for _, _, reader in readers:
+                reader.read()
+
         def finished(future: asyncio.Future[None]) -> None:
             try:
                 future.result()
-                results = _messages_of(refs, reader.records())
+                results = _merged(len(refs), readers)
             except BaseException as error:  # the executor is shutting down
                 results = [error] * len(refs)
             done(results)
 
         try:
-            loop.run_in_executor(None, reader.read).add_done_callback(finished)
+            loop.run_in_executor(None, read).add_done_callback(finished)
         except RuntimeError as error:  # the executor is shut down
             done([error] * len(refs))
+
+    def _readers(
+        self, refs: list[PagedRef]
+    ) -> list[tuple[list[int], list[PagedRef], RecordReader]]:
+        """Readers of these records: one of the log, one of the spill files when some were
+        spilled (each with the places of its refs in `refs`)."""
+        spilled = [index for index, ref in enumerate(refs) if ref[0] == SPILLED]
+        if not spilled:
+            locations = [(segment, offset) for _, segment, offset in refs]
+            return [(list(range(len(refs))), refs, self.wal.reader(locations))]
+        assert self.spill_files is not None
+        logged = [index for index, ref in enumerate(refs) if ref[0] != SPILLED]
+        readers = []
+        for indices, reader_of in ((logged, self.wal.reader), (spilled, self.spill_files.reader)):
+            if indices:
+                group = [refs[index] for index in indices]
+                reader = reader_of([(segment, offset) for _, segment, offset in group])
+                readers.append((indices, group, reader))
+        return readers
+
+    @property
+    def spilling(self) -> bool:
+        return self.spill_files is not None and self.spill_files.active
+
+    def spill(self, message: Message) -> tuple[int, int] | None:
+        return self.spill_files.write(message) if self.spill_files is not None else None
+
+    def unspilled(self, segments: dict[int, int]) -> None:
+        if self.spill_files is not None:
+            self.spill_files.read_back(segments)
 
     # ------------------------------------------------------------------ garbage collection
     def recovered(self) -> None:
@@ -621,6 +660,20 @@ def _head_upto(queue: Queue, upto: int) -> Iterator[QueuedMessage]:
         yield entry
 
 
+def _merged(
+    count: int, readers: list[tuple[list[int], list[PagedRef], RecordReader]]
+) -> list[Message | BaseException]:
+    """The messages of every reader, in the order of the refs they were made for."""
+    if len(readers) == 1 and len(readers[0][0]) == count:
+        _, refs, reader = readers[0]
+        return _messages_of(refs, reader.records())
+    merged: list[Message | BaseException] = [LookupError("not read")] * count
+    for indices, refs, reader in readers:
+        for index, result in zip(indices, _messages_of(refs, reader.records()), strict=True):
+            merged[index] = result
+    return merged
+
+
 def _messages_of(
     refs: list[PagedRef], results: list[RecordView | BaseException]
 ) -> list[Message | BaseException]:
@@ -640,7 +693,7 @@ def _messages_of(
             found, published_at, route, header, body = records.unpack_message(
                 record_type, data, start, end
             )
-            if found != msg_id:
+            if found != msg_id and not (msg_id == SPILLED and found == 0):
                 raise ValueError(f"found message {found}, not {msg_id}")
             names = routes.get(route)
             if names is None:
@@ -650,8 +703,9 @@ def _messages_of(
             messages.append(error)
             continue
         message.published_at = published_at
-        message.msg_id = msg_id
-        message.location = (segment, offset)
-        message.refs = 1
+        if msg_id != SPILLED:  # a spilled one is transient again: no id, no place in the log
+            message.msg_id = msg_id
+            message.location = (segment, offset)
+            message.refs = 1
         messages.append(message)
     return messages

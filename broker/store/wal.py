@@ -216,6 +216,7 @@ class WriteAheadLog:
         segment_size: int = 64 * 1024 * 1024,
         sync_policy: str = "always",
         sync_interval: float = 0.2,
+        summaries: bool = True,
     ) -> None:
         if sync_policy not in SYNC_POLICIES:
             raise ValueError(f"sync_policy must be one of {SYNC_POLICIES}, not {sync_policy!r}")
@@ -234,6 +235,7 @@ class WriteAheadLog:
         self._sealed = _existing_segments(self.directory)  # id -> size, every segment but active
         self._active = max(self._sealed, default=0) + 1
         _remove_orphan_summaries(self.directory, self._sealed)
+        self._summaries = summaries  # keep segment summaries (a log that is replayed)
         self._summary = SummaryBuilder()  # of the active segment
         # Sealed segments (id, size, summary) whose summary waits for their fsync.
         self._sealing: list[tuple[int, int, SummaryBuilder]] = []
@@ -386,13 +388,14 @@ class WriteAheadLog:
         )
         buffer += payload
         self._active_size = offset + HEADER_SIZE + size
-        summary = self._summary
-        if row is None:
-            summary.others.append(offset)
-            summary.others.append(len(summary.row_offsets))
-        else:
-            summary.row_offsets.append(offset)
-            summary.rows += row
+        if self._summaries:
+            summary = self._summary
+            if row is None:
+                summary.others.append(offset)
+                summary.others.append(len(summary.row_offsets))
+            else:
+                summary.row_offsets.append(offset)
+                summary.rows += row
         self._wake.set()
         return self._active, offset
 
@@ -422,8 +425,9 @@ class WriteAheadLog:
     def _roll(self) -> None:
         """Seal the active segment and start the next; let the owner write a snapshot first."""
         self._sealed[self._active] = self._active_size
-        self._sealing.append((self._active, self._active_size, self._summary))
-        self._summary = SummaryBuilder()
+        if self._summaries:
+            self._sealing.append((self._active, self._active_size, self._summary))
+            self._summary = SummaryBuilder()
         self._active += 1
         self._active_size = self._segment_base = 0
         self._buffer = None
@@ -468,7 +472,7 @@ class WriteAheadLog:
             await self.start()
         assert self._flusher is not None and self._executor is not None
         self._closing = True
-        if self._active_size:  # the next log starts a segment of its own: this one is sealed
+        if self._summaries and self._active_size:  # the next log starts a segment of its own
             self._sealing.append((self._active, self._active_size, self._summary))
         self._wake.set()
         await self._flusher

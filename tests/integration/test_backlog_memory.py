@@ -3,12 +3,19 @@ test of paging, on a real broker process measured from /proc."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel as Channel
 
-from tests.support import BrokerProcess, resident_bytes, running_broker
+from tests.support import (
+    BrokerProcess,
+    resident_bytes,
+    running_broker,
+    shipped_config,
+    write_config,
+)
 
 BODY = 4096
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
@@ -100,6 +107,54 @@ def test_kill_9_while_a_paged_backlog_drains_loses_nothing_and_revives_nothing(
             got.append((message[2], message[0].redelivered))
         assert [body for body, _ in got] == [body_of(index) for index in range(2_500, 5_000)]
         assert all(redelivered for _, redelivered in got)
+        connection.close()
+    finally:
+        broker.stop()
+
+
+def test_transient_backlog_past_the_paging_ratio_goes_to_disk_not_memory(tmp_path: Path) -> None:
+    """With memory past limits.memory_paging_ratio of the high watermark (here a ratio of 0:
+    always), transient messages queued past the window are written to the spill files: the
+    broker's resident memory grows by far less than a body per message, nothing reaches the
+    write-ahead log, and every message comes back in order; a restart keeps none of them."""
+    config = shipped_config()
+    config["limits"]["memory_paging_ratio"] = 0.0
+    data_dir = tmp_path / "data"
+    broker = BrokerProcess(data_dir, write_config(tmp_path, config))
+    try:
+        connection, channel, confirmed = open_backlog(broker.url)
+        deadline = time.monotonic() + 5  # the memory monitor checks every second
+        while "memory.paging.started" not in broker.log_text():
+            assert time.monotonic() < deadline, "paging did not start"
+            time.sleep(0.05)
+        for index in range(5_000):
+            channel.basic_publish("", "backlog", body_of(index))
+        confirmed.basic_publish("", "marker", b"", PERSISTENT)  # everything before it is routed
+        before = resident_bytes(broker.proc.pid)
+        for index in range(5_000, 30_000):
+            channel.basic_publish("", "backlog", body_of(index))
+        confirmed.basic_publish("", "marker", b"", PERSISTENT)
+        assert channel.queue_declare("backlog", passive=True).method.message_count == 30_000
+        per_message = (resident_bytes(broker.proc.pid) - before) / 25_000
+        assert per_message < 512, f"resident memory grew {per_message:.0f} B per queued message"
+        spilled = sum(path.stat().st_size for path in (data_dir / "spill").glob("*.wal"))
+        assert spilled > 25_000 * BODY
+        logged = sum(path.stat().st_size for path in (data_dir / "wal").glob("*.wal"))
+        assert logged < 1_000_000  # definitions and markers: no transient body
+
+        got = []
+        while len(got) < 15_000:
+            method, _, body = channel.basic_get("backlog", auto_ack=True)
+            assert method is not None
+            got.append(body)
+        assert got == [body_of(index) for index in range(15_000)]
+        connection.close()
+        broker.stop()
+
+        broker = BrokerProcess(data_dir, write_config(tmp_path, config))
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        assert connection.channel().queue_declare("backlog", passive=True).method.message_count == 0
+        assert not any(path.stat().st_size > 1_000 for path in (data_dir / "spill").glob("*.wal"))
         connection.close()
     finally:
         broker.stop()

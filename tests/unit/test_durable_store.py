@@ -29,6 +29,7 @@ from broker.core.vhost import VirtualHost
 from broker.store import records
 from broker.store.durable import DurableStore
 from broker.store.recovery import UnknownVhostError, recover, restore
+from broker.store.spill import SpillFiles
 from broker.store.wal import WriteAheadLog
 from tests.unit.helpers import make_message
 
@@ -56,15 +57,18 @@ async def start_node(
     segment_size: int = 1 << 20,
     names: tuple[str, ...] = ("/",),
     clock: Clock = SYSTEM_CLOCK,
+    spill: SpillFiles | None = None,
 ) -> Node:
     """Open the log and rebuild the model from it, in Broker._recover's order."""
     wal = WriteAheadLog(directory, segment_size=segment_size)
     vhosts: dict[str, VirtualHost] = {}
-    store = DurableStore(wal, vhosts.values)
+    store = DurableStore(wal, vhosts.values, spill=spill)
     vhosts.update({name: VirtualHost(name, store, clock) for name in names})
     state = recover(wal)
     restored = restore(state, vhosts, store)
     await wal.start()
+    if spill is not None:
+        await spill.start()
     store.recovered()
     return Node(directory, wal, store, vhosts, restored)
 
@@ -81,6 +85,8 @@ async def stop_node(node: Node) -> None:
     assert await synced(node.store) is None
     node.store.shutdown()
     await node.wal.close()
+    if node.store.spill_files is not None:
+        await node.store.spill_files.close()
 
 
 async def restart(node: Node, segment_size: int = 1 << 20, clock: Clock = SYSTEM_CLOCK) -> Node:

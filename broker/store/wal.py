@@ -68,8 +68,10 @@ already have dropped the dirty pages, so retrying could report data safe that is
 
 Segment summaries (broker/store/summary.py): append() takes an optional fixed-size row the
 owner makes of a record; per segment the log keeps those rows and the offsets of the other
-records, and once the segment is sealed and fsynced (or the log closes cleanly) the worker writes
-them beside it. replay() with `on_rows` then reads the summary and the other records only.
+records, and the worker appends them beside the segment in chunks, each after the fsync of what
+it covers (every SUMMARY_STEP of a growing segment, at its seal, at a clean close). replay()
+with `on_rows` then reads the chunks and the other records only, and scans what they do not
+cover.
 
 Policy "periodic" trades safety for speed: each batch is written at once and its callbacks run
 after the write, but fsync runs at most every sync_interval seconds. A crash of the machine (not
@@ -102,7 +104,7 @@ from broker.store.summary import (
     SummaryBuilder,
     read_summary,
     summary_path,
-    write_summary,
+    write_chunk,
 )
 
 logger = logging.getLogger("warren.wal")
@@ -136,6 +138,9 @@ SPAN_GAP = 8192
 SYNC_POLICIES = ("always", "periodic")
 # Summary rows go to replay's on_rows this many at a time at most.
 ROWS_PER_CALL = 4096
+# The active segment's summary gets a chunk each time this much more of it is fsynced, so
+# after a crash replay scans at most about this much of it.
+SUMMARY_STEP = 4 << 20
 # The sync marker is rewritten after an fsync at most this often (and always when a segment is
 # sealed or the log closes): it may lag, never lead, so a syscall per group commit buys nothing.
 MARK_INTERVAL = 0.05
@@ -305,16 +310,21 @@ class WriteAheadLog:
             summary = None
             if on_rows is not None and size >= synced:
                 summary = read_summary(self.directory, segment_id, size, row_size)
+            covered = 0
             if summary is not None:
                 records += _replay_summary(segment_id, path, summary, on_record, on_rows)
                 summarized += 1
-                replayed_bytes += size
-                tracker.segment_done(size)
-                continue
-            data = path.read_bytes()
-            count, bad = _scan(segment_id, data, on_record, tracker)
+                covered = summary.end
+                if covered == size:
+                    replayed_bytes += size
+                    tracker.segment_done(size)
+                    continue
+            with path.open("rb") as file:  # what no summary chunk covers
+                file.seek(covered)
+                data = file.read()
+            count, bad = _scan(segment_id, data, on_record, tracker, covered)
             records += count
-            size = len(data)
+            size = covered + len(data)
             if bad is not None:
                 if segment_id != segment_ids[-1]:
                     raise CorruptLogError(segment_id, bad.offset, bad.reason, path)
@@ -328,7 +338,7 @@ class WriteAheadLog:
                 raise CorruptLogError(segment_id, size, reason, path)
             self._sealed[segment_id] = size
             replayed_bytes += size
-            tracker.segment_done(len(data))
+            tracker.segment_done(size)
         tracker.finish()
         report = RecoveryReport(
             segments=len(segment_ids),
@@ -514,9 +524,17 @@ class WriteAheadLog:
         if chunks or final or (force and self._unsynced):
             self._inflight = chunks
             sealing, self._sealing = self._sealing, []
+            summary = self._summary
+            mark = (
+                self._active,
+                self._active_size,
+                len(summary.row_offsets),
+                len(summary.others),
+                summary,
+            )
             try:
                 waiting = await self._in_worker(
-                    self._write_batch, chunks, not self._periodic or force, final, sealing
+                    self._write_batch, chunks, not self._periodic or force, final, sealing, mark
                 )
             except Exception as exc:
                 self._pending[:0] = chunks  # unwritten records stay readable from memory
@@ -540,10 +558,13 @@ class WriteAheadLog:
         fsync: bool,
         final: bool,
         sealing: list[tuple[int, int, SummaryBuilder]],
+        mark: tuple[int, int, int, int, SummaryBuilder],
     ) -> list[tuple[int, int, SummaryBuilder]]:
-        """Worker thread: the only place records reach the files. Then the summaries of sealed
-        segments that are fsynced by now (the writer moved past them, or closed); the others
-        go back to wait for a later batch."""
+        """Worker thread: the only place records reach the files. Then summaries, only of
+        what is fsynced by now: the last chunk of sealed segments the writer moved past (or
+        closed), the others go back to wait for a later batch; and a chunk of the active
+        segment (`mark`: id, size, rows and other items when this batch was taken) each
+        SUMMARY_STEP."""
         self._writer.write(chunks)
         if final:
             self._writer.close(True)
@@ -553,9 +574,13 @@ class WriteAheadLog:
         waiting = []
         for segment_id, size, summary in sealing:
             if final or (current is not None and segment_id < current):
-                write_summary(self.directory, segment_id, size, summary)
+                rows, others = len(summary.row_offsets), len(summary.others)
+                write_chunk(self.directory, segment_id, summary, size, rows, others)
             else:
                 waiting.append((segment_id, size, summary))
+        segment_id, size, rows, others, summary = mark
+        if fsync and segment_id == current and size - summary.done_end >= SUMMARY_STEP:
+            write_chunk(self.directory, segment_id, summary, size, rows, others)
         return waiting
 
     async def _periodic_fsync(self) -> None:
@@ -854,9 +879,18 @@ class _Progress:
 
 
 def _scan(
-    segment_id: int, data: bytes, on_record: RecordCallback, progress: _Progress
+    segment_id: int, data: bytes, on_record: RecordCallback, progress: _Progress, base: int = 0
 ) -> tuple[int, _BadRecord | None]:
-    """Replay one segment's valid records; return how many, and the first bad record if any."""
+    """Replay one segment's valid records from offset `base` (where `data` starts) on;
+    return how many, and the first bad record if any (offsets in the segment)."""
+    if base:
+        count, bad = _scan(
+            segment_id,
+            data,
+            lambda segment, offset, kind, payload: on_record(segment, base + offset, kind, payload),
+            progress,
+        )
+        return count, bad if bad is None else _BadRecord(base + bad.offset, bad.reason)
     view = memoryview(data)
     end = len(data)
     unpack = _HEADER.unpack_from
@@ -909,7 +943,7 @@ def _replay_summary(
             except CorruptLogError as error:
                 raise CorruptLogError(segment_id, offset, error.reason, path) from None
 
-        row_offsets, others, rows, row_size = summary
+        row_offsets, others, rows, row_size, _ = summary
 
         def rows_upto(done: int, stop: int) -> None:
             for start in range(done, stop, ROWS_PER_CALL):  # small pieces: no big temporaries

@@ -4,7 +4,9 @@ damaged, another segment's, left behind by a deleted segment) is never used."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import random
 import shutil
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from broker.core.queue import Queue
-from broker.store import records, summary as summary_module
+from broker.store import records, summary as summary_module, wal as wal_module
 from broker.store.recovery import RecoveredState, recover
 from broker.store.wal import CorruptLogError, WriteAheadLog
 from tests.unit.helpers import make_message
@@ -126,13 +128,15 @@ async def _busy_log(directory: Path, seed: int) -> Node:
     return node
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(("seed", "step"), [(1, 4 << 20), (2, 4 << 20), (3, 1024), (4, 300)])
 async def test_a_restart_from_summaries_recovers_what_a_scan_recovers(
-    tmp_path: Path, seed: int
+    tmp_path: Path, seed: int, step: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Clean stop (every segment summarized, the last one at close) and a crash (copied while
-    running: the newest segment has none), each recovered with and without summaries: the
-    same state, the same messages in every queue, in the same order, with the same flags."""
+    running: the newest segment summarized only in part, or not at all), each recovered with
+    and without summaries: the same state, the same messages in every queue, in the same
+    order, with the same flags. Small steps write chunks while segments grow."""
+    monkeypatch.setattr(wal_module, "SUMMARY_STEP", step)
     node = await _busy_log(tmp_path / "live", seed)
     shutil.copytree(tmp_path / "live", tmp_path / "crash")
     await stop_node(node)
@@ -220,42 +224,59 @@ async def test_a_summary_left_by_a_deleted_segment_is_removed_at_open(tmp_path: 
     await wal.close()
 
 
-async def test_a_summary_is_written_only_after_its_segment_is_fsynced(
+async def test_a_summary_chunk_is_written_only_after_what_it_covers_is_fsynced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A summary must never describe bytes a crash can still lose: its write follows the
-    fsync of its segment (here every event of the worker thread is recorded in order)."""
-    events: list[tuple[str, int]] = []
-    real_write = summary_module.write_summary
+    """A chunk must never describe bytes a crash can still lose: every chunk (of a segment
+    still growing, and the last one at its seal) follows an fsync of its segment that covered
+    its end (here every event of the worker thread is recorded in order, each fsync with the
+    file's size then)."""
+    events: list[tuple[str, int, int]] = []
+    real_chunk = wal_module.write_chunk
 
-    def write(directory: Path, segment_id: int, size: int, builder: Any) -> None:
-        events.append(("summary", segment_id))
-        real_write(directory, segment_id, size, builder)
+    def write_chunk(
+        directory: Path, segment_id: int, builder: Any, end: int, rows: int, others: int
+    ) -> None:
+        events.append(("chunk", segment_id, end))
+        real_chunk(directory, segment_id, builder, end, rows, others)
 
-    real_fsync = __import__("os").fsync
+    real_fsync = os.fsync
     wal = WriteAheadLog(tmp_path, segment_size=SEGMENT)
 
     def fsync(fd: int) -> None:
         writer = wal._writer
         if writer._fd == fd and writer.segment is not None:
-            events.append(("fsync", writer.segment))
+            events.append(("fsync", writer.segment, os.fstat(fd).st_size))
         real_fsync(fd)
 
-    monkeypatch.setattr("broker.store.wal.write_summary", write)
-    monkeypatch.setattr("broker.store.wal.os.fsync", fsync)
+    monkeypatch.setattr(wal_module, "write_chunk", write_chunk)
+    monkeypatch.setattr(wal_module.os, "fsync", fsync)
+    monkeypatch.setattr(wal_module, "SUMMARY_STEP", 2048)
     await wal.start()
-    row = records.SUMMARY_ROW.pack(1, 1, 0.0, 10, 10, -1)
-    for _ in range(3):
-        for _ in range(200):
+    ids = iter(range(1, 1000))
+    for _ in range(12):
+        for _ in range(25):
+            row = records.SUMMARY_ROW.pack(next(ids), 1, 0.0, 10, 10, -1)
             wal.append(records.MESSAGE_AT, b"y" * 200, row)
-        done = __import__("asyncio").get_running_loop().create_future()
+        done = asyncio.get_running_loop().create_future()
         wal.sync(done.set_result)
         assert await done is None
     await wal.close()
-    summarized = [segment for kind, segment in events if kind == "summary"]
-    assert len(summarized) >= 3
-    for segment in summarized:
-        assert events.index(("fsync", segment)) < events.index(("summary", segment))
+    chunks = [(index, segment, end) for index, (kind, segment, end) in enumerate(events)
+              if kind == "chunk"]  # fmt: skip
+    assert len({segment for _, segment, _ in chunks}) >= 3
+    assert len(chunks) > len({segment for _, segment, _ in chunks})  # chunks while growing
+    for index, segment, end in chunks:
+        assert any(
+            kind == "fsync" and fsynced == segment and size >= end
+            for kind, fsynced, size in events[:index]
+        ), f"chunk of segment {segment} up to {end} before its fsync"
+    state = RecoveredState()
+    report = WriteAheadLog(tmp_path, segment_size=SEGMENT).replay(
+        state.apply, None, state.apply_rows, records.SUMMARY_ROW.size
+    )
+    assert report.summarized == report.segments
+    assert state.index.count == 12 * 25
 
 
 async def test_damage_to_a_definition_in_a_summarized_segment_still_stops_the_start(
@@ -336,3 +357,41 @@ async def test_a_summary_that_cannot_be_written_costs_only_a_scan(
         assert _bodies(node) == EXPECTED
     finally:
         await stop_node(node)
+
+
+async def test_the_newest_segment_is_scanned_past_its_summary_and_its_torn_tail_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a crash the newest segment's summary covers only what was fsynced a while ago:
+    replay takes that part from it, scans the rest, and cuts a torn tail there as before."""
+    monkeypatch.setattr(wal_module, "SUMMARY_STEP", 1024)
+    node = await start_node(tmp_path / "live", segment_size=1 << 20)
+    node.vhost.declare_queue("orders", None, durable=True)
+    for number in range(200):
+        publish(node.vhost, "orders", b"message %03d" % number + b"x" * 200)
+        if number % 20 == 0 or number == 197:
+            assert await synced(node.store) is None
+    assert await synced(node.store) is None  # the last two: less than a step past the chunk
+    crash = tmp_path / "crash"
+    shutil.copytree(tmp_path / "live", crash)
+    await stop_node(node)
+    (newest,) = sorted(crash.glob("*.wal"))[-1:]
+    summary = _recovered_summary(crash, int(newest.stem), newest.stat().st_size)
+    assert 0 < summary.end < newest.stat().st_size  # a part, not all of it
+    with newest.open("ab") as file:
+        file.write(b"\x00\x01garbage past the fsynced length")
+    state = _recovered(crash)
+    assert state.report is not None and state.report.truncated_bytes > 0
+    node = await start_node(crash, SEGMENT)
+    try:
+        assert [body for _, body, _ in _drained(node)["orders"]] == [
+            b"message %03d" % number + b"x" * 200 for number in range(200)
+        ]
+    finally:
+        await stop_node(node)
+
+
+def _recovered_summary(directory: Path, segment: int, size: int) -> summary_module.Summary:
+    found = summary_module.read_summary(directory, segment, size, records.SUMMARY_ROW.size)
+    assert found is not None
+    return found

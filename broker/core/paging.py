@@ -155,7 +155,11 @@ class _Tail:
         self._count(msg_id, size, footprint, 1)
 
     def extend(
-        self, seqs: range, records: RecoveredRecords, footprints: list[int], expires: list[float]
+        self,
+        seqs: range,
+        records: RecoveredRecords,
+        footprints: array[int],
+        expires: array[float],
     ) -> None:
         """Compact records in bulk, chunk by chunk (recovery restoring a long queue)."""
         chunks = self.chunks
@@ -437,12 +441,16 @@ class PagedFifoStore(FifoStore):
         )
 
     def push_records(
-        self, seqs: range, records: RecoveredRecords, footprints: list[int], expires: list[float]
+        self,
+        seqs: range,
+        records: RecoveredRecords,
+        footprints: array[int],
+        expires: array[float],
     ) -> None:
         """Recovered messages straight to the tail (where `takes_records`), in bulk."""
         tail = self._tail
         tail.extend(seqs, records, footprints, expires)
-        if any(expires):
+        if expires.count(0.0) != len(expires):
             deadlines = self._tail_deadlines
             for seq, expires_at in zip(seqs, expires, strict=True):
                 if expires_at:

@@ -29,6 +29,8 @@ from broker.core.message import GONE, OUT, READY, QueuedMessage
 from broker.core.persistence import PagedBatch
 
 if TYPE_CHECKING:
+    from array import array
+
     from broker.core.paging import RecoveredRecords
 
 # Tombstones are dropped in one pass once there are this many and they outnumber live entries.
@@ -129,7 +131,11 @@ class ReadyStore(ABC):
     pages = False  # keeps compact records at all (`push_records` works)
 
     def push_records(
-        self, seqs: range, records: RecoveredRecords, footprints: list[int], expires: list[float]
+        self,
+        seqs: range,
+        records: RecoveredRecords,
+        footprints: array[int],
+        expires: array[float],
     ) -> None:
         """Recovered messages straight to compact records (only where `takes_records`)."""
         raise TypeError(f"{type(self).__name__} keeps every message as an object")

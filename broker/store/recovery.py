@@ -565,9 +565,9 @@ class _Restorer:
             upto = self.state.redelivered_upto
             ids = rest.msg_ids  # ascending
             if ids[-1] <= upto:  # after a crash: every one
-                rest.flags = [1] * len(ids)
+                rest.flags = array("i", [1]) * len(ids)
             elif not delivered and ids[0] > upto:
-                rest.flags = [0] * len(ids)
+                rest.flags = array("i", bytes(4 * len(ids)))
             else:
                 rest.flags = [int(msg_id <= upto or msg_id in delivered) for msg_id in ids]
             queue.restore_records(rest)

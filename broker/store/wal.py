@@ -138,8 +138,8 @@ SPAN_GAP = 8192
 SYNC_POLICIES = ("always", "periodic")
 # Summary rows go to replay's on_rows this many at a time at most.
 ROWS_PER_CALL = 4096
-# The active segment's summary gets a chunk each time this much more of it is fsynced, so
-# after a crash replay scans at most about this much of it.
+# The active segment's summary gets a chunk each time this much more of it is fsynced (or a
+# quarter of a segment, if less), so after a crash replay scans at most about this much of it.
 SUMMARY_STEP = 4 << 20
 # The sync marker is rewritten after an fsync at most this often (and always when a segment is
 # sealed or the log closes): it may lag, never lead, so a syscall per group commit buys nothing.
@@ -241,6 +241,7 @@ class WriteAheadLog:
         self._active = max(self._sealed, default=0) + 1
         _remove_orphan_summaries(self.directory, self._sealed)
         self._summaries = summaries  # keep segment summaries (a log that is replayed)
+        self._summary_step = min(SUMMARY_STEP, max(segment_size // 4, 1))
         self._summary = SummaryBuilder()  # of the active segment
         # Sealed segments (id, size, summary) whose summary waits for their fsync.
         self._sealing: list[tuple[int, int, SummaryBuilder]] = []
@@ -579,7 +580,7 @@ class WriteAheadLog:
             else:
                 waiting.append((segment_id, size, summary))
         segment_id, size, rows, others, summary = mark
-        if fsync and segment_id == current and size - summary.done_end >= SUMMARY_STEP:
+        if fsync and segment_id == current and size - summary.done_end >= self._summary_step:
             write_chunk(self.directory, segment_id, summary, size, rows, others)
         return waiting
 

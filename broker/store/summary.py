@@ -51,31 +51,69 @@ SUMMARY_NAME = re.compile(r"^(\d+)\.sum$")
 
 class SummaryBuilder:
     """The summary of a segment: the log fills it in `append` (on the loop); the worker
-    thread writes it out in chunks and remembers how much it wrote (`done_*`)."""
+    thread writes it out in chunks and remembers how much it wrote (`done_*`); between
+    batches, the loop drops what was written (`trim`). Counts of rows and other items are
+    of the whole segment; the arrays hold them from `rows_base` and `others_base` on."""
 
-    __slots__ = ("broken", "done_end", "done_others", "done_rows", "others", "row_offsets", "rows")
+    __slots__ = (
+        "broken",
+        "done_end",
+        "done_others",
+        "done_rows",
+        "others",
+        "others_base",
+        "row_offsets",
+        "rows",
+        "rows_base",
+    )
 
     def __init__(self) -> None:
         self.row_offsets = array("Q")
-        self.others = array("Q")  # (offset, rows before it) pairs
+        self.others = array("Q")  # (offset, rows before it in the segment) pairs
         self.rows = bytearray()
+        self.rows_base = self.others_base = 0  # dropped from the front, written already
         self.done_end = 0  # the file covers the segment up to here
         self.done_rows = 0
         self.done_others = 0  # array items, two a record
         self.broken = False  # a write failed: no more chunks (the rest is scanned)
 
+    @property
+    def row_count(self) -> int:
+        return self.rows_base + len(self.row_offsets)
+
+    @property
+    def other_count(self) -> int:
+        return self.others_base + len(self.others)
+
+    def trim(self) -> None:
+        """Drop what the file holds already (on the loop, while the worker is idle): memory
+        keeps only what the next chunk needs, not a whole segment's rows."""
+        written = self.done_rows - self.rows_base
+        if written > 0:
+            row_size = len(self.rows) // len(self.row_offsets)
+            del self.row_offsets[:written]
+            del self.rows[: written * row_size]
+            self.rows_base = self.done_rows
+        written = self.done_others - self.others_base
+        if written > 0:
+            del self.others[:written]
+            self.others_base = self.done_others
+
     def chunk(self, segment_id: int, end: int, rows: int, others: int) -> bytes | None:
-        """The chunk covering the records from `done_end` to `end` (the first `rows` rows and
-        `others` items); None when the rows are not all of one size."""
+        """The chunk covering the records from `done_end` to `end` (rows and other items up
+        to the counts `rows` and `others`); None when the rows are not all of one size."""
         count = rows - self.done_rows
         row_size = len(self.rows) // len(self.row_offsets) if self.row_offsets else 0
-        chunk_rows = self.rows[self.done_rows * row_size : rows * row_size]
+        first, stop = self.done_rows - self.rows_base, rows - self.rows_base
+        chunk_rows = self.rows[first * row_size : stop * row_size]
         if row_size * count != len(chunk_rows):
             return None
         body = b"".join(
             (
-                self.row_offsets[self.done_rows : rows].tobytes(),
-                self.others[self.done_others : others].tobytes(),
+                self.row_offsets[first:stop].tobytes(),
+                self.others[
+                    self.done_others - self.others_base : others - self.others_base
+                ].tobytes(),
                 chunk_rows,
             )
         )

@@ -403,7 +403,7 @@ class WriteAheadLog:
             summary = self._summary
             if row is None:
                 summary.others.append(offset)
-                summary.others.append(len(summary.row_offsets))
+                summary.others.append(summary.rows_base + len(summary.row_offsets))
             else:
                 summary.row_offsets.append(offset)
                 summary.rows += row
@@ -526,11 +526,12 @@ class WriteAheadLog:
             self._inflight = chunks
             sealing, self._sealing = self._sealing, []
             summary = self._summary
+            summary.trim()  # the worker is idle between batches
             mark = (
                 self._active,
                 self._active_size,
-                len(summary.row_offsets),
-                len(summary.others),
+                summary.row_count,
+                summary.other_count,
                 summary,
             )
             try:
@@ -575,7 +576,7 @@ class WriteAheadLog:
         waiting = []
         for segment_id, size, summary in sealing:
             if final or (current is not None and segment_id < current):
-                rows, others = len(summary.row_offsets), len(summary.others)
+                rows, others = summary.row_count, summary.other_count
                 write_chunk(self.directory, segment_id, summary, size, rows, others)
             else:
                 waiting.append((segment_id, size, summary))

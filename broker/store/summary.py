@@ -63,6 +63,7 @@ class SummaryBuilder:
         "others",
         "others_base",
         "row_offsets",
+        "row_size",
         "rows",
         "rows_base",
     )
@@ -72,6 +73,7 @@ class SummaryBuilder:
         self.others = array("Q")  # (offset, rows before it in the segment) pairs
         self.rows = bytearray()
         self.rows_base = self.others_base = 0  # dropped from the front, written already
+        self.row_size = 0  # learnt on the loop (`settle`): the worker may see a row half added
         self.done_end = 0  # the file covers the segment up to here
         self.done_rows = 0
         self.done_others = 0  # array items, two a record
@@ -85,14 +87,20 @@ class SummaryBuilder:
     def other_count(self) -> int:
         return self.others_base + len(self.others)
 
-    def trim(self) -> None:
-        """Drop what the file holds already (on the loop, while the worker is idle): memory
-        keeps only what the next chunk needs, not a whole segment's rows."""
+    def learn_row_size(self) -> None:
+        """On the loop, between appends: the worker could see an offset whose row is not
+        added yet, so it never works the row size out itself."""
+        if self.row_offsets and not self.row_size:
+            self.row_size = len(self.rows) // len(self.row_offsets)
+
+    def settle(self) -> None:
+        """`learn_row_size`, and, while the worker is idle, drop what the file holds already,
+        so memory keeps what the next chunk needs, not a whole segment's rows."""
+        self.learn_row_size()
         written = self.done_rows - self.rows_base
         if written > 0:
-            row_size = len(self.rows) // len(self.row_offsets)
             del self.row_offsets[:written]
-            del self.rows[: written * row_size]
+            del self.rows[: written * self.row_size]
             self.rows_base = self.done_rows
         written = self.done_others - self.others_base
         if written > 0:
@@ -103,7 +111,7 @@ class SummaryBuilder:
         """The chunk covering the records from `done_end` to `end` (rows and other items up
         to the counts `rows` and `others`); None when the rows are not all of one size."""
         count = rows - self.done_rows
-        row_size = len(self.rows) // len(self.row_offsets) if self.row_offsets else 0
+        row_size = self.row_size
         first, stop = self.done_rows - self.rows_base, rows - self.rows_base
         chunk_rows = self.rows[first * row_size : stop * row_size]
         if row_size * count != len(chunk_rows):

@@ -437,6 +437,7 @@ class WriteAheadLog:
         """Seal the active segment and start the next; let the owner write a snapshot first."""
         self._sealed[self._active] = self._active_size
         if self._summaries:
+            self._summary.learn_row_size()  # the worker may be writing a chunk of it now
             self._sealing.append((self._active, self._active_size, self._summary))
             self._summary = SummaryBuilder()
         self._active += 1
@@ -484,6 +485,7 @@ class WriteAheadLog:
         assert self._flusher is not None and self._executor is not None
         self._closing = True
         if self._summaries and self._active_size:  # the next log starts a segment of its own
+            self._summary.learn_row_size()
             self._sealing.append((self._active, self._active_size, self._summary))
         self._wake.set()
         await self._flusher
@@ -526,7 +528,7 @@ class WriteAheadLog:
             self._inflight = chunks
             sealing, self._sealing = self._sealing, []
             summary = self._summary
-            summary.trim()  # the worker is idle between batches
+            summary.settle()  # the worker is idle between batches
             mark = (
                 self._active,
                 self._active_size,

@@ -395,3 +395,23 @@ def _recovered_summary(directory: Path, segment: int, size: int) -> summary_modu
     found = summary_module.read_summary(directory, segment, size, records.SUMMARY_ROW.size)
     assert found is not None
     return found
+
+
+def test_a_chunk_taken_while_a_row_is_half_added_is_still_whole() -> None:
+    """The worker writes a chunk while the loop appends: it may see a row's offset before
+    the row itself. The row size is learnt on the loop, so the chunk still holds exactly the
+    rows counted when its batch was taken, and rows already written are dropped from memory."""
+    builder = summary_module.SummaryBuilder()
+    for number in range(3):
+        builder.row_offsets.append(100 * number)
+        builder.rows += records.SUMMARY_ROW.pack(number + 1, 7, 0.0, 10, 20, -1)
+    builder.settle()  # the loop, taking a batch
+    rows, others = builder.row_count, builder.other_count
+    builder.row_offsets.append(300)  # the loop, half way through adding a fourth row
+    data = builder.chunk(1, 400, rows, others)
+    assert data is not None
+    builder.done_end, builder.done_rows, builder.done_others = 400, rows, others
+    builder.rows += records.SUMMARY_ROW.pack(4, 7, 0.0, 10, 20, -1)
+    builder.settle()
+    assert (builder.rows_base, len(builder.row_offsets)) == (3, 1)
+    assert builder.chunk(1, 500, 4, others) is not None

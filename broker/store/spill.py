@@ -42,6 +42,10 @@ class SpillFiles:
             sync_policy="periodic",
             sync_interval=_NEVER,
             summaries=False,
+            failure_note=(
+                "transient messages stay in memory from now on; nothing durable is affected",
+                "free disk space or fix the device; a restart empties the spill files",
+            ),
         )
         # Memory is past the paging ratio (the server's memory monitor sets it).
         self.active = False
@@ -58,6 +62,8 @@ class SpillFiles:
     def write(self, message: Message) -> tuple[int, int] | None:
         """Write a transient message out; where it went, or None when it could not be (a
         failed disk: the message stays in memory)."""
+        if self.log.failed is not None:
+            return None  # the log said so once, as wal.failed: no warning per message
         payload = records.encode_message(
             0,
             [],

@@ -222,6 +222,11 @@ class WriteAheadLog:
         sync_policy: str = "always",
         sync_interval: float = 0.2,
         summaries: bool = True,
+        failure_note: tuple[str, str] = (
+            "nothing written from now on will be confirmed",
+            "free disk space or fix the device, then restart the broker;"
+            " recovery keeps every confirmed record",
+        ),
     ) -> None:
         if sync_policy not in SYNC_POLICIES:
             raise ValueError(f"sync_policy must be one of {SYNC_POLICIES}, not {sync_policy!r}")
@@ -241,6 +246,7 @@ class WriteAheadLog:
         self._active = max(self._sealed, default=0) + 1
         _remove_orphan_summaries(self.directory, self._sealed)
         self._summaries = summaries  # keep segment summaries (a log that is replayed)
+        self._failure_note = failure_note  # (consequence, action) logged with wal.failed
         self._summary_step = min(SUMMARY_STEP, max(segment_size // 4, 1))
         self._summary = SummaryBuilder()  # of the active segment
         # Sealed segments (id, size, summary) whose summary waits for their fsync.
@@ -622,9 +628,8 @@ class WriteAheadLog:
                     directory=self.directory,
                     error=exc,
                     failed_syncs=len(waiters),
-                    consequence="nothing written from now on will be confirmed",
-                    action="free disk space or fix the device, then restart the broker;"
-                    " recovery keeps every confirmed record",
+                    consequence=self._failure_note[0],
+                    action=self._failure_note[1],
                 ),
                 exc_info=exc if not isinstance(exc, OSError) else None,
             )

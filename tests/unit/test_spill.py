@@ -6,7 +6,10 @@ message read back; what a restart and a failing spill disk do."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
+
+import pytest
 
 from broker.core.paging import WINDOW_ENTRIES
 from broker.core.queue import Queue
@@ -192,4 +195,32 @@ async def test_compaction_passes_over_spilled_records(tmp_path: Path) -> None:
     segment = node.wal.active_segment
     assert segment in spill_of(node).waiting  # both files number their first segment alike
     assert len(queue.paged_in_segment(segment)) == 30  # the logged ones only
+    await stop_node(node)
+
+
+async def test_a_spill_disk_failing_under_writes_loses_no_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The spill files' disk fails while spilled messages wait to be written: the failure is
+    logged as the spill files' (nothing durable is affected), the messages it holds in memory
+    are still read back, later ones stay in memory, and every message comes out in order."""
+    node = await spilling_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    spill = spill_of(node)
+
+    def full(chunks: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    spill.log._writer.write = full  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, "warren.wal"):
+        publish_transient(node, "q", WINDOW_ENTRIES + 100)
+        await asyncio.sleep(0.05)  # the flusher tries, and fails
+        publish_transient(node, "q", 100, start=WINDOW_ENTRIES + 100)
+    (failure,) = [r for r in caplog.records if r.getMessage() == "wal.failed"]
+    assert "nothing durable is affected" in failure.fields["consequence"]  # type: ignore[attr-defined]
+    assert spill.count == 100  # the first hundred, held in memory by the failed log
+    count = WINDOW_ENTRIES + 200
+    assert drain(queue, count) == [body_of(index) for index in range(count)]
+    node.store.spill_files = None  # failed: closing it would raise nothing new
+    await spill.close()
     await stop_node(node)

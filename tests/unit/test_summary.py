@@ -241,6 +241,7 @@ async def test_a_summary_chunk_is_written_only_after_what_it_covers_is_fsynced(
         real_chunk(directory, segment_id, builder, end, rows, others)
 
     real_fsync = os.fsync
+    monkeypatch.setattr(wal_module, "SUMMARY_STEP", 2048)  # read when the log is made
     wal = WriteAheadLog(tmp_path, segment_size=SEGMENT)
 
     def fsync(fd: int) -> None:
@@ -251,7 +252,6 @@ async def test_a_summary_chunk_is_written_only_after_what_it_covers_is_fsynced(
 
     monkeypatch.setattr(wal_module, "write_chunk", write_chunk)
     monkeypatch.setattr(wal_module.os, "fsync", fsync)
-    monkeypatch.setattr(wal_module, "SUMMARY_STEP", 2048)
     await wal.start()
     ids = iter(range(1, 1000))
     for _ in range(12):

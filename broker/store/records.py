@@ -88,14 +88,14 @@ def summary_columns(
     per row."""
     table = array("Q")
     table.frombytes(rows)
-    fields = [table[index::_ROW_FIELDS].tobytes() for index in range(_ROW_FIELDS)]
-    return (
-        array("q", fields[0]),
-        array("q", fields[1]),
-        array("d", fields[2]),
-        array("I", array("Q", fields[3])),
-        array("I", array("Q", fields[4])),
-        array("q", fields[5]),
+    column = [table[index::_ROW_FIELDS] for index in range(_ROW_FIELDS)]
+    return (  # signed and float fields reinterpret the bytes; sizes narrow to 32 bits
+        array("q", column[0].tobytes()),
+        array("q", column[1].tobytes()),
+        array("d", column[2].tobytes()),
+        array("I", column[3]),
+        array("I", column[4]),
+        array("q", column[5].tobytes()),
     )
 
 

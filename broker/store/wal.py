@@ -890,46 +890,39 @@ class _Progress:
 def _scan(
     segment_id: int, data: bytes, on_record: RecordCallback, progress: _Progress, base: int = 0
 ) -> tuple[int, _BadRecord | None]:
-    """Replay one segment's valid records from offset `base` (where `data` starts) on;
-    return how many, and the first bad record if any (offsets in the segment)."""
-    if base:
-        count, bad = _scan(
-            segment_id,
-            data,
-            lambda segment, offset, kind, payload: on_record(segment, base + offset, kind, payload),
-            progress,
-        )
-        return count, bad if bad is None else _BadRecord(base + bad.offset, bad.reason)
+    """Replay one segment's valid records from offset `base` (where `data` starts; what a
+    summary covers comes before it) on; return how many, and the first bad record if any,
+    offsets in the segment."""
     view = memoryview(data)
     end = len(data)
     unpack = _HEADER.unpack_from
     crc32 = zlib.crc32
     seeds = _TYPE_SEED
-    report_at = progress.next_offset()
+    report_at = progress.next_offset() - base
     position = count = 0
     while position < end:
         body = position + HEADER_SIZE
         if body > end:
             reason = f"incomplete record header ({end - position} of {HEADER_SIZE} bytes)"
-            return count, _BadRecord(position, reason)
+            return count, _BadRecord(base + position, reason)
         length, check, crc, record_type = unpack(data, position)
         if check != length ^ _MASK or record_type == 0:
             reason = "damaged record header (length check or record type is invalid)"
-            return count, _BadRecord(position, reason)
+            return count, _BadRecord(base + position, reason)
         stop = body + length
         if stop > end:
             reason = f"record of {length} bytes runs {stop - end} bytes past the end of the file"
-            return count, _BadRecord(position, reason)
+            return count, _BadRecord(base + position, reason)
         payload = view[body:stop]
         actual = crc32(payload, seeds[record_type])
         if actual != crc:
             reason = f"CRC mismatch (stored {crc:#010x}, computed {actual:#010x})"
-            return count, _BadRecord(position, reason)
-        on_record(segment_id, position, record_type, payload)
+            return count, _BadRecord(base + position, reason)
+        on_record(segment_id, base + position, record_type, payload)
         count += 1
         position = stop
         if position >= report_at:
-            report_at = progress.reached(position)
+            report_at = progress.reached(base + position) - base
     return count, None
 
 

@@ -355,7 +355,7 @@ class PagedFifoStore(FifoStore):
                 msg_ids = array("q", [msg_ids[i] for i in kept])
                 locations = array("Q", [locations[i] for i in kept])
             if msg_ids:
-                yield msg_ids, _segment_counts(locations)
+                yield msg_ids, segment_counts(locations)
         if unreadable and self.unreadable:
             segments = Counter(segment for _, segment, _ in self.unreadable)
             yield [ref[0] for ref in self.unreadable], dict(segments)
@@ -542,7 +542,7 @@ class PagedFifoStore(FifoStore):
             if chunk.msg_id[index] == SPILLED and chunk.flags[index] != DEAD
         ]
         if spilled:
-            self._source.unspilled(_segment_counts(spilled))
+            self._source.unspilled(segment_counts(spilled))
         taken = super().purge()  # iterates the pinned entries too
         self._tail = _Tail()
         self._pinned.clear()
@@ -578,7 +578,7 @@ class PagedFifoStore(FifoStore):
         pinned = self._pinned
         spilled = [record[2] for record in taken if record[1] == SPILLED]
         if spilled:  # back in memory (or lost with the disk): their spill records can go
-            self._source.unspilled(_segment_counts(spilled))
+            self._source.unspilled(segment_counts(spilled))
         for record in taken:
             seq = record[0]
             if record[1] == _PINNED:
@@ -596,7 +596,7 @@ class PagedFifoStore(FifoStore):
     def _materialise_one(self, record: Record) -> QueuedMessage | None:
         entry = self._entry(record, self._load([record]).get(record[0]), park=False)
         if record[1] == SPILLED and entry is not None:
-            self._source.unspilled(_segment_counts([record[2]]))
+            self._source.unspilled(segment_counts([record[2]]))
         return entry
 
     def _entry(
@@ -670,7 +670,7 @@ class PagedFifoStore(FifoStore):
                 self.on_refill()
 
 
-def _segment_counts(locations: array[int]) -> dict[int, int]:
+def segment_counts(locations: Sequence[int]) -> dict[int, int]:
     """How many of these locations each segment holds: at once when all share one."""
     low, high = min(locations) >> OFFSET_BITS, max(locations) >> OFFSET_BITS
     if low == high:

@@ -25,7 +25,6 @@ import json
 import logging
 import time
 from array import array
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 from broker.core.dedup import DedupExchange
 from broker.core.errors import AMQPError
 from broker.core.message import Message, QueuedMessage
-from broker.core.paging import OFFSET_BITS, RecoveredRecords, unpack_location
+from broker.core.paging import OFFSET_BITS, RecoveredRecords, segment_counts, unpack_location
 from broker.core.properties import timing
 from broker.core.queue import Queue
 from broker.core.vhost import VirtualHost
@@ -546,13 +545,7 @@ class _Restorer:
         if queue is None:
             return  # deleted: its messages go with it
         live = self.store.live
-        locations = run.locations
-        segment = min(locations) >> OFFSET_BITS
-        if segment == max(locations) >> OFFSET_BITS:  # a backlog's usual run: one segment
-            segments = {segment: len(locations)}
-        else:
-            segments = Counter([location >> OFFSET_BITS for location in locations])
-        for segment, count in segments.items():
+        for segment, count in segment_counts(run.locations).items():
             live[segment] = live.get(segment, 0) + count
         self.restored += len(run.msg_ids)
         start = 0

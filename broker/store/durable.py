@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from broker.core.dedup import DedupExchange
@@ -438,13 +438,16 @@ class DurableStore(MessageStore):
 
     def _readers(
         self, refs: list[PagedRef]
-    ) -> list[tuple[list[int], list[PagedRef], RecordReader]]:
+    ) -> list[tuple[Sequence[int], list[PagedRef], RecordReader]]:
         """Readers of these records: one of the log, one of the spill files when some were
-        spilled (each with the places of its refs in `refs`)."""
-        spilled = [index for index, ref in enumerate(refs) if ref[0] == SPILLED]
+        spilled (each with the places of its refs in `refs`). Nothing spilled waits (the
+        usual case, known without looking at each ref): one reader, no sorting out."""
+        spilled: list[int] = []
+        if self.spill_files is not None and self.spill_files.count:
+            spilled = [index for index, ref in enumerate(refs) if ref[0] == SPILLED]
         if not spilled:
             locations = [(segment, offset) for _, segment, offset in refs]
-            return [(list(range(len(refs))), refs, self.wal.reader(locations))]
+            return [(range(len(refs)), refs, self.wal.reader(locations))]
         assert self.spill_files is not None
         logged = [index for index, ref in enumerate(refs) if ref[0] != SPILLED]
         readers = []
@@ -661,7 +664,7 @@ def _head_upto(queue: Queue, upto: int) -> Iterator[QueuedMessage]:
 
 
 def _merged(
-    count: int, readers: list[tuple[list[int], list[PagedRef], RecordReader]]
+    count: int, readers: list[tuple[Sequence[int], list[PagedRef], RecordReader]]
 ) -> list[Message | BaseException]:
     """The messages of every reader, in the order of the refs they were made for."""
     if len(readers) == 1 and len(readers[0][0]) == count:

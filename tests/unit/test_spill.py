@@ -224,3 +224,22 @@ async def test_a_spill_disk_failing_under_writes_loses_no_message(
     node.store.spill_files = None  # failed: closing it would raise nothing new
     await spill.close()
     await stop_node(node)
+
+
+async def test_huge_transient_messages_spill_and_come_back_whole(tmp_path: Path) -> None:
+    """Bodies far larger than a spill segment (3 MiB against 64 KiB) each get a segment of
+    their own, come back whole, in order, and their segments go once read back."""
+    node = await spilling_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    bodies = [bytes([65 + index]) * (3 << 20) for index in range(6)]
+    for body in bodies:
+        node.vhost.publish(node.vhost.get_exchange(""), make_message("q", body, delivery_mode=1))
+    assert spill_of(node).count >= 5  # past the window's 1 MiB of bodies
+    await settle_spill(node)
+    got = []
+    while (entry := queue.get(ack_required=False)) is not None:
+        got.append(entry.message.body)
+    assert got == bodies
+    await settle_spill(node)
+    assert spill_of(node).count == 0 and len(spill_files(node)) == 1
+    await stop_node(node)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.core.paging import WINDOW_ENTRIES
+from broker.core.paging import WINDOW_ENTRIES, PagedFifoStore
 from broker.core.queue import Queue
 from broker.store.spill import SpillFiles
 from tests.unit.helpers import ManualClock, make_message
@@ -242,4 +242,29 @@ async def test_huge_transient_messages_spill_and_come_back_whole(tmp_path: Path)
     assert got == bodies
     await settle_spill(node)
     assert spill_of(node).count == 0 and len(spill_files(node)) == 1
+    await stop_node(node)
+
+
+async def test_a_spilled_message_the_disk_cannot_give_back_is_dropped_not_parked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The spill files lose their bytes: a transient message there cannot come back, so it is
+    logged (message.unreadable) and dropped, its spill record released; not set aside for a
+    restart as a logged message would be, since no restart could bring it back. The window's
+    messages are delivered."""
+    node = await spilling_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    publish_transient(node, "q", WINDOW_ENTRIES + 50)
+    await settle_spill(node)
+    for path in spill_files(node):
+        path.write_bytes(b"")  # the disk loses what was written
+    with caplog.at_level(logging.ERROR):
+        got = []
+        while (entry := queue.get(ack_required=False)) is not None:
+            got.append(entry.message.body)
+    assert got == [body_of(index) for index in range(WINDOW_ENTRIES)]
+    assert "message.unreadable" in caplog.text
+    assert queue.message_count == 0
+    assert spill_of(node).count == 0
+    assert isinstance(queue._ready, PagedFifoStore) and not queue._ready.unreadable
     await stop_node(node)

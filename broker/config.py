@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from broker.core.read_ahead import DEFAULT_READ_AHEAD_BYTES
 from broker.patterns import BoundedPattern, PatternError
 from broker.store.wal import SYNC_POLICIES
 
@@ -96,6 +97,10 @@ class Limits:
     # past their window to disk (RabbitMQ's vm_memory_high_watermark_paging_ratio); 1 or more:
     # never (the alarm comes first).
     memory_paging_ratio: float = 0.5
+    # What queues that page may hold read back from disk ahead of their consumers, all
+    # together (bodies and the objects they make); past it they wait their turn, except that a
+    # queue whose consumers found nothing ready still reads a little.
+    read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES
     # A delivery not acknowledged within this many milliseconds closes its channel with 406
     # and requeues what it held (RabbitMQ's consumer_timeout); 0 disables. Queues can set their
     # own with x-consumer-timeout. Checked every consumer_timeout_check seconds.
@@ -360,6 +365,9 @@ def _parse_limits(raw: Any) -> Limits:
         memory_high_watermark=_watermark(get("memory_high_watermark")),
         memory_paging_ratio=_number(
             get("memory_paging_ratio"), "limits.memory_paging_ratio", 0.0, 1.0
+        ),
+        read_ahead_bytes=_integer(
+            get("read_ahead_bytes"), "limits.read_ahead_bytes", 1 << 20, 1 << 40
         ),
         consumer_timeout=_integer(
             get("consumer_timeout"), "limits.consumer_timeout", 0, 315_360_000_000

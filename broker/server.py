@@ -80,6 +80,7 @@ class Broker:
                 lambda: self.vhosts.values(),
                 lambda: runtime.document(self),
                 self.spill,
+                config.limits.read_ahead_bytes,
             )
         self.policies = Policies(lambda: self.vhosts, self._runtime_changed)
         self.vhosts: dict[str, VirtualHost] = {}
@@ -297,6 +298,7 @@ class Broker:
             held += self.wal.pending_bytes()
         if self.spill is not None:
             held += self.spill.log.pending_bytes()
+        held += self.store.reading_bytes()
         return held
 
     def open_connections(self) -> int:

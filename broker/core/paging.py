@@ -31,7 +31,7 @@ from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from broker.core.message import GONE, READY, Message, QueuedMessage
+from broker.core.message import ENTRY_OVERHEAD, GONE, READY, Message, QueuedMessage
 from broker.core.persistence import SPILLED, MessageStore, PagedBatch, PagedRef
 from broker.core.ready import FifoStore
 from broker.logs import fields
@@ -43,8 +43,9 @@ log = logging.getLogger("warren.queue")
 WINDOW_ENTRIES = 256
 WINDOW_BYTES = 1 << 20
 # While consumers take from it, the window is topped up to READ_AHEAD records (and at most
-# READ_AHEAD_BYTES of bodies) whenever it falls below READ_AHEAD_BELOW: a consumer with a
-# prefetch of 1000 finds its next thousand read already.
+# READ_AHEAD_BYTES of window cost: bodies plus ENTRY_OVERHEAD each) whenever it falls below
+# READ_AHEAD_BELOW: a consumer with a prefetch of 1000 finds its next thousand read already.
+# What every queue holds read ahead together is bounded by the store's ReadAheadBudget.
 READ_AHEAD = 4096
 READ_AHEAD_BYTES = 4 << 20
 READ_AHEAD_BELOW = 2048
@@ -272,7 +273,7 @@ class _Tail:
 
     def peek(self, limit: int, max_bytes: int) -> list[Record]:
         """Live records from the first, left in place: up to `limit` of them and, past the
-        first, up to `max_bytes` of bodies."""
+        first, up to `max_bytes` of what they cost as window entries (body and objects)."""
         found: list[Record] = []
         size = 0
         self.first()  # moves each chunk's head past what left
@@ -280,7 +281,7 @@ class _Tail:
             flags = chunk.flags
             for index in range(chunk.head, len(chunk.seq)):
                 if flags[index] != DEAD:
-                    size += chunk.size[index]
+                    size += chunk.size[index] + ENTRY_OVERHEAD
                     if found and size > max_bytes:
                         return found
                     found.append(chunk.record(index))
@@ -302,6 +303,10 @@ class PagedFifoStore(FifoStore):
     pages = True
 
     __slots__ = (
+        "_budget",
+        "_charged",
+        "_deferred",
+        "_in_flight",
         "_loading",
         "_pinned",
         "_source",
@@ -321,6 +326,13 @@ class PagedFifoStore(FifoStore):
         self._tail_deadlines: list[int] = []
         self._loading = False  # a read-ahead is under way
         self._waiting = False  # a consumer found the window empty meanwhile
+        # The store's budget for reading ahead: what this queue has charged to it (read back
+        # and still in the window, or in flight), the in-flight part, and whether the queue
+        # waits for room (`resume_read_ahead`).
+        self._budget = source.read_ahead
+        self._charged = 0
+        self._in_flight = 0
+        self._deferred = False
         # Records the log could not give back (a disk error): out of the queue's count, not
         # settled, so a restart brings them back; deleting the queue releases them.
         self.unreadable: list[PagedRef] = []
@@ -471,8 +483,15 @@ class PagedFifoStore(FifoStore):
         if entry is None and self._tail.live:
             self._fill(SYNC_BATCH)
             entry = FifoStore.pop(self)
+        if self._charged:
+            self._settle_charge()
         tail_live = self._tail.live
-        if tail_live and not self._loading and self.count - tail_live < READ_AHEAD_BELOW:
+        if (
+            tail_live
+            and not self._loading
+            and self.count - tail_live < READ_AHEAD_BELOW
+            and (not self._deferred or self.count == tail_live)  # waiting, unless starving
+        ):
             self._read_ahead()
         return entry
 
@@ -500,6 +519,11 @@ class PagedFifoStore(FifoStore):
         if found is not None:
             self._tail.kill(*found)
         self._take(entry, GONE)
+
+    def _take(self, entry: QueuedMessage, state: int) -> None:
+        super()._take(entry, state)
+        if self._charged:
+            self._settle_charge()
 
     def due(self, now: float, limit: int = -1) -> list[QueuedMessage]:
         expired = super().due(now, limit)
@@ -547,6 +571,10 @@ class PagedFifoStore(FifoStore):
         self._tail = _Tail()
         self._pinned.clear()
         self._tail_deadlines.clear()
+        self._deferred = False
+        self._budget.forget(self)
+        if self._charged:
+            self._settle_charge()  # what is still in flight stays charged until it is back
         return taken
 
     def __iter__(self) -> Iterator[QueuedMessage]:
@@ -628,11 +656,22 @@ class PagedFifoStore(FifoStore):
         return entry
 
     def _read_ahead(self) -> None:
-        window = self.count - self._tail.live
-        wanted = self._tail.peek(READ_AHEAD - window, READ_AHEAD_BYTES)
+        """Read the next records back off the loop, as many as the store's budget allows now
+        (none: the queue waits for `resume_read_ahead`)."""
+        tail = self._tail
+        window = self.count - tail.live
+        allowed = self._budget.grant(self, READ_AHEAD_BYTES, starving=window == 0)
+        self._deferred = not allowed
+        if not allowed:
+            return
+        wanted = tail.peek(READ_AHEAD - window, allowed)
         records = [record for record in wanted if record[1] != _PINNED]
         if not records:
             return
+        cost = sum(record[3] for record in records) + len(records) * ENTRY_OVERHEAD
+        self._charged += cost
+        self._in_flight = cost
+        self._budget.charge(cost)
         self._loading = True
         self._source.load_ahead(
             [_ref(record) for record in records],
@@ -648,6 +687,8 @@ class PagedFifoStore(FifoStore):
         """Records read ahead join the window while they are still first in the tail (any the
         queue took meanwhile, by a read on the loop or an expiry, are passed over)."""
         self._loading = False
+        self._budget.arrived(self._in_flight)
+        self._in_flight = 0
         loaded = {record[0]: result for record, result in zip(records, results, strict=True)}
         taken = self._tail.take_run(wanted)
         # Relocated meanwhile, or the read failed (its segment was compacted away): read
@@ -664,10 +705,30 @@ class PagedFifoStore(FifoStore):
         if again:
             loaded.update(self._load(again))
         self._to_window(taken, loaded)
+        if self._charged:
+            self._settle_charge()  # of what was read, what the queue took meanwhile
         if self._waiting:
             self._waiting = False
             if self.on_refill is not None:
                 self.on_refill()
+
+    def resume_read_ahead(self) -> None:
+        """The budget has room again for this queue, which waited for it."""
+        self._deferred = False
+        tail_live = self._tail.live
+        if tail_live and not self._loading and self.count - tail_live < READ_AHEAD_BELOW:
+            self._read_ahead()
+
+    def _settle_charge(self) -> None:
+        """Give back to the budget what left the window since it was charged: the charge is
+        at most what the window costs now (bodies plus objects) and what is in flight."""
+        tail = self._tail
+        held = self.body_bytes - tail.live_bytes + (self.count - tail.live) * ENTRY_OVERHEAD
+        held += self._in_flight
+        if held < self._charged:
+            released = self._charged - held
+            self._charged = held
+            self._budget.release(released)
 
 
 def segment_counts(locations: Sequence[int]) -> dict[int, int]:

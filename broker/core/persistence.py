@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from broker.core.exchange import Binding, Exchange
     from broker.core.message import Message, QueuedMessage
     from broker.core.queue import Queue
+    from broker.core.read_ahead import ReadAheadBudget
 
 
 class MessageStore:
@@ -121,6 +122,14 @@ class MessageStore:
     # Whether a queue may keep logged messages as compact records (`PagedRef`) and have them
     # read back, with their bodies, when they near the head: only a store that keeps them.
     pages = False
+    # What those queues may hold read back ahead of their consumers, all together: a store
+    # that `pages` has one.
+    read_ahead: ReadAheadBudget
+
+    def reading_bytes(self) -> int:
+        """Bytes being read back from disk right now, for the memory alarm (once back, they
+        are counted as the queues' messages)."""
+        return 0
 
     def load(self, refs: list[PagedRef]) -> list[Message | BaseException]:
         """The messages of these records read back now, bodies in memory, each with `refs`

@@ -28,6 +28,7 @@ from broker.core.persistence import (
     PagedRef,
     SyncCallback,
 )
+from broker.core.read_ahead import DEFAULT_READ_AHEAD_BYTES, ReadAheadBudget
 from broker.core.vhost import BUILTIN_EXCHANGES, VirtualHost
 from broker.logs import fields
 from broker.store import records
@@ -122,9 +123,11 @@ class DurableStore(MessageStore):
         vhosts: Callable[[], Iterable[VirtualHost]],
         runtime: Callable[[], dict[str, Any]] | None = None,
         spill: SpillFiles | None = None,
+        read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
     ) -> None:
         self.wal = wal
         self.spill_files = spill  # where transient messages page out (`spilling`)
+        self.read_ahead = ReadAheadBudget(read_ahead_bytes)
         self._vhosts = vhosts  # the model: definitions for snapshots, queues for compaction
         self._runtime = runtime  # users, vhosts, permissions and policies, for snapshots
         self.next_msg_id = 1
@@ -457,6 +460,9 @@ class DurableStore(MessageStore):
                 reader = reader_of([(segment, offset) for _, segment, offset in group])
                 readers.append((indices, group, reader))
         return readers
+
+    def reading_bytes(self) -> int:
+        return self.read_ahead.in_flight
 
     @property
     def spilling(self) -> bool:

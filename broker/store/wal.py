@@ -991,6 +991,17 @@ def _decode(
     return record_type, payload
 
 
+def _trimmed(data: bytes, last: int) -> bytes:
+    """A span read with a read-ahead past its last record (at `last`), cut at that record's
+    end when most of it is waste: a lone 300-byte record is not kept in a 4 KiB buffer while
+    thousands of reads wait for the loop. A damaged length is left to `records`."""
+    if len(data) >= last + HEADER_SIZE:
+        end = last + HEADER_SIZE + _HEADER.unpack_from(data, last)[0]
+        if 2 * end < len(data):
+            return data[:end]
+    return data
+
+
 def _pread_record(fd: int, segment_id: int, offset: int) -> tuple[int, bytes]:
     """One record from a segment file: one pread, two when it is larger than a read-ahead."""
     data = os.pread(fd, _READ_AHEAD, offset)
@@ -1004,8 +1015,8 @@ def _pread_record(fd: int, segment_id: int, offset: int) -> tuple[int, bytes]:
 
 class RecordReader:
     """Records read back together, in three steps: made on the loop (`WriteAheadLog.reader`),
-    `read` in any thread (preads only: neighbouring records, as a backlog's lie, come from
-    one pread of up to SPAN_BYTES, and the thread holds the GIL for nothing else), `records`
+    `read` in any thread (preads, each buffer cut to the records it holds: neighbouring
+    records, as a backlog's lie, come from one pread of up to SPAN_BYTES), `records`
     back on the loop (checks each record's CRC and gives its type and place in the span, a
     RecordView, or the error reading it). A segment deleted meanwhile makes its reads fail
     (or, once its descriptor number is reused, read another record: callers check what they
@@ -1035,7 +1046,8 @@ class RecordReader:
                     last += 1
                 data: bytes | OSError
                 try:
-                    data = os.pread(fd, wanted[last][0] - start + _READ_AHEAD, start)
+                    data = _trimmed(os.pread(fd, wanted[last][0] - start + _READ_AHEAD, start),
+                                    wanted[last][0] - start)  # fmt: skip
                 except OSError as error:
                     data = error
                 self._spans.append((fd, segment_id, start, data, wanted[first : last + 1]))

@@ -158,3 +158,67 @@ def test_transient_backlog_past_the_paging_ratio_goes_to_disk_not_memory(tmp_pat
         connection.close()
     finally:
         broker.stop()
+
+
+def peak_resident_bytes_since_reset(pid: int) -> int:
+    """VmHWM, the process's peak resident memory since `reset_peak` (or its start)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM starts again from VmRSS
+
+
+def test_many_queues_drained_at_once_share_one_read_ahead_budget(tmp_path: Path) -> None:
+    """A consumer that starts on many long paging queues at once makes every one of them read
+    ahead together. Their read-ahead shares limits.read_ahead_bytes (here 4 MiB), so the
+    broker's peak resident memory while draining grows by a few MiB, not by the backlog (each
+    queue alone would read all of its 3 MiB back at once, 192 MiB in all), and every message
+    comes back, each queue's in order."""
+    queues, per_queue, size = 64, 256, 16384
+    config = shipped_config()
+    config["limits"]["read_ahead_bytes"] = 4 * 1024 * 1024
+    broker = BrokerProcess(tmp_path / "data", write_config(tmp_path, config))
+    try:
+        connection, channel, confirmed = open_backlog(broker.url)
+        names = [f"many-{queue}" for queue in range(queues)]
+        for name in names:
+            channel.queue_declare(name, durable=True)
+
+        def body(queue: int, index: int) -> bytes:
+            return f"{queue}:{index}".encode().ljust(size, b"-")
+
+        for index in range(per_queue):  # round robin: a queue's records lie 1 MiB apart
+            for queue, name in enumerate(names):
+                channel.basic_publish("", name, body(queue, index), PERSISTENT)
+        confirmed.basic_publish("", "marker", b"", PERSISTENT)
+        before = resident_bytes(broker.proc.pid)
+        reset_peak(broker.proc.pid)
+
+        got: dict[str, list[bytes]] = {name: [] for name in names}
+        total = 0
+
+        def on_message(ch, method, properties, body):  # type: ignore[no-untyped-def]
+            nonlocal total
+            got[method.routing_key].append(body)
+            total += 1
+            ch.basic_ack(method.delivery_tag)
+            if total == queues * per_queue:
+                ch.stop_consuming()
+
+        channel.basic_qos(prefetch_count=32)
+        for name in names:
+            channel.basic_consume(name, on_message)
+        connection.call_later(120, channel.stop_consuming)  # bounded whatever happens
+        channel.start_consuming()
+        grown = peak_resident_bytes_since_reset(broker.proc.pid) - before
+        assert total == queues * per_queue
+        for queue, name in enumerate(names):
+            assert got[name] == [body(queue, index) for index in range(per_queue)], name
+        assert grown < 48 * 1024 * 1024, f"peak resident memory grew {grown >> 20} MiB"
+        connection.close()
+    finally:
+        broker.stop()

@@ -128,6 +128,8 @@ def test_config_is_frozen(tmp_path: Path) -> None:
         ("limits:\n  max_message_size: 0\n", "limits.max_message_size:"),
         ("limits:\n  consumer_timeout: -1\n", "limits.consumer_timeout: must be an integer"),
         ("limits:\n  consumer_timeout_check: 0\n", "limits.consumer_timeout_check: must be"),
+        ("limits:\n  read_ahead_bytes: 65536\n", "limits.read_ahead_bytes: must be an integer"),
+        ("limits:\n  memory_paging_ratio: 2\n", "limits.memory_paging_ratio: must be a number"),
         ("limits:\n  frame_mx: 4096\n", "limits.frame_mx: unknown key"),
         ("limits: 5\n", "limits: must be a mapping"),
         (

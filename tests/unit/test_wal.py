@@ -768,6 +768,35 @@ async def test_a_reader_reads_neighbours_together_and_what_is_not_written_from_m
     assert isinstance(_views(log, [(1, 999_999)])[0], CorruptLogError)
 
 
+async def test_a_reader_keeps_only_what_lone_records_use_of_their_reads(tmp_path: Path) -> None:
+    """Records far apart are read a pread each, with a read-ahead of 4 KiB past each: what
+    waits for the loop is cut to the record (thousands of such reads wait together when many
+    queues read ahead). A record whose length field is damaged is still reported as damaged,
+    not cut short and passed."""
+    log = WriteAheadLog(tmp_path)
+    lone = []
+    for index in range(3):
+        lone.append(log.append(4, str(index).encode() * 300))
+        log.append(5, b"x" * 20_000)  # keeps the next one out of this one's span
+    await log.start()
+    assert await synced(log) is None
+    await log.close()
+    log = WriteAheadLog(tmp_path)
+    reader = log.reader(lone)
+    reader.read()
+    assert [len(span[3]) for span in reader._spans] == [HEADER_SIZE + 300] * 3
+    assert [(view[0], view[1][view[2] : view[3]]) for view in reader.records()] == [
+        (4, str(index).encode() * 300) for index in range(3)
+    ]
+    with open(segment_file(tmp_path, 1), "r+b") as segment:
+        segment.seek(lone[1][1])
+        segment.write((4).to_bytes(4, "big"))  # says 4 bytes: the cut would end mid-record
+    found = _views(log, lone)
+    assert found[0] == (4, b"0" * 300) and found[2] == (4, b"2" * 300)
+    assert isinstance(found[1], CorruptLogError)
+    await log.close()
+
+
 async def test_read_verifies_the_crc(tmp_path: Path) -> None:
     log = WriteAheadLog(tmp_path)
     await log.start()

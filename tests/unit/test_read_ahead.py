@@ -1,0 +1,140 @@
+"""The read-ahead budget every paging queue of a store shares (broker/core/read_ahead.py):
+many queues reading ahead at once stay within it and lose nothing; a queue whose consumers
+found nothing still reads (a queue holding its window idle starves no one); purge and delete
+give back what a queue held, a read in flight included; the memory alarm sees reads in flight.
+Driven on real files through the durable store's test node."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from broker.core.message import ENTRY_OVERHEAD
+from broker.core.paging import WINDOW_ENTRIES
+from broker.core.queue import Queue
+from broker.core.read_ahead import FLOOR, ReadAheadBudget, Reader
+from tests.unit.helpers import FakeSink, add_consumer
+from tests.unit.test_durable_store import Node, start_node, stop_node, synced
+from tests.unit.test_paging import BODY, body_of, fill
+
+LIMIT = 1 << 20
+RECORD_COST = BODY + ENTRY_OVERHEAD  # what a message read back costs the budget
+
+
+async def budgeted_node(directory: Path, limit: int = LIMIT) -> tuple[Node, WatchedBudget]:
+    node = await start_node(directory)
+    budget = node.store.read_ahead = WatchedBudget(limit)  # before any queue takes it
+    return node, budget
+
+
+def declare(node: Node, count: int, messages: int) -> list[Queue]:
+    """`count` durable queues of `messages` each, published round robin, as a backlog that
+    many producers built while no consumer ran."""
+    queues = [node.vhost.declare_queue(f"q{index}", None, durable=True) for index in range(count)]
+    for start in range(0, messages, 100):
+        for queue in queues:
+            fill(node.vhost, queue.name, 100, start)
+    return queues
+
+
+class WatchedBudget(ReadAheadBudget):
+    """The budget, with its highest charge and how often a queue had to wait kept."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.highest = 0
+        self.waits = 0
+
+    def charge(self, size: int) -> None:
+        super().charge(size)
+        self.highest = max(self.highest, self.held)
+
+    def grant(self, reader: Reader, wanted: int, starving: bool) -> int:
+        granted = super().grant(reader, wanted, starving)
+        self.waits += granted == 0
+        return granted
+
+
+async def until(condition, what: str, seconds: float = 20) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        assert loop.time() < deadline, f"gave up waiting: {what}"
+        await asyncio.sleep(0.005)
+
+
+def delivered_to(sink: FakeSink, tag: str) -> list[bytes]:
+    return [body for consumer, body, _ in sink.delivered if consumer == tag]
+
+
+async def test_many_queues_reading_ahead_at_once_stay_within_the_budget(tmp_path: Path) -> None:
+    """Consumers start on 24 long queues at once: each queue asks to read thousands of
+    records ahead, together far past the budget. What they hold read back never passes the
+    budget by more than each queue's floor; queues wait their turn, are resumed as others
+    drain, and every message reaches its consumer in order. At the end nothing is charged."""
+    node, budget = await budgeted_node(tmp_path)
+    queues = declare(node, 24, 2_500)
+    assert await synced(node.store) is None
+    sink = FakeSink()
+    for queue in queues:
+        add_consumer(queue, sink, queue.name, credit=10**9)
+    await until(lambda: len(sink.delivered) == 24 * 2_500, "every message delivered")
+    for queue in queues:
+        assert delivered_to(sink, queue.name) == [body_of(index) for index in range(2_500)]
+    assert budget.waits > 0  # the budget did make queues wait
+    assert budget.highest <= LIMIT + 24 * (FLOOR + RECORD_COST)
+    assert (budget.held, budget.in_flight, budget.waiting) == (0, 0, 0)
+    await stop_node(node)
+
+
+async def test_an_idle_full_window_does_not_starve_another_queue(tmp_path: Path) -> None:
+    """One queue's consumer stops after a few messages, so its window keeps what it read
+    ahead: most of the budget. Another queue's consumer still gets every message, a floor at a
+    time, and the first queue's charge stays what its window holds until it is purged."""
+    node, budget = await budgeted_node(tmp_path)
+    idle, busy = declare(node, 2, 3_000)
+    assert await synced(node.store) is None
+    sink = FakeSink()
+    add_consumer(idle, sink, "idle", credit=WINDOW_ENTRIES + 10)
+    await until(lambda: budget.in_flight == 0 and budget.held > 0, "the idle queue read ahead")
+    held_by_idle = budget.held
+    assert held_by_idle > LIMIT // 2
+    add_consumer(busy, sink, "busy", credit=10**9)
+    await until(lambda: len(delivered_to(sink, "busy")) == 3_000, "the busy queue drained")
+    assert delivered_to(sink, "busy") == [body_of(index) for index in range(3_000)]
+    assert budget.held == held_by_idle  # the busy queue gave back all it read
+    idle.purge()
+    assert (budget.held, budget.in_flight) == (0, 0)
+    await stop_node(node)
+
+
+async def test_purge_and_delete_give_back_what_a_queue_held_a_read_in_flight_too(
+    tmp_path: Path,
+) -> None:
+    """A read under way when its queue is purged stays charged (and counted by the memory
+    alarm) until it is back, then is given back with nothing to deliver; deleting a queue
+    gives back its window's charge."""
+    node, budget = await budgeted_node(tmp_path, limit=64 << 20)
+    store = node.store
+    first, second = declare(node, 2, 1_000)
+    assert await synced(store) is None
+    held: list[tuple[object, object]] = []
+    load_ahead = store.load_ahead
+    store.load_ahead = lambda refs, done: held.append((refs, done))  # type: ignore[method-assign]
+    sink = FakeSink()
+    add_consumer(first, sink, "first", credit=10**9)
+    refs, done = held.pop()
+    charged = (1_000 - WINDOW_ENTRIES) * RECORD_COST
+    assert (budget.held, budget.in_flight) == (charged, charged)
+    assert store.reading_bytes() == charged
+    first.purge()
+    assert (budget.held, budget.in_flight) == (charged, charged)
+    done(store.load(refs))  # type: ignore[operator, arg-type]
+    assert (budget.held, budget.in_flight, store.reading_bytes()) == (0, 0, 0)
+
+    store.load_ahead = load_ahead  # type: ignore[method-assign]
+    add_consumer(second, sink, "second", credit=WINDOW_ENTRIES + 1)
+    await until(lambda: budget.in_flight == 0 and budget.held > 0, "the second queue read ahead")
+    node.vhost.delete_queue(second.name, None)
+    assert (budget.held, budget.in_flight, budget.waiting) == (0, 0, 0)
+    await stop_node(node)

@@ -10,6 +10,8 @@ Scenarios (256-byte messages):
               from the first publish to the last dead letter consumed.
   priority    a queue with x-max-priority 10: messages with priorities 0-9 published as a
               backlog, then consumed with prefetch 1000 and manual acks; msgs/s overall.
+  fanout      one publisher to a fanout exchange bound to 4 queues, a consumer on each (its
+              own connection, prefetch 1000, manual acks), transient; deliveries/s overall.
   metrics     Warren only: transient throughput with /metrics scraped every 100 ms vs not.
   disk        Warren only: --disk-messages persistent messages through a durable queue
               (publisher with confirms, consumer acking), then the size of the log left behind.
@@ -64,7 +66,7 @@ wrong count:
               of GET /metrics, /metrics/per-object (RabbitMQ: its Prometheus plugin, started at
               runtime and stopped afterwards, no config change) and the management /api/queues.
 
-    scripts/bench [--scenario all|transient|persistent|ttl|priority|recovery|disk|metrics|
+    scripts/bench [--scenario all|transient|persistent|ttl|priority|fanout|recovery|disk|metrics|
                               soak|crash|delayed|backlog|many-queues]
                   [--messages N] [--rounds 3] [--recovery-messages 200000]
                   [--disk-messages 1000000] [--no-rabbitmq] [--seed N]
@@ -101,7 +103,12 @@ from scripts.bench_backlog import backlog  # noqa: E402
 from scripts.bench_crash import crash_cycles  # noqa: E402
 from scripts.bench_delayed import delayed_scale  # noqa: E402
 from scripts.bench_objects import many_queues  # noqa: E402
-from scripts.bench_queues import priority_round, ttl_round  # noqa: E402
+from scripts.bench_queues import (  # noqa: E402
+    FANOUT_QUEUES,
+    fanout_round,
+    priority_round,
+    ttl_round,
+)
 from scripts.bench_soak import soak  # noqa: E402
 from scripts.bench_support import (  # noqa: E402
     BODY,
@@ -292,6 +299,7 @@ def throughput(
         "persistent": persistent_round,
         "ttl": ttl_round,
         "priority": priority_round,
+        "fanout": fanout_round,
     }[name]
     results: dict[str, list[float]] = {"warren": [], "rabbitmq": []}
     run(scenario("127.0.0.1", warren_port, min(messages, 20_000)))  # warm-up
@@ -308,8 +316,10 @@ def throughput(
         "persistent": f"durable queue, delivery-mode 2, confirms (window {CONFIRM_WINDOW})",
         "ttl": "x-message-ttl 50 ms, all expire into a dead-letter queue, consumed there",
         "priority": "x-max-priority 10, priorities 0-9, published as a backlog, then consumed",
+        "fanout": "fanout exchange, a consumer per queue, transient, deliveries/s",
     }[name]
-    report(f"scenario {name}: {messages} x 256 B, 1 queue, {detail}", "msg/s", results, True)
+    queues = f"{FANOUT_QUEUES} queues" if name == "fanout" else "1 queue"
+    report(f"scenario {name}: {messages} x 256 B, {queues}, {detail}", "msg/s", results, True)
 
 
 SCRAPER = """
@@ -365,6 +375,7 @@ def main() -> int:
             "persistent",
             "ttl",
             "priority",
+            "fanout",
             "delayed",
             "recovery",
             "disk",
@@ -418,7 +429,16 @@ def main() -> int:
         scale = {"backlog": backlog, "many-queues": many_queues}[args.scenario]
         with tempfile.TemporaryDirectory(prefix="warren-bench-") as data_dir:
             return scale(Path(data_dir) / args.scenario, args, with_rabbitmq)
-    everything = ["transient", "persistent", "ttl", "priority", "recovery", "disk", "metrics"]
+    everything = [
+        "transient",
+        "persistent",
+        "ttl",
+        "priority",
+        "fanout",
+        "recovery",
+        "disk",
+        "metrics",
+    ]
     wanted = everything if args.scenario == "all" else [args.scenario]
     with tempfile.TemporaryDirectory(prefix="warren-bench-") as data_dir:
         for name in wanted:

@@ -1,6 +1,7 @@
-"""Queue-feature scenarios of scripts/bench.py: TTL expiry into a dead-letter queue, and a
-priority queue's backlog. Each round returns messages per second for one broker, so bench.py
-runs them next to RabbitMQ like the plain throughput scenarios.
+"""Queue-feature scenarios of scripts/bench.py: TTL expiry into a dead-letter queue, a
+priority queue's backlog, and a fanout exchange feeding several queues. Each round returns
+messages per second for one broker, so bench.py runs them next to RabbitMQ like the plain
+throughput scenarios.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from scripts.bench_support import BODY, PUBLISH_BATCH, acking_consumer
 
 TTL_MS = 50
 PRIORITIES = 10
+FANOUT_QUEUES = 4
 
 
 async def _publish_all(publisher: LoadClient, frames: bytes, messages: int, per_block: int) -> None:
@@ -28,6 +30,37 @@ async def _publish_all(publisher: LoadClient, frames: bytes, messages: int, per_
         sent += count * per_block
         await publisher.drain()
         await asyncio.sleep(0)
+
+
+async def fanout_round(host: str, port: int, messages: int) -> float:
+    """One publisher to a fanout exchange bound to FANOUT_QUEUES queues, a consumer (its own
+    connection, manual acks) on each: deliveries per second, from the first publish to the
+    last delivery on every queue."""
+    exchange = f"bench-fanout-{uuid.uuid4().hex[:8]}"
+    consumers = [await connect(host, port) for _ in range(FANOUT_QUEUES)]
+    publisher = await connect(host, port)
+    try:
+        await publisher.call(1, commands.Channel.Open(), commands.Channel.OpenOk)
+        declare = commands.Exchange.Declare(exchange=exchange, exchange_type="fanout")
+        await publisher.call(1, declare, commands.Exchange.DeclareOk)
+        done = []
+        for number, consumer in enumerate(consumers):
+            queue = f"{exchange}-{number}"
+            done.append(await acking_consumer(consumer, queue, messages, durable=False))
+            bind = commands.Queue.Bind(queue=queue, exchange=exchange)
+            await publisher.call(1, bind, commands.Queue.BindOk)
+        started = time.perf_counter()
+        await _publish_all(publisher, publish_frames(1, exchange, "", BODY, False), messages, 1)
+        timeout = max(60, FANOUT_QUEUES * messages / 2000)
+        finished = await asyncio.wait_for(asyncio.gather(*done), timeout=timeout)
+        return FANOUT_QUEUES * messages / (max(finished) - started)
+    finally:
+        with contextlib.suppress(RuntimeError, TimeoutError):
+            delete = commands.Exchange.Delete(exchange=exchange)
+            await publisher.call(1, delete, commands.Exchange.DeleteOk)
+        await publisher.close()
+        for consumer in consumers:
+            await consumer.close()  # its auto-delete queue goes with it
 
 
 async def ttl_round(host: str, port: int, messages: int) -> float:

@@ -16,6 +16,10 @@ shared object counts its holders) takes its place in the tail as a record pointi
 pushes go to the tail once it has anything, requeues (of entries handed out from the window) to
 the window.
 
+A queue that does not survive restarts logs nothing, so it pages only to the spill files: its
+window is unbounded (it is a plain FIFO) until memory is short, and then its transient messages
+past the window are spilled as above (`logged` False).
+
 Deadlines of compact records live in a heap of plain integers (deadline in ms, then sequence
 number); an expiry away from the head reads that one message back to dead-letter it.
 """
@@ -308,6 +312,7 @@ class PagedFifoStore(FifoStore):
         "_deferred",
         "_in_flight",
         "_loading",
+        "_logged",
         "_pinned",
         "_source",
         "_tail",
@@ -316,9 +321,10 @@ class PagedFifoStore(FifoStore):
         "unreadable",
     )
 
-    def __init__(self, source: MessageStore) -> None:
+    def __init__(self, source: MessageStore, logged: bool = True) -> None:
         super().__init__()
         self._source = source
+        self._logged = logged  # whether logged messages past the window become records
         self._tail = _Tail()
         self._pinned: dict[int, QueuedMessage] = {}  # seq -> entry, for pinned records
         # (deadline in ms << 64 | seq) of compact records with a deadline; items of records
@@ -403,8 +409,12 @@ class PagedFifoStore(FifoStore):
 
     # ---------------------------------------------------------------- in
     def push(self, entry: QueuedMessage) -> None:
-        """To the window while it has room and the tail is empty, else to the tail."""
-        if not self.takes_records:
+        """To the window while it has room and the tail is empty, else to the tail
+        (`takes_records`, inlined: a queue that logs nothing takes this path per message)."""
+        if not self._tail.live and (
+            (self.count < WINDOW_ENTRIES and self.body_bytes < WINDOW_BYTES)
+            or not (self._logged or self._source.spilling)
+        ):
             FifoStore.push(self, entry)
             return
         self._page_out(entry)
@@ -414,7 +424,7 @@ class PagedFifoStore(FifoStore):
     def _page_out(self, entry: QueuedMessage) -> None:
         message = entry.message
         flags = int(entry.redelivered) | entry.returns << 1
-        if message.msg_id and message.refs == 1 and type(message) is Message:
+        if self._logged and message.msg_id and message.refs == 1 and type(message) is Message:
             location = pack_location(*message.location)
             self._append_compact(
                 entry.seq,
@@ -447,10 +457,13 @@ class PagedFifoStore(FifoStore):
     def takes_records(self) -> bool:
         """Whether a message pushed now would become a compact record (the window is full,
         or the tail has begun): recovery hands those over as records, the others as objects,
-        so a restarted queue looks as it did, its window of objects first."""
-        return bool(self._tail.live) or not (
-            self.count < WINDOW_ENTRIES and self.body_bytes < WINDOW_BYTES
-        )
+        so a restarted queue looks as it did, its window of objects first. A queue that logs
+        nothing has a window without bounds until memory is short."""
+        if self._tail.live:
+            return True
+        if self.count < WINDOW_ENTRIES and self.body_bytes < WINDOW_BYTES:
+            return False
+        return self._logged or self._source.spilling
 
     def push_records(
         self,
@@ -479,6 +492,11 @@ class PagedFifoStore(FifoStore):
 
     # ---------------------------------------------------------------- out
     def pop(self) -> QueuedMessage | None:
+        if not (self._tail.live or self._charged):  # nothing paged, nothing read back
+            return FifoStore.pop(self)
+        return self._pop_paged()
+
+    def _pop_paged(self) -> QueuedMessage | None:
         entry = FifoStore.pop(self)
         if entry is None and self._tail.live:
             self._fill(SYNC_BATCH)
@@ -498,10 +516,12 @@ class PagedFifoStore(FifoStore):
     def pop_for_consumer(self) -> QueuedMessage | None:
         """Without reading on the loop what a read-ahead under way is reading already (that
         read twice what consumers outran): they wait for it, and `on_refill` wakes them."""
+        if not (self._tail.live or self._charged or self._loading):
+            return FifoStore.pop(self)
         if self._loading and not self._fifo.entries:
             self._waiting = True
             return None
-        return self.pop()
+        return self._pop_paged()
 
     def peek(self) -> QueuedMessage | None:
         entry = self._fifo.head()

@@ -26,13 +26,15 @@ log = logging.getLogger("warren.queue")
 
 
 def ready_store(settings: QueueSettings, store: MessageStore, survives: bool) -> ReadyStore:
-    """FIFO, or a FIFO per level; a FIFO queue that survives restarts keeps its logged
-    messages past a short window as compact records (paging), unless it deduplicates (its
-    held keys are read from message headers as messages leave)."""
+    """FIFO, or a FIFO per level. With a store that pages, a FIFO queue that survives
+    restarts keeps its logged messages past a short window as compact records, and any FIFO
+    queue writes the transient messages past its window to the spill files while memory is
+    short; not one that deduplicates (its held keys are read from message headers as messages
+    leave)."""
     if settings.max_priority:
         return PriorityStore(settings.max_priority)
-    if survives and store.pages and not settings.deduplicate:
-        return PagedFifoStore(store)
+    if store.pages and not settings.deduplicate:
+        return PagedFifoStore(store, logged=survives)
     return FifoStore()
 
 

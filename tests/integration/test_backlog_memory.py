@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pika
+import pytest
 from pika.adapters.blocking_connection import BlockingChannel as Channel
 
 from tests.support import (
@@ -112,17 +113,24 @@ def test_kill_9_while_a_paged_backlog_drains_loses_nothing_and_revives_nothing(
         broker.stop()
 
 
-def test_transient_backlog_past_the_paging_ratio_goes_to_disk_not_memory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "non-durable"])
+def test_transient_backlog_past_the_paging_ratio_goes_to_disk_not_memory(
+    tmp_path: Path, durable: bool
+) -> None:
     """With memory past limits.memory_paging_ratio of the high watermark (here a ratio of 0:
-    always), transient messages queued past the window are written to the spill files: the
-    broker's resident memory grows by far less than a body per message, nothing reaches the
-    write-ahead log, and every message comes back in order; a restart keeps none of them."""
+    always), transient messages queued past the window are written to the spill files, in a
+    durable queue and in one that does not survive restarts alike: the broker's resident
+    memory grows by far less than a body per message, nothing reaches the write-ahead log, and
+    every message comes back in order; a restart keeps none of them."""
     config = shipped_config()
     config["limits"]["memory_paging_ratio"] = 0.0
     data_dir = tmp_path / "data"
     broker = BrokerProcess(data_dir, write_config(tmp_path, config))
     try:
         connection, channel, confirmed = open_backlog(broker.url)
+        if not durable:
+            channel.queue_delete("backlog")
+            channel.queue_declare("backlog", durable=False)
         deadline = time.monotonic() + 5  # the memory monitor checks every second
         while "memory.paging.started" not in broker.log_text():
             assert time.monotonic() < deadline, "paging did not start"
@@ -153,7 +161,12 @@ def test_transient_backlog_past_the_paging_ratio_goes_to_disk_not_memory(tmp_pat
 
         broker = BrokerProcess(data_dir, write_config(tmp_path, config))
         connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-        assert connection.channel().queue_declare("backlog", passive=True).method.message_count == 0
+        channel = connection.channel()
+        if durable:
+            assert channel.queue_declare("backlog", passive=True).method.message_count == 0
+        else:
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+                channel.queue_declare("backlog", passive=True)
         assert not any(path.stat().st_size > 1_000 for path in (data_dir / "spill").glob("*.wal"))
         connection.close()
     finally:

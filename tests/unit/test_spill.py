@@ -268,3 +268,52 @@ async def test_a_spilled_message_the_disk_cannot_give_back_is_dropped_not_parked
     assert spill_of(node).count == 0
     assert isinstance(queue._ready, PagedFifoStore) and not queue._ready.unreadable
     await stop_node(node)
+
+
+async def test_a_queue_that_does_not_survive_restarts_spills_only_while_memory_is_short(
+    tmp_path: Path,
+) -> None:
+    """A non-durable queue logs nothing: while memory is plentiful its window has no bound (a
+    plain FIFO's objects), and once it is short the transient messages past the window go to
+    the spill files and come back in order, bodies and all."""
+    node = await spilling_node(tmp_path, active=False)
+    queue = node.vhost.declare_queue("q", None, durable=False)
+    count = WINDOW_ENTRIES + 1000
+    publish_transient(node, "q", count)
+    assert (queue.paged_count, spill_of(node).count) == (0, 0)  # all objects, none pinned
+    spill_of(node).active = True
+    publish_transient(node, "q", 1500, start=count)
+    assert (queue.paged_count, spill_of(node).count) == (1500, 1500)
+    spill_of(node).active = False
+    publish_transient(node, "q", 10, start=count + 1500)  # behind the tail: its place is kept
+    assert drain(queue, count + 1510) == [body_of(index) for index in range(count + 1510)]
+    assert spill_of(node).count == 0
+    await stop_node(node)
+
+
+async def test_a_non_durable_queue_keeps_a_message_a_durable_queue_logged_as_an_object(
+    tmp_path: Path,
+) -> None:
+    """A persistent message routed to a durable and a non-durable queue is logged for the
+    durable one alone. The non-durable queue must not keep it as a record of the log: the
+    durable queue's ack settles that record and its segment is deleted, and the non-durable
+    queue still delivers the message, body and all."""
+    node = await spilling_node(tmp_path, segment_size=SPILL_SEGMENT)
+    vhost = node.vhost
+    vhost.declare_exchange("fan", "fanout", durable=True)
+    durable = vhost.declare_queue("durable", None, durable=True)
+    transient = vhost.declare_queue("transient", None, durable=False)
+    vhost.bind("fan", "durable", "", None)
+    vhost.bind("fan", "transient", "", None)
+    count = WINDOW_ENTRIES + 1000
+    for index in range(count):
+        message = make_message("", body_of(index), exchange="fan", delivery_mode=2)
+        vhost.publish(vhost.get_exchange("fan"), message)
+    assert durable.paged_count == 1000 and transient.paged_count == 0
+    first_segment = min(node.wal.segment_ids())
+    assert drain(durable, count) == [body_of(index) for index in range(count)]
+    assert await synced(node.store) is None
+    assert await synced(node.store) is None  # the settles are out, their segments collected
+    assert first_segment not in node.wal.segment_ids()
+    assert drain(transient, count) == [body_of(index) for index in range(count)]
+    await stop_node(node)

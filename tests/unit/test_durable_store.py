@@ -117,6 +117,13 @@ def contents(node: Node, queue: Queue) -> list[tuple[bytes, bool]]:
     return result
 
 
+def fanout_to(vhost: VirtualHost, *queues: str) -> None:
+    """A durable fanout exchange "fan" bound to these queues."""
+    vhost.declare_exchange("fan", "fanout", durable=True)
+    for name in queues:
+        vhost.bind("fan", name, "", None)
+
+
 def take(queue: Queue, count: int) -> list[QueuedMessage]:
     """Basic.Get with manual ack, count times."""
     taken = []
@@ -408,11 +415,9 @@ async def test_settle_in_one_queue_keeps_the_message_in_the_other(tmp_path: Path
     and it is still logged once."""
     node = await start_node(tmp_path)
     vhost = node.vhost
-    vhost.declare_exchange("fan", "fanout", durable=True)
     first = vhost.declare_queue("first", None, durable=True)
     second = vhost.declare_queue("second", None, durable=True)
-    vhost.bind("fan", "first", "", None)
-    vhost.bind("fan", "second", "", None)
+    fanout_to(vhost, "first", "second")
     publish(vhost, "", b"shared", exchange="fan")
     first.settle(take(first, 1))
     take(second, 1)  # delivered in the second queue, not acked

@@ -22,6 +22,7 @@ from broker.store.durable import DurableStore
 from tests.unit.helpers import FakeSink, ManualClock, add_consumer, make_message
 from tests.unit.test_durable_store import (
     _settle_and_collect,
+    fanout_to,
     publish,
     restart,
     start_node,
@@ -175,9 +176,7 @@ async def test_transient_and_shared_messages_keep_their_place_in_the_tail(tmp_pa
     vhost = node.vhost
     queue = vhost.declare_queue("q", None, durable=True)
     vhost.declare_queue("other", None, durable=True)
-    vhost.declare_exchange("fan", "fanout", durable=True)
-    vhost.bind("fan", "q", "", {})
-    vhost.bind("fan", "other", "", {})
+    fanout_to(vhost, "q", "other")
     fill(vhost, "q", WINDOW_ENTRIES + 10)
     publish(vhost, "q", b"transient", mode=1)
     publish(vhost, "", b"shared", exchange="fan")

@@ -15,7 +15,14 @@ from broker.core.paging import WINDOW_ENTRIES, PagedFifoStore
 from broker.core.queue import Queue
 from broker.store.spill import SpillFiles
 from tests.unit.helpers import ManualClock, make_message
-from tests.unit.test_durable_store import Node, start_node, stop_node, synced, take
+from tests.unit.test_durable_store import (
+    Node,
+    fanout_to,
+    start_node,
+    stop_node,
+    synced,
+    take,
+)
 from tests.unit.test_paging import body_of, drain
 
 SPILL_SEGMENT = 64 * 1024  # small spill files: several of them, freed one by one
@@ -300,11 +307,9 @@ async def test_a_non_durable_queue_keeps_a_message_a_durable_queue_logged_as_an_
     queue still delivers the message, body and all."""
     node = await spilling_node(tmp_path, segment_size=SPILL_SEGMENT)
     vhost = node.vhost
-    vhost.declare_exchange("fan", "fanout", durable=True)
     durable = vhost.declare_queue("durable", None, durable=True)
     transient = vhost.declare_queue("transient", None, durable=False)
-    vhost.bind("fan", "durable", "", None)
-    vhost.bind("fan", "transient", "", None)
+    fanout_to(vhost, "durable", "transient")
     count = WINDOW_ENTRIES + 1000
     for index in range(count):
         message = make_message("", body_of(index), exchange="fan", delivery_mode=2)

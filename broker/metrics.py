@@ -438,6 +438,19 @@ class BrokerCollector(Collector):
             "Disk space available in bytes (the data directory's file system)",
             value=shutil.disk_usage(wal.directory).free,
         )
+        yield from self._read_ahead()
+
+    def _read_ahead(self) -> Iterator[Metric]:
+        """The budget queues share to read messages back ahead of their consumers: queues
+        waiting for it while consumers wait too say limits.read_ahead_bytes is short."""
+        budget = self.broker.store.read_ahead
+        for name, value, text in (
+            ("limit_bytes", budget.limit, "limits.read_ahead_bytes"),
+            ("bytes", budget.held, "Bytes queues hold read back ahead of their consumers"),
+            ("in_flight_bytes", budget.in_flight, "Of those, reads not back from disk yet"),
+            ("waiting_queues", budget.waiting, "Queues waiting for room in the budget"),
+        ):
+            yield GaugeMetricFamily(f"warren_read_ahead_{name}", text, value=value)
 
 
 def _histogram(name: str, text: str, histogram: LatencyHistogram) -> HistogramMetricFamily:

@@ -102,6 +102,41 @@ def workload_and_scrapes(url: str, port: int) -> tuple[Samples, Samples]:
     return during, scrape(port)
 
 
+def read_ahead_scrapes(url: str, port: int) -> tuple[Samples, Samples]:
+    """A paged backlog whose one consumer (prefetch 1) made it read ahead and then stalled:
+    scraped once the read is back, then after a purge emptied the window."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.queue_declare("metrics-read-ahead", durable=True)
+    persistent = pika.BasicProperties(delivery_mode=2)
+    for _ in range(3000):
+        channel.basic_publish("", "metrics-read-ahead", b"x" * 1024, persistent)
+    channel.basic_qos(prefetch_count=1)
+    channel.basic_consume("metrics-read-ahead", lambda *delivery: None)
+    for _ in range(200):  # bounded: 10 s
+        connection.process_data_events(time_limit=0.05)
+        during = scrape(port, "/metrics")
+        if value(during, "warren_read_ahead_bytes") and not value(
+            during, "warren_read_ahead_in_flight_bytes"
+        ):
+            break
+    channel.queue_purge("metrics-read-ahead")
+    after = scrape(port, "/metrics")
+    connection.close()
+    return during, after
+
+
+async def test_the_read_ahead_budget_is_on_metrics(broker: Broker) -> None:
+    """What queues hold read back shows while it is held and goes when the window empties."""
+    port = broker.config.metrics_port
+    during, after = await asyncio.to_thread(read_ahead_scrapes, broker.url, port)
+    assert value(during, "warren_read_ahead_limit_bytes") == broker.config.limits.read_ahead_bytes
+    assert value(during, "warren_read_ahead_bytes") > 2000 * 1024  # most of the backlog
+    assert value(during, "warren_read_ahead_in_flight_bytes") == 0
+    assert value(during, "warren_read_ahead_waiting_queues") == 0
+    assert value(after, "warren_read_ahead_bytes") == 0
+
+
 async def test_metrics_follow_a_pika_workload(broker: Broker) -> None:
     port = broker.config.metrics_port
     during, after = await asyncio.to_thread(workload_and_scrapes, broker.url, port)

@@ -409,12 +409,8 @@ class PagedFifoStore(FifoStore):
 
     # ---------------------------------------------------------------- in
     def push(self, entry: QueuedMessage) -> None:
-        """To the window while it has room and the tail is empty, else to the tail
-        (`takes_records`, inlined: a queue that logs nothing takes this path per message)."""
-        if not self._tail.live and (
-            (self.count < WINDOW_ENTRIES and self.body_bytes < WINDOW_BYTES)
-            or not (self._logged or self._source.spilling)
-        ):
+        """To the window while it has room and the tail is empty, else to the tail."""
+        if not self.takes_records:
             FifoStore.push(self, entry)
             return
         self._page_out(entry)
@@ -503,12 +499,8 @@ class PagedFifoStore(FifoStore):
             entry = FifoStore.pop(self)
         if self._charged:
             self._settle_charge()
-        tail_live = self._tail.live
-        if (
-            tail_live
-            and not self._loading
-            and self.count - tail_live < READ_AHEAD_BELOW
-            and (not self._deferred or self.count == tail_live)  # waiting, unless starving
+        if self._wants_read_ahead() and (
+            not self._deferred or self.count == self._tail.live  # waiting, unless starving
         ):
             self._read_ahead()
         return entry
@@ -735,9 +727,13 @@ class PagedFifoStore(FifoStore):
     def resume_read_ahead(self) -> None:
         """The budget has room again for this queue, which waited for it."""
         self._deferred = False
-        tail_live = self._tail.live
-        if tail_live and not self._loading and self.count - tail_live < READ_AHEAD_BELOW:
+        if self._wants_read_ahead():
             self._read_ahead()
+
+    def _wants_read_ahead(self) -> bool:
+        """Records wait in the tail, none is being read, and the window ran low."""
+        tail_live = self._tail.live
+        return bool(tail_live) and not self._loading and self.count - tail_live < READ_AHEAD_BELOW
 
     def _settle_charge(self) -> None:
         """Give back to the budget what left the window since it was charged: the charge is

@@ -13,7 +13,7 @@ from broker.core.message import ENTRY_OVERHEAD
 from broker.core.paging import WINDOW_ENTRIES
 from broker.core.queue import Queue
 from broker.core.read_ahead import FLOOR, ReadAheadBudget, Reader
-from tests.unit.helpers import FakeSink, add_consumer
+from tests.unit.helpers import FakeSink, add_consumer, make_message
 from tests.unit.test_durable_store import Node, start_node, stop_node, synced
 from tests.unit.test_paging import BODY, body_of, fill
 
@@ -136,5 +136,52 @@ async def test_purge_and_delete_give_back_what_a_queue_held_a_read_in_flight_too
     add_consumer(second, sink, "second", credit=WINDOW_ENTRIES + 1)
     await until(lambda: budget.in_flight == 0 and budget.held > 0, "the second queue read ahead")
     node.vhost.delete_queue(second.name, None)
+    assert (budget.held, budget.in_flight, budget.waiting) == (0, 0, 0)
+    await stop_node(node)
+
+
+async def test_a_read_ahead_that_fails_gives_back_its_charge(tmp_path: Path) -> None:
+    """Every read of a read-ahead fails (its executor shut down, say): the records are read
+    again on the loop, delivered in order, and the charge of the failed read is given back as
+    they leave the window; nothing stays charged or waiting."""
+    node, budget = await budgeted_node(tmp_path)
+    queues = declare(node, 2, 1_500)
+    assert await synced(node.store) is None
+    held: list[tuple[object, object]] = []
+    node.store.load_ahead = lambda refs, done: held.append((refs, done))  # type: ignore[method-assign]
+    sink = FakeSink()
+    for queue in queues:
+        add_consumer(queue, sink, queue.name, credit=10**9)
+    assert budget.in_flight > 0 and budget.waiting == 0
+    while held:  # the reads fail; each failure may start the next read-ahead
+        refs, done = held.pop(0)
+        done([RuntimeError("cannot schedule new futures after shutdown")] * len(refs))  # type: ignore[operator, arg-type]
+    for queue in queues:
+        assert delivered_to(sink, queue.name) == [body_of(index) for index in range(1_500)]
+    assert (budget.held, budget.in_flight, budget.waiting) == (0, 0, 0)
+    await stop_node(node)
+
+
+async def test_messages_larger_than_the_budget_still_flow_one_at_a_time(tmp_path: Path) -> None:
+    """A client publishes 2 MiB bodies to three queues while the budget is 1 MiB: a read-ahead
+    takes at least one record whatever its size, so every queue drains whole and in order, and
+    the budget ends empty (it may be passed by one record per queue, never more)."""
+    node, budget = await budgeted_node(tmp_path)
+    queues = [node.vhost.declare_queue(f"big{i}", None, durable=True) for i in range(3)]
+    big = [bytes([index]) * (2 << 20) for index in range(8)]
+    for queue in queues:
+        for body in big:
+            node.vhost.publish(
+                node.vhost.get_exchange(""), make_message(queue.name, body, delivery_mode=2)
+            )
+    assert all(queue.paged_count for queue in queues)  # past the 1 MiB window
+    assert await synced(node.store) is None
+    sink = FakeSink()
+    for queue in queues:
+        add_consumer(queue, sink, queue.name, credit=10**9)
+    await until(lambda: len(sink.delivered) == 3 * 8, "every big message delivered")
+    for queue in queues:
+        assert delivered_to(sink, queue.name) == big
+    assert budget.highest <= LIMIT + 3 * ((2 << 20) + ENTRY_OVERHEAD)
     assert (budget.held, budget.in_flight, budget.waiting) == (0, 0, 0)
     await stop_node(node)

@@ -63,6 +63,16 @@ async def until(condition, what: str, seconds: float = 20) -> None:  # type: ign
         await asyncio.sleep(0.005)
 
 
+async def consume_all(queues: list[Queue], total: int) -> FakeSink:
+    """A consumer without a prefetch limit on each queue (tagged with its name), once the
+    `total` messages have reached them."""
+    sink = FakeSink()
+    for queue in queues:
+        add_consumer(queue, sink, queue.name, credit=10**9)
+    await until(lambda: len(sink.delivered) == total, "every message delivered")
+    return sink
+
+
 def delivered_to(sink: FakeSink, tag: str) -> list[bytes]:
     return [body for consumer, body, _ in sink.delivered if consumer == tag]
 
@@ -75,10 +85,7 @@ async def test_many_queues_reading_ahead_at_once_stay_within_the_budget(tmp_path
     node, budget = await budgeted_node(tmp_path)
     queues = declare(node, 24, 2_500)
     assert await synced(node.store) is None
-    sink = FakeSink()
-    for queue in queues:
-        add_consumer(queue, sink, queue.name, credit=10**9)
-    await until(lambda: len(sink.delivered) == 24 * 2_500, "every message delivered")
+    sink = await consume_all(queues, 24 * 2_500)
     for queue in queues:
         assert delivered_to(sink, queue.name) == [body_of(index) for index in range(2_500)]
     assert budget.waits > 0  # the budget did make queues wait
@@ -176,10 +183,7 @@ async def test_messages_larger_than_the_budget_still_flow_one_at_a_time(tmp_path
             )
     assert all(queue.paged_count for queue in queues)  # past the 1 MiB window
     assert await synced(node.store) is None
-    sink = FakeSink()
-    for queue in queues:
-        add_consumer(queue, sink, queue.name, credit=10**9)
-    await until(lambda: len(sink.delivered) == 3 * 8, "every big message delivered")
+    sink = await consume_all(queues, 3 * 8)
     for queue in queues:
         assert delivered_to(sink, queue.name) == big
     assert budget.highest <= LIMIT + 3 * ((2 << 20) + ENTRY_OVERHEAD)

@@ -411,10 +411,12 @@ class DurableStore(MessageStore):
         return _merged(len(refs), readers)
 
     def load_ahead(self, refs: list[PagedRef], done: Loaded) -> None:
-        """The files are read in the loop's default executor (preads only: the thread holds
-        the GIL for nothing else, so the loop never waits for it); the records are checked
-        and the messages built on the loop, then `done` runs. Whatever fails reaches `done`
-        as errors."""
+        """Lone records in the page cache are copied on the loop with reads that never wait
+        for the disk (`RecordReader.read_cached`); the rest of the files is read in the loop's
+        default executor (preads only: the thread holds the GIL for nothing else, so the loop
+        never waits for it). The records are checked and the messages built on the loop, then
+        `done` runs, on a later turn of the loop in any case. Whatever fails reaches `done` as
+        errors."""
         loop = asyncio.get_running_loop()
         try:
             readers = self._readers(refs)
@@ -423,17 +425,22 @@ class DurableStore(MessageStore):
             return
 
         def read() -> None:
-            for _, _, reader in readers:
+            for reader in unread:
                 reader.read()
 
-        def finished(future: asyncio.Future[None]) -> None:
+        def finished(future: asyncio.Future[None] | None) -> None:
             try:
-                future.result()
+                if future is not None:
+                    future.result()
                 results = _merged(len(refs), readers)
             except BaseException as error:  # the executor is shutting down
                 results = [error] * len(refs)
             done(results)
 
+        unread = [reader for _, _, reader in readers if not reader.read_cached()]
+        if not unread:
+            loop.call_soon(finished, None)
+            return
         try:
             loop.run_in_executor(None, read).add_done_callback(finished)
         except RuntimeError as error:  # the executor is shut down

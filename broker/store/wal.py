@@ -135,6 +135,12 @@ _NOT_READ: RecordView = (0, b"", 0, 0)
 # everything between them.
 SPAN_BYTES = 1 << 20
 SPAN_GAP = 8192
+# A read to make: (descriptor, segment, offset, bytes, [(offset, result index)] of its records).
+_Span = tuple[int, int, int, int, list[tuple[int, int]]]
+# Reads that fail rather than wait for the disk (Linux); None elsewhere.
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+# Lone records not in the page cache one after another before the rest are left to `read`.
+_NOWAIT_MISSES = 8
 SYNC_POLICIES = ("always", "periodic")
 # Summary rows go to replay's on_rows this many at a time at most.
 ROWS_PER_CALL = 4096
@@ -1002,6 +1008,16 @@ def _trimmed(data: bytes, last: int) -> bytes:
     return data
 
 
+def _lone(buffer: bytearray, got: int) -> bytes:
+    """The record at the start of a lone read, as bytes cut at its end (or all that was read,
+    when its length is damaged or the read came short: `records` says what is wrong)."""
+    end = got
+    if got >= HEADER_SIZE:
+        end = min(got, HEADER_SIZE + _HEADER.unpack_from(buffer)[0])
+    with memoryview(buffer) as view:
+        return bytes(view[:end])
+
+
 def _pread_record(fd: int, segment_id: int, offset: int) -> tuple[int, bytes]:
     """One record from a segment file: one pread, two when it is larger than a read-ahead."""
     data = os.pread(fd, _READ_AHEAD, offset)
@@ -1026,13 +1042,64 @@ class RecordReader:
         self.results: list[RecordView | BaseException] = []
         # fd -> (segment, [(offset, result index)])
         self._on_disk: dict[int, tuple[int, list[tuple[int, int]]]] = {}
+        self._planned: list[_Span] | None = None  # what `read` still has to read
         self._spans: list[tuple[int, int, int, bytes | OSError, list[tuple[int, int]]]] = []
 
     def wants(self, fd: int, segment_id: int, offset: int) -> None:
         self._on_disk.setdefault(fd, (segment_id, []))[1].append((offset, len(self.results)))
         self.results.append(_NOT_READ)
 
+    def read_cached(self) -> bool:
+        """On the loop, before `read`: copy the lone records (a span of one) that are in the
+        page cache, with reads that never wait for the disk (RWF_NOWAIT: a page that is not
+        cached fails at once and is left to `read`). True when `read` has nothing left.
+
+        Why: a backlog spread over many queues is read back one record per queue every few
+        hundred kilobytes of log, so each record is its own read. In the reading thread each
+        pread gives up the GIL and must win it back from the busy loop: 1M messages over 1,000
+        queues made 746k preads, the thread spent half its time in them, and the drain waited
+        on the thread. On the loop, a cached read costs it about a microsecond."""
+        planned = self._plan()
+        if _NOWAIT is None:
+            return not planned
+        left: list[_Span] = []
+        misses = 0
+        for span in planned:
+            fd, _, start, size, members = span
+            if len(members) > 1 or misses >= _NOWAIT_MISSES:
+                left.append(span)
+                continue
+            buffer = bytearray(size)
+            try:
+                got = os.preadv(fd, (buffer,), start, _NOWAIT)
+            except BlockingIOError:  # not (all) in the page cache
+                misses += 1
+                left.append(span)
+                continue
+            except OSError:  # not supported here, or failing: `read` says what is wrong
+                misses = _NOWAIT_MISSES
+                left.append(span)
+                continue
+            misses = 0
+            self._spans.append((fd, span[1], start, _lone(buffer, got), members))
+        self._planned = left
+        return not left
+
     def read(self) -> None:
+        for fd, segment_id, start, size, members in self._plan():
+            data: bytes | OSError
+            try:
+                data = _trimmed(os.pread(fd, size, start), members[-1][0] - start)
+            except OSError as error:
+                data = error
+            self._spans.append((fd, segment_id, start, data, members))
+        self._planned = []
+
+    def _plan(self) -> list[_Span]:
+        """The reads to make, once: neighbouring records share one (see the class)."""
+        if self._planned is not None:
+            return self._planned
+        planned: list[_Span] = []
         for fd, (segment_id, wanted) in self._on_disk.items():
             wanted.sort()
             first = 0
@@ -1044,14 +1111,11 @@ class RecordReader:
                     and wanted[last + 1][0] - wanted[last][0] <= SPAN_GAP
                 ):
                     last += 1
-                data: bytes | OSError
-                try:
-                    data = _trimmed(os.pread(fd, wanted[last][0] - start + _READ_AHEAD, start),
-                                    wanted[last][0] - start)  # fmt: skip
-                except OSError as error:
-                    data = error
-                self._spans.append((fd, segment_id, start, data, wanted[first : last + 1]))
+                size = wanted[last][0] - start + _READ_AHEAD
+                planned.append((fd, segment_id, start, size, wanted[first : last + 1]))
                 first = last + 1
+        self._planned = planned
+        return planned
 
     def records(self) -> list[RecordView | BaseException]:
         results = self.results

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from broker.core.message import ENTRY_OVERHEAD
 from broker.core.paging import WINDOW_ENTRIES
 from broker.core.queue import Queue
@@ -189,3 +191,41 @@ async def test_messages_larger_than_the_budget_still_flow_one_at_a_time(tmp_path
     assert budget.highest <= LIMIT + 3 * ((2 << 20) + ENTRY_OVERHEAD)
     assert (budget.held, budget.in_flight, budget.waiting) == (0, 0, 0)
     await stop_node(node)
+
+
+async def test_lone_records_in_the_page_cache_are_read_on_the_loop_a_turn_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue's records far apart in the log (another queue's between them), just written:
+    the read-ahead copies them on the loop with reads that never wait for the disk, sends no
+    work to the reading thread, and still hands them over on a later turn of the loop, never
+    inside the call that asked (the queue is in the middle of a pop then)."""
+    node = await start_node(tmp_path)
+    try:
+        queues = [node.vhost.declare_queue(f"q{index}", None, durable=True) for index in (0, 1)]
+        bodies = [bytes([65 + index]) * 16384 for index in range(6)]
+        messages = []
+        for index, body in enumerate(bodies):
+            message = make_message(queues[index % 2].name, body, delivery_mode=2)
+            node.vhost.publish(node.vhost.get_exchange(""), message)
+            messages.append(message)
+        assert await synced(node.store) is None  # in the files, and so in the page cache
+        refs = [(message.msg_id, *message.location) for message in messages[::2]]
+        loop = asyncio.get_running_loop()
+        sent_to_thread: list[object] = []
+        run_in_executor = loop.run_in_executor
+
+        def watched(executor, work, *args):  # type: ignore[no-untyped-def]
+            if executor is None:
+                sent_to_thread.append(work)
+            return run_in_executor(executor, work, *args)
+
+        monkeypatch.setattr(loop, "run_in_executor", watched)
+        results: list[object] = []
+        node.store.load_ahead(refs, results.extend)
+        assert results == []
+        await until(lambda: results, "the read-ahead handed over")
+        assert sent_to_thread == []
+        assert [getattr(result, "body", result) for result in results] == bodies[::2]
+    finally:
+        await stop_node(node)

@@ -797,6 +797,123 @@ async def test_a_reader_keeps_only_what_lone_records_use_of_their_reads(tmp_path
     await log.close()
 
 
+async def _lone_records(directory: Path, count: int) -> list[tuple[int, int]]:
+    """`count` records of type 4, each 300 bytes of its index's digit, far enough apart to be
+    read one by one; written, fsynced and the log closed."""
+    log = WriteAheadLog(directory)
+    lone = []
+    for index in range(count):
+        lone.append(log.append(4, str(index % 10).encode() * 300))
+        log.append(5, b"x" * 20_000)  # keeps the next one out of this one's span
+    await log.start()
+    assert await synced(log) is None
+    await log.close()
+    return lone
+
+
+def _payloads(reader: wal_module.RecordReader) -> list[object]:
+    return [
+        found if isinstance(found, BaseException) else (found[0], found[1][found[2] : found[3]])
+        for found in reader.records()
+    ]
+
+
+async def test_lone_records_in_the_page_cache_are_read_without_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`read_cached` copies lone records with reads that never wait for the disk, and leaves
+    a span of neighbours to `read`; what comes back is what a plain `read` gives."""
+    lone = await _lone_records(tmp_path, 4)
+    log = WriteAheadLog(tmp_path)
+    plain = log.reader([*lone, lone[0]])
+    plain.read()
+    expected = _payloads(plain)
+    neighbour = (lone[0][0], lone[0][1] + HEADER_SIZE + 300)  # the 20 kB record after it
+    expected_neighbour = _views(log, [neighbour])[0]
+    with open(segment_file(tmp_path, 1), "rb") as segment:
+        segment.read()  # in the page cache, whatever the machine did meanwhile
+
+    reader = log.reader([*lone[1:], lone[0], neighbour])
+    assert reader.read_cached() is False  # lone[0] and its neighbour make a span for `read`
+    assert [len(span[4]) for span in reader._planned or []] == [2]
+    preads: list[int] = []
+    real_pread = os.pread
+    monkeypatch.setattr(
+        os, "pread", lambda fd, size, offset: preads.append(offset) or real_pread(fd, size, offset)
+    )
+    reader.read()
+    assert preads == [lone[0][1]]  # one pread, for the span; the lone ones were copied already
+    assert _payloads(reader) == [*expected[1:4], expected[0], expected_neighbour]
+    await log.close()
+
+
+async def test_records_not_in_the_page_cache_are_left_to_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segment the kernel dropped from its cache: the reads that never wait fail at once and
+    `read` (the thread's) reads those records, all right. After a few misses in a row the rest
+    are not even tried; when the kernel has no such reads at all, `read` reads everything."""
+    lone = await _lone_records(tmp_path, 20)
+    log = WriteAheadLog(tmp_path)
+    expected = _views(log, lone)
+    fd = os.open(segment_file(tmp_path, 1), os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages (fsynced): dropped
+    finally:
+        os.close(fd)
+    reader = log.reader(lone)
+    if reader.read_cached():
+        pytest.skip("this file system kept the segment cached (tmpfs?): no cold read here")
+    assert reader._planned  # left to the thread
+    reader.read()
+    assert _payloads(reader) == expected
+
+    tried: list[int] = []
+
+    def cold(fd: int, buffers: object, offset: int, flags: int) -> int:
+        tried.append(offset)
+        raise BlockingIOError(errno.EAGAIN, "not cached")
+
+    monkeypatch.setattr(os, "preadv", cold)
+    reader = log.reader(lone)
+    assert reader.read_cached() is False
+    assert len(tried) == wal_module._NOWAIT_MISSES
+    reader.read()
+    assert _payloads(reader) == expected
+
+    def unsupported(fd: int, buffers: object, offset: int, flags: int) -> int:
+        tried.append(offset)
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    tried.clear()
+    monkeypatch.setattr(os, "preadv", unsupported)
+    reader = log.reader(lone)
+    assert reader.read_cached() is False
+    assert len(tried) == 1
+    reader.read()
+    assert _payloads(reader) == expected
+    await log.close()
+
+
+async def test_a_damaged_lone_record_read_from_the_cache_is_reported(tmp_path: Path) -> None:
+    """A length field that says less (the record would end mid-payload) or more (past what was
+    read) than the record: reported as damage, never cut and passed."""
+    lone = await _lone_records(tmp_path, 3)
+    with open(segment_file(tmp_path, 1), "r+b") as segment:
+        segment.seek(lone[0][1])
+        segment.write((4).to_bytes(4, "big"))
+        segment.seek(lone[2][1])
+        segment.write((9000).to_bytes(4, "big"))
+    log = WriteAheadLog(tmp_path)
+    reader = log.reader(lone)
+    reader.read_cached()
+    reader.read()
+    found = _payloads(reader)
+    assert isinstance(found[0], CorruptLogError) and isinstance(found[2], CorruptLogError)
+    assert found[1] == (4, b"1" * 300)
+    await log.close()
+
+
 async def test_read_verifies_the_crc(tmp_path: Path) -> None:
     log = WriteAheadLog(tmp_path)
     await log.start()

@@ -1008,12 +1008,35 @@ def _trimmed(data: bytes, last: int) -> bytes:
     return data
 
 
-def _lone(buffer: bytearray, got: int) -> bytes:
-    """The record at the start of a lone read, as bytes cut at its end (or all that was read,
-    when its length is damaged or the read came short: `records` says what is wrong)."""
-    end = got
-    if got >= HEADER_SIZE:
-        end = min(got, HEADER_SIZE + _HEADER.unpack_from(buffer)[0])
+def _missing(data: bytes | bytearray, last: int, got: int) -> int:
+    """Bytes the record at `last` has past the `got` read of `data`: 0 when none, and when its
+    length field is damaged or not read (never trusted; `records` says what is wrong)."""
+    if got < last + HEADER_SIZE:
+        return 0
+    length, check = _HEADER.unpack_from(data, last)[:2]
+    if check != length ^ _MASK:
+        return 0
+    return max(0, last + HEADER_SIZE + length - got)
+
+
+def _cached_record(fd: int, start: int, size: int) -> bytes | None:
+    """The record at `start`, read whole from the page cache only (RWF_NOWAIT: BlockingIOError
+    when its first page is not there), as bytes cut at its end; None when the rest of it is
+    not cached, or it is too big to copy on the loop: the thread reads it then. A damaged
+    length field gives what was read, for `records` to report."""
+    assert _NOWAIT is not None
+    buffer = bytearray(size)
+    got = os.preadv(fd, (buffer,), start, _NOWAIT)
+    missing = _missing(buffer, 0, got)
+    if missing:
+        if got + missing > SPAN_BYTES:
+            return None
+        buffer = bytearray(got + missing)
+        got = os.preadv(fd, (buffer,), start, _NOWAIT)
+        missing = _missing(buffer, 0, got)
+    if missing or got < HEADER_SIZE:
+        return None
+    end = min(got, HEADER_SIZE + _HEADER.unpack_from(buffer)[0])
     with memoryview(buffer) as view:
         return bytes(view[:end])
 
@@ -1021,11 +1044,9 @@ def _lone(buffer: bytearray, got: int) -> bytes:
 def _pread_record(fd: int, segment_id: int, offset: int) -> tuple[int, bytes]:
     """One record from a segment file: one pread, two when it is larger than a read-ahead."""
     data = os.pread(fd, _READ_AHEAD, offset)
-    if len(data) >= HEADER_SIZE:
-        length, check = _HEADER.unpack_from(data)[:2]
-        missing = HEADER_SIZE + length - len(data)
-        if check == length ^ _MASK and missing > 0:  # never trust a damaged length
-            data += os.pread(fd, missing, offset + len(data))
+    missing = _missing(data, 0, len(data))
+    if missing:
+        data += os.pread(fd, missing, offset + len(data))
     return _decode(segment_id, offset, data, 0)
 
 
@@ -1069,27 +1090,33 @@ class RecordReader:
             if len(members) > 1 or misses >= _NOWAIT_MISSES:
                 left.append(span)
                 continue
-            buffer = bytearray(size)
             try:
-                got = os.preadv(fd, (buffer,), start, _NOWAIT)
-            except BlockingIOError:  # not (all) in the page cache
-                misses += 1
-                left.append(span)
-                continue
+                data = _cached_record(fd, start, size)
+            except BlockingIOError:  # its first page is not in the page cache
+                data = None
             except OSError:  # not supported here, or failing: `read` says what is wrong
                 misses = _NOWAIT_MISSES
                 left.append(span)
                 continue
+            if data is None:
+                misses += 1
+                left.append(span)
+                continue
             misses = 0
-            self._spans.append((fd, span[1], start, _lone(buffer, got), members))
+            self._spans.append((fd, span[1], start, data, members))
         self._planned = left
         return not left
 
     def read(self) -> None:
         for fd, segment_id, start, size, members in self._plan():
             data: bytes | OSError
+            last = members[-1][0] - start
             try:
-                data = _trimmed(os.pread(fd, size, start), members[-1][0] - start)
+                data = os.pread(fd, size, start)
+                missing = _missing(data, last, len(data))
+                if missing:  # the last record is longer than the read-ahead: its rest too
+                    data += os.pread(fd, missing, start + len(data))
+                data = _trimmed(data, last)
             except OSError as error:
                 data = error
             self._spans.append((fd, segment_id, start, data, members))

@@ -7,6 +7,7 @@ Driven on real files through the durable store's test node."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -197,9 +198,10 @@ async def test_lone_records_in_the_page_cache_are_read_on_the_loop_a_turn_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A queue's records far apart in the log (another queue's between them), just written:
-    the read-ahead copies them on the loop with reads that never wait for the disk, sends no
-    work to the reading thread, and still hands them over on a later turn of the loop, never
-    inside the call that asked (the queue is in the middle of a pop then)."""
+    the read-ahead copies them whole on the loop (16 KiB bodies: longer than a read-ahead) with
+    reads that never wait for the disk, sends no work to the reading thread, makes no pread,
+    and still hands them over on a later turn of the loop, never inside the call that asked
+    (the queue is in the middle of a pop then)."""
     node = await start_node(tmp_path)
     try:
         queues = [node.vhost.declare_queue(f"q{index}", None, durable=True) for index in (0, 1)]
@@ -221,11 +223,14 @@ async def test_lone_records_in_the_page_cache_are_read_on_the_loop_a_turn_later(
             return run_in_executor(executor, work, *args)
 
         monkeypatch.setattr(loop, "run_in_executor", watched)
+        preads: list[int] = []
+        monkeypatch.setattr(os, "pread", lambda fd, size, offset: preads.append(offset) or b"")
         results: list[object] = []
         node.store.load_ahead(refs, results.extend)
         assert results == []
         await until(lambda: results, "the read-ahead handed over")
         assert sent_to_thread == []
+        assert preads == []  # each record, longer than a read-ahead, was copied whole
         assert [getattr(result, "body", result) for result in results] == bodies[::2]
     finally:
         await stop_node(node)

@@ -842,8 +842,12 @@ async def test_lone_records_in_the_page_cache_are_read_without_the_thread(
         os, "pread", lambda fd, size, offset: preads.append(offset) or real_pread(fd, size, offset)
     )
     reader.read()
-    assert preads == [lone[0][1]]  # one pread, for the span; the lone ones were copied already
+    # The span only (the lone ones were copied already): its read-ahead, then the rest of its
+    # last record, which is longer than that; in the thread, so the loop reads nothing more.
+    assert preads == [lone[0][1], neighbour[1] + wal_module._READ_AHEAD]
+    preads.clear()
     assert _payloads(reader) == [*expected[1:4], expected[0], expected_neighbour]
+    assert preads == []
     await log.close()
 
 
@@ -892,6 +896,60 @@ async def test_records_not_in_the_page_cache_are_left_to_the_thread(
     assert len(tried) == 1
     reader.read()
     assert _payloads(reader) == expected
+    await log.close()
+
+
+async def test_a_long_lone_record_is_read_whole_from_the_cache_or_by_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone record longer than the read-ahead: copied whole on the loop when all of it is
+    cached; when only its first page is (or none), the thread reads it, its rest included, and
+    the loop makes no pread."""
+    log = WriteAheadLog(tmp_path)
+    long = [log.append(4, bytes([65 + index]) * 20_000) for index in range(3)]
+    await log.start()
+    assert await synced(log) is None
+    await log.close()
+    log = WriteAheadLog(tmp_path)
+    expected = [(4, bytes([65 + index]) * 20_000) for index in range(3)]
+    with open(segment_file(tmp_path, 1), "rb") as segment:
+        segment.read()
+    preads: list[int] = []
+    real_pread = os.pread
+    monkeypatch.setattr(
+        os, "pread", lambda fd, size, offset: preads.append(offset) or real_pread(fd, size, offset)
+    )
+    reader = log.reader(long)
+    assert reader.read_cached() is True
+    assert _payloads(reader) == expected
+    assert preads == []
+
+    fd = os.open(segment_file(tmp_path, 1), os.O_RDONLY)
+    try:  # all of it leaves the cache; then the middle record's first page alone comes back
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead on this descriptor
+        real_pread(fd, 16, long[1][1])
+    finally:
+        os.close(fd)
+    reader = log.reader(long)
+    if reader.read_cached():
+        pytest.skip("this file system kept the segment cached (tmpfs?): no cold read here")
+    left = len(reader._planned or [])
+    reader.read()
+    assert len(preads) == 2 * left  # in the thread: each read-ahead, then its record's rest
+    assert _payloads(reader) == expected
+    assert len(preads) == 2 * left  # and nothing on the loop
+
+    def partly_cached(fd: int, buffers: list[bytearray], offset: int, flags: int) -> int:
+        """A read that never waits stops where the cached pages end: here at 6,000 bytes."""
+        data = real_pread(fd, min(len(buffers[0]), 6000), offset)
+        buffers[0][: len(data)] = data
+        return len(data)
+
+    monkeypatch.setattr(os, "preadv", partly_cached)
+    reader = log.reader(long)
+    assert reader.read_cached() is False
+    assert len(reader._planned or []) == 3
     await log.close()
 
 

@@ -1019,24 +1019,26 @@ def _missing(data: bytes | bytearray, last: int, got: int) -> int:
     return max(0, last + HEADER_SIZE + length - got)
 
 
-def _cached_record(fd: int, start: int, size: int) -> bytes | None:
+def _cached_record(fd: int, start: int, buffer: bytearray) -> bytes | None:
     """The record at `start`, read whole from the page cache only (RWF_NOWAIT: BlockingIOError
     when its first page is not there), as bytes cut at its end; None when the rest of it is
     not cached, or it is too big to copy on the loop: the thread reads it then. A damaged
-    length field gives what was read, for `records` to report."""
+    length field gives what was read, for `records` to report. `buffer` (a read-ahead's
+    size) is reused from record to record: most records fit it."""
     assert _NOWAIT is not None
-    buffer = bytearray(size)
     got = os.preadv(fd, (buffer,), start, _NOWAIT)
-    missing = _missing(buffer, 0, got)
-    if missing:
-        if got + missing > SPAN_BYTES:
-            return None
-        buffer = bytearray(got + missing)
-        got = os.preadv(fd, (buffer,), start, _NOWAIT)
-        missing = _missing(buffer, 0, got)
-    if missing or got < HEADER_SIZE:
+    if got < HEADER_SIZE:
         return None
-    end = min(got, HEADER_SIZE + _HEADER.unpack_from(buffer)[0])
+    length, check = _HEADER.unpack_from(buffer)[:2]
+    end = HEADER_SIZE + length
+    if end > got:
+        if check != length ^ _MASK:  # never trusted: what was read, for `records`
+            end = got
+        elif end > SPAN_BYTES:
+            return None
+        else:
+            whole = bytearray(end)
+            return bytes(whole) if os.preadv(fd, (whole,), start, _NOWAIT) == end else None
     with memoryview(buffer) as view:
         return bytes(view[:end])
 
@@ -1085,13 +1087,14 @@ class RecordReader:
             return not planned
         left: list[_Span] = []
         misses = 0
+        buffer = bytearray(_READ_AHEAD)  # a lone record's span is this size
         for span in planned:
-            fd, _, start, size, members = span
+            fd, _, start, _, members = span
             if len(members) > 1 or misses >= _NOWAIT_MISSES:
                 left.append(span)
                 continue
             try:
-                data = _cached_record(fd, start, size)
+                data = _cached_record(fd, start, buffer)
             except BlockingIOError:  # its first page is not in the page cache
                 data = None
             except OSError:  # not supported here, or failing: `read` says what is wrong

@@ -1029,10 +1029,9 @@ def _cached_record(fd: int, start: int, buffer: bytearray) -> bytes | None:
     got = os.preadv(fd, (buffer,), start, _NOWAIT)
     if got < HEADER_SIZE:
         return None
-    length, check = _HEADER.unpack_from(buffer)[:2]
-    end = HEADER_SIZE + length
-    if end > got:
-        if check != length ^ _MASK:  # never trusted: what was read, for `records`
+    end = HEADER_SIZE + _HEADER.unpack_from(buffer)[0]
+    if end > got:  # longer than the read, or a damaged length
+        if not _missing(buffer, 0, got):  # damaged: what was read, for `records`
             end = got
         elif end > SPAN_BYTES:
             return None

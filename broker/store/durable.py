@@ -437,7 +437,11 @@ class DurableStore(MessageStore):
                 results = [error] * len(refs)
             done(results)
 
-        unread = [reader for _, _, reader in readers if not reader.read_cached()]
+        try:
+            unread = [reader for _, _, reader in readers if not reader.read_cached()]
+        except Exception as error:  # unforeseen (no memory, say): as a failed read would
+            loop.call_soon(done, [error] * len(refs))
+            return
         if not unread:
             loop.call_soon(finished, None)
             return

@@ -16,6 +16,7 @@ from broker.core.message import ENTRY_OVERHEAD
 from broker.core.paging import WINDOW_ENTRIES
 from broker.core.queue import Queue
 from broker.core.read_ahead import FLOOR, ReadAheadBudget, Reader
+from broker.store.wal import RecordReader
 from tests.unit.helpers import FakeSink, add_consumer, make_message
 from tests.unit.test_durable_store import Node, start_node, stop_node, synced
 from tests.unit.test_paging import BODY, body_of, fill
@@ -166,6 +167,36 @@ async def test_a_read_ahead_that_fails_gives_back_its_charge(tmp_path: Path) -> 
     while held:  # the reads fail; each failure may start the next read-ahead
         refs, done = held.pop(0)
         done([RuntimeError("cannot schedule new futures after shutdown")] * len(refs))  # type: ignore[operator, arg-type]
+    for queue in queues:
+        assert delivered_to(sink, queue.name) == [body_of(index) for index in range(1_500)]
+    assert (budget.held, budget.in_flight, budget.waiting) == (0, 0, 0)
+    await stop_node(node)
+
+
+async def test_a_cached_read_that_raises_half_way_fails_the_read_ahead_not_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy of cached records raises something unforeseen in the middle of a batch (no
+    memory, say): the read-ahead fails as a failed read does, on a later loop turn; the
+    records are read again on the loop, every message arrives in order, and the budget ends
+    empty (a queue left loading for ever would never deliver again)."""
+    node, budget = await budgeted_node(tmp_path)
+    queues = declare(node, 2, 1_500)
+    assert await synced(node.store) is None
+    calls = 0
+    read_cached = RecordReader.read_cached
+
+    def failing(reader: RecordReader) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            read_cached(reader)  # some records copied already, then
+            raise MemoryError("no memory for the next buffer")
+        return read_cached(reader)
+
+    monkeypatch.setattr(RecordReader, "read_cached", failing)
+    sink = await consume_all(queues, 3_000)
+    assert calls > 2
     for queue in queues:
         assert delivered_to(sink, queue.name) == [body_of(index) for index in range(1_500)]
     assert (budget.held, budget.in_flight, budget.waiting) == (0, 0, 0)

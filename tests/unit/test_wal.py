@@ -953,6 +953,31 @@ async def test_a_long_lone_record_is_read_whole_from_the_cache_or_by_the_thread(
     await log.close()
 
 
+async def test_a_record_too_big_to_copy_on_the_loop_is_left_to_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's body bigger than SPAN_BYTES, all of it cached: the loop does not copy it
+    (a copy that size would hold the loop), the thread reads it whole, and the loop makes no
+    pread when the records are checked."""
+    log = WriteAheadLog(tmp_path)
+    huge = bytes(range(256)) * ((wal_module.SPAN_BYTES + 4096) // 256)
+    location = log.append(4, huge)
+    await log.start()
+    assert await synced(log) is None
+    await log.close()
+    log = WriteAheadLog(tmp_path)
+    with open(segment_file(tmp_path, 1), "rb") as segment:
+        segment.read()
+    reader = log.reader([location])
+    assert reader.read_cached() is False
+    reader.read()
+    preads: list[int] = []
+    monkeypatch.setattr(os, "pread", lambda fd, size, offset: preads.append(offset) or b"")
+    assert _payloads(reader) == [(4, huge)]
+    assert preads == []
+    await log.close()
+
+
 async def test_a_damaged_lone_record_read_from_the_cache_is_reported(tmp_path: Path) -> None:
     """A length field that says less (the record would end mid-payload) or more (past what was
     read) than the record: reported as damage, never cut and passed."""

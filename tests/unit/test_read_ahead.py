@@ -7,7 +7,6 @@ Driven on real files through the durable store's test node."""
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from broker.store.wal import RecordReader
 from tests.unit.helpers import FakeSink, add_consumer, make_message
 from tests.unit.test_durable_store import Node, start_node, stop_node, synced
 from tests.unit.test_paging import BODY, body_of, fill
+from tests.unit.test_wal import watch_preads
 
 LIMIT = 1 << 20
 RECORD_COST = BODY + ENTRY_OVERHEAD  # what a message read back costs the budget
@@ -254,8 +254,7 @@ async def test_lone_records_in_the_page_cache_are_read_on_the_loop_a_turn_later(
             return run_in_executor(executor, work, *args)
 
         monkeypatch.setattr(loop, "run_in_executor", watched)
-        preads: list[int] = []
-        monkeypatch.setattr(os, "pread", lambda fd, size, offset: preads.append(offset) or b"")
+        preads = watch_preads(monkeypatch, passing=False)
         results: list[object] = []
         node.store.load_ahead(refs, results.extend)
         assert results == []

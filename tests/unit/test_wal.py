@@ -737,10 +737,7 @@ def _views(log: WriteAheadLog, locations: list[tuple[int, int]]) -> list[object]
     """What a RecordReader gives for these records: (type, payload) or the error."""
     reader = log.reader(locations)
     reader.read()
-    return [
-        found if isinstance(found, BaseException) else (found[0], found[1][found[2] : found[3]])
-        for found in reader.records()
-    ]
+    return _payloads(reader)
 
 
 async def test_a_reader_reads_neighbours_together_and_what_is_not_written_from_memory(
@@ -797,6 +794,20 @@ async def test_a_reader_keeps_only_what_lone_records_use_of_their_reads(tmp_path
     await log.close()
 
 
+def watch_preads(monkeypatch: pytest.MonkeyPatch, passing: bool = True) -> list[int]:
+    """The offsets every os.pread from now on reads at; with `passing` False, nothing is
+    read (a test that expects no pread fails on what it got, not on a crash)."""
+    preads: list[int] = []
+    real_pread = os.pread
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        preads.append(offset)
+        return real_pread(fd, size, offset) if passing else b""
+
+    monkeypatch.setattr(os, "pread", pread)
+    return preads
+
+
 async def _lone_records(directory: Path, count: int) -> list[tuple[int, int]]:
     """`count` records of type 4, each 300 bytes of its index's digit, far enough apart to be
     read one by one; written, fsynced and the log closed."""
@@ -812,6 +823,7 @@ async def _lone_records(directory: Path, count: int) -> list[tuple[int, int]]:
 
 
 def _payloads(reader: wal_module.RecordReader) -> list[object]:
+    """(type, payload) of each record the reader gives, or the error."""
     return [
         found if isinstance(found, BaseException) else (found[0], found[1][found[2] : found[3]])
         for found in reader.records()
@@ -836,11 +848,7 @@ async def test_lone_records_in_the_page_cache_are_read_without_the_thread(
     reader = log.reader([*lone[1:], lone[0], neighbour])
     assert reader.read_cached() is False  # lone[0] and its neighbour make a span for `read`
     assert [len(span[4]) for span in reader._planned or []] == [2]
-    preads: list[int] = []
-    real_pread = os.pread
-    monkeypatch.setattr(
-        os, "pread", lambda fd, size, offset: preads.append(offset) or real_pread(fd, size, offset)
-    )
+    preads = watch_preads(monkeypatch)
     reader.read()
     # The span only (the lone ones were copied already): its read-ahead, then the rest of its
     # last record, which is longer than that; in the thread, so the loop reads nothing more.
@@ -914,11 +922,8 @@ async def test_a_long_lone_record_is_read_whole_from_the_cache_or_by_the_thread(
     expected = [(4, bytes([65 + index]) * 20_000) for index in range(3)]
     with open(segment_file(tmp_path, 1), "rb") as segment:
         segment.read()
-    preads: list[int] = []
-    real_pread = os.pread
-    monkeypatch.setattr(
-        os, "pread", lambda fd, size, offset: preads.append(offset) or real_pread(fd, size, offset)
-    )
+    real_pread = os.pread  # for the test's own reads
+    preads = watch_preads(monkeypatch)
     reader = log.reader(long)
     assert reader.read_cached() is True
     assert _payloads(reader) == expected
@@ -971,8 +976,7 @@ async def test_a_record_too_big_to_copy_on_the_loop_is_left_to_the_thread(
     reader = log.reader([location])
     assert reader.read_cached() is False
     reader.read()
-    preads: list[int] = []
-    monkeypatch.setattr(os, "pread", lambda fd, size, offset: preads.append(offset) or b"")
+    preads = watch_preads(monkeypatch, passing=False)
     assert _payloads(reader) == [(4, huge)]
     assert preads == []
     await log.close()

@@ -7,12 +7,22 @@
 # BASE_IMAGE is any Debian-style image with Python >= 3.11 whose `python` has venv (the official
 # python:*-slim images; on machines without registry access, ../shared/docker/local-base.sh builds
 # one: --build-arg BASE_IMAGE="$(../shared/docker/local-base.sh image)", and `docker build
-# --network host` so that pip reaches PyPI). The builder stage makes a venv in /opt/warren holding
-# Warren's wheel and its dependencies; the final stage copies only that venv: no pip, no build tools.
+# --network host` so that pip reaches PyPI and apt its mirror). The builder stage makes a venv in
+# /opt/warren holding Warren's wheel and its dependencies, and compiles the hot modules there with
+# mypyc (scripts/build_native.py); the final stage copies only that venv: no pip, no compiler.
 ARG BASE_IMAGE=python:3.12-slim
 
 FROM ${BASE_IMAGE} AS builder
 WORKDIR /src
+# A C compiler, and the Python headers where the base has none (Debian's python3 keeps them in
+# python3-dev; the official images ship them). Versions are the base's own: not pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && if [ ! -f "$(python -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" ]; then \
+      apt-get install -y --no-install-recommends python3-dev; \
+    fi \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/warren
 # Dependencies first, read from pyproject.toml: this layer is reused until pyproject.toml changes.
 COPY pyproject.toml ./
@@ -23,6 +33,16 @@ COPY broker/ broker/
 RUN /opt/warren/bin/pip wheel --no-cache-dir --disable-pip-version-check --no-deps --wheel-dir /wheels . \
  && /opt/warren/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /wheels/*.whl \
  && /opt/warren/bin/pip uninstall --yes --quiet pip setuptools
+# mypyc in a venv of its own, at the version pyproject.toml pins (the `native` extra), compiles
+# /src/broker and copies the extensions into the installed package (python -P: found there, not in
+# the current directory); the build fails if the compile does, so the image never ships slow.
+COPY scripts/build_native.py scripts/
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['native']))" >native.txt \
+ && python -m venv /opt/mypyc \
+ && /opt/mypyc/bin/pip install --no-cache-dir --disable-pip-version-check -r native.txt \
+ && /opt/mypyc/bin/python scripts/build_native.py --force --python-executable /opt/warren/bin/python \
+      --copy-to "$(/opt/warren/bin/python -P -c 'import broker.native; print(broker.native.PACKAGE_DIR)')" \
+ && /opt/warren/bin/python -P -c 'import broker; assert broker.PURE_REASON is None, (broker.__file__, broker.PURE_REASON)'
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="Warren" \

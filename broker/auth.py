@@ -191,7 +191,7 @@ class Authenticator:
             if not all(isinstance(v, str | bytes) for v in values):
                 raise ValueError("AMQPLAIN LOGIN and PASSWORD must be strings")
             login, password = (
-                v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values
             )
             return login, password
         return None

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -52,7 +52,7 @@ class _GuardedConnection(asyncio.Protocol):
     def __init__(self, endpoint: HttpEndpoint, inner: asyncio.Protocol, now: float) -> None:
         self.endpoint = endpoint
         self.inner = inner
-        self.transport: asyncio.BaseTransport | None = None
+        self.transport: asyncio.Transport | None = None
         self.peer_host = ""
         self.busy_since: float | None = None  # a request is being answered since then
         self.waiting_since = now  # for a request head (or, kept alive, for its first byte)
@@ -60,11 +60,12 @@ class _GuardedConnection(asyncio.Protocol):
         self.admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        # A TCP server's, which can abort (uvloop's is not an asyncio.Transport subclass).
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer_host = str(peer[0]) if peer else ""
         if not self.endpoint.admit(self):
-            transport.abort()  # every slot is busy answering a request
+            self.transport.abort()  # every slot is busy answering a request
             return
         self.admitted = True
         self.inner.connection_made(transport)
@@ -143,7 +144,7 @@ class HttpEndpoint:
             max_field_size=8190,
         )
         self._server: asyncio.base_events.Server | None = None
-        self._clients: dict[asyncio.BaseTransport, _GuardedConnection] = {}
+        self._clients: dict[asyncio.Transport, _GuardedConnection] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     @property

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from broker import runtime
+from broker import PURE_REASON, native, runtime
 from broker.alarms import MemoryMonitor, watermark_bytes
 from broker.amqp.ack_timeout import AckTimeouts
 from broker.amqp.channel import Channel
@@ -330,6 +330,7 @@ class Broker:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        _log_code()
         if self.wal is not None:
             await self._recover()
         else:
@@ -477,3 +478,13 @@ class Broker:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _log_code() -> None:
+    """Whether the hot path runs compiled: the broker is much slower without it, so
+    an operator must be able to see which one runs, and why."""
+    if PURE_REASON is None:
+        log.info("broker.code", extra=fields(mode="compiled", modules=len(native.COMPILED)))
+    else:
+        level = logging.INFO if native.PURE_ENV in PURE_REASON else logging.WARNING
+        log.log(level, "broker.code", extra=fields(mode="python", reason=PURE_REASON))

@@ -14,12 +14,23 @@ ensure_venv() {
   echo "[setup] installing Warren and its test dependencies into .venv" >&2
   [ -x "$PY" ] || python3 -m venv "$VENV"
   local log="$VENV/install.log"
-  if ! { "$PY" -m pip install -q --upgrade pip && "$PY" -m pip install -q -e "$ROOT[test]"; } >"$log" 2>&1; then
+  if ! { "$PY" -m pip install -q --upgrade pip && "$PY" -m pip install -q -e "$ROOT[test,native]"; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "[setup] pip install failed; the log is above ($log)" >&2
     return 1
   fi
   echo "$want" >"$stamp"
+}
+
+# The hot modules compiled with mypyc, rebuilt when their sources changed (a minute or two;
+# instant when up to date). On failure the broker runs its Python sources and says so in its
+# log; `ensure_native strict` (the test run) fails instead, so that CI tests what ships.
+ensure_native() {
+  if ! "$PY" "$ROOT/scripts/build_native.py"; then
+    [ "${1:-}" = strict ] && return 1
+    echo "[setup] continuing with the Python sources (slower)" >&2
+  fi
+  return 0
 }
 
 # The web console's test drives Debian's Chromium headless (Playwright never downloads a browser

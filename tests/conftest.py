@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pika
 import pytest
 
+import broker
 from tests.support import BrokerProcess, free_port, unique
 
 TARGET = os.environ.get("WARREN_TEST_TARGET", "warren")
@@ -52,12 +53,18 @@ def target_is_warren() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if TARGET == "warren":
-        return
-    skip = pytest.mark.skip(reason="Warren-specific behaviour; target is another broker")
+    skips = {}
+    if TARGET != "warren":
+        skips["warren_only"] = "Warren-specific behaviour; target is another broker"
+    if broker.PURE_REASON is None:
+        skips["pure_python"] = (
+            "patches or subclasses classes that run compiled in this process; the unit run on "
+            "the Python sources (WARREN_PURE_PYTHON=1) covers it"
+        )
     for item in items:
-        if "warren_only" in item.keywords:
-            item.add_marker(skip)
+        for marker, reason in skips.items():
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

@@ -124,9 +124,10 @@ class Channel:
                 self._ack(*frames.decode_ack(payload))
             else:
                 self._dispatch_method(index, payload)
-        except frames.MalformedFrame as error:
-            self._fail(ConnectionException(FRAME_ERROR, str(error)), index)
+        except frames.MalformedFrame as malformed:  # one name per except: see below
+            self._fail(ConnectionException(FRAME_ERROR, str(malformed)), index)
         except AMQPError as error:
+            # Its own name: compiled, a name caught twice keeps the first clause's type.
             self._fail(error, index)
 
     def _dispatch_method(self, index: int, payload: bytes) -> None:
@@ -795,9 +796,10 @@ class Channel:
         queue.add_consumer(consumer)
 
     def _on_cancel(self, method: commands.Basic.Cancel) -> None:
-        if self.reply_consumer == frames.short_string(method.consumer_tag):
+        tag = method.consumer_tag or ""  # pamqp's decoding always sets it
+        if self.reply_consumer == frames.short_string(tag):
             self._stop_replies()
-        consumer = self.consumers.pop(method.consumer_tag, None)
+        consumer = self.consumers.pop(tag, None)
         if not method.nowait:
             self._send(commands.Basic.CancelOk(consumer_tag=method.consumer_tag))
         if consumer is not None:
@@ -840,10 +842,10 @@ class Channel:
             message.body = None
 
     def _on_nack(self, method: commands.Basic.Nack) -> None:
-        self._reject(method.delivery_tag, method.multiple, method.requeue)
+        self._reject(method.delivery_tag or 0, method.multiple, method.requeue)
 
     def _on_reject(self, method: commands.Basic.Reject) -> None:
-        self._reject(method.delivery_tag, False, method.requeue)
+        self._reject(method.delivery_tag or 0, False, method.requeue)
 
     def _on_recover(self, method: commands.Basic.Recover) -> None:
         self._recover(method.requeue)

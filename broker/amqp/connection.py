@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
@@ -119,7 +120,7 @@ class AMQPConnection(asyncio.Protocol):
         self.publisher = False
         self.blocking = False  # sampled in connection_made: a TLS handshake takes a while
         self.blocked = False
-        self._out: list[bytes] = []
+        self._out: list[frames.Chunk] = []
         self._flush_scheduled = False
         self._confirm_channels: set[Channel] = set()
         self._received = False
@@ -448,12 +449,12 @@ class AMQPConnection(asyncio.Protocol):
             raise ConnectionException(
                 NOT_IMPLEMENTED, f"unknown method {index >> 16}.{index & 0xFFFF} on channel 0"
             ) from None
-        except frames.MalformedFrame as error:
-            exception = ConnectionException(FRAME_ERROR, str(error))
+        except frames.MalformedFrame as malformed:  # not `error`: see Channel.handle_method
+            exception = ConnectionException(FRAME_ERROR, str(malformed))
             exception.blame(index)
             raise exception from None
         try:
-            handler = self._CONNECTION_HANDLERS.get(type(method))
+            handler = _CONNECTION_HANDLERS.get(type(method))
             if handler is None or (self.state == OPEN and type(method) in HANDSHAKE_METHODS):
                 raise ConnectionException(
                     CHANNEL_ERROR, f"unexpected method in connection state {self._state_name}"
@@ -474,7 +475,7 @@ class AMQPConnection(asyncio.Protocol):
             )
 
     def _start_method(self) -> commands.Connection.Start:
-        properties = {
+        properties: dict[str, Any] = {
             "product": "Warren",
             "version": __version__,
             "platform": "Python",
@@ -604,7 +605,7 @@ class AMQPConnection(asyncio.Protocol):
                 peer=self.peer,
                 user=self.user,
                 vhost=vhost_name,
-                tls=self.transport.get_extra_info("sslcontext") is not None,
+                tls=self.tls,
             ),
         )
 
@@ -621,15 +622,6 @@ class AMQPConnection(asyncio.Protocol):
         # Warren's users authenticate with passwords, which a new secret cannot refresh.
         self._send_method(0, commands.Connection.UpdateSecretOk())
 
-    _CONNECTION_HANDLERS: dict[type, Any] = {
-        commands.Connection.StartOk: _on_start_ok,
-        commands.Connection.TuneOk: _on_tune_ok,
-        commands.Connection.Open: _on_open,
-        commands.Connection.Close: _on_close,
-        commands.Connection.CloseOk: _on_close_ok,
-        commands.Connection.UpdateSecret: _on_update_secret,
-    }
-
     # ------------------------------------------------------------------ writing
     def send(self, data: bytes) -> None:
         self._out.append(data)
@@ -637,7 +629,7 @@ class AMQPConnection(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
-    def send_parts(self, parts: list[bytes]) -> None:
+    def send_parts(self, parts: Iterable[frames.Chunk]) -> None:
         self._out += parts
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -812,3 +804,14 @@ def _unexpected_frame(frame_type: int, payload: bytes) -> ConnectionException:
     return ConnectionException(
         UNEXPECTED_FRAME, f"type {frame_type}, all octets = {frames.erlang_binary(payload)}"
     )
+
+
+# Built after the class: a compiled class's methods are not names in its body.
+_CONNECTION_HANDLERS: dict[type, Any] = {
+    commands.Connection.StartOk: AMQPConnection._on_start_ok,
+    commands.Connection.TuneOk: AMQPConnection._on_tune_ok,
+    commands.Connection.Open: AMQPConnection._on_open,
+    commands.Connection.Close: AMQPConnection._on_close,
+    commands.Connection.CloseOk: AMQPConnection._on_close_ok,
+    commands.Connection.UpdateSecret: AMQPConnection._on_update_secret,
+}

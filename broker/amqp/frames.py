@@ -8,6 +8,7 @@ precompiled structs, because pamqp's generic attribute walk costs several times 
 from __future__ import annotations
 
 import struct
+from typing import TypeAlias
 
 from pamqp import commands, frame as pamqp_frame
 from pamqp.base import Frame as PamqpMethod
@@ -23,6 +24,8 @@ FRAME_BODY = 3
 FRAME_HEARTBEAT = 8
 FRAME_END = 0xCE
 FRAME_END_BYTE = b"\xce"
+# A piece of output: the bytes of a frame, or a view of a large body split across frames.
+Chunk: TypeAlias = bytes | memoryview
 FRAME_OVERHEAD = 8  # 7-byte frame header + frame-end octet
 
 FRAME_PREFIX = struct.Struct(">BHI")
@@ -117,9 +120,10 @@ def method_frame(channel: int, method: PamqpMethod) -> bytes:
 
 def content_frames(
     channel: int, method_payload: bytes, header: bytes, body: bytes, frame_max: int
-) -> list[bytes]:
-    """Method + content header + body frames, the body split to respect frame_max."""
-    parts = [
+) -> list[Chunk]:
+    """Method + content header + body frames, the body split to respect frame_max (the
+    pieces of a big body are views of it, not copies)."""
+    parts: list[Chunk] = [
         FRAME_PREFIX.pack(FRAME_METHOD, channel, len(method_payload)),
         method_payload,
         FRAME_END_BYTE,

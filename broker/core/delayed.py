@@ -103,11 +103,14 @@ class DelayedExchange(Exchange):
         router_class = EXCHANGE_TYPES[check_delayed_type(self.arguments)]
         self._router = router_class(name, durable, auto_delete, internal, self.arguments)
         self._router.bindings = self.bindings  # headers routing walks the bindings
-        self.routes_by_key = router_class.routes_by_key
+        self.routes_by_key = self._router.routes_by_key
         self.holding: Queue | None = None
 
     def route(self, message: Message, key: str) -> Collection[Any]:
         return self._router.route(message, key) if self.bindings else EMPTY
+
+    def _index_reset(self) -> None:
+        """The router of the delayed type keeps the index (it is made after this call)."""
 
     def _index_add(self, binding: Binding) -> None:
         self._router._index_add(binding)

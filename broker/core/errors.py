@@ -8,6 +8,8 @@ same on either broker.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 REPLY_NAMES = {
     200: "OK",
     311: "CONTENT_TOO_LARGE",
@@ -48,7 +50,7 @@ INTERNAL_ERROR = 541
 class AMQPError(Exception):
     """An error with an AMQP reply code; `reply_text` is what goes on the wire."""
 
-    closes_connection = False
+    closes_connection: ClassVar[bool] = False
 
     def __init__(self, code: int, text: str, blame_method: bool = True) -> None:
         super().__init__(f"{REPLY_NAMES.get(code, str(code))} - {text}")
@@ -75,7 +77,7 @@ class ChannelException(AMQPError):
 class ConnectionException(AMQPError):
     """A hard error: the broker closes the connection."""
 
-    closes_connection = True
+    closes_connection: ClassVar[bool] = True
 
 
 def describe(kind: str, name: str, vhost: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from broker.core.fields import field_type_name
 from broker.core.message import Message
@@ -48,7 +48,7 @@ class Binding:
 class Exchange(ABC):
     """Base exchange: bindings bookkeeping shared by every type."""
 
-    type_name = ""
+    type_name: ClassVar[str] = ""
     # False where routing ignores the routing key: a publish with CC / BCC keys is routed
     # once, not once per key.
     routes_by_key = True
@@ -73,6 +73,7 @@ class Exchange(ABC):
         self.exchange_destinations = 0
         self.policy_alternate_exchange: str | None = None  # set by a policy
         self.declared_by = "rmq-internal"  # the user who declared it (RabbitMQ's name for none)
+        self._index_reset()
 
     @property
     def alternate_exchange(self) -> str | None:
@@ -104,6 +105,11 @@ class Exchange(ABC):
         key is the publish's, or one of its CC / BCC keys)."""
 
     @abstractmethod
+    def _index_reset(self) -> None:
+        """Start the type's routing index empty (a hook of __init__, so that subclasses keep
+        its signature without restating it)."""
+
+    @abstractmethod
     def _index_add(self, binding: Binding) -> None:
         """Keep the type's routing index in step with a new binding."""
 
@@ -127,10 +133,11 @@ def _count_remove(index: dict[Any, int], destination: Any) -> None:
 class DirectExchange(Exchange):
     type_name = "direct"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # routing key -> {destination: number of bindings with that key}
-        self._by_key: dict[str, dict[Any, int]] = {}
+    # routing key -> {destination: number of bindings with that key}
+    _by_key: dict[str, dict[Any, int]]
+
+    def _index_reset(self) -> None:
+        self._by_key = {}
 
     def route(self, message: Message, key: str) -> Collection[Any]:
         return self._by_key.get(key, EMPTY)
@@ -149,9 +156,10 @@ class FanoutExchange(Exchange):
     type_name = "fanout"
     routes_by_key = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._all: dict[Any, int] = {}
+    _all: dict[Any, int]
+
+    def _index_reset(self) -> None:
+        self._all = {}
 
     def route(self, message: Message, key: str) -> Collection[Any]:
         return self._all
@@ -271,10 +279,13 @@ class TopicExchange(Exchange):
     # destinations must not make the cache hold millions of references.
     CACHE_DESTINATIONS_LIMIT = 65_536
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    _root: _TopicNode
+    _cache: dict[str, tuple]
+    _cached_destinations: int
+
+    def _index_reset(self) -> None:
         self._root = _TopicNode()
-        self._cache: dict[str, tuple] = {}
+        self._cache = {}
         self._cached_destinations = 0
 
     def route(self, message: Message, key: str) -> Collection[Any]:
@@ -368,6 +379,9 @@ def headers_match(arguments: dict[str, Any], headers: dict[str, Any]) -> bool:
 class HeadersExchange(Exchange):
     type_name = "headers"
     routes_by_key = False
+
+    def _index_reset(self) -> None:
+        """Headers routing tests every binding's arguments, so there is no index to keep."""
 
     def _index_add(self, binding: Binding) -> None:
         """Headers routing tests every binding's arguments, so there is no index to keep."""

@@ -140,9 +140,11 @@ class MessageStore:
         """As `load`, off the event loop: `done` gets the results later, on the loop."""
         done(self.load(refs))
 
-    # Memory is past the paging ratio of the high watermark: a queue that pages writes the
-    # transient messages it would keep past its window to the spill files (`spill`).
-    spilling = False
+    @property
+    def spilling(self) -> bool:
+        """Memory is past the paging ratio of the high watermark: a queue that pages writes
+        the transient messages it would keep past its window to the spill files (`spill`)."""
+        return False
 
     def spill(self, message: Message) -> tuple[int, int] | None:
         """Write a transient message out (with `spilling`); where it went, or None when it

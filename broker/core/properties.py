@@ -46,8 +46,9 @@ class PropertyError(ConnectionException, ValueError):
         super().__init__(SYNTAX_ERROR, text)
 
 
-def decode_properties(header: bytes) -> dict[str, Any]:
+def decode_properties(raw: bytes | bytearray) -> dict[str, Any]:
     """Decode every property present in a content header payload (class, weight, size, flags...)."""
+    header = bytes(raw)  # the same object when it is bytes already
     if len(header) < 14:
         raise PropertyError("content header shorter than 14 bytes")
     flags = int.from_bytes(header[12:14], "big")

@@ -61,7 +61,7 @@ class Queue:
         ready: ReadyStore | None = None,
         clock: Clock = SYSTEM_CLOCK,
         dead_letters: DeadLetters | None = None,
-        on_expired: Callable[[Queue], None] | None = None,
+        on_expired: Callable[[Queue], object] | None = None,
         due_of: Callable[[Message], float] | None = None,
         on_due: Callable[[Queue, list[QueuedMessage]], None] | None = None,
     ) -> None:

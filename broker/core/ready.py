@@ -85,7 +85,9 @@ class _SeqDeque:
             self.tombstones = 0
 
     def __iter__(self) -> Iterator[QueuedMessage]:
-        return (entry for entry in self.entries if entry.state == READY)
+        for entry in self.entries:  # a generator function: see TimeOrderedStore.__iter__
+            if entry.state == READY:
+                yield entry
 
 
 class ReadyStore(ABC):
@@ -114,9 +116,17 @@ class ReadyStore(ABC):
     # ---------------------------------------------------------------- what is paged
     # A store that keeps logged messages as compact records (broker/core/paging.py) says how
     # many, and lists them; the others keep every message as an object.
-    paged_count = 0
-    paged_bytes = 0
-    paged_savings = 0
+    @property
+    def paged_count(self) -> int:
+        return 0
+
+    @property
+    def paged_bytes(self) -> int:
+        return 0
+
+    @property
+    def paged_savings(self) -> int:
+        return 0
 
     def paged(self, unreadable: bool = False) -> Iterator[PagedBatch]:
         """The compact records, a batch at a time (message ids, count per segment); with
@@ -127,7 +137,10 @@ class ReadyStore(ABC):
         """(seq, message id, offset, flags) of the compact records in a log segment."""
         return []
 
-    takes_records = False
+    @property
+    def takes_records(self) -> bool:
+        return False
+
     pages = False  # keeps compact records at all (`push_records` works)
 
     def push_records(
@@ -180,12 +193,14 @@ class ReadyStore(ABC):
 
     def drop_while(self, predicate: Callable[[QueuedMessage], bool]) -> list[QueuedMessage]:
         """Take entries from the head while `predicate` holds for the head."""
-        dropped = []
+        dropped: list[QueuedMessage] = []
         while True:
             entry = self.peek()
             if entry is None or not predicate(entry):
                 return dropped
-            dropped.append(self.pop())  # type: ignore[arg-type]
+            popped = self.pop()  # the entry just peeked
+            if popped is not None:
+                dropped.append(popped)
 
     def purge(self) -> list[QueuedMessage]:
         """Everything ready, now out of the store."""
@@ -285,7 +300,8 @@ class LaneStore(ReadyStore):
         self._take(entry, OUT)
         return entry
 
-    pop_for_consumer = pop  # no read-ahead to wait for: no extra call per delivery
+    def pop_for_consumer(self) -> QueuedMessage | None:
+        return self.pop()  # no read-ahead to wait for
 
     def requeue(self, entries: list[QueuedMessage]) -> None:
         """Entries handed out earlier (sorted by seq) go back to their original places."""
@@ -343,8 +359,8 @@ class FifoStore(LaneStore):
         self.body_bytes -= entry.message.body_size
         return entry
 
-    # The same function, not a call to `pop`: a subclass overriding `pop` overrides this too.
-    pop_for_consumer = pop
+    def pop_for_consumer(self) -> QueuedMessage | None:
+        return self.pop()  # a subclass overriding `pop` overrides this too
 
     def __iter__(self) -> Iterator[QueuedMessage]:
         return iter(self._fifo)
@@ -426,13 +442,19 @@ class TimeOrderedStore(ReadyStore):
             self._take(entry, OUT)
         return entry
 
+    # Generator functions, not generator expressions: mypyc turns a returned expression into a
+    # list of every entry, a million of them in a long queue.
     def __iter__(self) -> Iterator[QueuedMessage]:
-        live = (item for item in self._deadlines if item[2].state == READY)
-        return (item[2] for item in sorted(live, key=lambda item: (item[0], item[1])))
+        live = [item for item in self._deadlines if item[2].state == READY]
+        live.sort(key=lambda item: (item[0], item[1]))
+        for item in live:
+            yield item[2]
 
     def unordered(self) -> Iterator[QueuedMessage]:
         """The heap as it lies: no sort of a million pending messages."""
-        return (item[2] for item in self._deadlines if item[2].state == READY)
+        for item in self._deadlines:
+            if item[2].state == READY:
+                yield item[2]
 
     def _clear(self) -> None:
         pass  # purge emptied the heap

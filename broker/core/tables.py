@@ -166,8 +166,8 @@ def _value(data: bytes, offset: int, end: int, depth: int, budget: _Budget) -> t
     if kind == 0x44:  # D: scale, then a signed 32-bit integer
         if offset + 5 > end:
             raise TableError("decimal runs past the end of its table")
-        scale, raw = _DECIMAL.unpack_from(data, offset)
-        return offset + 5, decimal.Decimal(raw) * (decimal.Decimal(10) ** -scale)
+        scale, digits = _DECIMAL.unpack_from(data, offset)
+        return offset + 5, decimal.Decimal(digits) * (decimal.Decimal(10) ** -scale)
     if kind == 0x54:  # T
         if offset + 8 > end:
             raise TableError("timestamp runs past the end of its table")

@@ -444,7 +444,7 @@ class VirtualHost:
         arguments: dict[str, Any],
     ) -> None:
         where = self._describe("queue", existing.name)
-        checks = [
+        checks: list[tuple[str, Any, Any]] = [
             ("durable", durable, existing.durable),
             ("auto_delete", auto_delete, existing.auto_delete),
         ]

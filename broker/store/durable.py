@@ -420,8 +420,8 @@ class DurableStore(MessageStore):
         loop = asyncio.get_running_loop()
         try:
             readers = self._readers(refs)
-        except RuntimeError as error:  # the log is closed: nothing to read any more
-            done([error] * len(refs))
+        except RuntimeError as closed:  # the log is closed: nothing to read any more
+            done([closed] * len(refs))
             return
 
         def read() -> None:
@@ -439,8 +439,9 @@ class DurableStore(MessageStore):
 
         try:
             unread = [reader for _, _, reader in readers if not reader.read_cached()]
-        except Exception as error:  # unforeseen (no memory, say): as a failed read would
-            loop.call_soon(done, [error] * len(refs))
+        except Exception as unforeseen:  # no memory, say: as a failed read would
+            failed: list[Message | BaseException] = [unforeseen] * len(refs)
+            loop.call_soon(done, failed)
             return
         if not unread:
             loop.call_soon(finished, None)
@@ -464,7 +465,7 @@ class DurableStore(MessageStore):
             return [(range(len(refs)), refs, self.wal.reader(locations))]
         assert self.spill_files is not None
         logged = [index for index, ref in enumerate(refs) if ref[0] != SPILLED]
-        readers = []
+        readers: list[tuple[Sequence[int], list[PagedRef], RecordReader]] = []
         for indices, reader_of in ((logged, self.wal.reader), (spilled, self.spill_files.reader)):
             if indices:
                 group = [refs[index] for index in indices]

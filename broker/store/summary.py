@@ -201,7 +201,8 @@ def read_summary(directory: Path, segment_id: int, size: int, row_size: int) -> 
     except FileNotFoundError:
         return None
     except OSError as error:
-        return _unusable(path, f"unreadable: {error}")
+        _unusable(path, f"unreadable: {error}")
+        return None
     view = memoryview(data)
     row_offsets, others, rows = array("Q"), array("Q"), []
     position = covered = 0
@@ -229,7 +230,8 @@ def read_summary(directory: Path, segment_id: int, size: int, row_size: int) -> 
         rows.append(view[body_at + 8 * count + 16 * pairs : stop])
         covered, position = end, stop
     if not covered:
-        return _unusable(path, problem)
+        _unusable(path, problem)
+        return None
     return Summary(row_offsets, others, memoryview(b"".join(rows)), row_size, covered)
 
 
@@ -238,4 +240,3 @@ def _unusable(path: Path, reason: str) -> None:
         "wal.summary_unused",
         extra=fields(path=path, reason=reason, consequence="the segment is scanned instead"),
     )
-    return None

@@ -106,6 +106,7 @@ from broker.store.summary import (
     summary_path,
     write_chunk,
 )
+from broker.store.wal_errors import WalError
 
 logger = logging.getLogger("warren.wal")
 
@@ -174,10 +175,6 @@ class CorruptLogError(Exception):
             f"'{SYNC_MARKER}' file beside it (it records how much of the log was fsynced) to start "
             "without the records from that offset on."
         )
-
-
-class WalError(OSError):
-    """The log failed earlier (see WriteAheadLog.failed) and accepts no more records."""
 
 
 @dataclass(slots=True)
@@ -324,7 +321,7 @@ class WriteAheadLog:
             if on_rows is not None and size >= synced:
                 summary = read_summary(self.directory, segment_id, size, row_size)
             covered = 0
-            if summary is not None:
+            if summary is not None and on_rows is not None:
                 records += _replay_summary(segment_id, path, summary, on_record, on_rows)
                 summarized += 1
                 covered = summary.end
@@ -880,7 +877,7 @@ class _Progress:
         assert self._callback is not None
         done = self._base + offset
         self._callback(done, self.total)
-        self._next = done + _PROGRESS_STEP
+        self._next = float(done + _PROGRESS_STEP)
         return self.next_offset()
 
     def segment_done(self, size: int) -> None:

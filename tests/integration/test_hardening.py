@@ -352,6 +352,7 @@ async def test_memory_held_outside_queues_trips_the_alarm(tmp_path: Path) -> Non
 
 
 # ----------------------------------------------------------------------------- review: confirms
+@pytest.mark.pure_python
 async def test_no_ack_covers_a_publish_the_log_never_wrote(tmp_path: Path) -> None:
     """Found in review: when the log failed inside a segment roll while pipelined publishes of
     the same loop iteration were still unsynced, the nack of the refused publish was preceded

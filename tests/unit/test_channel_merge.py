@@ -13,6 +13,7 @@ def unacked(*tags: int) -> dict[int, Any]:
     return {tag: f"d{tag}" for tag in tags}
 
 
+@pytest.mark.pure_python
 @pytest.mark.parametrize(
     ("held", "restored"),
     [

@@ -779,6 +779,7 @@ async def test_fsync_error_fails_the_sync_and_nothing_after_looks_safe(
     assert [body for _, body in message_records(tmp_path)] == [b"never-confirmed"]
 
 
+@pytest.mark.pure_python
 async def test_refused_definition_changes_leave_memory_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -811,6 +812,7 @@ async def test_refused_definition_changes_leave_memory_as_it_was(
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_a_snapshot_that_cannot_be_written_fails_the_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -860,6 +862,7 @@ class CountingReady:
         queue.ready_entries = counting  # type: ignore[method-assign]
 
 
+@pytest.mark.pure_python
 async def test_compaction_looks_at_what_the_segment_holds_not_every_queued_message(
     tmp_path: Path,
 ) -> None:

@@ -71,6 +71,7 @@ async def test_past_the_window_messages_are_compact_records_and_come_back_in_ord
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_the_read_ahead_fills_the_window_off_the_loop(tmp_path: Path) -> None:
     """Once consumers take the window below half, the next records are read in the executor;
     the loop reads them itself only when a consumer finds the window empty."""
@@ -217,6 +218,7 @@ async def test_compaction_moves_paged_messages_and_they_survive_a_restart(
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_a_message_the_log_cannot_give_back_is_set_aside_not_lost(tmp_path: Path) -> None:
     """A read error parks that one record (out of the count, not settled): the rest of the
     queue flows, and a restart brings the parked message back."""
@@ -244,6 +246,7 @@ async def test_a_message_the_log_cannot_give_back_is_set_aside_not_lost(tmp_path
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_the_read_ahead_passes_over_what_left_while_it_was_reading(tmp_path: Path) -> None:
     """Results of a read-ahead that arrive after the queue took those records (a read on
     the loop, a purge) change nothing."""
@@ -287,6 +290,7 @@ def test_records_are_read_back_as_the_messages_that_were_logged() -> None:
     assert back == (9, 12.5, message.route_bytes, message.header, b"body")
 
 
+@pytest.mark.pure_python
 async def test_a_consumer_waits_for_the_read_ahead_instead_of_reading_twice(
     tmp_path: Path,
 ) -> None:
@@ -397,6 +401,7 @@ async def test_compaction_does_not_walk_a_long_tail_the_objects_account_for(
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_purge_leaves_a_set_aside_record_and_delete_releases_it(tmp_path: Path) -> None:
     """A record the log could not give back is like an unacked message: a purge leaves it
     (its segment stays), deleting the queue releases it (nothing is counted twice)."""
@@ -426,6 +431,7 @@ async def test_purge_leaves_a_set_aside_record_and_delete_releases_it(tmp_path: 
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_a_read_ahead_that_fails_while_a_consumer_waits_still_wakes_it(
     tmp_path: Path,
 ) -> None:
@@ -467,6 +473,7 @@ async def test_huge_messages_page_and_come_back_whole(tmp_path: Path) -> None:
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_a_window_message_unreadable_at_restore_is_kept_and_set_aside_in_its_turn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

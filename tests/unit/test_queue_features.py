@@ -374,6 +374,7 @@ def test_bad_arguments_get_rabbitmq_reasons(
     assert "q" not in vhost.queues
 
 
+@pytest.mark.pure_python
 def test_cc_keys_route_a_key_blind_exchange_once_and_repeated_keys_once(
     vhost: VirtualHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -81,6 +81,7 @@ def delivered_to(sink: FakeSink, tag: str) -> list[bytes]:
     return [body for consumer, body, _ in sink.delivered if consumer == tag]
 
 
+@pytest.mark.pure_python
 async def test_many_queues_reading_ahead_at_once_stay_within_the_budget(tmp_path: Path) -> None:
     """Consumers start on 24 long queues at once: each queue asks to read thousands of
     records ahead, together far past the budget. What they hold read back never passes the
@@ -98,6 +99,7 @@ async def test_many_queues_reading_ahead_at_once_stay_within_the_budget(tmp_path
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_an_idle_full_window_does_not_starve_another_queue(tmp_path: Path) -> None:
     """One queue's consumer stops after a few messages, so its window keeps what it read
     ahead: most of the budget. Another queue's consumer still gets every message, a floor at a
@@ -119,6 +121,7 @@ async def test_an_idle_full_window_does_not_starve_another_queue(tmp_path: Path)
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_purge_and_delete_give_back_what_a_queue_held_a_read_in_flight_too(
     tmp_path: Path,
 ) -> None:
@@ -151,6 +154,7 @@ async def test_purge_and_delete_give_back_what_a_queue_held_a_read_in_flight_too
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_a_read_ahead_that_fails_gives_back_its_charge(tmp_path: Path) -> None:
     """Every read of a read-ahead fails (its executor shut down, say): the records are read
     again on the loop, delivered in order, and the charge of the failed read is given back as
@@ -173,6 +177,7 @@ async def test_a_read_ahead_that_fails_gives_back_its_charge(tmp_path: Path) -> 
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_a_cached_read_that_raises_half_way_fails_the_read_ahead_not_the_queue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,6 +208,7 @@ async def test_a_cached_read_that_raises_half_way_fails_the_read_ahead_not_the_q
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_messages_larger_than_the_budget_still_flow_one_at_a_time(tmp_path: Path) -> None:
     """A client publishes 2 MiB bodies to three queues while the budget is 1 MiB: a read-ahead
     takes at least one record whatever its size, so every queue drains whole and in order, and

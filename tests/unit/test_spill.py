@@ -205,6 +205,7 @@ async def test_compaction_passes_over_spilled_records(tmp_path: Path) -> None:
     await stop_node(node)
 
 
+@pytest.mark.pure_python
 async def test_a_spill_disk_failing_under_writes_loses_no_message(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

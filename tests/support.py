@@ -154,6 +154,23 @@ def publish_persistent(url: str, queue: str, bodies: list[bytes]) -> None:
         connection.close()
 
 
+def drain(url: str, queue: str) -> list[bytes]:
+    """Every body in the queue, in order, taken with auto-ack."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        bodies = []
+        while True:
+            method, _, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return bodies
+            bodies.append(body)
+    finally:
+        connection.close()
+
+
 def resident_bytes(pid: int) -> int:
     """A process's resident memory (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

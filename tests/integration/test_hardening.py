@@ -28,6 +28,7 @@ from broker.store.wal import WriteAheadLog
 from tests.compat.rawamqp import RawAMQP, assert_broker_alive, method_payload, raw_frame
 from tests.support import (
     BrokerProcess,
+    drain,
     nested_table_bytes,
     publish_persistent,
     resident_bytes,
@@ -45,20 +46,6 @@ def bind_payload(queue: str, exchange: str, routing_key: str, arguments: bytes) 
     )
     assert payload.endswith(b"\x00\x00\x00\x00")
     return payload[:-4] + arguments
-
-
-def drain(url: str, queue: str) -> list[bytes]:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        bodies = []
-        while True:
-            method, _, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return bodies
-            bodies.append(body)
-    finally:
-        connection.close()
 
 
 def consume_and_ack(url: str, queue: str, count: int) -> list[bytes]:

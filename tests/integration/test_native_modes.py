@@ -5,30 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pika
 import pytest
 
 from broker import native
-from tests.support import BrokerProcess, publish_persistent
+from tests.support import BrokerProcess, drain, publish_persistent
 
 pytestmark = pytest.mark.warren_only
 
 COMPILED = "event=broker.code mode=compiled"
 PYTHON = "event=broker.code mode=python"
-
-
-def drained(url: str, queue: str) -> list[bytes]:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        bodies = []
-        while True:
-            method, _, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return bodies
-            bodies.append(body)
-    finally:
-        connection.close()
 
 
 def start(data_dir: Path, pure: bool, monkeypatch: pytest.MonkeyPatch) -> BrokerProcess:
@@ -45,7 +30,7 @@ def test_the_python_sources_say_so_and_serve(
     broker = start(tmp_path, True, monkeypatch)
     try:
         publish_persistent(broker.url, "orders", [b"one", b"two"])
-        assert drained(broker.url, "orders") == [b"one", b"two"]
+        assert drain(broker.url, "orders") == [b"one", b"two"]
     finally:
         broker.stop()
     assert f'{PYTHON} reason="{native.PURE_ENV} is set"' in broker.log_text()
@@ -69,7 +54,7 @@ def test_each_mode_recovers_what_the_other_confirmed_before_a_kill(
 
     again = start(tmp_path, False, monkeypatch)
     try:
-        bodies = drained(again.url, "orders")
+        bodies = drain(again.url, "orders")
     finally:
         again.stop()
     assert bodies == [b"compiled-%d" % n for n in range(50)] + [b"python-%d" % n for n in range(50)]

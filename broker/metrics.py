@@ -449,8 +449,14 @@ class BrokerCollector(Collector):
             ("bytes", budget.held, "Bytes queues hold read back ahead of their consumers"),
             ("in_flight_bytes", budget.in_flight, "Of those, reads not back from disk yet"),
             ("waiting_queues", budget.waiting, "Queues waiting for room in the budget"),
+            ("peak_bytes", budget.peak, "The most bytes held read back ahead at once"),
         ):
             yield GaugeMetricFamily(f"warren_read_ahead_{name}", text, value=value)
+        yield CounterMetricFamily(
+            "warren_read_ahead_waits",
+            "Times a queue was told to wait for room in the budget",
+            value=budget.waits,
+        )
 
 
 def _histogram(name: str, text: str, histogram: LatencyHistogram) -> HistogramMetricFamily:

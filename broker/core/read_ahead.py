@@ -31,13 +31,17 @@ class ReadAheadBudget:
     """Bytes the paging queues hold read ahead (window cost: bodies plus the objects each
     entry makes), and the queues waiting for room, first come first served."""
 
-    __slots__ = ("_waiting", "held", "in_flight", "limit")
+    __slots__ = ("_waiting", "held", "in_flight", "limit", "peak", "waits")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0  # charged by queues: in flight, or read back and not yet taken
         self.in_flight = 0  # of it, reads not back yet (the memory alarm counts these)
         self._waiting: dict[Reader, None] = {}  # insertion-ordered set
+        # For metrics: the most ever held, and how often a queue was told to wait. Waits
+        # while consumers starve say limits.read_ahead_bytes is short.
+        self.peak = 0
+        self.waits = 0
 
     def grant(self, reader: Reader, wanted: int, starving: bool) -> int:
         """How many bytes `reader` may read ahead now (the caller charges what it reads);
@@ -51,11 +55,14 @@ class ReadAheadBudget:
             self._waiting.pop(reader, None)
             return min(wanted, FLOOR)
         self._waiting[reader] = None
+        self.waits += 1
         return 0
 
     def charge(self, size: int) -> None:
         self.held += size
         self.in_flight += size
+        if self.held > self.peak:
+            self.peak = self.held
 
     def arrived(self, size: int) -> None:
         """Reads charged as in flight are back (their messages are in a window now)."""

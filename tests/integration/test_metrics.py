@@ -135,6 +135,10 @@ async def test_the_read_ahead_budget_is_on_metrics(broker: Broker) -> None:
     assert value(during, "warren_read_ahead_in_flight_bytes") == 0
     assert value(during, "warren_read_ahead_waiting_queues") == 0
     assert value(after, "warren_read_ahead_bytes") == 0
+    # The peak stays when the window empties; one queue far under the limit never waits.
+    peak = value(after, "warren_read_ahead_peak_bytes")
+    assert peak >= value(during, "warren_read_ahead_bytes") > 0
+    assert value(after, "warren_read_ahead_waits_total") == 0
 
 
 async def test_metrics_follow_a_pika_workload(broker: Broker) -> None:

@@ -10,6 +10,8 @@ what the memory alarm is told."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,28 @@ BODY = 256
 
 def body_of(index: int) -> bytes:
     return f"{index:08d}".encode().ljust(BODY, b".")
+
+
+@contextlib.contextmanager
+def damaged(directory: Path, body: bytes) -> Iterator[None]:
+    """The record holding `body` damaged on disk, one byte of the body changed so that its
+    CRC fails as a bad sector would; repaired on leaving, a read error the disk got over. Real
+    files, no patching, so it drives the compiled modules as well as their sources."""
+    for segment in sorted(directory.glob("*.wal")):
+        at = segment.read_bytes().find(body)
+        if at >= 0:
+            break
+    else:
+        raise AssertionError(f"no segment in {directory} holds {body[:8]!r}")
+    with segment.open("r+b") as file:
+        file.seek(at)
+        file.write(b"X")
+    try:
+        yield
+    finally:
+        with segment.open("r+b") as file:
+            file.seek(at)
+            file.write(body[:1])
 
 
 def fill(vhost, queue: str, count: int, start: int = 0, **properties: object) -> None:  # type: ignore[no-untyped-def]
@@ -218,25 +242,15 @@ async def test_compaction_moves_paged_messages_and_they_survive_a_restart(
     await stop_node(node)
 
 
-@pytest.mark.pure_python
 async def test_a_message_the_log_cannot_give_back_is_set_aside_not_lost(tmp_path: Path) -> None:
     """A read error parks that one record (out of the count, not settled): the rest of the
     queue flows, and a restart brings the parked message back."""
     node = await start_node(tmp_path)
     queue = node.vhost.declare_queue("q", None, durable=True)
     fill(node.vhost, "q", WINDOW_ENTRIES + 3)
-    load = node.store.load
-    broken = {WINDOW_ENTRIES + 1 + 1}  # the message id of the second compact record
-
-    def failing_load(refs):  # type: ignore[no-untyped-def]
-        return [
-            OSError("EIO") if ref[0] in broken else loaded
-            for ref, loaded in zip(refs, load(refs), strict=True)
-        ]
-
-    node.store.load = failing_load  # type: ignore[method-assign]
-    node.store.load_ahead = lambda refs, done: done(failing_load(refs))  # type: ignore[method-assign]
-    got = drain(queue, WINDOW_ENTRIES + 2)
+    assert await synced(node.store) is None
+    with damaged(tmp_path, body_of(WINDOW_ENTRIES + 1)):  # the second compact record
+        got = drain(queue, WINDOW_ENTRIES + 2)
     assert body_of(WINDOW_ENTRIES + 1) not in got
     assert len(got) == WINDOW_ENTRIES + 2
     assert queue.message_count == 0
@@ -401,7 +415,6 @@ async def test_compaction_does_not_walk_a_long_tail_the_objects_account_for(
     await stop_node(node)
 
 
-@pytest.mark.pure_python
 async def test_purge_leaves_a_set_aside_record_and_delete_releases_it(tmp_path: Path) -> None:
     """A record the log could not give back is like an unacked message: a purge leaves it
     (its segment stays), deleting the queue releases it (nothing is counted twice)."""
@@ -410,18 +423,9 @@ async def test_purge_leaves_a_set_aside_record_and_delete_releases_it(tmp_path: 
     fill(node.vhost, "q", WINDOW_ENTRIES + 10)
     publish(node.vhost, "q", b"transient", mode=1)  # a pinned entry among the records
     fill(node.vhost, "q", 10, start=WINDOW_ENTRIES + 10)
-    load = node.store.load
-    broken = WINDOW_ENTRIES + 1  # the first compact record's message id
-
-    def failing_load(refs):  # type: ignore[no-untyped-def]
-        return [
-            OSError("EIO") if ref[0] == broken else loaded
-            for ref, loaded in zip(refs, load(refs), strict=True)
-        ]
-
-    node.store.load = failing_load  # type: ignore[method-assign]
-    node.store.load_ahead = lambda refs, done: done(failing_load(refs))  # type: ignore[method-assign]
-    drain(queue, WINDOW_ENTRIES + 5)  # the window, and records read back past the broken one
+    assert await synced(node.store) is None
+    with damaged(tmp_path, body_of(WINDOW_ENTRIES)):  # the first compact record
+        drain(queue, WINDOW_ENTRIES + 5)  # the window, and records read back past it
     assert len(queue._ready.unreadable) == 1  # type: ignore[attr-defined]
     assert queue.purge() == 15  # 14 records and the transient message
     assert await synced(node.store) is None

@@ -14,7 +14,7 @@ import pytest
 from broker.core.message import ENTRY_OVERHEAD
 from broker.core.paging import WINDOW_ENTRIES
 from broker.core.queue import Queue
-from broker.core.read_ahead import FLOOR, ReadAheadBudget, Reader
+from broker.core.read_ahead import FLOOR, ReadAheadBudget
 from broker.store.wal import RecordReader
 from tests.unit.helpers import FakeSink, add_consumer, make_message
 from tests.unit.test_durable_store import Node, start_node, stop_node, synced
@@ -25,9 +25,9 @@ LIMIT = 1 << 20
 RECORD_COST = BODY + ENTRY_OVERHEAD  # what a message read back costs the budget
 
 
-async def budgeted_node(directory: Path, limit: int = LIMIT) -> tuple[Node, WatchedBudget]:
+async def budgeted_node(directory: Path, limit: int = LIMIT) -> tuple[Node, ReadAheadBudget]:
     node = await start_node(directory)
-    budget = node.store.read_ahead = WatchedBudget(limit)  # before any queue takes it
+    budget = node.store.read_ahead = ReadAheadBudget(limit)  # before any queue takes it
     return node, budget
 
 
@@ -39,24 +39,6 @@ def declare(node: Node, count: int, messages: int) -> list[Queue]:
         for queue in queues:
             fill(node.vhost, queue.name, 100, start)
     return queues
-
-
-class WatchedBudget(ReadAheadBudget):
-    """The budget, with its highest charge and how often a queue had to wait kept."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.highest = 0
-        self.waits = 0
-
-    def charge(self, size: int) -> None:
-        super().charge(size)
-        self.highest = max(self.highest, self.held)
-
-    def grant(self, reader: Reader, wanted: int, starving: bool) -> int:
-        granted = super().grant(reader, wanted, starving)
-        self.waits += granted == 0
-        return granted
 
 
 async def until(condition, what: str, seconds: float = 20) -> None:  # type: ignore[no-untyped-def]
@@ -81,7 +63,6 @@ def delivered_to(sink: FakeSink, tag: str) -> list[bytes]:
     return [body for consumer, body, _ in sink.delivered if consumer == tag]
 
 
-@pytest.mark.pure_python
 async def test_many_queues_reading_ahead_at_once_stay_within_the_budget(tmp_path: Path) -> None:
     """Consumers start on 24 long queues at once: each queue asks to read thousands of
     records ahead, together far past the budget. What they hold read back never passes the
@@ -94,12 +75,11 @@ async def test_many_queues_reading_ahead_at_once_stay_within_the_budget(tmp_path
     for queue in queues:
         assert delivered_to(sink, queue.name) == [body_of(index) for index in range(2_500)]
     assert budget.waits > 0  # the budget did make queues wait
-    assert budget.highest <= LIMIT + 24 * (FLOOR + RECORD_COST)
+    assert budget.peak <= LIMIT + 24 * (FLOOR + RECORD_COST)
     assert (budget.held, budget.in_flight, budget.waiting) == (0, 0, 0)
     await stop_node(node)
 
 
-@pytest.mark.pure_python
 async def test_an_idle_full_window_does_not_starve_another_queue(tmp_path: Path) -> None:
     """One queue's consumer stops after a few messages, so its window keeps what it read
     ahead: most of the budget. Another queue's consumer still gets every message, a floor at a
@@ -208,7 +188,6 @@ async def test_a_cached_read_that_raises_half_way_fails_the_read_ahead_not_the_q
     await stop_node(node)
 
 
-@pytest.mark.pure_python
 async def test_messages_larger_than_the_budget_still_flow_one_at_a_time(tmp_path: Path) -> None:
     """A client publishes 2 MiB bodies to three queues while the budget is 1 MiB: a read-ahead
     takes at least one record whatever its size, so every queue drains whole and in order, and
@@ -226,7 +205,7 @@ async def test_messages_larger_than_the_budget_still_flow_one_at_a_time(tmp_path
     sink = await consume_all(queues, 3 * 8)
     for queue in queues:
         assert delivered_to(sink, queue.name) == big
-    assert budget.highest <= LIMIT + 3 * ((2 << 20) + ENTRY_OVERHEAD)
+    assert budget.peak <= LIMIT + 3 * ((2 << 20) + ENTRY_OVERHEAD)
     assert (budget.held, budget.in_flight, budget.waiting) == (0, 0, 0)
     await stop_node(node)
 

@@ -71,6 +71,7 @@ COMPILED = (
 GROUP = "broker._compiled"
 DIGEST_FILE = "compiled.digest"
 PURE_ENV = "WARREN_PURE_PYTHON"
+REQUESTED = f"{PURE_ENV} is set"  # the one reason that is a choice, not a problem
 EXTENSION_SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
@@ -95,7 +96,7 @@ def extension_files(package_dir: Path) -> list[Path]:
 def why_pure(package_dir: Path, environ: Mapping[str, str]) -> str | None:
     """None when the compiled modules may run; else why the sources run instead."""
     if environ.get(PURE_ENV, "") not in ("", "0"):
-        return f"{PURE_ENV} is set"
+        return REQUESTED
     try:
         recorded = (package_dir / DIGEST_FILE).read_text().strip()
     except FileNotFoundError:

@@ -486,5 +486,5 @@ def _log_code() -> None:
     if PURE_REASON is None:
         log.info("broker.code", extra=fields(mode="compiled", modules=len(native.COMPILED)))
     else:
-        level = logging.INFO if native.PURE_ENV in PURE_REASON else logging.WARNING
+        level = logging.INFO if PURE_REASON == native.REQUESTED else logging.WARNING
         log.log(level, "broker.code", extra=fields(mode="python", reason=PURE_REASON))

@@ -7,7 +7,7 @@ as the raw short strings from Basic.Publish, so delivery writes them back withou
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from broker.core.properties import decode_properties, delivery_mode, timing
 
@@ -15,7 +15,7 @@ from broker.core.properties import decode_properties, delivery_mode, timing
 READY, OUT, GONE = range(3)
 
 # Per queued message beyond its bytes: Message, QueuedMessage, deque and set slots (measured).
-ENTRY_OVERHEAD = 400
+ENTRY_OVERHEAD: Final = 400
 
 
 class Message:

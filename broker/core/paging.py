@@ -34,9 +34,19 @@ from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from broker.core.message import ENTRY_OVERHEAD, GONE, READY, Message, QueuedMessage
-from broker.core.persistence import SPILLED, MessageStore, PagedBatch, PagedRef
+from broker.core.persistence import (
+    OFFSET_BITS,
+    OFFSET_MASK,
+    SPILLED,
+    MessageStore,
+    PagedBatch,
+    PagedRef,
+    pack_location,
+    unpack_location,
+)
 from broker.core.ready import FifoStore
 from broker.logs import fields
 
@@ -49,8 +59,12 @@ WINDOW_BYTES = 1 << 20
 # While consumers take from it, the window is topped up to READ_AHEAD records (and at most
 # READ_AHEAD_BYTES of window cost: bodies plus ENTRY_OVERHEAD each) whenever it falls below
 # READ_AHEAD_BELOW: a consumer with a prefetch of 1000 finds its next thousand read already.
-# What every queue holds read ahead together is bounded by the store's ReadAheadBudget.
-READ_AHEAD = 4096
+# The top-ups are a few hundred records each, not thousands: the records of one are checked
+# and made messages on the loop in one go, and a batch of 2,000 held deliveries and acks up
+# for milliseconds, so that a consumer's pipeline ran dry and the loop idled (an eighth of a
+# drain at 4,096). What every queue holds read ahead together is bounded by the store's
+# ReadAheadBudget.
+READ_AHEAD = 2560
 READ_AHEAD_BYTES = 4 << 20
 READ_AHEAD_BELOW = 2048
 # Records read on the loop when a consumer finds the window empty (the read-ahead is late).
@@ -58,15 +72,10 @@ SYNC_BATCH = 256
 # What a compact record costs in memory (its seven array slots), for the memory alarm.
 TAIL_RECORD_BYTES = 44
 CHUNK_RECORDS = 4096
-OFFSET_BITS = 40
-_OFFSET_MASK = (1 << OFFSET_BITS) - 1
-_SEQ_BITS = 64
-_SEQ_MASK = (1 << _SEQ_BITS) - 1
-DEAD = -1  # flags of a record that left the tail
-_PINNED = 0  # msg_id of a record whose entry is kept as an object
-
-# seq, message id, location, body size, footprint, deadline, flags
-Record = tuple[int, int, int, int, int, float, int]
+_SEQ_BITS: Final = 64
+_SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
+DEAD: Final = -1  # flags of a record that left the tail
+_PINNED: Final = 0  # msg_id of a record whose entry is kept as an object
 
 
 @dataclass(slots=True)
@@ -95,14 +104,6 @@ class RecoveredRecords:
         )
 
 
-def pack_location(segment: int, offset: int) -> int:
-    return segment << OFFSET_BITS | offset
-
-
-def unpack_location(location: int) -> tuple[int, int]:
-    return location >> OFFSET_BITS, location & _OFFSET_MASK
-
-
 class _Chunk:
     """Up to CHUNK_RECORDS records in sequence order, one array per field; records before
     `head` have left."""
@@ -118,17 +119,6 @@ class _Chunk:
         self.expires = array("d")
         self.flags = array("i")
         self.head = 0
-
-    def record(self, index: int) -> Record:
-        return (
-            self.seq[index],
-            self.msg_id[index],
-            self.location[index],
-            self.size[index],
-            self.footprint[index],
-            self.expires[index],
-            self.flags[index],
-        )
 
 
 class _Tail:
@@ -216,46 +206,58 @@ class _Tail:
         found = self.first()
         return found[0].seq[found[1]] if found is not None else -1
 
-    def take_run(self, wanted: list[Record]) -> list[Record]:
-        """Of `wanted` (records peeked from the first, in order), those still first in the
-        tail, taken out as they are now (a relocation may have moved one), in one pass from
-        the head: one that left meanwhile is passed over; the run stops at the first record
-        that was not wanted."""
-        taken: list[Record] = []
-        position, count = 0, len(wanted)
-        while position < count and (found := self.first()) is not None:
-            chunk, index = found
-            seqs, flags, locations = chunk.seq, chunk.flags, chunk.location
-            end = len(seqs)
-            while index < end and position < count:
-                if flags[index] == DEAD:
-                    index += 1
-                    continue
-                record = wanted[position]
-                seq = seqs[index]
-                if seq > record[0]:
-                    position += 1  # it left meanwhile
-                    continue
-                if seq != record[0]:
-                    count = position  # not wanted: the run ends here
+    def head_run(self, limit: int, max_bytes: int) -> _Run | None:
+        """The compact records first in the tail, up to `limit` of them and, past the first,
+        up to `max_bytes` of what they cost as window entries (body and objects), within one
+        chunk and up to the first pinned record or one that left; None when the first is
+        pinned (or there is none). Found with scans in C, not a step per record."""
+        found = self.first()
+        if found is None:
+            return None
+        chunk, start = found
+        stop = min(len(chunk.seq), start + limit)
+        stop = _index_of(chunk.flags, DEAD, start, stop)
+        stop = _index_of(chunk.msg_id, _PINNED, start, stop)
+        if stop == start:
+            return None
+        sizes = chunk.size[start:stop]
+        if sum(sizes) + len(sizes) * ENTRY_OVERHEAD > max_bytes:
+            cost = 0
+            for count, size in enumerate(sizes):
+                cost += size + ENTRY_OVERHEAD
+                if count and cost > max_bytes:
+                    stop = start + count
                     break
-                if locations[index] != record[2]:
-                    record = chunk.record(index)
-                flags[index] = DEAD
-                taken.append(record)
-                index += 1
-                position += 1
-            chunk.head = index
-        for record in taken:
-            self._count(record[1], record[3], record[4], -1)
-        return taken
+        msg_ids = chunk.msg_id[start:stop].tolist()
+        return _Run(chunk, start, stop, msg_ids, chunk.location[start:stop].tolist())
 
-    def kill(self, chunk: _Chunk, index: int) -> Record:
+    def take(self, run: _Run) -> int:
+        """The records of `run` still first in the tail leave it: from the index returned to
+        the run's end (its end: none is). A read on the loop or an expiry may have taken the
+        first ones meanwhile, and an expiry ones in between, which are passed over."""
+        found = self.first()
+        if found is None or found[0] is not run.chunk or not run.start <= found[1] < run.stop:
+            return run.stop
+        chunk, first = found
+        stop = run.stop
+        if _index_of(chunk.flags, DEAD, first, stop) == stop:  # all of them, at once
+            count, size = stop - first, sum(chunk.size[first:stop])
+            self.live -= count
+            self.live_bytes -= size
+            self.compact -= count
+            self.compact_bytes -= size
+            self.compact_footprint -= sum(chunk.footprint[first:stop])
+        else:
+            for index in range(first, stop):
+                if chunk.flags[index] != DEAD:
+                    self._count(chunk.msg_id[index], chunk.size[index], chunk.footprint[index], -1)
+        chunk.head = stop
+        return first
+
+    def kill(self, chunk: _Chunk, index: int) -> None:
         """The record leaves the tail (to the window, or out of the queue)."""
-        record = chunk.record(index)
         chunk.flags[index] = DEAD
-        self._count(record[1], record[3], record[4], -1)
-        return record
+        self._count(chunk.msg_id[index], chunk.size[index], chunk.footprint[index], -1)
 
     def find(self, seq: int) -> tuple[_Chunk, int] | None:
         """The live record with this sequence number, by binary search."""
@@ -275,30 +277,29 @@ class _Tail:
             return None
         return chunk, index
 
-    def peek(self, limit: int, max_bytes: int) -> list[Record]:
-        """Live records from the first, left in place: up to `limit` of them and, past the
-        first, up to `max_bytes` of what they cost as window entries (body and objects)."""
-        found: list[Record] = []
-        size = 0
-        self.first()  # moves each chunk's head past what left
-        for chunk in self.chunks:
-            flags = chunk.flags
-            for index in range(chunk.head, len(chunk.seq)):
-                if flags[index] != DEAD:
-                    size += chunk.size[index] + ENTRY_OVERHEAD
-                    if found and size > max_bytes:
-                        return found
-                    found.append(chunk.record(index))
-                    if len(found) == limit:
-                        return found
-        return found
 
-    def __iter__(self) -> Iterator[Record]:
-        for chunk in list(self.chunks):
-            flags = chunk.flags
-            for index in range(chunk.head, len(chunk.seq)):
-                if flags[index] != DEAD:
-                    yield chunk.record(index)
+class _Run:
+    """Compact records first in the tail, read back together: `start` to `stop` in one chunk,
+    none pinned, none that had left; their ids and places copied out of the arrays in C."""
+
+    __slots__ = ("chunk", "locations", "msg_ids", "start", "stop")
+
+    def __init__(
+        self, chunk: _Chunk, start: int, stop: int, msg_ids: list[int], locations: list[int]
+    ) -> None:
+        self.chunk = chunk
+        self.start = start
+        self.stop = stop
+        self.msg_ids = msg_ids
+        self.locations = locations
+
+
+def _index_of(values: array[int], value: int, start: int, stop: int) -> int:
+    """Where `value` first is in values[start:stop], by a scan in C; `stop` when it is not."""
+    try:
+        return values.index(value, start, stop)
+    except ValueError:
+        return stop
 
 
 class PagedFifoStore(FifoStore):
@@ -396,7 +397,7 @@ class PagedFifoStore(FifoStore):
                     and msg_ids[index] > 0  # logged (not pinned, not spilled)
                     and flags[index] != DEAD
                 ):
-                    offset = location & _OFFSET_MASK
+                    offset = location & OFFSET_MASK
                     found.append((seqs[index], msg_ids[index], offset, flags[index]))
         return found
 
@@ -548,7 +549,7 @@ class PagedFifoStore(FifoStore):
             if found is None:
                 continue  # gone, or in the window (its entry's deadline is indexed there)
             chunk, index = found
-            entry = self._materialise_one(chunk.record(index))
+            entry = self._materialise_one(chunk, index)
             if entry is None:
                 continue  # unreadable: it expires at the head once it can be read
             tail.kill(chunk, index)
@@ -599,52 +600,123 @@ class PagedFifoStore(FifoStore):
     def _fill(self, limit: int) -> None:
         """Move up to `limit` records from the tail to the window, read on the loop."""
         while limit > 0:
-            batch = self._tail.take_run(self._tail.peek(limit, READ_AHEAD_BYTES))
-            if not batch:
+            self._pinned_to_window()
+            run = self._tail.head_run(limit, READ_AHEAD_BYTES)
+            if run is None:
                 return
-            self._to_window(batch, self._load([r for r in batch if r[1] != _PINNED]))
-            limit -= len(batch)
+            self._run_to_window(run, self._source.load(run.msg_ids, run.locations), False)
+            limit -= run.stop - run.start
 
-    def _load(self, records: list[Record]) -> dict[int, Message | BaseException]:
-        if not records:
-            return {}
-        results = self._source.load([_ref(record) for record in records])
-        return {record[0]: result for record, result in zip(records, results, strict=True)}
+    def _pinned_to_window(self) -> None:
+        """Pinned records first in the tail join the window: their entries are objects
+        already, nothing is read."""
+        tail = self._tail
+        while (found := tail.first()) is not None:
+            chunk, index = found
+            if chunk.msg_id[index] != _PINNED:
+                return
+            tail.kill(chunk, index)
+            self._fifo.entries.append(self._pinned.pop(chunk.seq[index]))
 
-    def _to_window(self, taken: list[Record], loaded: dict[int, Message | BaseException]) -> None:
-        """Records just taken from the head of the tail become entries at the window's end,
-        in order; one whose message could not be read is set aside."""
+    def _run_to_window(
+        self, run: _Run, loaded: list[Message | BaseException], read_ahead: bool
+    ) -> None:
+        """The records of `run` still first in the tail become entries at the window's end,
+        in order, with the messages read for them; one whose message could not be read is set
+        aside. Read ahead (`read_ahead`), a record may have moved in the log meanwhile, or its
+        read failed as its segment was compacted away: it is read again where it is now."""
+        tail, chunk, stop = self._tail, run.chunk, run.stop
+        first = tail.take(run)
+        if first == stop:
+            return
+        skip = first - run.start
+        msg_ids, locations = run.msg_ids, chunk.location[first:stop].tolist()
+        flags = chunk.flags[first:stop].tolist()
+        if read_ahead and (
+            locations != run.locations[skip:]
+            or not all(isinstance(result, Message) for result in loaded)
+        ):
+            loaded = self._read_again(run, loaded, locations, skip)
+        seqs, footprints = chunk.seq[first:stop].tolist(), chunk.footprint[first:stop].tolist()
+        expires, sizes = chunk.expires[first:stop].tolist(), chunk.size[first:stop].tolist()
+        if SPILLED in msg_ids:  # back in memory (or lost with the disk): their spill records go
+            spilled = [
+                location
+                for position, location in enumerate(locations)
+                if msg_ids[skip + position] == SPILLED and flags[position] != DEAD
+            ]
+            if spilled:
+                self._source.unspilled(segment_counts(spilled))
         append = self._fifo.entries.append
-        pinned = self._pinned
-        spilled = [record[2] for record in taken if record[1] == SPILLED]
-        if spilled:  # back in memory (or lost with the disk): their spill records can go
-            self._source.unspilled(segment_counts(spilled))
-        for record in taken:
-            seq = record[0]
-            if record[1] == _PINNED:
-                append(pinned.pop(seq))
-                continue
-            entry = self._entry(record, loaded.get(seq))
+        for position in range(len(seqs)):
+            if flags[position] == DEAD:
+                continue  # expired while it was read
+            entry = self._entry(
+                seqs[position],
+                msg_ids[skip + position],
+                locations[position],
+                footprints[position],
+                expires[position],
+                flags[position],
+                loaded[skip + position],
+            )
             if entry is None:
                 self.count -= 1
-                self.body_bytes -= record[3]
+                self.body_bytes -= sizes[position]
                 continue
             append(entry)
             if entry.expires_at:
                 self._index_deadline(entry)
 
-    def _materialise_one(self, record: Record) -> QueuedMessage | None:
-        entry = self._entry(record, self._load([record]).get(record[0]), park=False)
-        if record[1] == SPILLED and entry is not None:
-            self._source.unspilled(segment_counts([record[2]]))
+    def _read_again(
+        self, run: _Run, loaded: list[Message | BaseException], locations: list[int], skip: int
+    ) -> list[Message | BaseException]:
+        """`loaded` with the records (from `skip`, now at `locations`) that moved while they
+        were read, or whose read failed, read again on the loop."""
+        again = [
+            skip + position
+            for position, location in enumerate(locations)
+            if location != run.locations[skip + position]
+            or not isinstance(loaded[skip + position], Message)
+        ]
+        results = self._source.load(
+            [run.msg_ids[index] for index in again], [locations[index - skip] for index in again]
+        )
+        loaded = list(loaded)
+        for index, result in zip(again, results, strict=True):
+            loaded[index] = result
+        return loaded
+
+    def _materialise_one(self, chunk: _Chunk, index: int) -> QueuedMessage | None:
+        """The entry of one compact record read on the loop (an expiry away from the head)."""
+        msg_id, location = chunk.msg_id[index], chunk.location[index]
+        entry = self._entry(
+            chunk.seq[index],
+            msg_id,
+            location,
+            chunk.footprint[index],
+            chunk.expires[index],
+            chunk.flags[index],
+            self._source.load([msg_id], [location])[0],
+            park=False,
+        )
+        if msg_id == SPILLED and entry is not None:
+            self._source.unspilled(segment_counts([location]))
         return entry
 
     def _entry(
-        self, record: Record, loaded: Message | BaseException | None, park: bool = True
+        self,
+        seq: int,
+        msg_id: int,
+        location: int,
+        footprint: int,
+        expires: float,
+        flags: int,
+        loaded: Message | BaseException,
+        park: bool = True,
     ) -> QueuedMessage | None:
         """The entry a compact record stands for, or None when the log could not give its
         message back (then, with `park`, kept aside as unreadable)."""
-        seq, msg_id, location, _, footprint, expires, flags = record
         message = loaded
         spilled = msg_id == SPILLED
         if not isinstance(message, Message) or message.msg_id != (0 if spilled else msg_id):
@@ -653,7 +725,7 @@ class PagedFifoStore(FifoStore):
                 extra=fields(msg_id=msg_id, location=unpack_location(location), error=message),
             )
             if park and not spilled:  # a transient one is not in the log: it is lost
-                self.unreadable.append(_ref(record))
+                self.unreadable.append((msg_id, *unpack_location(location)))
             return None
         # What the queue counted when it took the message. The body read back is dropped once
         # delivered (lazy, as a recovered message's): it is held only between the read and
@@ -670,53 +742,33 @@ class PagedFifoStore(FifoStore):
     def _read_ahead(self) -> None:
         """Read the next records back off the loop, as many as the store's budget allows now
         (none: the queue waits for `resume_read_ahead`)."""
+        self._pinned_to_window()
         tail = self._tail
         window = self.count - tail.live
         allowed = self._budget.grant(self, READ_AHEAD_BYTES, starving=window == 0)
         self._deferred = not allowed
         if not allowed:
             return
-        wanted = tail.peek(READ_AHEAD - window, allowed)
-        records = [record for record in wanted if record[1] != _PINNED]
-        if not records:
+        run = tail.head_run(READ_AHEAD - window, allowed)
+        if run is None:
             return
-        cost = sum(record[3] for record in records) + len(records) * ENTRY_OVERHEAD
+        chunk = run.chunk
+        cost = sum(chunk.size[run.start : run.stop]) + len(run.msg_ids) * ENTRY_OVERHEAD
         self._charged += cost
         self._in_flight = cost
         self._budget.charge(cost)
         self._loading = True
         self._source.load_ahead(
-            [_ref(record) for record in records],
-            lambda results: self._read_ahead_done(wanted, records, results),
+            run.msg_ids, run.locations, lambda results: self._read_ahead_done(run, results)
         )
 
-    def _read_ahead_done(
-        self,
-        wanted: list[Record],
-        records: list[Record],
-        results: list[Message | BaseException],
-    ) -> None:
+    def _read_ahead_done(self, run: _Run, results: list[Message | BaseException]) -> None:
         """Records read ahead join the window while they are still first in the tail (any the
         queue took meanwhile, by a read on the loop or an expiry, are passed over)."""
         self._loading = False
         self._budget.arrived(self._in_flight)
         self._in_flight = 0
-        loaded = {record[0]: result for record, result in zip(records, results, strict=True)}
-        taken = self._tail.take_run(wanted)
-        # Relocated meanwhile, or the read failed (its segment was compacted away): read
-        # those again where they are now.
-        again = [
-            record
-            for record in taken
-            if record[1] != _PINNED
-            and (
-                not isinstance(result := loaded.get(record[0]), Message)
-                or (record[1] > 0 and result.location != unpack_location(record[2]))
-            )
-        ]
-        if again:
-            loaded.update(self._load(again))
-        self._to_window(taken, loaded)
+        self._run_to_window(run, results, True)
         if self._charged:
             self._settle_charge()  # of what was read, what the queue took meanwhile
         if self._waiting:
@@ -753,7 +805,3 @@ def segment_counts(locations: Sequence[int]) -> dict[int, int]:
     if low == high:
         return {low: len(locations)}
     return dict(Counter(location >> OFFSET_BITS for location in locations))
-
-
-def _ref(record: Record) -> PagedRef:
-    return (record[1], *unpack_location(record[2]))

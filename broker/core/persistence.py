@@ -9,7 +9,7 @@ write-ahead log batch and order records however it likes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from broker.core.errors import INTERNAL_ERROR, ChannelException
 
@@ -19,10 +19,23 @@ SyncCallback = Callable[[BaseException | None], None]
 PagedRef = tuple[int, int, int]
 # The message id of a PagedRef (and of a compact record) whose message is transient, paged
 # out to the store's spill files under memory pressure: read back once, never logged.
-SPILLED = -2
+SPILLED: Final = -2
+# A record's place in the log as one integer, segment << OFFSET_BITS | offset: what compact
+# records keep in their arrays and what `load` takes, so a batch read back is two lists of
+# integers from array slices, not a tuple per record.
+OFFSET_BITS: Final = 40
+OFFSET_MASK: Final = (1 << OFFSET_BITS) - 1
 # Compact records in bulk: their message ids, and how many of them each log segment holds.
 PagedBatch = tuple[Sequence[int], dict[int, int]]
 Loaded = Callable[[list["Message | BaseException"]], None]
+
+
+def pack_location(segment: int, offset: int) -> int:
+    return segment << OFFSET_BITS | offset
+
+
+def unpack_location(location: int) -> tuple[int, int]:
+    return location >> OFFSET_BITS, location & OFFSET_MASK
 
 
 class LogUnavailable(ChannelException):
@@ -131,14 +144,15 @@ class MessageStore:
         are counted as the queues' messages)."""
         return 0
 
-    def load(self, refs: list[PagedRef]) -> list[Message | BaseException]:
-        """The messages of these records read back now, bodies in memory, each with `refs`
-        1 (only a message one queue holds is paged), or the error reading it."""
+    def load(self, msg_ids: list[int], locations: list[int]) -> list[Message | BaseException]:
+        """The messages of these records (ids, and places as `pack_location`'s) read back now,
+        bodies in memory, each with `refs` 1 (only a message one queue holds is paged), or
+        the error reading it."""
         raise LookupError("this store keeps every message in memory")
 
-    def load_ahead(self, refs: list[PagedRef], done: Loaded) -> None:
+    def load_ahead(self, msg_ids: list[int], locations: list[int], done: Loaded) -> None:
         """As `load`, off the event loop: `done` gets the results later, on the loop."""
-        done(self.load(refs))
+        done(self.load(msg_ids, locations))
 
     @property
     def spilling(self) -> bool:

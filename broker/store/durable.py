@@ -25,8 +25,8 @@ from broker.core.persistence import (
     LogUnavailable,
     MessageStore,
     PagedBatch,
-    PagedRef,
     SyncCallback,
+    unpack_location,
 )
 from broker.core.read_ahead import DEFAULT_READ_AHEAD_BYTES, ReadAheadBudget
 from broker.core.vhost import BUILTIN_EXCHANGES, VirtualHost
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from broker.core.queue import Queue
 
 log = logging.getLogger("warren.store")
+
+# Records one reader reads: their places in the batch, their message ids and log places.
+_Reading = tuple[Sequence[int], list[int], list[int], RecordReader]
 
 
 def exchange_table(vhost: str, exchange: Exchange) -> dict[str, Any]:
@@ -400,17 +403,17 @@ class DurableStore(MessageStore):
     # ------------------------------------------------------------------ paging
     pages = True
 
-    def load(self, refs: list[PagedRef]) -> list[Message | BaseException]:
+    def load(self, msg_ids: list[int], locations: list[int]) -> list[Message | BaseException]:
         """Read on the loop (the read-ahead was late): neighbouring records in one pread."""
         try:
-            readers = self._readers(refs)
+            readers = self._readers(msg_ids, locations)
         except RuntimeError as error:  # the log is closed
-            return [error] * len(refs)
-        for _, _, reader in readers:
+            return [error] * len(msg_ids)
+        for _, _, _, reader in readers:
             reader.read()
-        return _merged(len(refs), readers)
+        return _merged(len(msg_ids), readers)
 
-    def load_ahead(self, refs: list[PagedRef], done: Loaded) -> None:
+    def load_ahead(self, msg_ids: list[int], locations: list[int], done: Loaded) -> None:
         """Lone records in the page cache are copied on the loop with reads that never wait
         for the disk (`RecordReader.read_cached`); the rest of the files is read in the loop's
         default executor (preads only: the thread holds the GIL for nothing else, so the loop
@@ -418,10 +421,11 @@ class DurableStore(MessageStore):
         `done` runs, on a later turn of the loop in any case. Whatever fails reaches `done` as
         errors."""
         loop = asyncio.get_running_loop()
+        count = len(msg_ids)
         try:
-            readers = self._readers(refs)
+            readers = self._readers(msg_ids, locations)
         except RuntimeError as closed:  # the log is closed: nothing to read any more
-            done([closed] * len(refs))
+            done([closed] * count)
             return
 
         def read() -> None:
@@ -432,15 +436,15 @@ class DurableStore(MessageStore):
             try:
                 if future is not None:
                     future.result()
-                results = _merged(len(refs), readers)
+                results = _merged(count, readers)
             except BaseException as error:  # the executor is shutting down
-                results = [error] * len(refs)
+                results = [error] * count
             done(results)
 
         try:
-            unread = [reader for _, _, reader in readers if not reader.read_cached()]
+            unread = [reader for _, _, _, reader in readers if not reader.read_cached()]
         except Exception as unforeseen:  # no memory, say: as a failed read would
-            failed: list[Message | BaseException] = [unforeseen] * len(refs)
+            failed: list[Message | BaseException] = [unforeseen] * count
             loop.call_soon(done, failed)
             return
         if not unread:
@@ -449,28 +453,22 @@ class DurableStore(MessageStore):
         try:
             loop.run_in_executor(None, read).add_done_callback(finished)
         except RuntimeError as error:  # the executor is shut down
-            done([error] * len(refs))
+            done([error] * count)
 
-    def _readers(
-        self, refs: list[PagedRef]
-    ) -> list[tuple[Sequence[int], list[PagedRef], RecordReader]]:
+    def _readers(self, msg_ids: list[int], locations: list[int]) -> list[_Reading]:
         """Readers of these records: one of the log, one of the spill files when some were
-        spilled (each with the places of its refs in `refs`). Nothing spilled waits (the
-        usual case, known without looking at each ref): one reader, no sorting out."""
-        spilled: list[int] = []
-        if self.spill_files is not None and self.spill_files.count:
-            spilled = [index for index, ref in enumerate(refs) if ref[0] == SPILLED]
-        if not spilled:
-            locations = [(segment, offset) for _, segment, offset in refs]
-            return [(range(len(refs)), refs, self.wal.reader(locations))]
-        assert self.spill_files is not None
-        logged = [index for index, ref in enumerate(refs) if ref[0] != SPILLED]
-        readers: list[tuple[Sequence[int], list[PagedRef], RecordReader]] = []
-        for indices, reader_of in ((logged, self.wal.reader), (spilled, self.spill_files.reader)):
+        spilled (each with the places of its records in the lists). Nothing spilled waits
+        (the usual case, known without looking at each record): one reader, no sorting out."""
+        spill_files = self.spill_files
+        if spill_files is None or not spill_files.count or SPILLED not in msg_ids:
+            return [(range(len(msg_ids)), msg_ids, locations, self.wal.reader(locations))]
+        readers: list[_Reading] = []
+        for reader_of, spilled in ((self.wal.reader, False), (spill_files.reader, True)):
+            indices = [i for i, msg_id in enumerate(msg_ids) if (msg_id == SPILLED) == spilled]
             if indices:
-                group = [refs[index] for index in indices]
-                reader = reader_of([(segment, offset) for _, segment, offset in group])
-                readers.append((indices, group, reader))
+                group = [locations[index] for index in indices]
+                ids = [msg_ids[index] for index in indices]
+                readers.append((indices, ids, group, reader_of(group)))
         return readers
 
     def reading_bytes(self) -> int:
@@ -681,35 +679,38 @@ def _head_upto(queue: Queue, upto: int) -> Iterator[QueuedMessage]:
         yield entry
 
 
-def _merged(
-    count: int, readers: list[tuple[Sequence[int], list[PagedRef], RecordReader]]
-) -> list[Message | BaseException]:
-    """The messages of every reader, in the order of the refs they were made for."""
+def _merged(count: int, readers: list[_Reading]) -> list[Message | BaseException]:
+    """The messages of every reader, in the order of the records they were made for."""
     if len(readers) == 1 and len(readers[0][0]) == count:
-        _, refs, reader = readers[0]
-        return _messages_of(refs, reader.records())
+        _, msg_ids, locations, reader = readers[0]
+        return _messages_of(msg_ids, locations, reader.records())
     merged: list[Message | BaseException] = [LookupError("not read")] * count
-    for indices, refs, reader in readers:
-        for index, result in zip(indices, _messages_of(refs, reader.records()), strict=True):
+    for indices, msg_ids, locations, reader in readers:
+        for index, result in zip(
+            indices, _messages_of(msg_ids, locations, reader.records()), strict=True
+        ):
             merged[index] = result
     return merged
 
 
 def _messages_of(
-    refs: list[PagedRef], results: list[RecordView | BaseException]
+    msg_ids: list[int], locations: list[int], results: list[RecordView | BaseException]
 ) -> list[Message | BaseException]:
-    """Messages (one holder each, bodies in memory) from the records read for `refs`; a
-    record that is not the message asked for (its segment was deleted and another file read)
-    is an error."""
+    """Messages (one holder each, bodies in memory) from the records read for these ids and
+    places; a record that is not the message asked for (its segment was deleted and another
+    file read) is an error."""
     messages: list[Message | BaseException] = []
     routes: dict[bytes, tuple[str, str]] = {}
-    for (msg_id, segment, offset), result in zip(refs, results, strict=True):
+    message_types = records.MESSAGE_TYPES
+    for position in range(len(msg_ids)):
+        result = results[position]
         if isinstance(result, BaseException):
             messages.append(result)
             continue
+        msg_id = msg_ids[position]
         record_type, data, start, end = result
         try:
-            if record_type not in records.MESSAGE_TYPES:
+            if record_type not in message_types:
                 raise ValueError(f"record type {record_type} is not a message")
             found, published_at, route, header, body = records.unpack_message(
                 record_type, data, start, end
@@ -726,7 +727,7 @@ def _messages_of(
         message.published_at = published_at
         if msg_id != SPILLED:  # a spilled one is transient again: no id, no place in the log
             message.msg_id = msg_id
-            message.location = (segment, offset)
+            message.location = unpack_location(locations[position])
             message.refs = 1
         messages.append(message)
     return messages

@@ -25,7 +25,7 @@ class _Slots:
 
     def __init__(self) -> None:
         self.queue_id = array("q", bytes(8 * CHUNK_SLOTS))  # 0: no message in the slot
-        self.location = array("Q", bytes(8 * CHUNK_SLOTS))  # paging.pack_location's
+        self.location = array("Q", bytes(8 * CHUNK_SLOTS))  # persistence.pack_location's
         self.published_at = array("d", bytes(8 * CHUNK_SLOTS))
         self.body_size = array("I", bytes(4 * CHUNK_SLOTS))
         self.header_len = array("I", bytes(4 * CHUNK_SLOTS))

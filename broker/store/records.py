@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from array import array
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from broker.core import tables
 
@@ -22,7 +22,7 @@ QUEUE_DECLARE = 4
 QUEUE_DELETE = 5
 BIND = 6
 UNBIND = 7
-MESSAGE = 10
+MESSAGE: Final = 10
 SETTLE = 11
 DELIVERED = 12
 # The last record of a clean shutdown: without it, recovery cannot trust DELIVERED marks to be
@@ -30,12 +30,12 @@ DELIVERED = 12
 CLEAN_SHUTDOWN = 13
 # A message with the wall-clock time it was routed (its TTL deadlines count from it): MESSAGE's
 # payload after 8 bytes of time. Written for every message since; MESSAGE is still read.
-MESSAGE_AT = 14
+MESSAGE_AT: Final = 14
 # Dead-lettering as one record: a queue settled one message and its dead-lettered copy entered
 # other queues (a MESSAGE_AT payload after the queue and message ids), so a crash cannot leave
 # the message in both queues or in neither.
-MOVE = 15
-MESSAGE_TYPES = frozenset((MESSAGE, MESSAGE_AT, MOVE))
+MOVE: Final = 15
+MESSAGE_TYPES: Final = frozenset((MESSAGE, MESSAGE_AT, MOVE))
 # Messages that came back to a queue counting deliveries (as SETTLE: queue id and message ids;
 # an id repeated n times is n returns).
 RETURNED = 16
@@ -62,15 +62,15 @@ METADATA_TYPES = frozenset(
     )
 )
 
-_MESSAGE_HEAD = struct.Struct(">QH")  # message id, number of queue ids
-_ROUTE_LEN = struct.Struct(">H")
-HEADER_LEN = struct.Struct(">I")
+_MESSAGE_HEAD: Final = struct.Struct(">QH")  # message id, number of queue ids
+_ROUTE_LEN: Final = struct.Struct(">H")
+HEADER_LEN: Final = struct.Struct(">I")
 _IDS_HEAD = struct.Struct(">QI")  # queue id, number of message ids
 _ONE_ID = struct.Struct(">Q")
-_PUBLISHED_AT = struct.Struct(">d")
-_MOVE_HEAD = struct.Struct(">QQ")  # queue id, message id it settled
+_PUBLISHED_AT: Final = struct.Struct(">d")
+_MOVE_HEAD: Final = struct.Struct(">QQ")  # queue id, message id it settled
 # A MESSAGE_AT payload's head when it names one queue: time, message id, count, queue, route length.
-TIMED_ONE_HEAD = struct.Struct(">dQHQH")
+TIMED_ONE_HEAD: Final = struct.Struct(">dQHQH")
 
 
 # A MESSAGE_AT record for one queue as a segment summary's row (broker/store/summary.py):
@@ -162,17 +162,29 @@ def decode_message(payload: memoryview) -> tuple[int, tuple[int, ...], bytes, by
     return msg_id, queue_ids, route, header, offset + header_len
 
 
+def read_uint(data: bytes, at: int, size: int) -> int:
+    """The big-endian unsigned integer of `size` bytes at data[at:]: compiled, a few native
+    steps where a struct unpack is a method call and a tuple (the read-back path does this
+    for every record of a backlog). IndexError past the end."""
+    value = 0
+    for index in range(at, at + size):
+        value = value << 8 | data[index]
+    return value
+
+
 def unpack_message(
     record_type: int, data: bytes, start: int, end: int
 ) -> tuple[int, float, bytes, bytes, bytes]:
     """(message id, time routed, route bytes, content header, body) of the MESSAGE, MESSAGE_AT
     or MOVE payload at data[start:end], each part sliced from `data` once: the read-back path,
     where a message is built for every delivery of a backlog."""
-    if record_type == MESSAGE_AT:  # the common case, one queue: one unpack for the head
-        published_at, msg_id, count, _, route_len = TIMED_ONE_HEAD.unpack_from(data, start)
-        if count == 1:
-            parts = _route_header_body(data, start + TIMED_ONE_HEAD.size, route_len, end)
-            return msg_id, published_at, *parts
+    if record_type == MESSAGE_AT and read_uint(data, start + 16, 2) == 1:
+        # The common case, one queue (TIMED_ONE_HEAD): the integers read in place, compiled,
+        # without a struct call and its tuple for each.
+        (published_at,) = _PUBLISHED_AT.unpack_from(data, start)
+        msg_id, route_len = read_uint(data, start + 8, 8), read_uint(data, start + 26, 2)
+        position = start + TIMED_ONE_HEAD.size
+        return _message_parts(msg_id, published_at, data, position, route_len, end)
     position = start
     published_at = 0.0
     if record_type != MESSAGE:
@@ -183,22 +195,23 @@ def unpack_message(
     msg_id, count = _MESSAGE_HEAD.unpack_from(data, position)
     position += _MESSAGE_HEAD.size + 8 * count
     (route_len,) = _ROUTE_LEN.unpack_from(data, position)
-    return msg_id, published_at, *_route_header_body(data, position + 2, route_len, end)
+    return _message_parts(msg_id, published_at, data, position + 2, route_len, end)
 
 
-def _route_header_body(
-    data: bytes, position: int, route_len: int, end: int
-) -> tuple[bytes, bytes, bytes]:
-    """A message payload's route (`route_len` bytes at `position`), header and body."""
+def _message_parts(
+    msg_id: int, published_at: float, data: bytes, position: int, route_len: int, end: int
+) -> tuple[int, float, bytes, bytes, bytes]:
+    """`unpack_message`'s result: the route (`route_len` bytes at `position`), header and
+    body that follow, sliced from `data`."""
     route = data[position : position + route_len]
     position += route_len
-    (header_len,) = HEADER_LEN.unpack_from(data, position)
+    header_len = read_uint(data, position, HEADER_LEN.size)
     position += HEADER_LEN.size
     header = data[position : position + header_len]
     position += header_len
     if position > end:
         raise ValueError("a message record shorter than its own lengths")
-    return route, header, data[position:end]
+    return msg_id, published_at, route, header, data[position:end]
 
 
 def message_part(record_type: int, payload: memoryview) -> tuple[float, memoryview]:

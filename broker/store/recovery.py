@@ -32,7 +32,8 @@ from typing import Any
 from broker.core.dedup import DedupExchange
 from broker.core.errors import AMQPError
 from broker.core.message import Message, QueuedMessage
-from broker.core.paging import OFFSET_BITS, RecoveredRecords, segment_counts, unpack_location
+from broker.core.paging import RecoveredRecords, segment_counts
+from broker.core.persistence import OFFSET_BITS, pack_location, unpack_location
 from broker.core.properties import timing
 from broker.core.queue import Queue
 from broker.core.vhost import VirtualHost
@@ -596,7 +597,7 @@ class _Restorer:
         the queue keeps compact records: it stays one, and is set aside (logged, kept in the
         log) when its turn comes. A queue that keeps only objects cannot hold it: the start
         stops, naming it, rather than start without it."""
-        (message,) = self.store.load([(msg_id, segment, offset)])
+        (message,) = self.store.load([msg_id], [pack_location(segment, offset)])
         if isinstance(message, Message):
             message.evict_body()
             return message

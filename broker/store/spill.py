@@ -81,7 +81,7 @@ class SpillFiles:
         self.count += 1
         return location
 
-    def reader(self, locations: list[tuple[int, int]]) -> RecordReader:
+    def reader(self, locations: list[int]) -> RecordReader:
         return self.log.reader(locations)
 
     def read_back(self, segments: dict[int, int]) -> None:

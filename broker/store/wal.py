@@ -93,11 +93,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, Final, NamedTuple, NoReturn
 
-from broker.core.persistence import SyncCallback
+from broker.core.persistence import OFFSET_BITS, OFFSET_MASK, SyncCallback, pack_location
 from broker.core.stats import LatencyHistogram
 from broker.logs import fields
+from broker.store.records import read_uint
 from broker.store.summary import (
     SUMMARY_NAME,
     Summary,
@@ -111,8 +112,8 @@ from broker.store.wal_errors import WalError
 logger = logging.getLogger("warren.wal")
 
 _HEADER = struct.Struct(">IIIB")
-HEADER_SIZE = _HEADER.size
-_MASK = 0xFFFFFFFF
+HEADER_SIZE: Final = _HEADER.size
+_MASK: Final = 0xFFFFFFFF
 MAX_PAYLOAD = _MASK
 # crc32(bytes([type]) + payload) == crc32(payload, _TYPE_SEED[type]): one C call per record.
 _TYPE_SEED = tuple(zlib.crc32(bytes([record_type])) for record_type in range(256))
@@ -125,7 +126,7 @@ _MARK_BODY = 24
 _MARK_SLOT = 512
 _PROGRESS_STEP = 16 * 1024 * 1024
 # Most records (a message, an ack) fit one pread of this size.
-_READ_AHEAD = 4096
+_READ_AHEAD: Final = 4096
 # A record as `WriteAheadLog.reader` gives it: type, and its payload as buffer[start:end].
 RecordView = tuple[int, bytes, int, int]
 # A place in `WriteAheadLog.reader`'s results that its thread fills in.
@@ -134,10 +135,11 @@ _NOT_READ: RecordView = (0, b"", 0, 0)
 # as each starts within SPAN_GAP of the one before: a queue's records that other queues'
 # records separate (publishes round-robin over many queues) are read one by one, not with
 # everything between them.
-SPAN_BYTES = 1 << 20
-SPAN_GAP = 8192
-# A read to make: (descriptor, segment, offset, bytes, [(offset, result index)] of its records).
-_Span = tuple[int, int, int, int, list[tuple[int, int]]]
+SPAN_BYTES: Final = 1 << 20
+SPAN_GAP: Final = 8192
+# A read to make: (descriptor, segment, offset, bytes, offsets of its records, their indices
+# in the results).
+_Span = tuple[int, int, int, int, list[int], list[int]]
 # Reads that fail rather than wait for the disk (Linux); None elsewhere.
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 # Lone records not in the page cache one after another before the rest are left to `read`.
@@ -667,24 +669,33 @@ class WriteAheadLog:
                 return _decode(segment_id, offset, chunk.data, position)
         return None
 
-    def reader(self, locations: list[tuple[int, int]]) -> RecordReader:
-        """A reader of these records (see RecordReader): what is still in memory is copied
-        now and the files are opened now, so its `read` shares nothing with the loop."""
+    def reader(self, locations: list[int]) -> RecordReader:
+        """A reader of these records (places as `pack_location`'s; see RecordReader): what
+        is still in memory is copied now and the files are opened now, so its `read` shares
+        nothing with the loop."""
         if self._closed:
             raise RuntimeError("the write-ahead log is closed")
         reader = RecordReader()
         # Records before the oldest one not written yet (in flight to the file, or pending)
         # are all in the files.
-        unwritten = [(chunk.segment_id, chunk.start) for chunk in (*self._inflight, *self._pending)]
-        written_before = min(unwritten, default=None)
-        for segment_id, offset in locations:
+        unwritten = [
+            pack_location(chunk.segment_id, chunk.start)
+            for chunk in (*self._inflight, *self._pending)
+        ]
+        written_before = min(unwritten, default=-1)
+        fd_segment, fd = -1, -1  # a backlog's records share a segment: one lookup for all
+        for location in locations:
+            segment_id, offset = location >> OFFSET_BITS, location & OFFSET_MASK
             try:
-                if written_before is not None and (segment_id, offset) >= written_before:
+                if 0 <= written_before <= location:
                     found = self._in_memory(segment_id, offset)
                     if found is not None:
                         reader.results.append((found[0], found[1], 0, len(found[1])))
                         continue
-                reader.wants(self._read_fd(segment_id), segment_id, offset)
+                if segment_id != fd_segment:
+                    fd = self._read_fd(segment_id)
+                    fd_segment = segment_id
+                reader.wants(fd, segment_id, offset)
             except (OSError, CorruptLogError) as error:
                 reader.results.append(error)
         return reader
@@ -1016,6 +1027,19 @@ def _missing(data: bytes | bytearray, last: int, got: int) -> int:
     return max(0, last + HEADER_SIZE + length - got)
 
 
+def _cached_span(fd: int, start: int, size: int, last: int) -> bytes | None:
+    """Neighbouring records (the last at `last`) read from the page cache only, as `read`
+    reads them; None when the read stopped short of the last record's end (a page not
+    cached, or a damaged length): the thread reads the span then."""
+    assert _NOWAIT is not None
+    buffer = bytearray(size)
+    got = os.preadv(fd, (buffer,), start, _NOWAIT)
+    if got < last + HEADER_SIZE or _missing(buffer, last, got):
+        return None
+    with memoryview(buffer) as view:
+        return _trimmed(bytes(view[:got]), last)
+
+
 def _cached_record(fd: int, start: int, buffer: bytearray) -> bytes | None:
     """The record at `start`, read whole from the page cache only (RWF_NOWAIT: BlockingIOError
     when its first page is not there), as bytes cut at its end; None when the rest of it is
@@ -1059,25 +1083,36 @@ class RecordReader:
 
     def __init__(self) -> None:
         self.results: list[RecordView | BaseException] = []
-        # fd -> (segment, [(offset, result index)])
-        self._on_disk: dict[int, tuple[int, list[tuple[int, int]]]] = {}
+        self._on_disk: dict[int, _Wanted] = {}  # by descriptor
+        self._last: _Wanted | None = None  # the descriptor `wants` was given last
         self._planned: list[_Span] | None = None  # what `read` still has to read
-        self._spans: list[tuple[int, int, int, bytes | OSError, list[tuple[int, int]]]] = []
+        self._spans: list[tuple[int, int, int, bytes | OSError, list[int], list[int]]] = []
 
     def wants(self, fd: int, segment_id: int, offset: int) -> None:
-        self._on_disk.setdefault(fd, (segment_id, []))[1].append((offset, len(self.results)))
+        wanted = self._last
+        if wanted is None or wanted.fd != fd:
+            wanted = self._on_disk.get(fd)
+            if wanted is None:
+                wanted = self._on_disk[fd] = _Wanted(fd, segment_id)
+            self._last = wanted
+        wanted.offsets.append(offset)
+        wanted.indices.append(len(self.results))
         self.results.append(_NOT_READ)
 
     def read_cached(self) -> bool:
-        """On the loop, before `read`: copy the lone records (a span of one) that are in the
-        page cache, with reads that never wait for the disk (RWF_NOWAIT: a page that is not
-        cached fails at once and is left to `read`). True when `read` has nothing left.
+        """On the loop, before `read`: copy what is in the page cache, with reads that never
+        wait for the disk (RWF_NOWAIT: a page that is not cached fails at once, and the span
+        is left to `read`). True when `read` has nothing left.
 
-        Why: a backlog spread over many queues is read back one record per queue every few
-        hundred kilobytes of log, so each record is its own read. In the reading thread each
-        pread gives up the GIL and must win it back from the busy loop: 1M messages over 1,000
-        queues made 746k preads, the thread spent half its time in them, and the drain waited
-        on the thread. On the loop, a cached read costs it about a microsecond."""
+        Why: in the reading thread each pread gives up the GIL and must win it back from the
+        busy loop, which keeps it for up to the switch interval (5 ms) each time. A backlog
+        spread over many queues is read back one record per queue every few hundred
+        kilobytes of log, so each record is its own read: 1M messages over 1,000 queues made
+        746k preads, the thread spent half its time in them, and the drain waited on the
+        thread. One queue's backlog is read a span of a thousand records at a time, but
+        each span waited for the GIL twice, and its consumer, with the window run dry, waited
+        for the span: the loop idled a seventh of a drain. On the loop, a cached lone record
+        costs about a microsecond, and a span a copy of its bytes."""
         planned = self._plan()
         if _NOWAIT is None:
             return not planned
@@ -1085,12 +1120,15 @@ class RecordReader:
         misses = 0
         buffer = bytearray(_READ_AHEAD)  # a lone record's span is this size
         for span in planned:
-            fd, _, start, _, members = span
-            if len(members) > 1 or misses >= _NOWAIT_MISSES:
+            fd, segment_id, start, size, offsets, indices = span
+            if misses >= _NOWAIT_MISSES:
                 left.append(span)
                 continue
             try:
-                data = _cached_record(fd, start, buffer)
+                if len(offsets) == 1:
+                    data = _cached_record(fd, start, buffer)
+                else:
+                    data = _cached_span(fd, start, size, offsets[-1] - start)
             except BlockingIOError:  # its first page is not in the page cache
                 data = None
             except OSError:  # not supported here, or failing: `read` says what is wrong
@@ -1102,14 +1140,14 @@ class RecordReader:
                 left.append(span)
                 continue
             misses = 0
-            self._spans.append((fd, span[1], start, data, members))
+            self._spans.append((fd, segment_id, start, data, offsets, indices))
         self._planned = left
         return not left
 
     def read(self) -> None:
-        for fd, segment_id, start, size, members in self._plan():
+        for fd, segment_id, start, size, offsets, indices in self._plan():
             data: bytes | OSError
-            last = members[-1][0] - start
+            last = offsets[-1] - start
             try:
                 data = os.pread(fd, size, start)
                 missing = _missing(data, last, len(data))
@@ -1118,7 +1156,7 @@ class RecordReader:
                 data = _trimmed(data, last)
             except OSError as error:
                 data = error
-            self._spans.append((fd, segment_id, start, data, members))
+            self._spans.append((fd, segment_id, start, data, offsets, indices))
         self._planned = []
 
     def _plan(self) -> list[_Span]:
@@ -1126,38 +1164,45 @@ class RecordReader:
         if self._planned is not None:
             return self._planned
         planned: list[_Span] = []
-        for fd, (segment_id, wanted) in self._on_disk.items():
-            wanted.sort()
-            first = 0
-            while first < len(wanted):
-                start, last = wanted[first][0], first
+        for wanted in self._on_disk.values():
+            offsets, indices = wanted.in_order()
+            first, count = 0, len(offsets)
+            while first < count:
+                start, last = offsets[first], first
                 while (
-                    last + 1 < len(wanted)
-                    and wanted[last + 1][0] - start < SPAN_BYTES
-                    and wanted[last + 1][0] - wanted[last][0] <= SPAN_GAP
+                    last + 1 < count
+                    and offsets[last + 1] - start < SPAN_BYTES
+                    and offsets[last + 1] - offsets[last] <= SPAN_GAP
                 ):
                     last += 1
-                size = wanted[last][0] - start + _READ_AHEAD
-                planned.append((fd, segment_id, start, size, wanted[first : last + 1]))
+                size = offsets[last] - start + _READ_AHEAD
+                planned.append(
+                    (wanted.fd, wanted.segment_id, start, size,
+                     offsets[first : last + 1], indices[first : last + 1])
+                )  # fmt: skip
                 first = last + 1
         self._planned = planned
         return planned
 
     def records(self) -> list[RecordView | BaseException]:
         results = self.results
-        unpack, crc32, seeds = _HEADER.unpack_from, zlib.crc32, _TYPE_SEED
-        for fd, segment_id, start, data, members in self._spans:
+        crc32, seeds = zlib.crc32, _TYPE_SEED
+        for fd, segment_id, start, data, offsets, indices in self._spans:
             if isinstance(data, OSError):
-                for _, index in members:
+                for index in indices:
                     results[index] = data
                 continue
             size = len(data)
             with memoryview(data) as view:
-                for offset, index in members:
+                for member in range(len(offsets)):
+                    offset, index = offsets[member], indices[member]
                     position = offset - start
                     body = position + HEADER_SIZE
-                    if body <= size:
-                        length, check, crc, record_type = unpack(data, position)
+                    if body <= size:  # the header (`_HEADER`), read in place
+                        length = read_uint(data, position, 4)
+                        check = read_uint(data, position + 4, 4)
+                        crc = read_uint(data, position + 8, 4)
+                        record_type = data[position + 12]
                         end = body + length
                         if (
                             end <= size
@@ -1174,6 +1219,28 @@ class RecordReader:
                         results[index] = error
         self._spans.clear()
         return results
+
+
+class _Wanted:
+    """The records a reader wants from one file: offsets, and their places in its results."""
+
+    __slots__ = ("fd", "indices", "offsets", "segment_id")
+
+    def __init__(self, fd: int, segment_id: int) -> None:
+        self.fd = fd
+        self.segment_id = segment_id
+        self.offsets: list[int] = []
+        self.indices: list[int] = []
+
+    def in_order(self) -> tuple[list[int], list[int]]:
+        """Offsets in ascending order with their indices: as asked, the usual case (a queue's
+        records lie in the order it logged them), or sorted."""
+        offsets, indices = self.offsets, self.indices
+        for position in range(1, len(offsets)):
+            if offsets[position] < offsets[position - 1]:
+                order = sorted(range(len(offsets)), key=offsets.__getitem__)
+                return [offsets[i] for i in order], [indices[i] for i in order]
+        return offsets, indices
 
 
 def _truncate_crash_tail(path: Path, bad: _BadRecord, size: int, synced: int) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from broker.core import paging
 from broker.core.paging import TAIL_RECORD_BYTES, WINDOW_ENTRIES
+from broker.core.persistence import pack_location, unpack_location
 from broker.core.queue import Queue
 from broker.store import records
 from tests.unit.helpers import FakeSink, ManualClock, add_consumer, make_message
@@ -105,9 +106,9 @@ async def test_the_read_ahead_fills_the_window_off_the_loop(tmp_path: Path) -> N
     loaded_on_loop: list[int] = []
     load = node.store.load
 
-    def counting_load(refs):  # type: ignore[no-untyped-def]
-        loaded_on_loop.append(len(refs))
-        return load(refs)
+    def counting_load(ids, places):  # type: ignore[no-untyped-def]
+        loaded_on_loop.append(len(ids))
+        return load(ids, places)
 
     node.store.load = counting_load  # type: ignore[method-assign]
     got = []
@@ -266,12 +267,12 @@ async def test_the_read_ahead_passes_over_what_left_while_it_was_reading(tmp_pat
     node = await start_node(tmp_path)
     queue = node.vhost.declare_queue("q", None, durable=True)
     fill(node.vhost, "q", 1000)
-    held: list[tuple[object, object]] = []
-    node.store.load_ahead = lambda refs, done: held.append((refs, done))  # type: ignore[method-assign]
+    held: list[tuple[object, object, object]] = []
+    node.store.load_ahead = lambda ids, places, done: held.append((ids, places, done))  # type: ignore[method-assign]
     got = drain(queue, 600)  # the window empties: the loop reads; the read-ahead waits
     assert got == [body_of(i) for i in range(600)]
-    refs, done = held[0]
-    done(node.store.load(refs))  # type: ignore[operator, arg-type]
+    ids, places, done = held[0]
+    done(node.store.load(ids, places))  # type: ignore[operator, arg-type]
     assert drain(queue, 400) == [body_of(i) for i in range(600, 1000)]
     assert queue.message_count == 0
     await stop_node(node)
@@ -280,17 +281,43 @@ async def test_the_read_ahead_passes_over_what_left_while_it_was_reading(tmp_pat
 def test_a_deep_message_is_found_by_binary_search() -> None:
     tail = paging._Tail()
     for seq in range(0, 30_000, 3):
-        tail.append(seq, seq + 1, paging.pack_location(7, seq * 10), 1, 500, 0.0, 0)
+        tail.append(seq, seq + 1, pack_location(7, seq * 10), 1, 500, 0.0, 0)
     found = tail.find(2_997 * 3)
     assert found is not None and found[0].msg_id[found[1]] == 2_997 * 3 + 1
     assert tail.find(2_997 * 3 + 1) is None
     tail.kill(*found)
     assert tail.find(2_997 * 3) is None
     assert tail.live == 9_999 and tail.compact_footprint == 9_999 * 500
-    assert paging.unpack_location(paging.pack_location(123_456, (1 << 34) + 5)) == (
+    assert unpack_location(pack_location(123_456, (1 << 34) + 5)) == (
         123_456,
         (1 << 34) + 5,
     )
+
+
+def test_a_run_read_back_is_taken_as_the_tail_is_when_it_arrives() -> None:
+    """A run is cut at a pinned record and by bytes; what left the tail while it was read (the
+    first ones taken on the loop, one in the middle expired) is passed over when it arrives,
+    and the tail's counts drop by what it took; a run whose records all left takes nothing."""
+    tail = paging._Tail()
+    for seq in range(10):
+        msg_id = 0 if seq == 8 else seq + 1  # the ninth is pinned
+        tail.append(seq, msg_id, pack_location(1, seq * 400), 300, 900, 0.0, 0)
+    run = tail.head_run(100, 1 << 20)
+    assert run is not None and (run.start, run.stop) == (0, 8)  # up to the pinned one
+    assert run.msg_ids == list(range(1, 9))
+    assert run.locations == [pack_location(1, seq * 400) for seq in range(8)]
+    small = tail.head_run(100, 3 * (300 + paging.ENTRY_OVERHEAD))
+    assert small is not None and small.stop == 3  # by bytes
+    chunk = tail.chunks[0]
+    tail.kill(chunk, 0)  # taken on the loop meanwhile
+    tail.kill(chunk, 1)
+    tail.kill(chunk, 5)  # expired meanwhile
+    assert tail.take(run) == 2
+    assert (tail.live, tail.compact, tail.compact_bytes) == (2, 1, 300)  # the pinned, the last
+    assert tail.compact_footprint == 900
+    assert tail.take(run) == run.stop  # nothing of it is first any more
+    found = tail.first()
+    assert found is not None and found[0].seq[found[1]] == 8
 
 
 def test_records_are_read_back_as_the_messages_that_were_logged() -> None:
@@ -312,17 +339,17 @@ async def test_a_consumer_waits_for_the_read_ahead_instead_of_reading_twice(
     node = await start_node(tmp_path)
     queue = node.vhost.declare_queue("q", None, durable=True)
     fill(node.vhost, "q", 1000)
-    held: list[tuple[object, object]] = []
-    node.store.load_ahead = lambda refs, done: held.append((refs, done))  # type: ignore[method-assign]
+    held: list[tuple[object, object, object]] = []
+    node.store.load_ahead = lambda ids, places, done: held.append((ids, places, done))  # type: ignore[method-assign]
     loads: list[int] = []
     load = node.store.load
-    node.store.load = lambda refs: loads.append(len(refs)) or load(refs)  # type: ignore[method-assign]
+    node.store.load = lambda ids, places: loads.append(len(ids)) or load(ids, places)  # type: ignore[method-assign]
     sink = FakeSink()
     add_consumer(queue, sink, "c", credit=1000)
     assert len(sink.delivered) == WINDOW_ENTRIES  # the window; then it waits
     assert loads == [] and len(held) == 1
-    refs, done = held.pop()
-    done(node.store.load(refs))  # type: ignore[operator, arg-type]
+    ids, places, done = held.pop()
+    done(node.store.load(ids, places))  # type: ignore[operator, arg-type]
     assert len(sink.delivered) == 1000
     assert [body for _, body, _ in sink.delivered] == [body_of(i) for i in range(1000)]
     await stop_node(node)
@@ -435,6 +462,40 @@ async def test_purge_leaves_a_set_aside_record_and_delete_releases_it(tmp_path: 
 
 
 @pytest.mark.pure_python
+async def test_a_record_moved_while_it_was_read_ahead_is_read_again_where_it_is(
+    tmp_path: Path,
+) -> None:
+    """Compaction copies a paged message elsewhere in the log while a read-ahead is reading
+    it: the copy the read-ahead brings back names the old place, so that message is read again
+    at its new one, and delivered knowing it (its settle then counts down the right segment);
+    the others of the batch are taken as read."""
+    node = await start_node(tmp_path)
+    queue = node.vhost.declare_queue("q", None, durable=True)
+    fill(node.vhost, "q", 1000)
+    assert await synced(node.store) is None
+    held: list[tuple[list[int], list[int], object]] = []
+    node.store.load_ahead = lambda ids, places, done: held.append((ids, places, done))  # type: ignore[method-assign]
+    loads: list[list[int]] = []
+    load = node.store.load
+    node.store.load = lambda ids, places: loads.append(places) or load(ids, places)  # type: ignore[method-assign]
+    sink = FakeSink()
+    add_consumer(queue, sink, "c", credit=1000)
+    assert len(sink.delivered) == WINDOW_ENTRIES and len(held) == 1
+    ids, places, done = held.pop()
+    record_type, payload = node.wal.read(*unpack_location(places[3]))
+    moved = node.wal.append(record_type, bytes(payload))  # as compaction copies a record
+    assert await synced(node.store) is None
+    chunk, first = queue._ready._tail.first()  # type: ignore[attr-defined]
+    queue._ready.relocated(chunk.seq[first + 3], *moved)  # type: ignore[attr-defined]
+    done(load(ids, places))  # type: ignore[operator]
+    assert loads == [[pack_location(*moved)]]  # that one only, where it is now
+    assert [body for _, body, _ in sink.delivered] == [body_of(i) for i in range(1000)]
+    assert sink.entries[WINDOW_ENTRIES + 3].message.location == moved
+    assert sink.entries[WINDOW_ENTRIES + 2].message.location == unpack_location(places[2])
+    await stop_node(node)
+
+
+@pytest.mark.pure_python
 async def test_a_read_ahead_that_fails_while_a_consumer_waits_still_wakes_it(
     tmp_path: Path,
 ) -> None:
@@ -443,13 +504,13 @@ async def test_a_read_ahead_that_fails_while_a_consumer_waits_still_wakes_it(
     node = await start_node(tmp_path)
     queue = node.vhost.declare_queue("q", None, durable=True)
     fill(node.vhost, "q", 600)
-    held: list[tuple[object, object]] = []
-    node.store.load_ahead = lambda refs, done: held.append((refs, done))  # type: ignore[method-assign]
+    held: list[tuple[object, object, object]] = []
+    node.store.load_ahead = lambda ids, places, done: held.append((ids, places, done))  # type: ignore[method-assign]
     sink = FakeSink()
     add_consumer(queue, sink, "c", credit=600)
     assert len(sink.delivered) == WINDOW_ENTRIES
-    refs, done = held.pop()
-    done([RuntimeError("cannot schedule new futures after shutdown")] * len(refs))  # type: ignore[operator, arg-type]
+    ids, _, done = held.pop()
+    done([RuntimeError("cannot schedule new futures after shutdown")] * len(ids))  # type: ignore[operator, arg-type]
     assert [body for _, body, _ in sink.delivered] == [body_of(i) for i in range(600)]
     assert queue._ready.unreadable == []  # type: ignore[attr-defined]
     await stop_node(node)

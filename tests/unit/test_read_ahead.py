@@ -13,6 +13,7 @@ import pytest
 
 from broker.core.message import ENTRY_OVERHEAD
 from broker.core.paging import WINDOW_ENTRIES
+from broker.core.persistence import pack_location
 from broker.core.queue import Queue
 from broker.core.read_ahead import FLOOR, ReadAheadBudget
 from broker.store.wal import RecordReader
@@ -112,18 +113,18 @@ async def test_purge_and_delete_give_back_what_a_queue_held_a_read_in_flight_too
     store = node.store
     first, second = declare(node, 2, 1_000)
     assert await synced(store) is None
-    held: list[tuple[object, object]] = []
+    held: list[tuple[object, object, object]] = []
     load_ahead = store.load_ahead
-    store.load_ahead = lambda refs, done: held.append((refs, done))  # type: ignore[method-assign]
+    store.load_ahead = lambda ids, places, done: held.append((ids, places, done))  # type: ignore[method-assign]
     sink = FakeSink()
     add_consumer(first, sink, "first", credit=10**9)
-    refs, done = held.pop()
+    ids, places, done = held.pop()
     charged = (1_000 - WINDOW_ENTRIES) * RECORD_COST
     assert (budget.held, budget.in_flight) == (charged, charged)
     assert store.reading_bytes() == charged
     first.purge()
     assert (budget.held, budget.in_flight) == (charged, charged)
-    done(store.load(refs))  # type: ignore[operator, arg-type]
+    done(store.load(ids, places))  # type: ignore[operator, arg-type]
     assert (budget.held, budget.in_flight, store.reading_bytes()) == (0, 0, 0)
 
     store.load_ahead = load_ahead  # type: ignore[method-assign]
@@ -142,15 +143,15 @@ async def test_a_read_ahead_that_fails_gives_back_its_charge(tmp_path: Path) -> 
     node, budget = await budgeted_node(tmp_path)
     queues = declare(node, 2, 1_500)
     assert await synced(node.store) is None
-    held: list[tuple[object, object]] = []
-    node.store.load_ahead = lambda refs, done: held.append((refs, done))  # type: ignore[method-assign]
+    held: list[tuple[object, object, object]] = []
+    node.store.load_ahead = lambda ids, places, done: held.append((ids, places, done))  # type: ignore[method-assign]
     sink = FakeSink()
     for queue in queues:
         add_consumer(queue, sink, queue.name, credit=10**9)
     assert budget.in_flight > 0 and budget.waiting == 0
     while held:  # the reads fail; each failure may start the next read-ahead
-        refs, done = held.pop(0)
-        done([RuntimeError("cannot schedule new futures after shutdown")] * len(refs))  # type: ignore[operator, arg-type]
+        ids, _, done = held.pop(0)
+        done([RuntimeError("cannot schedule new futures after shutdown")] * len(ids))  # type: ignore[operator, arg-type]
     for queue in queues:
         assert delivered_to(sink, queue.name) == [body_of(index) for index in range(1_500)]
     assert (budget.held, budget.in_flight, budget.waiting) == (0, 0, 0)
@@ -228,7 +229,8 @@ async def test_lone_records_in_the_page_cache_are_read_on_the_loop_a_turn_later(
             node.vhost.publish(node.vhost.get_exchange(""), message)
             messages.append(message)
         assert await synced(node.store) is None  # in the files, and so in the page cache
-        refs = [(message.msg_id, *message.location) for message in messages[::2]]
+        ids = [message.msg_id for message in messages[::2]]
+        places = [pack_location(*message.location) for message in messages[::2]]
         loop = asyncio.get_running_loop()
         sent_to_thread: list[object] = []
         run_in_executor = loop.run_in_executor
@@ -241,7 +243,7 @@ async def test_lone_records_in_the_page_cache_are_read_on_the_loop_a_turn_later(
         monkeypatch.setattr(loop, "run_in_executor", watched)
         preads = watch_preads(monkeypatch, passing=False)
         results: list[object] = []
-        node.store.load_ahead(refs, results.extend)
+        node.store.load_ahead(ids, places, results.extend)
         assert results == []
         await until(lambda: results, "the read-ahead handed over")
         assert sent_to_thread == []

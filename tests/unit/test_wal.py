@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.core.persistence import pack_location
 from broker.store import wal as wal_module
 from broker.store.wal import (
     HEADER_SIZE,
@@ -733,9 +734,14 @@ async def test_read_from_memory_and_from_disk(tmp_path: Path) -> None:
     await log.close()
 
 
+def packed(locations: list[tuple[int, int]]) -> list[int]:
+    """(segment, offset) places as `WriteAheadLog.reader` takes them."""
+    return [pack_location(segment, offset) for segment, offset in locations]
+
+
 def _views(log: WriteAheadLog, locations: list[tuple[int, int]]) -> list[object]:
     """What a RecordReader gives for these records: (type, payload) or the error."""
-    reader = log.reader(locations)
+    reader = log.reader(packed(locations))
     reader.read()
     return _payloads(reader)
 
@@ -779,7 +785,7 @@ async def test_a_reader_keeps_only_what_lone_records_use_of_their_reads(tmp_path
     assert await synced(log) is None
     await log.close()
     log = WriteAheadLog(tmp_path)
-    reader = log.reader(lone)
+    reader = log.reader(packed(lone))
     reader.read()
     assert [len(span[3]) for span in reader._spans] == [HEADER_SIZE + 300] * 3
     assert [(view[0], view[1][view[2] : view[3]]) for view in reader.records()] == [
@@ -822,6 +828,18 @@ async def _lone_records(directory: Path, count: int) -> list[tuple[int, int]]:
     return lone
 
 
+def _cached_up_to(limit: int, pread: Callable[[int, int, int], bytes]) -> Callable[..., int]:
+    """An os.preadv for reads that never wait, on a file whose cached pages end `limit` bytes
+    into any read: it stops there."""
+
+    def preadv(fd: int, buffers: list[bytearray], offset: int, flags: int) -> int:
+        data = pread(fd, min(len(buffers[0]), limit), offset)
+        buffers[0][: len(data)] = data
+        return len(data)
+
+    return preadv
+
+
 def _payloads(reader: wal_module.RecordReader) -> list[object]:
     """(type, payload) of each record the reader gives, or the error."""
     return [
@@ -834,10 +852,11 @@ async def test_lone_records_in_the_page_cache_are_read_without_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`read_cached` copies lone records with reads that never wait for the disk, and leaves
-    a span of neighbours to `read`; what comes back is what a plain `read` gives."""
+    to `read` a span of neighbours whose last record runs past the span's read; what comes
+    back is what a plain `read` gives."""
     lone = await _lone_records(tmp_path, 4)
     log = WriteAheadLog(tmp_path)
-    plain = log.reader([*lone, lone[0]])
+    plain = log.reader(packed([*lone, lone[0]]))
     plain.read()
     expected = _payloads(plain)
     neighbour = (lone[0][0], lone[0][1] + HEADER_SIZE + 300)  # the 20 kB record after it
@@ -845,8 +864,8 @@ async def test_lone_records_in_the_page_cache_are_read_without_the_thread(
     with open(segment_file(tmp_path, 1), "rb") as segment:
         segment.read()  # in the page cache, whatever the machine did meanwhile
 
-    reader = log.reader([*lone[1:], lone[0], neighbour])
-    assert reader.read_cached() is False  # lone[0] and its neighbour make a span for `read`
+    reader = log.reader(packed([*lone[1:], lone[0], neighbour]))
+    assert reader.read_cached() is False  # lone[0] and its long neighbour: a span for `read`
     assert [len(span[4]) for span in reader._planned or []] == [2]
     preads = watch_preads(monkeypatch)
     reader.read()
@@ -855,6 +874,43 @@ async def test_lone_records_in_the_page_cache_are_read_without_the_thread(
     assert preads == [lone[0][1], neighbour[1] + wal_module._READ_AHEAD]
     preads.clear()
     assert _payloads(reader) == [*expected[1:4], expected[0], expected_neighbour]
+    assert preads == []
+    await log.close()
+
+
+async def test_a_span_of_neighbours_in_the_page_cache_is_copied_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue's backlog is read back a span of neighbouring records at a time. When the page
+    cache holds all of a span, `read_cached` copies it on the loop: no pread, nothing left for
+    the thread. When it holds only the start (the read that never waits stops short of the
+    last record's end), the whole span is left to `read`. Either way the records are those a
+    plain `read` gives."""
+    log = WriteAheadLog(tmp_path)
+    neighbours = [log.append(4, bytes([65 + index % 26]) * 300) for index in range(50)]
+    await log.start()
+    assert await synced(log) is None
+    await log.close()
+    log = WriteAheadLog(tmp_path)
+    plain = log.reader(packed(neighbours))
+    plain.read()
+    expected = _payloads(plain)
+    with open(segment_file(tmp_path, 1), "rb") as segment:
+        segment.read()  # in the page cache, whatever the machine did meanwhile
+    real_pread = os.pread
+
+    monkeypatch.setattr(os, "preadv", _cached_up_to(6000, real_pread))
+    reader = log.reader(packed(neighbours))
+    assert reader.read_cached() is False
+    assert [len(span[4]) for span in reader._planned or []] == [50]  # the span, whole
+    reader.read()
+    assert _payloads(reader) == expected
+
+    monkeypatch.undo()
+    preads = watch_preads(monkeypatch, passing=False)
+    reader = log.reader(packed(neighbours))
+    assert reader.read_cached() is True
+    assert _payloads(reader) == expected
     assert preads == []
     await log.close()
 
@@ -873,7 +929,7 @@ async def test_records_not_in_the_page_cache_are_left_to_the_thread(
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages (fsynced): dropped
     finally:
         os.close(fd)
-    reader = log.reader(lone)
+    reader = log.reader(packed(lone))
     if reader.read_cached():
         pytest.skip("this file system kept the segment cached (tmpfs?): no cold read here")
     assert reader._planned  # left to the thread
@@ -887,7 +943,7 @@ async def test_records_not_in_the_page_cache_are_left_to_the_thread(
         raise BlockingIOError(errno.EAGAIN, "not cached")
 
     monkeypatch.setattr(os, "preadv", cold)
-    reader = log.reader(lone)
+    reader = log.reader(packed(lone))
     assert reader.read_cached() is False
     assert len(tried) == wal_module._NOWAIT_MISSES
     reader.read()
@@ -899,7 +955,7 @@ async def test_records_not_in_the_page_cache_are_left_to_the_thread(
 
     tried.clear()
     monkeypatch.setattr(os, "preadv", unsupported)
-    reader = log.reader(lone)
+    reader = log.reader(packed(lone))
     assert reader.read_cached() is False
     assert len(tried) == 1
     reader.read()
@@ -924,7 +980,7 @@ async def test_a_long_lone_record_is_read_whole_from_the_cache_or_by_the_thread(
         segment.read()
     real_pread = os.pread  # for the test's own reads
     preads = watch_preads(monkeypatch)
-    reader = log.reader(long)
+    reader = log.reader(packed(long))
     assert reader.read_cached() is True
     assert _payloads(reader) == expected
     assert preads == []
@@ -936,7 +992,7 @@ async def test_a_long_lone_record_is_read_whole_from_the_cache_or_by_the_thread(
         real_pread(fd, 16, long[1][1])
     finally:
         os.close(fd)
-    reader = log.reader(long)
+    reader = log.reader(packed(long))
     if reader.read_cached():
         pytest.skip("this file system kept the segment cached (tmpfs?): no cold read here")
     left = len(reader._planned or [])
@@ -945,14 +1001,8 @@ async def test_a_long_lone_record_is_read_whole_from_the_cache_or_by_the_thread(
     assert _payloads(reader) == expected
     assert len(preads) == 2 * left  # and nothing on the loop
 
-    def partly_cached(fd: int, buffers: list[bytearray], offset: int, flags: int) -> int:
-        """A read that never waits stops where the cached pages end: here at 6,000 bytes."""
-        data = real_pread(fd, min(len(buffers[0]), 6000), offset)
-        buffers[0][: len(data)] = data
-        return len(data)
-
-    monkeypatch.setattr(os, "preadv", partly_cached)
-    reader = log.reader(long)
+    monkeypatch.setattr(os, "preadv", _cached_up_to(6000, real_pread))
+    reader = log.reader(packed(long))
     assert reader.read_cached() is False
     assert len(reader._planned or []) == 3
     await log.close()
@@ -973,7 +1023,7 @@ async def test_a_record_too_big_to_copy_on_the_loop_is_left_to_the_thread(
     log = WriteAheadLog(tmp_path)
     with open(segment_file(tmp_path, 1), "rb") as segment:
         segment.read()
-    reader = log.reader([location])
+    reader = log.reader(packed([location]))
     assert reader.read_cached() is False
     reader.read()
     preads = watch_preads(monkeypatch, passing=False)
@@ -992,7 +1042,7 @@ async def test_a_damaged_lone_record_read_from_the_cache_is_reported(tmp_path: P
         segment.seek(lone[2][1])
         segment.write((9000).to_bytes(4, "big"))
     log = WriteAheadLog(tmp_path)
-    reader = log.reader(lone)
+    reader = log.reader(packed(lone))
     reader.read_cached()
     reader.read()
     found = _payloads(reader)

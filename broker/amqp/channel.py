@@ -50,6 +50,11 @@ EXPECT_METHOD, EXPECT_HEADER, EXPECT_BODY = range(3)
 BASIC_CLASS = 60
 # Bytes of deliveries one connection frames per loop iteration before it waits for its write.
 DELIVERY_BATCH_BYTES = 1 << 20
+# Deliveries framed in one iteration are written every EARLY_WRITE_BYTES, not only at its end:
+# acks for a prefetch's worth arrive together after a long iteration (a read-ahead made a few
+# hundred messages), and the deliveries they free, written in one piece at the end, left the
+# consumer idle until then and the broker idle while the consumer caught up (lockstep).
+EARLY_WRITE_BYTES = 64 * 1024
 EXPECTED_METHOD_FRAME = "expected method frame, got non method frame instead"
 USER_ID_FLAG = 0x10  # user-id's bit in the low byte of the property flags
 # Content headers up to this size are kept for the next publish to share (publishers repeat
@@ -458,6 +463,8 @@ class Channel:
         connection.batch_bytes += len(body) + 64
         if connection.batch_bytes > DELIVERY_BATCH_BYTES:
             connection.hold_output()
+        elif connection.batch_bytes - connection.early_mark > EARLY_WRITE_BYTES:
+            connection.write_early()
 
     def deliver_reply(self, message: Message) -> None:
         """A reply to this channel's direct reply-to address: straight to its consumer."""

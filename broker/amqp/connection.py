@@ -115,6 +115,7 @@ class AMQPConnection(asyncio.Protocol):
         self.write_paused = False
         self._transport_paused = False
         self.batch_bytes = 0
+        self.early_mark = 0  # batch_bytes when output was last written (write_early)
         # Memory alarm: a publisher is blocked (socket not read) while the alarm lasts; a
         # connection that has not published yet is only marked and blocked at its first publish.
         self.publisher = False
@@ -645,8 +646,19 @@ class AMQPConnection(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
+    def write_early(self) -> None:
+        """Write what is framed now, before the iteration ends (see EARLY_WRITE_BYTES)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        out = self._out
+        self._out = []
+        self.early_mark = self.batch_bytes
+        self.transport.write(b"".join(out))  # may call pause_writing
+        self._sent = True
+
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self.early_mark = 0
         if self._confirm_channels:
             pending = self._confirm_channels
             self._confirm_channels = set()

@@ -224,6 +224,43 @@ def test_client_that_never_reads_cannot_make_the_broker_buffer_its_replies(
             received += len(chunk)
     finally:
         raw.close()
+
+
+def test_a_consumer_that_stops_reading_stops_its_deliveries_mid_iteration(
+    broker: BrokerProcess,
+) -> None:
+    """A consumer without a prefetch limit that never reads its socket: deliveries are written
+    in pieces while an iteration frames them (so a busy loop's consumers start on them early),
+    and the piece the socket cannot take stops them there, as the end of an iteration would.
+    The queue is not framed into memory, other clients are served meanwhile, and every message
+    arrives once the consumer reads."""
+    count, size = 20_000, 2_000
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    channel = connection.channel()
+    channel.queue_declare("unread")
+    channel.confirm_delivery()
+    for _ in range(count):
+        channel.basic_publish("", "unread", b"u" * size)
+    connection.close()
+    raw = RawAMQP(broker.url)
+    try:
+        raw.handshake()
+        raw.open_channel(1)
+        before = resident_bytes(broker.proc.pid)
+        consume = commands.Basic.Consume(queue="unread", no_ack=True)
+        raw.send_raw(FRAME_METHOD, 1, method_payload(consume))
+        time.sleep(2.0)
+        assert round_trip_seconds(broker.url) < 1.0
+        grown = resident_bytes(broker.proc.pid) - before
+        assert grown < count * size // 4, f"the broker grew by {grown} bytes"
+        raw.sock.settimeout(10)
+        received = 0
+        while received < count * size:  # reading lets it go on: back-pressure, not a stall
+            chunk = raw.sock.recv(1 << 20)
+            assert chunk
+            received += len(chunk)
+    finally:
+        raw.close()
     assert round_trip_seconds(broker.url) < 1.0
 
 

@@ -4,8 +4,10 @@ A queue that survives restarts keeps a short window of message objects at its he
 bodies; past the window, a logged message is kept as one compact record (its sequence number,
 message id, where its record is in the log, its sizes, deadline and flags: 44 bytes in arrays)
 and its objects and body are dropped. As consumers take from the window, the next records are
-read back from the log in batches, off the event loop (read-ahead), and become objects again.
-If consumers outrun the read-ahead, the head is read on the loop rather than waiting.
+read back from the log ahead of them (read-ahead), a run of neighbours at a time taken from the
+arrays as two slices, and become objects again; the store reads a run the page cache holds on
+the loop, with reads that never wait for the disk, and the rest off the loop. If consumers
+outrun the read-ahead, the head is read on the loop rather than waiting.
 
 A transient message past the window, while the store says memory is short (`spilling`), is
 written to the store's spill files and kept as a compact record too (message id SPILLED); read

@@ -665,7 +665,10 @@ class AMQPConnection(asyncio.Protocol):
             for channel in pending:
                 channel.flush_confirms()
         if not self._out or self.transport is None or self.transport.is_closing():
+            # Everything framed may have gone out early already: the iteration's batch ends
+            # here all the same (a full batch always leaves its last part to this write).
             self._out.clear()
+            self.batch_bytes = 0
             return
         out = self._out
         self._out = []

@@ -223,15 +223,16 @@ class _Tail:
         if stop == start:
             return None
         sizes = chunk.size[start:stop]
-        if sum(sizes) + len(sizes) * ENTRY_OVERHEAD > max_bytes:
+        cost = sum(sizes) + len(sizes) * ENTRY_OVERHEAD
+        if cost > max_bytes:  # cut where it passes max_bytes (one record at least)
             cost = 0
             for count, size in enumerate(sizes):
-                cost += size + ENTRY_OVERHEAD
-                if count and cost > max_bytes:
+                if count and cost + size + ENTRY_OVERHEAD > max_bytes:
                     stop = start + count
                     break
+                cost += size + ENTRY_OVERHEAD
         msg_ids = chunk.msg_id[start:stop].tolist()
-        return _Run(chunk, start, stop, msg_ids, chunk.location[start:stop].tolist())
+        return _Run(chunk, start, stop, msg_ids, chunk.location[start:stop].tolist(), cost)
 
     def take(self, run: _Run) -> int:
         """The records of `run` still first in the tail leave it: from the index returned to
@@ -282,14 +283,22 @@ class _Tail:
 
 class _Run:
     """Compact records first in the tail, read back together: `start` to `stop` in one chunk,
-    none pinned, none that had left; their ids and places copied out of the arrays in C."""
+    none pinned, none that had left; their ids and places copied out of the arrays in C, and
+    what they cost as window entries (bodies and objects), which the read-ahead charges."""
 
-    __slots__ = ("chunk", "locations", "msg_ids", "start", "stop")
+    __slots__ = ("chunk", "cost", "locations", "msg_ids", "start", "stop")
 
     def __init__(
-        self, chunk: _Chunk, start: int, stop: int, msg_ids: list[int], locations: list[int]
+        self,
+        chunk: _Chunk,
+        start: int,
+        stop: int,
+        msg_ids: list[int],
+        locations: list[int],
+        cost: int,
     ) -> None:
         self.chunk = chunk
+        self.cost = cost
         self.start = start
         self.stop = stop
         self.msg_ids = msg_ids
@@ -754,8 +763,7 @@ class PagedFifoStore(FifoStore):
         run = tail.head_run(READ_AHEAD - window, allowed)
         if run is None:
             return
-        chunk = run.chunk
-        cost = sum(chunk.size[run.start : run.stop]) + len(run.msg_ids) * ENTRY_OVERHEAD
+        cost = run.cost
         self._charged += cost
         self._in_flight = cost
         self._budget.charge(cost)

@@ -1109,10 +1109,9 @@ class RecordReader:
         spread over many queues is read back one record per queue every few hundred
         kilobytes of log, so each record is its own read: 1M messages over 1,000 queues made
         746k preads, the thread spent half its time in them, and the drain waited on the
-        thread. One queue's backlog is read a span of a thousand records at a time, but
-        each span waited for the GIL twice, and its consumer, with the window run dry, waited
-        for the span: the loop idled a seventh of a drain. On the loop, a cached lone record
-        costs about a microsecond, and a span a copy of its bytes."""
+        thread. One queue's backlog is read a span of a thousand records at a time, and each
+        span sent to the thread waited for the GIL twice on its way back. On the loop, a
+        cached lone record costs about a microsecond, and a span a copy of its bytes."""
         planned = self._plan()
         if _NOWAIT is None:
             return not planned

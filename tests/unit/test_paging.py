@@ -308,6 +308,7 @@ def test_a_run_read_back_is_taken_as_the_tail_is_when_it_arrives() -> None:
     assert run.locations == [pack_location(1, seq * 400) for seq in range(8)]
     small = tail.head_run(100, 3 * (300 + paging.ENTRY_OVERHEAD))
     assert small is not None and small.stop == 3  # by bytes
+    assert (run.cost, small.cost) == (8 * 700, 3 * 700)  # what the read-ahead charges
     chunk = tail.chunks[0]
     tail.kill(chunk, 0)  # taken on the loop meanwhile
     tail.kill(chunk, 1)

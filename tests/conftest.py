@@ -15,10 +15,12 @@ import pika
 import pytest
 
 import broker
-from tests.support import BrokerProcess, free_port, unique
+from tests.support import SUMMARIES, BrokerProcess, free_port, unique
 
 TARGET = os.environ.get("WARREN_TEST_TARGET", "warren")
 MANAGEMENT_TARGET = os.environ.get("WARREN_TEST_MANAGEMENT", "")
+# Summary sections the pytest-xdist workers sent (scripts/test runs two): {title: lines}.
+_WORKER_SUMMARIES: dict[str, list[str]] = {}
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +67,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, reason in skips.items():
             if marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """A worker is done: keep the summary sections it sent (a fuzz run's seed, say)."""
+    _WORKER_SUMMARIES.update(getattr(node, "workeroutput", {}).get(SUMMARIES, {}))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for title, lines in _WORKER_SUMMARIES.items():
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

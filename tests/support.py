@@ -16,6 +16,9 @@ from typing import Any
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Key of the terminal-summary sections a pytest-xdist worker hands its controller
+# ({title: lines}); tests/conftest.py prints them.
+SUMMARIES = "warren_summaries"
 
 
 def shipped_config() -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fuzz.harness import REPORT, FuzzBroker
+from tests.support import SUMMARIES
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,14 @@ def fuzz_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzBroker
     yield broker
     broker.stop()
     REPORT.save()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker (scripts/test), whose terminal nobody sees, the summary goes
+    to the controller instead (tests/conftest.py prints it)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and REPORT.examples:
+        workeroutput.setdefault(SUMMARIES, {})["warren fuzz"] = REPORT.lines()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

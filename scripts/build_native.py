@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +38,19 @@ def load_native(package_dir: Path) -> ModuleType:
     return module
 
 
+def side_by_side(compile_serially: Callable[..., list[str]]) -> Callable[..., list[str]]:
+    """A compiler's `compile` that runs one gcc per source in threads, objects in source
+    order. A source that fails to compile raises its error once every gcc has finished, so
+    the build fails as a serial one would (and writes no digest)."""
+
+    def compile_each(sources: list[str], *args: Any, **kwargs: Any) -> list[str]:
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            parts = pool.map(lambda source: compile_serially([source], *args, **kwargs), sources)
+            return [obj for part in parts for obj in part]
+
+    return compile_each
+
+
 def parallel_build_ext() -> type:
     """setuptools' build_ext, compiling the C files of one extension side by side: the shared
     library is one extension of some forty files, which build_ext compiles one after another
@@ -46,15 +60,7 @@ def parallel_build_ext() -> type:
     class ParallelBuildExt(build_ext):
         def build_extension(self, ext: Any) -> None:
             compile_serially = self.compiler.compile
-
-            def compile_side_by_side(sources: list[str], *args: Any, **kwargs: Any) -> list[str]:
-                with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # each runs a gcc
-                    parts = pool.map(
-                        lambda source: compile_serially([source], *args, **kwargs), sources
-                    )
-                    return [obj for part in parts for obj in part]
-
-            self.compiler.compile = compile_side_by_side
+            self.compiler.compile = side_by_side(compile_serially)
             try:
                 super().build_extension(ext)
             finally:

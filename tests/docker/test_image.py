@@ -69,3 +69,14 @@ def test_image_builds_and_serves_the_payment_example() -> None:
     print(result.stdout)  # the progress lines, shown with -s or -rP
     assert result.returncode == 0, f"scripts/docker-smoke failed:\n{result.stdout[-5000:]}"
     assert "PASS" in result.stdout.splitlines()[-1]
+
+
+def test_no_check_pipes_into_a_grep_that_quits_early() -> None:
+    """scripts/docker-smoke runs under pipefail: `cmd | grep -q` fails whenever grep quits at
+    its match while cmd still writes (SIGPIPE), as `docker logs` did once under load, failing
+    a check whose line was there. Every check piped into grep reads to the end."""
+    lines = SMOKE.read_text().splitlines()
+    assert "pipefail" in (ROOT / "scripts" / "env.sh").read_text()
+    racing = [line for line in lines if "| grep -q" in line]
+    assert racing == []
+    assert sum("| grep " in line for line in lines) >= 3  # the checks are still there

@@ -35,6 +35,26 @@ def test_a_build_that_fails_half_way_leaves_the_sources_running(
     assert reason is not None and reason.startswith("not compiled")
 
 
+def test_one_c_file_that_fails_to_compile_fails_the_parallel_compile() -> None:
+    """Sources compile side by side; one that fails raises its own error (the build then
+    writes no digest, as above), after every gcc started has finished, none left running."""
+    compiled: list[str] = []
+
+    def compile_one(sources: list[str], output_dir: str) -> list[str]:
+        [source] = sources
+        if source == "broken.c":
+            raise RuntimeError("broken.c:1: error: expected ';'")
+        compiled.append(source)
+        return [f"{output_dir}/{source[:-2]}.o"]
+
+    with pytest.raises(RuntimeError, match=r"broken\.c:1: error"):
+        build_native.side_by_side(compile_one)(["a.c", "broken.c", "c.c"], output_dir="obj")
+    assert sorted(compiled) == ["a.c", "c.c"]
+    sources = [f"m{number}.c" for number in range(20)]
+    objects = build_native.side_by_side(compile_one)(sources, output_dir="obj")
+    assert objects == [f"obj/m{number}.o" for number in range(20)]  # in source order
+
+
 def copy_sources(source: Path, target: Path) -> None:
     for relative in native.COMPILED:
         (target / relative).parent.mkdir(parents=True, exist_ok=True)

@@ -33,10 +33,11 @@ import os
 import re
 import struct
 import sys
-import zlib
 from array import array
 from pathlib import Path
 from typing import NamedTuple
+
+from zlib_ng.zlib_ng import crc32
 
 from broker.logs import fields
 
@@ -135,7 +136,7 @@ class SummaryBuilder:
             row_size,
             count,
             (others - self.done_others) // 2,
-            zlib.crc32(body),
+            crc32(body),
         )
         return head + body
 
@@ -222,7 +223,7 @@ def read_summary(directory: Path, segment_id: int, size: int, row_size: int) -> 
             break
         body_at = position + _HEAD.size
         stop = body_at + 8 * count + 16 * pairs + found_row * count
-        if stop > len(data) or zlib.crc32(view[body_at:stop]) != crc:
+        if stop > len(data) or crc32(view[body_at:stop]) != crc:
             problem = "torn or damaged (length or CRC does not match)"
             break  # a crash tears the last chunk: the rest of the segment is scanned
         row_offsets.frombytes(view[body_at : body_at + 8 * count])

@@ -214,6 +214,31 @@ def test_split_route_replaces_invalid_utf8_instead_of_failing() -> None:
     assert records.split_route(route) == ("\ufffd\ufffd", "\ufffd")
 
 
+@pytest.mark.parametrize("value", [0, 1, 0xFF, 0x1234, 0xFFFF])
+def test_read_u16_is_a_big_endian_short(value: int) -> None:
+    data = b"\xaa" + struct.pack(">H", value)
+    assert records.read_u16(data, 1) == value
+
+
+@pytest.mark.parametrize("value", [0, 1, 0x80, 0x12345678, 0xFFFFFFFF])
+def test_read_u32_is_a_big_endian_long(value: int) -> None:
+    data = b"\xaa\xbb" + struct.pack(">I", value)
+    assert records.read_u32(data, 2) == value
+
+
+@pytest.mark.parametrize("value", [0, 1, 1 << 31, 1 << 62, (1 << 64) - 1])
+def test_read_u64_is_a_big_endian_long_long_past_the_native_int_range(value: int) -> None:
+    data = struct.pack(">Q", value) + b"\xcc"
+    assert records.read_u64(data, 0) == value
+
+
+def test_reading_past_the_end_raises_index_error() -> None:
+    with pytest.raises(IndexError):
+        records.read_u32(b"\x00\x00\x00", 0)
+    with pytest.raises(IndexError):
+        records.read_u64(b"\x00" * 8, 1)
+
+
 def test_record_types_are_distinct_and_metadata_set_is_exact() -> None:
     """Record type numbers are on disk: they must stay distinct, in 1..255, and only the
     metadata ones are decoded as field tables."""

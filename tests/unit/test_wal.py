@@ -122,6 +122,18 @@ async def test_round_trip_keeps_order_across_segments(tmp_path: Path) -> None:
     assert all(segment_file(tmp_path, s).stat().st_size <= 512 for s in segments)
 
 
+async def test_records_on_disk_carry_zlibs_crc_as_logs_of_earlier_versions_do(
+    tmp_path: Path,
+) -> None:
+    """The log computes its CRCs with zlib-ng: each record it writes is byte for byte the one
+    built here with the standard library's zlib, so logs written before the change and after
+    it read alike. Sizes from empty to past the read-back's copy threshold."""
+    payloads = [(2, b""), (10, b"x"), (14, garbage(300)), (10, garbage(70_000, seed=5))]
+    await write_log(tmp_path, payloads)
+    on_disk = b"".join(path.read_bytes() for path in sorted(tmp_path.glob("*.wal")))
+    assert on_disk == b"".join(frame(record_type, payload) for record_type, payload in payloads)
+
+
 async def test_appends_after_replay_go_to_a_new_segment(tmp_path: Path) -> None:
     """Replayed segments are never written again; a restart's records follow them in order."""
     first = await write_log(tmp_path, numbered(3))

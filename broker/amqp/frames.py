@@ -8,7 +8,7 @@ precompiled structs, because pamqp's generic attribute walk costs several times 
 from __future__ import annotations
 
 import struct
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 from pamqp import commands, frame as pamqp_frame
 from pamqp.base import Frame as PamqpMethod
@@ -118,16 +118,35 @@ def method_frame(channel: int, method: PamqpMethod) -> bytes:
     return pamqp_frame.marshal(method, channel)
 
 
+# Frame prefixes already packed, by (frame type, channel, size): a delivery's three prefixes
+# repeat from message to message (one consumer's channel, bodies and headers of a few sizes),
+# and a lookup here costs less than half of a struct call made from compiled code. Bounded:
+# emptied when full, so a stream of ever new sizes costs a miss each, never memory.
+_PREFIXES: dict[int, bytes] = {}
+PREFIX_CACHE_SIZE: Final = 4096
+
+
+def frame_prefix(frame_type: int, channel: int, size: int) -> bytes:
+    """FRAME_PREFIX.pack(frame_type, channel, size), from the cache when it is there."""
+    key = size << 24 | channel << 8 | frame_type
+    found = _PREFIXES.get(key)
+    if found is None:
+        if len(_PREFIXES) >= PREFIX_CACHE_SIZE:
+            _PREFIXES.clear()
+        found = _PREFIXES[key] = FRAME_PREFIX.pack(frame_type, channel, size)
+    return found
+
+
 def content_frames(
     channel: int, method_payload: bytes, header: bytes, body: bytes, frame_max: int
 ) -> list[Chunk]:
     """Method + content header + body frames, the body split to respect frame_max (the
     pieces of a big body are views of it, not copies)."""
     parts: list[Chunk] = [
-        FRAME_PREFIX.pack(FRAME_METHOD, channel, len(method_payload)),
+        frame_prefix(FRAME_METHOD, channel, len(method_payload)),
         method_payload,
         FRAME_END_BYTE,
-        FRAME_PREFIX.pack(FRAME_HEADER, channel, len(header)),
+        frame_prefix(FRAME_HEADER, channel, len(header)),
         header,
         FRAME_END_BYTE,
     ]
@@ -135,7 +154,7 @@ def content_frames(
     if size:
         chunk = frame_max - FRAME_OVERHEAD
         if size <= chunk:
-            parts += (FRAME_PREFIX.pack(FRAME_BODY, channel, size), body, FRAME_END_BYTE)
+            parts += (frame_prefix(FRAME_BODY, channel, size), body, FRAME_END_BYTE)
         else:
             view = memoryview(body)
             for start in range(0, size, chunk):
@@ -147,9 +166,16 @@ def content_frames(
 def deliver_payload(
     consumer_tag: bytes, delivery_tag: int, redelivered: bool, route: bytes
 ) -> bytes:
-    """Basic.Deliver; `consumer_tag` is already a short string, `route` the publish's raw bytes."""
+    """Basic.Deliver; `consumer_tag` is already a short string, `route` the publish's raw bytes.
+    The tag is packed by int.to_bytes: compiled, a fifth less than the struct's call."""
     return b"".join(
-        (_DELIVER_PREFIX, consumer_tag, _TAG_AND_FLAG.pack(delivery_tag, redelivered), route)
+        (
+            _DELIVER_PREFIX,
+            consumer_tag,
+            delivery_tag.to_bytes(8, "big"),
+            b"\x01" if redelivered else b"\x00",
+            route,
+        )
     )
 
 

@@ -260,6 +260,20 @@ def test_body_size_reads_header() -> None:
 # ------------------------------------------------------------------------------------ content
 
 
+def test_frame_prefixes_stay_right_past_a_full_cache() -> None:
+    """Prefixes come from a bounded cache: every one matches the struct's packing, on every
+    channel and frame type, while the cache fills, after it is emptied, and for sizes seen
+    before it was."""
+    sizes = range(0, 3 * frames.PREFIX_CACHE_SIZE, 3)
+    for _ in range(2):
+        for size in sizes:
+            for frame_type, channel in ((1, 1), (2, 65535), (3, 0), (3, 257)):
+                packed = frames.FRAME_PREFIX.pack(frame_type, channel, size)
+                assert frames.frame_prefix(frame_type, channel, size) == packed
+    assert len(frames._PREFIXES) <= frames.PREFIX_CACHE_SIZE
+    assert frames.frame_prefix(3, 1, 0xFFFFFFFF) == frames.FRAME_PREFIX.pack(3, 1, 0xFFFFFFFF)
+
+
 @pytest.mark.parametrize(
     ("size", "frame_max"),
     [

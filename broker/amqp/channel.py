@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pamqp import commands
 
@@ -46,17 +46,19 @@ if TYPE_CHECKING:
     from broker.amqp.connection import AMQPConnection
 
 # What the channel expects next on the wire.
-EXPECT_METHOD, EXPECT_HEADER, EXPECT_BODY = range(3)
-BASIC_CLASS = 60
+EXPECT_METHOD: Final = 0
+EXPECT_HEADER: Final = 1
+EXPECT_BODY: Final = 2
+BASIC_CLASS: Final = 60
 # Bytes of deliveries one connection frames per loop iteration before it waits for its write.
-DELIVERY_BATCH_BYTES = 1 << 20
+DELIVERY_BATCH_BYTES: Final = 1 << 20
 # Deliveries framed in one iteration are written every EARLY_WRITE_BYTES, not only at its end:
 # acks for a prefetch's worth arrive together after a long iteration (a read-ahead made a few
 # hundred messages), and the deliveries they free, written in one piece at the end, left the
 # consumer idle until then and the broker idle while the consumer caught up (lockstep).
-EARLY_WRITE_BYTES = 64 * 1024
-EXPECTED_METHOD_FRAME = "expected method frame, got non method frame instead"
-USER_ID_FLAG = 0x10  # user-id's bit in the low byte of the property flags
+EARLY_WRITE_BYTES: Final = 64 * 1024
+EXPECTED_METHOD_FRAME: Final = "expected method frame, got non method frame instead"
+USER_ID_FLAG: Final = 0x10  # user-id's bit in the low byte of the property flags
 # Content headers up to this size are kept for the next publish to share (publishers repeat
 # theirs); a larger one is not kept by the channel once its message is gone.
 SHARED_HEADER_MAX = 1024

@@ -13,7 +13,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pamqp import commands
 
@@ -44,23 +44,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("warren.connection")
 
 # Handshake states, in order.
-AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(7)
+AWAIT_HEADER: Final = 0
+AWAIT_START_OK: Final = 1
+AWAIT_TUNE_OK: Final = 2
+AWAIT_OPEN: Final = 3
+OPEN: Final = 4
+CLOSING: Final = 5
+CLOSED: Final = 6
 
 # The spec's minimum frame size, and the largest frame accepted until Tune-Ok has set the
 # connection's own (as RabbitMQ): a client that has not authenticated cannot make the broker
 # buffer and decode 128 KiB frames.
-MIN_FRAME_MAX = 4096
-CLOSE_OK_TIMEOUT = 3.0
+MIN_FRAME_MAX: Final = 4096
+CLOSE_OK_TIMEOUT: Final = 3.0
 # One connection handles frames for at most this long before the others get the loop: a client
 # whose frames are expensive (its own huge consumer lists or binding sets) slows itself, not
 # everyone. The clock is read every TURN_CHECK_FRAMES frames, off the per-frame cost.
-TURN_SECONDS = 0.005
-TURN_CHECK_FRAMES = 8
-SHUTDOWN_CLOSE_OK_TIMEOUT = 1.0
+TURN_SECONDS: Final = 0.005
+TURN_CHECK_FRAMES: Final = 8
+SHUTDOWN_CLOSE_OK_TIMEOUT: Final = 1.0
 # Tx.Commit is synchronous: RabbitMQ refuses anything sent on the channel before its Commit-Ok
 # (a pipelining client would otherwise pair later replies with the commit).
-CHANNEL_CLOSE = commands.Channel.Close.index.to_bytes(4, "big")
-COMMIT_IN_PROGRESS = ConnectionException(
+CHANNEL_CLOSE: Final = commands.Channel.Close.index.to_bytes(4, "big")
+COMMIT_IN_PROGRESS: Final = ConnectionException(
     CHANNEL_ERROR, "unexpected command while processing 'tx.commit'"
 )
 

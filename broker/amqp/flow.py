@@ -13,11 +13,12 @@ buffer replies without bound.
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
-WRITES = "writes"
-ALARM = "alarm"
-BROKEN = "broken"
-TURN = "turn"
+WRITES: Final = "writes"
+ALARM: Final = "alarm"
+BROKEN: Final = "broken"
+TURN: Final = "turn"
 
 
 class ReadFlow:

@@ -17,42 +17,43 @@ from broker.core import tables
 
 tables.install()  # method arguments decode with Warren's bounded table decoder
 
-PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
-FRAME_METHOD = 1
-FRAME_HEADER = 2
-FRAME_BODY = 3
-FRAME_HEARTBEAT = 8
-FRAME_END = 0xCE
-FRAME_END_BYTE = b"\xce"
+PROTOCOL_HEADER: Final = b"AMQP\x00\x00\x09\x01"
+FRAME_METHOD: Final = 1
+FRAME_HEADER: Final = 2
+FRAME_BODY: Final = 3
+FRAME_HEARTBEAT: Final = 8
+FRAME_END: Final = 0xCE
+FRAME_END_BYTE: Final = b"\xce"
 # A piece of output: the bytes of a frame, or a view of a large body split across frames.
 Chunk: TypeAlias = bytes | memoryview
-FRAME_OVERHEAD = 8  # 7-byte frame header + frame-end octet
+FRAME_OVERHEAD: Final = 8  # 7-byte frame header + frame-end octet
 
-FRAME_PREFIX = struct.Struct(">BHI")
-HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+FRAME_PREFIX: Final = struct.Struct(">BHI")
+HEARTBEAT_FRAME: Final = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
-ACCESS_REQUEST = 0x001E000A  # (30, 10), not in pamqp's tables
-ACCESS_REQUEST_OK = b"\x00\x1e\x00\x0b\x00\x01"  # ticket 1, as RabbitMQ answers
-BASIC_PUBLISH = 0x003C0028  # (60, 40)
-BASIC_ACK = 0x003C0050  # (60, 80)
+ACCESS_REQUEST: Final = 0x001E000A  # (30, 10), not in pamqp's tables
+ACCESS_REQUEST_OK: Final = b"\x00\x1e\x00\x0b\x00\x01"  # ticket 1, as RabbitMQ answers
+BASIC_PUBLISH: Final = 0x003C0028  # (60, 40)
+BASIC_ACK: Final = 0x003C0050  # (60, 80)
 
-_DELIVER_PREFIX = b"\x00\x3c\x00\x3c"
-_GET_OK_PREFIX = b"\x00\x3c\x00\x47"
-_RETURN_PREFIX = b"\x00\x3c\x00\x32"
-_ACK_PREFIX = b"\x00\x3c\x00\x50"
-_NACK_PREFIX = b"\x00\x3c\x00\x78"
-_TAG_AND_FLAG = struct.Struct(">QB")
-_LONG = struct.Struct(">I")
-_SHORT = struct.Struct(">H")
-_TWO_LONGS = struct.Struct(">II")
-_BODY_SIZE = struct.Struct(">Q")
+_DELIVER_PREFIX: Final = b"\x00\x3c\x00\x3c"
+_GET_OK_PREFIX: Final = b"\x00\x3c\x00\x47"
+_RETURN_PREFIX: Final = b"\x00\x3c\x00\x32"
+_ACK_PREFIX: Final = b"\x00\x3c\x00\x50"
+_NACK_PREFIX: Final = b"\x00\x3c\x00\x78"
+_TAG_AND_FLAG: Final = struct.Struct(">QB")
+_LONG: Final = struct.Struct(">I")
+_SHORT: Final = struct.Struct(">H")
+_TWO_LONGS: Final = struct.Struct(">II")
+_BODY_SIZE: Final = struct.Struct(">Q")
 
 
 class MalformedFrame(ValueError):
     """A method payload that cannot be decoded (truncated or with bad values)."""
 
 
-CHANNEL_OPEN_OK = b"\x00\x14\x00\x0b\x00\x00\x00\x00"  # with an empty channel-id, as RabbitMQ
+# With an empty channel-id, as RabbitMQ.
+CHANNEL_OPEN_OK: Final = b"\x00\x14\x00\x0b\x00\x00\x00\x00"
 
 
 def erlang_binary(data: bytes) -> str:
@@ -122,7 +123,7 @@ def method_frame(channel: int, method: PamqpMethod) -> bytes:
 # repeat from message to message (one consumer's channel, bodies and headers of a few sizes),
 # and a lookup here costs less than half of a struct call made from compiled code. Bounded:
 # emptied when full, so a stream of ever new sizes costs a miss each, never memory.
-_PREFIXES: dict[int, bytes] = {}
+_PREFIXES: Final[dict[int, bytes]] = {}
 PREFIX_CACHE_SIZE: Final = 4096
 
 

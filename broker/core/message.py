@@ -12,7 +12,9 @@ from typing import Any, Final
 from broker.core.properties import decode_properties, delivery_mode, timing
 
 # Where a QueuedMessage is: in its queue's ready store, out with a consumer, or removed.
-READY, OUT, GONE = range(3)
+READY: Final = 0
+OUT: Final = 1
+GONE: Final = 2
 
 # Per queued message beyond its bytes: Message, QueuedMessage, deque and set slots (measured).
 ENTRY_OVERHEAD: Final = 400

@@ -56,8 +56,8 @@ log = logging.getLogger("warren.queue")
 
 # Entries the window holds before messages go to the tail, and the body bytes it may hold. A
 # thousand queues with full windows hold a quarter of a million objects: the window is short.
-WINDOW_ENTRIES = 256
-WINDOW_BYTES = 1 << 20
+WINDOW_ENTRIES: Final = 256
+WINDOW_BYTES: Final = 1 << 20
 # While consumers take from it, the window is topped up to READ_AHEAD records (and at most
 # READ_AHEAD_BYTES of window cost: bodies plus ENTRY_OVERHEAD each) whenever it falls below
 # READ_AHEAD_BELOW: a consumer with a prefetch of 1000 finds its next thousand read already.
@@ -66,14 +66,14 @@ WINDOW_BYTES = 1 << 20
 # for milliseconds, so that a consumer's pipeline ran dry and the loop idled (an eighth of a
 # drain at 4,096). What every queue holds read ahead together is bounded by the store's
 # ReadAheadBudget.
-READ_AHEAD = 2560
-READ_AHEAD_BYTES = 4 << 20
-READ_AHEAD_BELOW = 2048
+READ_AHEAD: Final = 2560
+READ_AHEAD_BYTES: Final = 4 << 20
+READ_AHEAD_BELOW: Final = 2048
 # Records read on the loop when a consumer finds the window empty (the read-ahead is late).
-SYNC_BATCH = 256
+SYNC_BATCH: Final = 256
 # What a compact record costs in memory (its seven array slots), for the memory alarm.
-TAIL_RECORD_BYTES = 44
-CHUNK_RECORDS = 4096
+TAIL_RECORD_BYTES: Final = 44
+CHUNK_RECORDS: Final = 4096
 _SEQ_BITS: Final = 64
 _SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
 DEAD: Final = -1  # flags of a record that left the tail

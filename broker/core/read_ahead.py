@@ -12,14 +12,14 @@ idle window.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 # A grant smaller than this is not worth a read: the queue waits for more to be free.
-MIN_GRANT = 256 * 1024
+MIN_GRANT: Final = 256 * 1024
 # What a queue whose window is empty may read even when the budget is spent.
-FLOOR = 64 * 1024
+FLOOR: Final = 64 * 1024
 # The broker's limit unless limits.read_ahead_bytes says otherwise.
-DEFAULT_READ_AHEAD_BYTES = 64 * 1024 * 1024
+DEFAULT_READ_AHEAD_BYTES: Final = 64 * 1024 * 1024
 
 
 class Reader(Protocol):

@@ -65,8 +65,8 @@ METADATA_TYPES = frozenset(
 _MESSAGE_HEAD: Final = struct.Struct(">QH")  # message id, number of queue ids
 _ROUTE_LEN: Final = struct.Struct(">H")
 HEADER_LEN: Final = struct.Struct(">I")
-_IDS_HEAD = struct.Struct(">QI")  # queue id, number of message ids
-_ONE_ID = struct.Struct(">Q")
+_IDS_HEAD: Final = struct.Struct(">QI")  # queue id, number of message ids
+_ONE_ID: Final = struct.Struct(">Q")
 _PUBLISHED_AT: Final = struct.Struct(">d")
 _MOVE_HEAD: Final = struct.Struct(">QQ")  # queue id, message id it settled
 # A MESSAGE_AT payload's head when it names one queue: time, message id, count, queue, route length.

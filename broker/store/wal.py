@@ -94,7 +94,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple, NoReturn
 
-from zlib_ng.zlib_ng import crc32
+from zlib_ng import zlib_ng
 
 from broker.core.persistence import OFFSET_BITS, OFFSET_MASK, SyncCallback, pack_location
 from broker.core.stats import LatencyHistogram
@@ -112,15 +112,16 @@ from broker.store.wal_errors import WalError
 
 logger = logging.getLogger("warren.wal")
 
-_HEADER = struct.Struct(">IIIB")
+_HEADER: Final = struct.Struct(">IIIB")
 HEADER_SIZE: Final = _HEADER.size
 _MASK: Final = 0xFFFFFFFF
 MAX_PAYLOAD = _MASK
 # crc32(bytes([type]) + payload) == crc32(payload, _TYPE_SEED[type]): one C call per record.
 # zlib-ng's CRC-32 is zlib's, value for value (the log's format is unchanged), computed with
 # carry-less multiplies: a third of zlib's time for a 300-byte record, a thirtieth for a
-# segment that recovery checks whole.
-_TYPE_SEED = tuple(crc32(bytes([record_type])) for record_type in range(256))
+# segment that recovery checks whole. Final, so compiled code holds it, not looks it up.
+crc32: Final = zlib_ng.crc32
+_TYPE_SEED: Final = tuple(crc32(bytes([record_type])) for record_type in range(256))
 _SEGMENT_NAME = re.compile(r"^(\d+)\.wal$")
 # The sync marker: (sequence, segment id, fsynced length, CRC-32 of the first three), in two slots
 # one sector apart, written alternately (slot = sequence % 2).
@@ -136,7 +137,7 @@ _CRC_COPY_BYTES: Final = 16 * 1024
 # A record as `WriteAheadLog.reader` gives it: type, and its payload as buffer[start:end].
 RecordView = tuple[int, bytes, int, int]
 # A place in `WriteAheadLog.reader`'s results that its thread fills in.
-_NOT_READ: RecordView = (0, b"", 0, 0)
+_NOT_READ: Final[RecordView] = (0, b"", 0, 0)
 # Records read back together come from one pread of at most about this many bytes, as long
 # as each starts within SPAN_GAP of the one before: a queue's records that other queues'
 # records separate (publishes round-robin over many queues) are read one by one, not with
@@ -149,7 +150,7 @@ _Span = tuple[int, int, int, int, list[int], list[int]]
 # Reads that fail rather than wait for the disk (Linux); None elsewhere.
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 # Lone records not in the page cache one after another before the rest are left to `read`.
-_NOWAIT_MISSES = 8
+_NOWAIT_MISSES: Final = 8
 SYNC_POLICIES = ("always", "periodic")
 # Summary rows go to replay's on_rows this many at a time at most.
 ROWS_PER_CALL = 4096

@@ -448,11 +448,12 @@ class Channel:
         assert body is not None
         connection = self.connection
         connection.send_parts(
-            frames.content_frames(
+            frames.deliver_frames(
                 self.number,
-                frames.deliver_payload(
-                    consumer.wire_tag, tag, entry.redelivered, message.route_bytes
-                ),
+                consumer.wire_tag,
+                tag,
+                entry.redelivered,
+                message.route_bytes,
                 queue.delivery_header(entry) if entry.returns else message.header,
                 body,
                 connection.frame_max,
@@ -476,11 +477,12 @@ class Channel:
         body = message.body if message.body is not None else b""
         self.connection.count_output(len(body) + 64)
         self.connection.send_parts(
-            frames.content_frames(
+            frames.deliver_frames(
                 self.number,
-                frames.deliver_payload(
-                    self.reply_consumer, self._delivery_tag, False, message.route_bytes
-                ),
+                self.reply_consumer,
+                self._delivery_tag,
+                False,
+                message.route_bytes,
                 message.header,
                 body,
                 self.connection.frame_max,
@@ -510,10 +512,10 @@ class Channel:
                 taken = list(unacked.items())
             else:
                 taken = []
-                for key in unacked:
+                for key, value in unacked.items():
                     if key > tag:
                         break
-                    taken.append((key, unacked[key]))
+                    taken.append((key, value))
                 if not taken:
                     raise ChannelException(PRECONDITION_FAILED, f"unknown delivery tag {tag}")
             for key, _ in taken:
@@ -953,7 +955,7 @@ def _merged_by_tag(
     return dict(heapq.merge(unacked.items(), restored))
 
 
-_HANDLERS: dict[type, Any] = {
+_HANDLERS: Final[dict[type, Any]] = {
     commands.Channel.Open: Channel._on_channel_open,
     commands.Channel.Close: Channel._on_channel_close,
     commands.Channel.Flow: Channel._on_flow,

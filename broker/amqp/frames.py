@@ -37,6 +37,8 @@ BASIC_PUBLISH: Final = 0x003C0028  # (60, 40)
 BASIC_ACK: Final = 0x003C0050  # (60, 80)
 
 _DELIVER_PREFIX: Final = b"\x00\x3c\x00\x3c"
+# A Deliver's bytes besides its consumer tag and route: class and method, tag, redelivered.
+_DELIVER_FIXED: Final = 4 + 8 + 1
 _GET_OK_PREFIX: Final = b"\x00\x3c\x00\x47"
 _RETURN_PREFIX: Final = b"\x00\x3c\x00\x32"
 _ACK_PREFIX: Final = b"\x00\x3c\x00\x50"
@@ -147,10 +149,44 @@ def content_frames(
         frame_prefix(FRAME_METHOD, channel, len(method_payload)),
         method_payload,
         FRAME_END_BYTE,
-        frame_prefix(FRAME_HEADER, channel, len(header)),
-        header,
+    ]
+    _add_content(parts, channel, header, body, frame_max)
+    return parts
+
+
+def deliver_frames(
+    channel: int,
+    consumer_tag: bytes,
+    delivery_tag: int,
+    redelivered: bool,
+    route: bytes,
+    header: bytes,
+    body: bytes,
+    frame_max: int,
+) -> list[Chunk]:
+    """content_frames for a Basic.Deliver (`consumer_tag` already a short string, `route` the
+    publish's raw bytes), its method's pieces left in the list unjoined: the connection joins
+    all it writes once, and a join per delivery here was a copy and an allocation more. The
+    tag is packed by int.to_bytes: compiled, a fifth less than a struct's call."""
+    size = _DELIVER_FIXED + len(consumer_tag) + len(route)
+    parts: list[Chunk] = [
+        frame_prefix(FRAME_METHOD, channel, size),
+        _DELIVER_PREFIX,
+        consumer_tag,
+        delivery_tag.to_bytes(8, "big"),
+        b"\x01" if redelivered else b"\x00",
+        route,
         FRAME_END_BYTE,
     ]
+    _add_content(parts, channel, header, body, frame_max)
+    return parts
+
+
+def _add_content(
+    parts: list[Chunk], channel: int, header: bytes, body: bytes, frame_max: int
+) -> None:
+    """The content header frame, then the body in frames of at most frame_max."""
+    parts += (frame_prefix(FRAME_HEADER, channel, len(header)), header, FRAME_END_BYTE)
     size = len(body)
     if size:
         chunk = frame_max - FRAME_OVERHEAD
@@ -161,23 +197,6 @@ def content_frames(
             for start in range(0, size, chunk):
                 piece = view[start : start + chunk]
                 parts += (FRAME_PREFIX.pack(FRAME_BODY, channel, len(piece)), piece, FRAME_END_BYTE)
-    return parts
-
-
-def deliver_payload(
-    consumer_tag: bytes, delivery_tag: int, redelivered: bool, route: bytes
-) -> bytes:
-    """Basic.Deliver; `consumer_tag` is already a short string, `route` the publish's raw bytes.
-    The tag is packed by int.to_bytes: compiled, a fifth less than the struct's call."""
-    return b"".join(
-        (
-            _DELIVER_PREFIX,
-            consumer_tag,
-            delivery_tag.to_bytes(8, "big"),
-            b"\x01" if redelivered else b"\x00",
-            route,
-        )
-    )
 
 
 def get_ok_payload(delivery_tag: int, redelivered: bool, route: bytes, message_count: int) -> bytes:

@@ -353,23 +353,30 @@ class DurableStore(MessageStore):
             self._release_segments(segments)
 
     def _release(self, messages: Iterable[Message]) -> None:
-        """One queue less holds each message; a segment with no live message may go."""
-        live = self.live
+        """One queue less holds each message; a segment with no live message may go. A run
+        of messages in one segment (an ack's usual batch) is counted down at once."""
+        segment, count = -1, 0
         for message in messages:
             message.refs -= 1
             if message.refs == 0:
-                segment = message.location[0]
-                live[segment] -= 1
-                if live[segment] == 0:
-                    self._schedule_gc()
+                if message.location[0] != segment:
+                    if count:
+                        self._release_segment(segment, count)
+                    segment, count = message.location[0], 0
+                count += 1
+        if count:
+            self._release_segment(segment, count)
 
     def _release_segments(self, segments: dict[int, int]) -> None:
         """The last holder of paged messages (one queue) let them go: segment -> how many."""
-        live = self.live
         for segment, count in segments.items():
-            live[segment] -= count
-            if live[segment] == 0:
-                self._schedule_gc()
+            self._release_segment(segment, count)
+
+    def _release_segment(self, segment: int, count: int) -> None:
+        live = self.live
+        live[segment] -= count
+        if live[segment] == 0:
+            self._schedule_gc()
 
     def _schedule_ids(self) -> None:
         if not self._ids_scheduled:
@@ -700,7 +707,10 @@ def _messages_of(
     places; a record that is not the message asked for (its segment was deleted and another
     file read) is an error."""
     messages: list[Message | BaseException] = []
-    routes: dict[bytes, tuple[str, str]] = {}
+    # (exchange, routing key, route bytes) by route bytes: neighbours mostly share a route, so
+    # the last one is compared first, and the messages share one copy of its bytes.
+    routes: dict[bytes, tuple[str, str, bytes]] = {}
+    last: tuple[str, str, bytes] = ("", "", b"")
     message_types = records.MESSAGE_TYPES
     for position in range(len(msg_ids)):
         result = results[position]
@@ -717,10 +727,12 @@ def _messages_of(
             )
             if found != msg_id and not (msg_id == SPILLED and found == 0):
                 raise ValueError(f"found message {found}, not {msg_id}")
-            names = routes.get(route)
-            if names is None:
-                names = routes[route] = records.split_route(route)
-            message = Message(names[0], names[1], route, header, body)
+            if route != last[2]:
+                found_route = routes.get(route)
+                if found_route is None:
+                    found_route = routes[route] = (*records.split_route(route), route)
+                last = found_route
+            message = Message(last[0], last[1], last[2], header, body)
         except Exception as error:  # a record that does not decode as its message
             messages.append(error)
             continue

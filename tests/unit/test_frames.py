@@ -21,7 +21,7 @@ from broker.amqp.frames import (
     decode_ack,
     decode_method,
     decode_publish,
-    deliver_payload,
+    deliver_frames,
     frame,
     get_ok_payload,
     method_frame,
@@ -140,11 +140,17 @@ def test_decode_ack_truncated() -> None:
 
 @pytest.mark.parametrize("exchange", NAMES)
 @pytest.mark.parametrize("redelivered", [False, True])
-def test_deliver_payload_roundtrip(exchange: str, redelivered: bool) -> None:
-    """Basic.Deliver built by hand decodes in pamqp and is byte-identical to pamqp's."""
+def test_deliver_frames_roundtrip(exchange: str, redelivered: bool) -> None:
+    """Basic.Deliver framed by hand, its pieces unjoined, decodes in pamqp and is
+    byte-identical to pamqp's frame; the content header follows it."""
     tag = 2**40 + 3
-    payload = deliver_payload(short_string("ctag-1"), tag, redelivered, _route(exchange, "rk.1"))
-    data = frame(FRAME_METHOD, 3, payload)
+    header = content_header(0)
+    parts = deliver_frames(
+        3, short_string("ctag-1"), tag, redelivered, _route(exchange, "rk.1"), header, b"", 4096
+    )
+    data = b"".join(parts)
+    assert _split_frames(data)[1][3] == header  # the method frame, then the content header
+    data = data[: -len(header) - 8]  # the Deliver's frame alone
     method = _unmarshal(data)
     assert isinstance(method, commands.Basic.Deliver)
     assert (method.consumer_tag, method.delivery_tag, method.redelivered) == (
@@ -291,8 +297,11 @@ def test_content_frames_split_body(size: int, frame_max: int) -> None:
     """Method, header, then body frames each <= frame_max - 8 bytes whose join is the body."""
     body = bytes(i % 251 for i in range(size))
     header = content_header(size, delivery_mode=2, content_type="text/plain")
-    method = deliver_payload(short_string("c"), 1, False, _route("x", "k"))
+    route = _route("x", "k")
+    method = b"\x00\x3c\x00\x3c" + short_string("c") + (1).to_bytes(8, "big") + b"\x00" + route
     data = b"".join(content_frames(7, method, header, body, frame_max))
+    delivered = deliver_frames(7, short_string("c"), 1, False, route, header, body, frame_max)
+    assert b"".join(delivered) == data
     parsed = _split_frames(data)
     assert all(channel == 7 for _, channel, _, _ in parsed)
     assert all(len(raw) + 8 <= frame_max for _, _, _, raw in parsed)

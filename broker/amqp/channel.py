@@ -544,12 +544,20 @@ class Channel:
         """Release credit for settled deliveries; requeue if asked, then refill consumers."""
         touched: dict[Queue, list[QueuedMessage]] = {}
         settled = 0
+        last: Queue | None = None  # an ack's entries mostly share one queue: no lookup each
+        last_entries: list[QueuedMessage] = []
         for queue, entry, consumer in entries:
             settled += 1
             if consumer is not None:
                 consumer.unacked -= 1
                 self.consumer_unacked -= 1
-            touched.setdefault(queue, []).append(entry)
+            if queue is not last:
+                last = queue
+                found = touched.get(queue)
+                if found is None:
+                    found = touched[queue] = []
+                last_entries = found
+            last_entries.append(entry)
         if requeue is None:
             self.counters.acked += settled
         elif requeue:

@@ -714,7 +714,7 @@ def _messages_of(
     message_types = records.MESSAGE_TYPES
     for position in range(len(msg_ids)):
         result = results[position]
-        if isinstance(result, BaseException):
+        if not isinstance(result, tuple):  # an error (tested for natively, not looked up)
             messages.append(result)
             continue
         msg_id = msg_ids[position]

@@ -71,6 +71,10 @@ _PUBLISHED_AT: Final = struct.Struct(">d")
 _MOVE_HEAD: Final = struct.Struct(">QQ")  # queue id, message id it settled
 # A MESSAGE_AT payload's head when it names one queue: time, message id, count, queue, route length.
 TIMED_ONE_HEAD: Final = struct.Struct(">dQHQH")
+# Sizes and a method of structs, as Finals the compiled read-back holds rather than reads.
+_TIMED_ONE_SIZE: Final = TIMED_ONE_HEAD.size
+_HEADER_LEN_SIZE: Final = HEADER_LEN.size
+_unpack_time: Final = _PUBLISHED_AT.unpack_from
 
 
 # A MESSAGE_AT record for one queue as a segment summary's row (broker/store/summary.py):
@@ -186,10 +190,11 @@ def unpack_message(
     where a message is built for every delivery of a backlog."""
     if record_type == MESSAGE_AT and read_u16(data, start + 16) == 1:
         # The common case, one queue (TIMED_ONE_HEAD): the integers read in place, compiled,
-        # without a struct call and its tuple for each.
-        (published_at,) = _PUBLISHED_AT.unpack_from(data, start)
+        # without a struct call and its tuple for each; the time through a bound method held
+        # in a Final (compiled code looks a method up by name at every call otherwise).
+        (published_at,) = _unpack_time(data, start)
         msg_id, route_len = read_u64(data, start + 8), read_u16(data, start + 26)
-        position = start + TIMED_ONE_HEAD.size
+        position = start + _TIMED_ONE_SIZE
         return _message_parts(msg_id, published_at, data, position, route_len, end)
     position = start
     published_at = 0.0
@@ -212,7 +217,7 @@ def _message_parts(
     route = data[position : position + route_len]
     position += route_len
     header_len = read_u32(data, position)
-    position += HEADER_LEN.size
+    position += _HEADER_LEN_SIZE
     header = data[position : position + header_len]
     position += header_len
     if position > end:

@@ -975,6 +975,34 @@ async def test_records_not_in_the_page_cache_are_left_to_the_thread(
     await log.close()
 
 
+async def test_damaged_payloads_either_side_of_the_crc_copy_size_are_reported(
+    tmp_path: Path,
+) -> None:
+    """The read-back takes a short payload's CRC of a copy and a long one's of a view: a
+    flipped payload byte is a CRC mismatch either way, and the records beside it still read."""
+    log = WriteAheadLog(tmp_path)
+    threshold = wal_module._CRC_COPY_BYTES
+    sizes = [300, threshold, threshold + 1, 40_000]
+    places = []
+    for index, size in enumerate(sizes):
+        places.append(log.append(4, bytes([65 + index]) * size))
+        places.append(log.append(4, b"ok" * 10))
+    await log.start()
+    assert await synced(log) is None
+    await log.close()
+    for segment, offset in places[::2]:
+        flip_byte(segment_file(tmp_path, segment), offset + HEADER_SIZE + 1)
+    log = WriteAheadLog(tmp_path)
+    reader = log.reader(packed(places))
+    reader.read_cached()
+    reader.read()
+    found = _payloads(reader)
+    assert all(isinstance(damaged, CorruptLogError) for damaged in found[::2])
+    assert all("CRC mismatch" in str(damaged) for damaged in found[::2])
+    assert found[1::2] == [(4, b"ok" * 10)] * len(sizes)
+    await log.close()
+
+
 async def test_a_long_lone_record_is_read_whole_from_the_cache_or_by_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

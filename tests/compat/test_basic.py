@@ -436,6 +436,26 @@ def test_nack_multiple_requeues_in_original_order(
     assert all(d.method.redelivered for d in again)
 
 
+def test_one_multiple_nack_over_two_queues_taken_in_turn_requeues_each_in_order(
+    connection: BlockingConnection, channel: BlockingChannel
+) -> None:
+    """Deliveries of two queues taken alternately on one channel, then one nack(multiple,
+    requeue) over all of them: each queue gets back its own messages, in their order."""
+    first, second = _queue(channel), _queue(channel)
+    publish_confirmed(connection, first, _bodies(3))
+    publish_confirmed(connection, second, [b"other-" + body for body in _bodies(3)])
+    tags = []
+    for _ in range(3):
+        for queue in (first, second):
+            method, _, _ = channel.basic_get(queue)
+            tags.append(method.delivery_tag)
+    channel.basic_nack(tags[-1], multiple=True, requeue=True)
+    wait_message_count(connection, first, 3)
+    wait_message_count(connection, second, 3)
+    assert [d.body for d in get_all(channel, first)] == _bodies(3)
+    assert [d.body for d in get_all(channel, second)] == [b"other-" + b for b in _bodies(3)]
+
+
 def test_requeued_messages_keep_their_original_position(
     connection: BlockingConnection, channel: BlockingChannel
 ) -> None:

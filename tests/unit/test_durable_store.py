@@ -547,6 +547,35 @@ async def test_settled_segments_are_deleted_and_disk_use_stays_bounded(tmp_path:
     await stop_node(node)
 
 
+async def test_one_ack_of_messages_over_several_segments_releases_each_segment(
+    tmp_path: Path,
+) -> None:
+    """A settle counts a run of messages in one segment down at once: one batch whose messages
+    lie in several segments, one message of another queue among them, leaves each segment's
+    live count right: every segment goes once the message still held is moved out of its own."""
+    node = await start_node(tmp_path, segment_size=SEGMENT)
+    vhost = node.vhost
+    queue = vhost.declare_queue("q", None, durable=True)
+    vhost.declare_queue("kept", None, durable=True)
+    for index in range(400):
+        publish(vhost, "q", bytes([index % 256]) * 600)
+        if index == 150:
+            publish(vhost, "kept", b"k" * 600)
+    held = node.vhost.queues["kept"]
+    entries = take(queue, 400)
+    segments = {entry.message.location[0] for entry in entries}
+    assert len(segments) >= 3
+    kept = take(held, 1)[0].message
+    kept_segment = kept.location[0]
+    queue.settle(entries)  # one batch over every segment
+    assert all(node.store.live.get(segment, 0) == 0 for segment in segments - {kept_segment})
+    assert node.store.live[kept_segment] == 1
+    await _settle_and_collect(node)  # the kept message is relocated, its old segment goes
+    assert not (segments - {node.wal.active_segment}) & set(node.wal.segment_ids())
+    assert node.store.read_body(kept) == b"k" * 600
+    await stop_node(node)
+
+
 async def test_long_lived_message_is_relocated_so_old_segments_go(tmp_path: Path) -> None:
     """One unacked message must not pin the log: the oldest segment's few live messages are
     copied forward and old segments are deleted; after a restart the message is still there,

@@ -95,6 +95,36 @@ async def test_past_the_window_messages_are_compact_records_and_come_back_in_ord
     await stop_node(node)
 
 
+async def test_read_back_messages_keep_their_own_routes_when_neighbours_differ(
+    tmp_path: Path,
+) -> None:
+    """A read-back run reuses the route of the record before when it is the same: records
+    whose routes alternate, repeat, and come back after others each keep their own exchange,
+    routing key and route bytes."""
+    node = await start_node(tmp_path)
+    vhost = node.vhost
+    vhost.declare_queue("q", None, durable=True)
+    vhost.declare_exchange("x", "direct", durable=True)
+    keys = ["a", "b", "b", "a", "ccc", "a"]
+    for key in keys:
+        vhost.bind("x", "q", key, None)
+    routed = [keys[index % len(keys)] for index in range(1000)]
+    for index, key in enumerate(routed):
+        message = make_message(key, body_of(index), exchange="x", delivery_mode=2)
+        vhost.publish(vhost.get_exchange("x"), message)
+    queue = vhost.queues["q"]
+    assert queue.paged_count == 1000 - WINDOW_ENTRIES
+    for index, entry in enumerate(take(queue, 1000)):
+        message = entry.message
+        assert (message.exchange, message.routing_key) == ("x", routed[index])
+        assert (
+            message.route_bytes == b"\x01x" + bytes([len(routed[index])]) + routed[index].encode()
+        )
+        assert message.body == body_of(index)
+        queue.settle([entry])
+    await stop_node(node)
+
+
 @pytest.mark.pure_python
 async def test_the_read_ahead_fills_the_window_off_the_loop(tmp_path: Path) -> None:
     """Once consumers take the window below half, the next records are read in the executor;

@@ -329,6 +329,13 @@ class Broker:
         return f"amqp://guest:guest@{host}:{self.port}/%2F"
 
     async def start(self) -> None:
+        """Recover, then open every listener, the plain AMQP one last.
+
+        Clients, health checks and orchestrators take the AMQP port accepting to mean the broker
+        is up, so it starts accepting only once amqps, metrics and management do. It is bound
+        first all the same, so a port in use fails the start before anything else opens, and
+        `stop` has a server to close whatever did open.
+        """
         loop = asyncio.get_running_loop()
         _log_code()
         if self.wal is not None:
@@ -343,9 +350,7 @@ class Broker:
             port=listener.port,
             reuse_address=True,
             backlog=1024,
-        )
-        log.info(
-            "listener.started", extra=fields(protocol="amqp", host=listener.host, port=self.port)
+            start_serving=False,
         )
         tls = self.config.tls_listener
         if tls is not None:
@@ -366,6 +371,10 @@ class Broker:
         self.ack_timeouts.start()
         for server in self.http_servers:
             await server.start()
+        await self._server.start_serving()
+        log.info(
+            "listener.started", extra=fields(protocol="amqp", host=listener.host, port=self.port)
+        )
 
     async def _recover(self) -> None:
         """Replay the log (off the loop: it is long, blocking work), then rebuild the model."""

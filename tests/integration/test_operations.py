@@ -8,6 +8,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,15 @@ import pika
 import pytest
 
 from broker.auth import hash_password
-from broker.config import load_config
+from broker.config import BrokerConfig, load_config
 from broker.server import Broker
-from tests.support import BrokerProcess, free_port, shipped_config, write_config
+from tests.support import (
+    PROJECT_ROOT,
+    BrokerProcess,
+    free_port,
+    shipped_config,
+    write_config,
+)
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 
@@ -69,6 +76,111 @@ def test_tls_listener_serves_pika_with_ssl_options(
         plain.close()
     finally:
         broker.stop()
+
+
+def accepts(port: int) -> bool:
+    """One connection attempt, no retry: is something listening on 127.0.0.1:port right now?"""
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+    except OSError:
+        return False
+    return True
+
+
+def tls_config(tmp_path: Path, certificate: tuple[Path, Path], **overrides: Any) -> BrokerConfig:
+    """The shipped config with an amqps listener on a free port, loaded in this process."""
+    cert, key = certificate
+    settings = shipped_config()
+    settings["listeners"]["amqps"] = {
+        "port": free_port(),
+        "certfile": str(cert),
+        "keyfile": str(key),
+    }
+    path = write_config(tmp_path, settings)
+    return load_config(path).with_overrides(data_dir=str(tmp_path / "data"), **overrides)
+
+
+def watch_amqp_while_http_starts(broker: Broker, seen: list[tuple[bool, bool]]) -> None:
+    """As each HTTP listener starts, note whether the AMQP and amqps ports accept already."""
+    for server in broker.http_servers:
+        original = server.start
+
+        async def start(original: Any = original) -> None:
+            amqps = broker.config.tls_listener
+            assert amqps is not None
+            seen.append((accepts(broker.config.listener.port), accepts(amqps.port)))
+            await original()
+
+        server.start = start  # type: ignore[method-assign]
+
+
+async def test_the_amqp_port_accepts_only_once_every_other_listener_does(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    """Clients and health checks take the AMQP port to mean "up", so it is the last to accept:
+    while metrics and management start, AMQP refuses and amqps already accepts."""
+    config = tls_config(
+        tmp_path,
+        certificate,
+        port=free_port(),
+        metrics_port=free_port(),
+        management_port=free_port(),
+    )
+    broker = Broker(config)
+    seen: list[tuple[bool, bool]] = []
+    watch_amqp_while_http_starts(broker, seen)
+    await broker.start()
+    try:
+        assert seen == [(False, True), (False, True)]  # (amqp, amqps) as metrics, management start
+        assert accepts(broker.port)
+        assert accepts(broker.tls_port)
+    finally:
+        await broker.stop()
+
+
+async def test_a_management_port_in_use_fails_the_start_with_amqp_never_accepting(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    """The start fails on a taken port before AMQP ever accepted, and `stop` still closes what
+    did open (amqps), so an embedding test or a retry finds the ports free again."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = tls_config(
+            tmp_path,
+            certificate,
+            port=free_port(),
+            metrics_port=0,
+            management_port=taken.getsockname()[1],
+        )
+        broker = Broker(config)
+        seen: list[tuple[bool, bool]] = []
+        watch_amqp_while_http_starts(broker, seen)
+        with pytest.raises(OSError, match="address already in use"):
+            await broker.start()
+        await broker.stop()
+    assert seen == [(False, True)]
+    assert config.tls_listener is not None
+    assert not accepts(config.listener.port) and not accepts(config.tls_listener.port)
+
+
+def test_a_listener_port_in_use_exits_non_zero_naming_the_cause(tmp_path: Path) -> None:
+    """Run from the command line, a taken port is a one-line error and a failed exit status."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        args = ["--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
+        args += ["--metrics-port", "0", "--management-port", str(taken.getsockname()[1])]
+        result = subprocess.run(
+            [sys.executable, "-m", "broker", *args],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode != 0
+    assert "warren: cannot start:" in result.stderr
+    assert "address already in use" in result.stderr.lower()
 
 
 # ------------------------------------------------------------------------------------ permissions

@@ -301,7 +301,7 @@ class BrokerCollector(Collector):
             ("channel_consumers", sum(len(ch.consumers) for ch in channels), "Consumers"),
             (
                 "channel_messages_unacked",
-                sum(len(ch.unacked) for ch in channels),
+                sum(ch.unacked_count() for ch in channels),
                 "Delivered but not yet acknowledged messages",
             ),
             (

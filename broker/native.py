@@ -37,6 +37,7 @@ COMPILED = (
     "amqp/flow.py",
     "amqp/frames.py",
     "amqp/reply_to.py",
+    "amqp/unacked.py",
     "core/arguments.py",
     "core/clock.py",
     "core/consumer.py",

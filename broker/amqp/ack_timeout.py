@@ -23,6 +23,7 @@ from broker.periodic import Periodic
 
 if TYPE_CHECKING:
     from broker.amqp.channel import Channel
+    from broker.amqp.unacked import Unacked
     from broker.server import Broker
 
 log = logging.getLogger("warren.consumer")
@@ -60,18 +61,22 @@ class AckTimeouts:
         seen: dict[Channel, tuple[int, float]] = {}
         for connection in list(self._broker.connections):
             for channel in list(connection.channels.values()):
-                if channel.unacked:
-                    self._check_channel(channel, now, seen)
+                oldest = channel.oldest_unacked()
+                if oldest is not None:
+                    self._check_channel(channel, oldest, now, seen)
         self._oldest = seen  # channels closed or without unacked deliveries are forgotten
 
     def _check_channel(
-        self, channel: Channel, now: float, seen: dict[Channel, tuple[int, float]]
+        self,
+        channel: Channel,
+        oldest: tuple[int, Unacked],
+        now: float,
+        seen: dict[Channel, tuple[int, float]],
     ) -> None:
-        tag = next(iter(channel.unacked))
+        tag, (queue, _, consumer) = oldest
         known = self._oldest.get(channel)
         since = known[1] if known is not None and known[0] == tag else now
         seen[channel] = (tag, since)
-        queue, _, consumer = channel.unacked[tag]
         timeout_ms = queue.settings.consumer_timeout or self.default_ms
         if not timeout_ms or (now - since) * 1000 < timeout_ms:
             return
@@ -87,7 +92,7 @@ class AckTimeouts:
                 consumer=consumer.tag if consumer is not None else "basic.get",
                 channel=channel.number,
                 timeout_ms=timeout_ms,
-                unacked=len(channel.unacked),
+                unacked=channel.unacked_count(),
             ),
         )
         channel.close_with_error(timed_out(channel.number, timeout_ms))

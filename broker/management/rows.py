@@ -234,7 +234,7 @@ def channel_row(channel: Channel, node: str) -> Row:
         "connection_details": connection_details(connection),
         "state": "running",
         "consumer_count": len(channel.consumers),
-        "messages_unacknowledged": len(channel.unacked),
+        "messages_unacknowledged": channel.unacked_count(),
         "messages_unconfirmed": channel.unconfirmed,
         "messages_uncommitted": len(channel.tx.publishes) if channel.tx is not None else 0,
         "acks_uncommitted": len(channel.tx.settlements) if channel.tx is not None else 0,

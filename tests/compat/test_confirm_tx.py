@@ -208,6 +208,55 @@ def test_tx_rollback_leaves_acked_messages_unacked(
     assert [d.body for d in get_all(channel, queue)] == [b"b", b"c"]
 
 
+def test_acks_after_a_rollback_settle_the_rolled_back_deliveries_among_the_others(
+    connection: BlockingConnection, channel: BlockingChannel
+) -> None:
+    """Rolled-back acks of deliveries older than ones still held: a single ack finds such a
+    delivery, an ack with multiple takes the older ones with it, and what is left requeues in
+    order when the channel closes."""
+    queue = _queue(channel)
+    bodies = [b"m%d" % n for n in range(6)]
+    publish_confirmed(connection, queue, bodies)
+    tx = connection.channel()
+    tx.tx_select()
+    tags = [d.method.delivery_tag for d in get_all(tx, queue, auto_ack=False)]
+    tx.basic_ack(tags[1])
+    tx.basic_ack(tags[2])
+    tx.tx_rollback()
+    tx.basic_ack(tags[2])  # rolled back, older than the newest held: a single ack finds it
+    tx.tx_commit()
+    tx.basic_ack(tags[3], multiple=True)  # m0, m1 (rolled back) and m3
+    tx.tx_commit()
+    tx.close()
+    wait_message_count(connection, queue, 2)
+    assert [d.body for d in get_all(channel, queue)] == [b"m4", b"m5"]
+
+
+def test_a_rolled_back_delivery_settled_by_an_ack_with_multiple_is_unknown_after(
+    connection: BlockingConnection, channel: BlockingChannel
+) -> None:
+    """Once an ack with multiple took a rolled-back delivery, acking its tag again is 406
+    "unknown delivery tag"; the tags after it are still held and requeue."""
+    queue = _queue(channel)
+    publish_confirmed(connection, queue, [b"a", b"b", b"c"])
+    tx = connection.channel()
+    tx.tx_select()
+    tags = [d.method.delivery_tag for d in get_all(tx, queue, auto_ack=False)]
+    tx.basic_ack(tags[0])
+    tx.tx_rollback()
+    tx.basic_nack(tags[1], multiple=True, requeue=True)
+    tx.tx_commit()
+    with expect_channel_close(tx, 406, f"unknown delivery tag {tags[0]}"):
+        tx.basic_ack(tags[0])
+        tx.tx_commit()
+    wait_message_count(connection, queue, 3)
+    assert [(d.body, d.method.redelivered) for d in get_all(channel, queue)] == [
+        (b"a", True),
+        (b"b", True),
+        (b"c", True),
+    ]
+
+
 @pytest.mark.parametrize("method", ["commit", "rollback"])
 def test_tx_end_without_select_is_406(channel: BlockingChannel, method: str) -> None:
     """Tx.Commit / Tx.Rollback on a non-transactional channel: 406 "channel is not

@@ -219,6 +219,41 @@ def test_deadline_follows_the_oldest_unacked_delivery(
             connection.close()
 
 
+def test_a_delivery_given_back_by_tx_rollback_still_times_out(
+    consumer_timeout: float,
+    params: pika.URLParameters,
+    channel: BlockingChannel,
+    name: str,
+    cleanup: Cleanup,
+) -> None:
+    """The oldest delivery is acked in a transaction that rolls back, and the newer one is acked
+    for good: the rolled-back one is unacked again, with its first delivery time, so the
+    channel still closes when it grows too old, and it is requeued."""
+    channel.queue_declare(cleanup.queue(name))
+    connection = _fresh(params)
+    try:
+        worker = connection.channel()
+        publish_confirmed(connection, name, [b"first", b"second"])
+        tags = [worker.basic_get(name)[0].delivery_tag for _ in range(2)]
+        delivered = time.monotonic()
+        worker.tx_select()
+        worker.basic_ack(tags[0])
+        worker.tx_rollback()
+        worker.basic_ack(tags[1])
+        worker.tx_commit()
+        with expect_channel_close(
+            worker, 406, timeout_text(worker), timeout=consumer_timeout + CHECK_SLACK
+        ):
+            pass
+        assert time.monotonic() - delivered >= consumer_timeout - EARLY
+        wait_message_count(connection, name, 1)
+        method, _, body = connection.channel().basic_get(name, auto_ack=True)
+        assert (body, method.redelivered) == (b"first", True)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
 def test_the_whole_channel_goes_other_channels_stay(
     consumer_timeout: float,
     params: pika.URLParameters,

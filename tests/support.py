@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -68,6 +69,27 @@ def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | Non
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+AMQP_LISTENING = re.compile(rb"event=listener\.started protocol=amqp .*\bport=(\d+)")
+
+
+def wait_for_amqp_listener(
+    log_path: Path, offset: int, timeout: float, proc: subprocess.Popen
+) -> int:
+    """The AMQP port a broker started on port 0 logged past `offset`, once it logged it (the
+    AMQP listener opens last, so every other one is open by then)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with log_path.open("rb") as log:
+            log.seek(offset)
+            found = AMQP_LISTENING.search(log.read())
+        if found:
+            return int(found.group(1))
+        if proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {proc.returncode} before listening")
+        time.sleep(0.05)
+    raise TimeoutError(f"no AMQP listener.started in {log_path} after {timeout}s")
+
+
 class BrokerProcess:
     """A Warren broker started as a real subprocess on a free loopback port."""
 
@@ -80,10 +102,11 @@ class BrokerProcess:
         start_timeout: float = 15.0,
         management_port: int = 0,
     ) -> None:
-        self.port = port or free_port()
         self.management_port = management_port  # the management API's; 0 when it is disabled
         self.data_dir = data_dir
-        args = [sys.executable, "-m", "broker", "--port", str(self.port)]
+        # No port given: the broker binds one itself and logs it. A port picked here beforehand
+        # could be taken in between by another test worker's client or broker.
+        args = [sys.executable, "-m", "broker", "--port", str(port or 0)]
         args += ["--data-dir", str(data_dir), "--metrics-port", "0"]
         args += ["--management-port", str(management_port)]
         if config is not None:
@@ -92,11 +115,18 @@ class BrokerProcess:
         self.log_path = data_dir / "broker.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
+        logged_before = self._log.tell()  # a restart on this data dir appends to the same log
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             args, cwd=PROJECT_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
-        wait_for_port(self.port, start_timeout, proc=self.proc)  # the last listener to open
+        if port:
+            wait_for_port(port, start_timeout, proc=self.proc)  # the last listener to open
+            self.port = port
+        else:
+            self.port = wait_for_amqp_listener(
+                self.log_path, logged_before, start_timeout, self.proc
+            )
 
     @property
     def url(self) -> str:

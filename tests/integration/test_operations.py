@@ -169,7 +169,7 @@ def test_a_listener_port_in_use_exits_non_zero_naming_the_cause(tmp_path: Path) 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        args = ["--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
+        args = ["--port", "0", "--data-dir", str(tmp_path / "data")]
         args += ["--metrics-port", "0", "--management-port", str(taken.getsockname()[1])]
         result = subprocess.run(
             [sys.executable, "-m", "broker", *args],

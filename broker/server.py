@@ -282,6 +282,14 @@ class Broker:
         assert self._tls_server is not None, "no TLS listener configured"
         return self._tls_server.sockets[0].getsockname()[1]
 
+    def listening_ports(self) -> set[int]:
+        """Every port bound now, as bound (a listener configured with port 0 gets one of the
+        kernel's choosing): what the port-listener health check answers for."""
+        ports = {self.port, *(server.port for server in self.http_servers)}
+        if self._tls_server is not None:
+            ports.add(self.tls_port)
+        return ports
+
     def queued_bytes(self) -> int:
         """Estimated memory of every queued message."""
         queues = (queue for vhost in self.vhosts.values() for queue in vhost.all_queues())

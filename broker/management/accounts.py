@@ -228,12 +228,8 @@ class Accounts:
         return respond({"status": "ok"})
 
     async def port_listener(self, request: web.Request) -> web.Response:
-        config = self.broker.config
-        ports = {config.listener.port, config.management.listener.port}
-        if config.tls_listener is not None:
-            ports.add(config.tls_listener.port)
         port = request.match_info["port"]
-        if not port.isdigit() or int(port) not in ports:
+        if not port.isdigit() or int(port) not in self.broker.listening_ports():
             return respond(
                 {"status": "failed", "reason": f"No active listener on port {port}",
                  "missing": port},

@@ -165,7 +165,7 @@ class Listings:
                     "node": self.context.node,
                     "description": "Warren Management",
                     "path": "/",
-                    "port": str(config.management.listener.port),
+                    "port": str(http_port),
                 }
             ],
         }

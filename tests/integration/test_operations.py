@@ -19,6 +19,7 @@ import pytest
 from broker.auth import hash_password
 from broker.config import BrokerConfig, load_config
 from broker.server import Broker
+from tests.compat.management import Management
 from tests.support import (
     PROJECT_ROOT,
     BrokerProcess,
@@ -162,6 +163,28 @@ async def test_a_management_port_in_use_fails_the_start_with_amqp_never_acceptin
     assert seen == [(False, True)]
     assert config.tls_listener is not None
     assert not accepts(config.listener.port) and not accepts(config.tls_listener.port)
+
+
+async def test_port_listener_health_check_knows_the_ports_as_bound(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    """Listeners configured with port 0 get the kernel's choice: the port-listener health check
+    answers 200 for each port actually bound (AMQP, amqps, metrics, management) and 503 for
+    one nothing listens on, not for the 0 in the config."""
+    management_port = free_port()
+    config = tls_config(
+        tmp_path, certificate, port=0, metrics_port=free_port(), management_port=management_port
+    )
+    async with Broker(config) as broker:
+        api = Management(f"http://guest:guest@127.0.0.1:{management_port}")
+        bound = sorted(broker.listening_ports())
+        assert len(bound) == 4 and broker.port in bound and broker.tls_port in bound
+        for port in bound:
+            reply = await asyncio.to_thread(api.get, f"/api/health/checks/port-listener/{port}")
+            assert (reply.status, reply.body) == (200, {"status": "ok", "port": port})
+        for port in (0, free_port()):
+            reply = await asyncio.to_thread(api.get, f"/api/health/checks/port-listener/{port}")
+            assert reply.status == 503 and reply.body["missing"] == str(port)
 
 
 def test_a_listener_port_in_use_exits_non_zero_naming_the_cause(tmp_path: Path) -> None:

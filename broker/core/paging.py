@@ -42,6 +42,7 @@ from broker.core.message import ENTRY_OVERHEAD, GONE, READY, Message, QueuedMess
 from broker.core.persistence import (
     OFFSET_BITS,
     OFFSET_MASK,
+    SEGMENT_BYTES,
     SPILLED,
     MessageStore,
     PagedBatch,
@@ -157,8 +158,11 @@ class _Tail:
         records: RecoveredRecords,
         footprints: array[int],
         expires: array[float],
+        footprint: int,
+        size: int,
     ) -> None:
-        """Compact records in bulk, chunk by chunk (recovery restoring a long queue)."""
+        """Compact records in bulk, chunk by chunk (recovery restoring a long queue);
+        `footprint` and `size` are the sums of `footprints` and of the body sizes."""
         chunks = self.chunks
         done, count = 0, len(seqs)
         while done < count:
@@ -174,7 +178,6 @@ class _Tail:
             chunk.expires.extend(expires[done:end])
             chunk.flags.extend(records.flags[done:end])
             done = end
-        size, footprint = sum(records.body_sizes), sum(footprints)
         self.live += count
         self.live_bytes += size
         self.compact += count
@@ -479,17 +482,19 @@ class PagedFifoStore(FifoStore):
         records: RecoveredRecords,
         footprints: array[int],
         expires: array[float],
+        footprint: int,
     ) -> None:
         """Recovered messages straight to the tail (where `takes_records`), in bulk."""
         tail = self._tail
-        tail.extend(seqs, records, footprints, expires)
+        size = sum(records.body_sizes)
+        tail.extend(seqs, records, footprints, expires, footprint, size)
         if expires.count(0.0) != len(expires):
             deadlines = self._tail_deadlines
             for seq, expires_at in zip(seqs, expires, strict=True):
                 if expires_at:
                     heapq.heappush(deadlines, math.ceil(expires_at * 1000) << _SEQ_BITS | seq)
         self.count += len(seqs)
-        self.body_bytes += sum(records.body_sizes)
+        self.body_bytes += size
 
     def _append_compact(self, seq: int, msg_id: int, location: int, body_size: int,
                         footprint: int, expires_at: float, flags: int) -> None:  # fmt: skip
@@ -810,7 +815,16 @@ class PagedFifoStore(FifoStore):
 
 
 def segment_counts(locations: Sequence[int]) -> dict[int, int]:
-    """How many of these locations each segment holds: at once when all share one."""
+    """How many of these locations each segment holds: at once when all share one (for an
+    array, seen by comparing each location's segment bytes with the first's, in C; min and
+    max took a Python int per location)."""
+    count = len(locations)
+    if not count:
+        return {}
+    if isinstance(locations, array) and locations.itemsize == 8:
+        raw = locations.tobytes()
+        if all(raw[at::8] == raw[at : at + 1] * count for at in SEGMENT_BYTES):
+            return {locations[0] >> OFFSET_BITS: count}
     low, high = min(locations) >> OFFSET_BITS, max(locations) >> OFFSET_BITS
     if low == high:
         return {low: len(locations)}

@@ -8,6 +8,8 @@ write-ahead log batch and order records however it likes.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -25,6 +27,8 @@ SPILLED: Final = -2
 # integers from array slices, not a tuple per record.
 OFFSET_BITS: Final = 40
 OFFSET_MASK: Final = (1 << OFFSET_BITS) - 1
+# The bytes of a location, as a native 64-bit integer, that hold its segment (its top 24 bits).
+SEGMENT_BYTES: Final = (5, 6, 7) if sys.byteorder == "little" else (0, 1, 2)
 # Compact records in bulk: their message ids, and how many of them each log segment holds.
 PagedBatch = tuple[Sequence[int], dict[int, int]]
 Loaded = Callable[[list["Message | BaseException"]], None]
@@ -32,6 +36,18 @@ Loaded = Callable[[list["Message | BaseException"]], None]
 
 def pack_location(segment: int, offset: int) -> int:
     return segment << OFFSET_BITS | offset
+
+
+def pack_locations(segment: int, offsets: array[int]) -> array[int]:
+    """`pack_location` of many records of one segment (recovery's summary rows, "Q" offsets):
+    the segment's bytes written into each offset's top three bytes by strided slices, in C,
+    where or-ing them one by one took a Python int per record. Offsets fit OFFSET_BITS."""
+    count = len(offsets)
+    packed = bytearray(offsets.tobytes())
+    segment_bytes = (segment << OFFSET_BITS).to_bytes(8, sys.byteorder)
+    for at in SEGMENT_BYTES:
+        packed[at::8] = segment_bytes[at : at + 1] * count
+    return array("Q", packed)
 
 
 def unpack_location(location: int) -> tuple[int, int]:

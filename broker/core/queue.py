@@ -320,9 +320,11 @@ class Queue:
         header_lens = records.header_lens
         if header_lens.count(header_lens[0]) == count:  # one publisher's headers: in C
             footprints = array("I", [ENTRY_OVERHEAD + header_lens[0]]) * count
+            footprint = (ENTRY_OVERHEAD + header_lens[0]) * count
         else:
             footprints = array("I", [ENTRY_OVERHEAD + length for length in header_lens])
-        self.memory_bytes += sum(footprints)
+            footprint = sum(footprints)
+        self.memory_bytes += footprint
         seqs = range(self._next_seq + 1, self._next_seq + 1 + count)
         self._next_seq += count
         if self.settings.message_ttl is None and max(records.ttls) < 0:
@@ -337,7 +339,7 @@ class Queue:
                     for published_at, own in zip(records.published_at, records.ttls, strict=True)
                 ],
             )
-        self._ready.push_records(seqs, records, footprints, expires)
+        self._ready.push_records(seqs, records, footprints, expires, footprint)
         if expires.count(0.0) != count:
             earliest = min(when for when in expires if when)
             if earliest < self._timer_at:

@@ -149,8 +149,10 @@ class ReadyStore(ABC):
         records: RecoveredRecords,
         footprints: array[int],
         expires: array[float],
+        footprint: int,
     ) -> None:
-        """Recovered messages straight to compact records (only where `takes_records`)."""
+        """Recovered messages straight to compact records (only where `takes_records`);
+        `footprint` is the sum of `footprints`, which the caller knows."""
         raise TypeError(f"{type(self).__name__} keeps every message as an object")
 
     def relocated(self, seq: int, segment: int, offset: int) -> None:  # noqa: B027

@@ -33,7 +33,7 @@ from broker.core.dedup import DedupExchange
 from broker.core.errors import AMQPError
 from broker.core.message import Message, QueuedMessage
 from broker.core.paging import RecoveredRecords, segment_counts
-from broker.core.persistence import OFFSET_BITS, pack_location, unpack_location
+from broker.core.persistence import OFFSET_BITS, pack_location, pack_locations, unpack_location
 from broker.core.properties import timing
 from broker.core.queue import Queue
 from broker.core.vhost import VirtualHost
@@ -151,8 +151,7 @@ class RecoveredState:
             if start < len(queue_ids):
                 self.apply_rows(segment, offsets[start:], rows[start * size :], read)
             return
-        base = segment << OFFSET_BITS
-        locations = array("Q", [base | offset for offset in offsets])
+        locations = pack_locations(segment, offsets)
         self._superseded_by(msg_ids, queue_ids)
         self.index.add_rows(
             msg_ids, queue_ids, locations, published_at, body_sizes, header_lens, ttls

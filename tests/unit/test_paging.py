@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from broker.core import paging
 from broker.core.paging import TAIL_RECORD_BYTES, WINDOW_ENTRIES
-from broker.core.persistence import pack_location, unpack_location
+from broker.core.persistence import pack_location, pack_locations, unpack_location
 from broker.core.queue import Queue
 from broker.store import records
 from tests.unit.helpers import FakeSink, ManualClock, add_consumer, make_message
@@ -322,6 +323,28 @@ def test_a_deep_message_is_found_by_binary_search() -> None:
         123_456,
         (1 << 34) + 5,
     )
+
+
+@pytest.mark.parametrize("segment", [0, 1, 255, 256, 65_537, (1 << 24) - 1])
+def test_locations_packed_in_bulk_match_one_by_one_and_count_as_one_segment(segment: int) -> None:
+    """pack_locations writes the segment into each offset's top bytes; segment_counts sees one
+    segment by comparing those bytes. Both agree with the arithmetic, up to the largest offset
+    and segment."""
+    offsets = array("Q", [0, 1, 255, 256, (1 << 32) - 1, 1 << 32, (1 << 40) - 1, 123_456_789])
+    packed = pack_locations(segment, offsets)
+    assert list(packed) == [pack_location(segment, offset) for offset in offsets]
+    assert paging.segment_counts(packed) == {segment: len(offsets)}
+
+
+def test_segment_counts_of_locations_in_several_segments() -> None:
+    """Locations that differ in any byte of their segment are counted apart; one location,
+    a list and nothing at all are counted too."""
+    places = [(3, 10), (4, 10), (3, 11), (259, 1), (3 + (1 << 16), 5), (3, 12)]
+    locations = array("Q", [pack_location(*place) for place in places])
+    assert paging.segment_counts(locations) == {3: 3, 4: 1, 259: 1, 3 + (1 << 16): 1}
+    assert paging.segment_counts(list(locations)) == {3: 3, 4: 1, 259: 1, 3 + (1 << 16): 1}
+    assert paging.segment_counts(array("Q", [pack_location(9, 1)])) == {9: 1}
+    assert paging.segment_counts(array("Q")) == {}
 
 
 def test_a_run_read_back_is_taken_as_the_tail_is_when_it_arrives() -> None:

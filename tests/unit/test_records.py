@@ -274,3 +274,18 @@ def test_record_types_are_distinct_and_metadata_set_is_exact() -> None:
         records.DEDUP,
         records.RUNTIME,
     } == records.METADATA_TYPES
+
+
+def test_summary_columns_narrow_sizes_up_to_32_bits_exactly() -> None:
+    """Body and header sizes leave the rows as 32-bit arrays, taken as every other word of the
+    64-bit fields: each value comes back whole, up to 2**32 - 1, beside its neighbours."""
+    values = [(7, 3, 1.5, 0, 0, -1), (8, 3, 2.5, 2**32 - 1, 2**32 - 1, 60_000),
+              (2**63 - 1, 2**62, -0.0, 256, 65_535, -2**63)]  # fmt: skip
+    rows = b"".join(records.SUMMARY_ROW.pack(*row) for row in values)
+    msg_ids, queue_ids, published_at, sizes, header_lens, ttls = records.summary_columns(
+        memoryview(rows)
+    )
+    assert (sizes.typecode, header_lens.typecode) == ("I", "I")
+    assert list(zip(msg_ids, queue_ids, published_at, sizes, header_lens, ttls, strict=True)) == (
+        values
+    )

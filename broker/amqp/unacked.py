@@ -61,7 +61,7 @@ class RolledBack:
 
     def take_all(self) -> list[tuple[int, Unacked]]:
         """Take every delivery, in tag order (the channel closes or recovers)."""
-        taken = sorted(self.entries.items(), key=_tag_of)
+        taken = sorted(self.entries.items())  # tags are unique: entries are never compared
         self.entries.clear()
         self._tags.clear()
         return taken
@@ -72,7 +72,3 @@ class RolledBack:
         while tags and tags[0] not in entries:
             heapq.heappop(tags)
         return tags[0] if tags else None
-
-
-def _tag_of(item: tuple[int, Unacked]) -> int:
-    return item[0]

@@ -189,19 +189,27 @@ def test_tx_acks_take_effect_on_commit(
     assert [(d.body, d.method.redelivered) for d in get_all(channel, queue)] == [(b"b", True)]
 
 
+def _tx_channel_holding(
+    connection: BlockingConnection, queue: str, bodies: list[bytes]
+) -> tuple[BlockingChannel, list[int]]:
+    """A channel in tx mode that took `bodies` (published to `queue`) and holds them unacked;
+    their delivery tags, in order."""
+    publish_confirmed(connection, queue, bodies)
+    tx = connection.channel()
+    tx.tx_select()
+    return tx, [d.method.delivery_tag for d in get_all(tx, queue, auto_ack=False)]
+
+
 def test_tx_rollback_leaves_acked_messages_unacked(
     connection: BlockingConnection, channel: BlockingChannel
 ) -> None:
     """After Tx.Rollback acked messages are still outstanding: they can be acked again, and if
     they are not they requeue when the channel closes."""
     queue = _queue(channel)
-    publish_confirmed(connection, queue, [b"a", b"b", b"c"])
-    tx = connection.channel()
-    tx.tx_select()
-    deliveries = get_all(tx, queue, auto_ack=False)
-    tx.basic_ack(deliveries[-1].method.delivery_tag, multiple=True)
+    tx, tags = _tx_channel_holding(connection, queue, [b"a", b"b", b"c"])
+    tx.basic_ack(tags[-1], multiple=True)
     tx.tx_rollback()
-    tx.basic_ack(deliveries[0].method.delivery_tag)
+    tx.basic_ack(tags[0])
     tx.tx_commit()
     tx.close()
     wait_message_count(connection, queue, 2)
@@ -215,11 +223,7 @@ def test_acks_after_a_rollback_settle_the_rolled_back_deliveries_among_the_other
     delivery, an ack with multiple takes the older ones with it, and what is left requeues in
     order when the channel closes."""
     queue = _queue(channel)
-    bodies = [b"m%d" % n for n in range(6)]
-    publish_confirmed(connection, queue, bodies)
-    tx = connection.channel()
-    tx.tx_select()
-    tags = [d.method.delivery_tag for d in get_all(tx, queue, auto_ack=False)]
+    tx, tags = _tx_channel_holding(connection, queue, [b"m%d" % n for n in range(6)])
     tx.basic_ack(tags[1])
     tx.basic_ack(tags[2])
     tx.tx_rollback()
@@ -238,10 +242,7 @@ def test_a_rolled_back_delivery_settled_by_an_ack_with_multiple_is_unknown_after
     """Once an ack with multiple took a rolled-back delivery, acking its tag again is 406
     "unknown delivery tag"; the tags after it are still held and requeue."""
     queue = _queue(channel)
-    publish_confirmed(connection, queue, [b"a", b"b", b"c"])
-    tx = connection.channel()
-    tx.tx_select()
-    tags = [d.method.delivery_tag for d in get_all(tx, queue, auto_ack=False)]
+    tx, tags = _tx_channel_holding(connection, queue, [b"a", b"b", b"c"])
     tx.basic_ack(tags[0])
     tx.tx_rollback()
     tx.basic_nack(tags[1], multiple=True, requeue=True)

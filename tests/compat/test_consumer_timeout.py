@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pika
@@ -169,18 +170,33 @@ def test_unacked_delivery_closes_the_channel(
             if how == "cancelled-consumer":
                 worker.basic_cancel(tag)
         delivered = time.monotonic()
-        with expect_channel_close(
-            worker, 406, timeout_text(worker), timeout=consumer_timeout + CHECK_SLACK
-        ):
-            pass
-        assert time.monotonic() - delivered >= consumer_timeout - EARLY
+        method, _, body = closed_then_requeued(
+            connection, worker, name, consumer_timeout, delivered
+        )
         assert connection.is_open
-        wait_message_count(connection, name, 1)
-        method, _, body = connection.channel().basic_get(name, auto_ack=True)
         assert (body, method.redelivered) == (b"slow", True)
     finally:
         if connection.is_open:
             connection.close()
+
+
+def closed_then_requeued(
+    connection: BlockingConnection,
+    worker: BlockingChannel,
+    name: str,
+    consumer_timeout: float,
+    since: float | None = None,
+) -> tuple[Any, Any, bytes]:
+    """Wait for the broker to close `worker` with the timeout's 406 (not before consumer_timeout
+    has passed since `since`, when given), then take the requeued delivery from `name`."""
+    with expect_channel_close(
+        worker, 406, timeout_text(worker), timeout=consumer_timeout + CHECK_SLACK
+    ):
+        pass
+    if since is not None:
+        assert time.monotonic() - since >= consumer_timeout - EARLY
+    wait_message_count(connection, name, 1)
+    return connection.channel().basic_get(name, auto_ack=True)
 
 
 def test_deadline_follows_the_oldest_unacked_delivery(
@@ -206,13 +222,7 @@ def test_deadline_follows_the_oldest_unacked_delivery(
         second = time.monotonic()
         pump(connection, consumer_timeout / 4)
         worker.basic_ack(collector.deliveries[0].method.delivery_tag)
-        with expect_channel_close(
-            worker, 406, timeout_text(worker), timeout=consumer_timeout + CHECK_SLACK
-        ):
-            pass
-        assert time.monotonic() - second >= consumer_timeout - EARLY
-        wait_message_count(connection, name, 1)
-        method, _, body = connection.channel().basic_get(name, auto_ack=True)
+        method, _, body = closed_then_requeued(connection, worker, name, consumer_timeout, second)
         assert (body, method.redelivered) == (b"second", True)
     finally:
         if connection.is_open:
@@ -241,13 +251,9 @@ def test_a_delivery_given_back_by_tx_rollback_still_times_out(
         worker.tx_rollback()
         worker.basic_ack(tags[1])
         worker.tx_commit()
-        with expect_channel_close(
-            worker, 406, timeout_text(worker), timeout=consumer_timeout + CHECK_SLACK
-        ):
-            pass
-        assert time.monotonic() - delivered >= consumer_timeout - EARLY
-        wait_message_count(connection, name, 1)
-        method, _, body = connection.channel().basic_get(name, auto_ack=True)
+        method, _, body = closed_then_requeued(
+            connection, worker, name, consumer_timeout, delivered
+        )
         assert (body, method.redelivered) == (b"first", True)
     finally:
         if connection.is_open:
@@ -318,12 +324,7 @@ def test_quorum_queue_counts_the_timeout_as_a_return(
         publish_confirmed(connection, name, [b"slow"])
         collector.wait_for(connection, 1)
         assert collector.deliveries[0].properties.headers is None
-        with expect_channel_close(
-            worker, 406, timeout_text(worker), timeout=consumer_timeout + CHECK_SLACK
-        ):
-            pass
-        wait_message_count(connection, name, 1)
-        method, properties, _ = connection.channel().basic_get(name, auto_ack=True)
+        method, properties, _ = closed_then_requeued(connection, worker, name, consumer_timeout)
         assert method.redelivered
         assert properties.headers == {"x-delivery-count": 1}
     finally:

@@ -825,7 +825,6 @@ def segment_counts(locations: Sequence[int]) -> dict[int, int]:
         raw = locations.tobytes()
         if all(raw[at::8] == raw[at : at + 1] * count for at in SEGMENT_BYTES):
             return {locations[0] >> OFFSET_BITS: count}
-    low, high = min(locations) >> OFFSET_BITS, max(locations) >> OFFSET_BITS
-    if low == high:
-        return {low: len(locations)}
+    elif min(locations) >> OFFSET_BITS == max(locations) >> OFFSET_BITS:
+        return {locations[0] >> OFFSET_BITS: count}
     return dict(Counter(location >> OFFSET_BITS for location in locations))

@@ -319,8 +319,9 @@ class Queue:
         count = len(records.msg_ids)
         header_lens = records.header_lens
         if header_lens.count(header_lens[0]) == count:  # one publisher's headers: in C
-            footprints = array("I", [ENTRY_OVERHEAD + header_lens[0]]) * count
-            footprint = (ENTRY_OVERHEAD + header_lens[0]) * count
+            each = ENTRY_OVERHEAD + header_lens[0]
+            footprints = array("I", [each]) * count
+            footprint = each * count
         else:
             footprints = array("I", [ENTRY_OVERHEAD + length for length in header_lens])
             footprint = sum(footprints)
